@@ -1,0 +1,111 @@
+"""Build models and schedulers from the ``model:`` config section."""
+from __future__ import annotations
+
+from typing import Optional
+
+from ppdiffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+from .config import ModelConfig, VAEConfig
+from .mode import MixtureOfDenoisingExperts
+from .text_encoder import build_text_encoder
+
+SAMPLERS = ("ddim", "dpm")
+
+
+def build_vae(cfg: VAEConfig, resolution: int) -> AutoencoderKL:
+    n = len(cfg.block_out_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * n,
+        up_block_types=["UpDecoderBlock2D"] * n,
+        block_out_channels=list(cfg.block_out_channels),
+        layers_per_block=cfg.layers_per_block,
+        latent_channels=cfg.latent_channels,
+        norm_num_groups=cfg.norm_num_groups,
+        sample_size=resolution,
+    )
+
+
+def unet_kwargs(cfg: ModelConfig, latent_size: int) -> dict:
+    u = cfg.unet
+    return dict(
+        sample_size=latent_size,
+        in_channels=cfg.vae.latent_channels,
+        out_channels=cfg.vae.latent_channels,
+        down_block_types=list(u.down_block_types),
+        up_block_types=list(u.up_block_types),
+        block_out_channels=list(u.block_out_channels),
+        layers_per_block=u.layers_per_block,
+        attention_head_dim=u.attention_head_dim,
+        norm_num_groups=u.norm_num_groups,
+        cross_attention_dim=cfg.text_encoder.hidden_size,
+    )
+
+
+def build_denoiser(cfg: ModelConfig, resolution: int, num_experts: int = 1) -> MixtureOfDenoisingExperts:
+    if resolution % cfg.vae.scale_factor:
+        raise ValueError(
+            f"data.resolution ({resolution}) must be a multiple of the VAE downsampling factor "
+            f"({cfg.vae.scale_factor})"
+        )
+    return MixtureOfDenoisingExperts(
+        num_experts=num_experts,
+        num_train_timesteps=cfg.num_train_timesteps,
+        unet=unet_kwargs(cfg, resolution // cfg.vae.scale_factor),
+    )
+
+
+def build_text_encoder_from_config(cfg: ModelConfig, tokenizer):
+    te = cfg.text_encoder
+    return build_text_encoder(
+        vocab_size=len(tokenizer),
+        pretrained=te.pretrained,
+        hidden_size=te.hidden_size,
+        num_hidden_layers=te.num_hidden_layers,
+        num_attention_heads=te.num_attention_heads,
+        intermediate_size=te.intermediate_size,
+        max_position_embeddings=te.max_length,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def _schedule_kwargs(cfg: ModelConfig) -> dict:
+    return dict(
+        num_train_timesteps=cfg.num_train_timesteps,
+        beta_start=cfg.beta_start,
+        beta_end=cfg.beta_end,
+        beta_schedule=cfg.beta_schedule,
+        prediction_type=cfg.prediction_type,
+    )
+
+
+def build_noise_scheduler(cfg: ModelConfig) -> DDPMScheduler:
+    """The training (forward-process) scheduler."""
+    return DDPMScheduler(**_schedule_kwargs(cfg))
+
+
+def build_sampler(name: str, config: Optional[dict] = None, model_cfg: Optional[ModelConfig] = None):
+    """A sampling scheduler by name, from a saved scheduler config or the model config."""
+    if name not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {name!r}")
+    if config is None:
+        config = _schedule_kwargs(model_cfg or ModelConfig())
+    if name == "ddim":
+        return DDIMScheduler.from_config(config, clip_sample=False, set_alpha_to_one=False)
+    return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
+
+
+def build_pipeline(cfg: ModelConfig, resolution: int, num_experts: int = 1, tokenizer=None, sampler: str = "ddim"):
+    """A freshly initialised ErnieViLG2Pipeline (training starts from this; tests use it)."""
+    from ..pipelines.pipeline_ernie_vilg2 import ErnieViLG2Pipeline
+    from ..text.tokenizer import build_tokenizer
+
+    tokenizer = tokenizer or build_tokenizer(cfg.text_encoder.vocab_file, cfg.text_encoder.max_length)
+    return ErnieViLG2Pipeline(
+        vae=build_vae(cfg.vae, resolution),
+        text_encoder=build_text_encoder_from_config(cfg, tokenizer),
+        tokenizer=tokenizer,
+        unet=build_denoiser(cfg, resolution, num_experts),
+        scheduler=build_sampler(sampler, model_cfg=cfg),
+    )
