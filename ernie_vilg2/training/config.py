@@ -1,0 +1,130 @@
+"""The whole experiment config (one YAML file, see configs/) and its loader."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from ..config import check, from_dict, merge, parse_overrides, read_yaml
+from ..data.config import DataConfig
+from ..knowledge.textual.config import TextualKnowledgeConfig
+from ..knowledge.visual.config import VisualKnowledgeConfig
+from ..models.config import ModelConfig
+
+STAGES = ("vae", "base", "experts")
+
+
+@dataclass
+class StageConfig:
+    """Optimisation settings of one training stage (AdamW, constant lr after warm-up)."""
+
+    steps: int = 100
+    lr: float = 1e-4
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.01
+    warmup_steps: int = 0
+    max_grad_norm: Optional[float] = 1.0  # None disables clipping
+    ema_decay: Optional[float] = None  # e.g. 0.999; the saved model then holds the EMA weights
+    train_text_encoder: bool = True  # ignored by the vae stage
+    batch_size: Optional[int] = None  # None = train.batch_size
+    kl_weight: float = 1e-6  # vae stage only: weight of the KL term
+
+    def validate(self, n: str) -> None:
+        """Check values; ``n`` is the section's dotted name for error messages."""
+        check(self.steps >= 0, f"{n}.steps", "must be >= 0")
+        check(self.lr > 0, f"{n}.lr", "must be positive")
+        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"{n}.betas", "need two values in [0, 1)")
+        check(self.weight_decay >= 0, f"{n}.weight_decay", "must be >= 0")
+        check(self.warmup_steps >= 0, f"{n}.warmup_steps", "must be >= 0")
+        check(self.max_grad_norm is None or self.max_grad_norm > 0, f"{n}.max_grad_norm", "must be positive or null")
+        check(self.ema_decay is None or 0 < self.ema_decay < 1, f"{n}.ema_decay", "must be in (0, 1) or null")
+        check(self.batch_size is None or self.batch_size > 0, f"{n}.batch_size", "must be positive")
+        check(self.kl_weight >= 0, f"{n}.kl_weight", "must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "output/run"
+    seed: int = 0
+    batch_size: int = 16
+    caption_dropout: float = 0.1  # empty caption -> the unconditional branch of CFG
+    stages: List[str] = field(default_factory=lambda: list(STAGES))
+    vae: StageConfig = field(default_factory=lambda: StageConfig(steps=300, lr=1e-3))
+    base: StageConfig = field(default_factory=lambda: StageConfig(steps=1000, lr=1e-3))
+    experts: StageConfig = field(default_factory=lambda: StageConfig(steps=500, lr=5e-4, train_text_encoder=False))
+    # Stage-2 experts this process trains; None = all. A worker given one expert draws its
+    # timesteps from that expert's stage only (expert parallelism: no batch split).
+    expert_ids: Optional[List[int]] = None
+    # Stage 2: draw one expert per step and the whole batch from its timestep stage, so a
+    # step runs one U-Net (false: per-sample timesteps; the batch is split across experts).
+    one_expert_per_step: bool = True
+    cache_latents: bool = True  # encode every image once with the frozen VAE (small datasets)
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    sample_every: int = 0  # 0 = sample images to VisualDL only at the end of a stage
+    mixed_precision: str = "no"  # "bf16" on GPU
+    recompute: bool = False  # gradient checkpointing of the U-Net blocks (GPU memory)
+    sharding_degree: int = 1  # Fleet sharding stage 1 over data-parallel workers
+
+    def __post_init__(self):
+        check(self.batch_size > 0, "train.batch_size", "must be positive")
+        check(0 <= self.caption_dropout < 1, "train.caption_dropout", "must be in [0, 1)")
+        for i, s in enumerate(self.stages):
+            check(s in STAGES, f"train.stages[{i}]", f"unknown stage {s!r}; use {STAGES}")
+        check(self.checkpoint_every > 0, "train.checkpoint_every", "must be positive")
+        check(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
+        check(self.log_every > 0, "train.log_every", "must be positive")
+        check(self.sample_every >= 0, "train.sample_every", "must be >= 0")
+        check(self.mixed_precision in ("no", "bf16", "fp16"), "train.mixed_precision", "use 'no', 'bf16' or 'fp16'")
+        check(self.sharding_degree >= 1, "train.sharding_degree", "must be >= 1")
+        for stage in STAGES:
+            getattr(self, stage).validate(f"train.{stage}")
+
+
+@dataclass
+class SampleConfig:
+    """Prompts and settings for the sample grids (VisualDL and the demo)."""
+
+    prompts: List[str] = field(default_factory=lambda: ["红苹果", "a red apple"])
+    negative_prompt: str = ""
+    steps: int = 25
+    guidance_scale: float = 2.1
+    sampler: str = "ddim"
+    seed: int = 0
+
+    def __post_init__(self):
+        check(len(self.prompts) > 0, "sample.prompts", "needs at least one prompt")
+        for i, p in enumerate(self.prompts):
+            check(bool(p.strip()), f"sample.prompts[{i}]", "the prompt is empty")
+        check(self.steps > 0, "sample.steps", "must be positive")
+        check(self.guidance_scale >= 0, "sample.guidance_scale", "must be >= 0")
+        check(self.sampler in ("ddim", "dpm"), "sample.sampler", "must be 'ddim' or 'dpm'")
+
+
+@dataclass
+class ExperimentConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    textual_knowledge: TextualKnowledgeConfig = field(default_factory=TextualKnowledgeConfig)
+    visual_knowledge: VisualKnowledgeConfig = field(default_factory=VisualKnowledgeConfig)
+
+    def __post_init__(self):
+        check(self.data.resolution % self.model.vae.scale_factor == 0, "data.resolution",
+              f"must be a multiple of the VAE downsampling factor {self.model.vae.scale_factor}")
+        if self.train.expert_ids is not None:
+            for i, e in enumerate(self.train.expert_ids):
+                check(0 <= e < self.model.num_experts, f"train.expert_ids[{i}]",
+                      f"expert {e} out of range 0..{self.model.num_experts - 1}")
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = None) -> ExperimentConfig:
+    """Read YAML ``path`` (optional), apply ``section.key=value`` overrides, validate."""
+    raw = read_yaml(path) if path else {}
+    raw = merge(raw, parse_overrides(overrides or []))
+    return from_dict(ExperimentConfig, raw)
+
+
+def stage_config(cfg: ExperimentConfig, stage: str) -> StageConfig:
+    return getattr(cfg.train, stage)

@@ -1,0 +1,89 @@
+"""Turns a batch's records into model inputs: captions, token ids and knowledge tensors.
+
+Per sample, in this order (all draws from the step's rng):
+1. visual knowledge: caption replacement / label enrichment and the loss weight map;
+2. caption dropout to "" (the unconditional branch of classifier-free guidance);
+3. textual knowledge: POS tokens before key words and the key-token mask.
+The models only ever see tensors: token ids, a key-token mask, a weight map.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from ..knowledge.visual.knowledge import VisualKnowledge
+from ..text.tokenizer import tokenize
+from .batches import stack_weight_maps
+
+logger = logging.getLogger(__name__)
+
+
+def _load_annotations(paths: List[Optional[str]]) -> Dict[int, dict]:
+    """Merge precomputed knowledge files ({index: annotation}); later files add keys."""
+    merged: Dict[int, dict] = {}
+    for path in dict.fromkeys(p for p in paths if p):
+        from ..knowledge.annotations import read_annotations
+
+        for index, ann in read_annotations(path).items():
+            merged.setdefault(index, {}).update(ann)
+    return merged
+
+
+class CaptionProcessor:
+    def __init__(self, cfg, tokenizer):
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.max_length = cfg.model.text_encoder.max_length
+        self.textual = cfg.textual_knowledge
+        f = cfg.model.vae.scale_factor
+        self.image_size = cfg.data.resolution
+        self.visual = VisualKnowledge(cfg.visual_knowledge, cfg.data.resolution // f)
+        self.annotations = _load_annotations(
+            [getattr(self.textual, "annotations", None), cfg.visual_knowledge.annotations]
+            if (self.textual.enabled or cfg.visual_knowledge.enabled) else []
+        )
+
+    # -- attention processors ------------------------------------------------------------
+    def install(self, unet, training: bool) -> None:
+        """Key-word emphasis in every cross-attention of every expert, when it applies."""
+        t = self.textual
+        if not t.enabled:
+            return
+        from ppdiffusers.models.attention_processor import AttnProcessor
+
+        from ..models.attention_processor import KnowledgeAttnProcessor
+
+        active = training or t.apply_at_sampling
+        unet.set_attn_processor(KnowledgeAttnProcessor(t.w_t) if active else AttnProcessor())
+
+    # -- batches ---------------------------------------------------------------------------------
+    def training_batch(self, metas: List[dict], rng: np.random.Generator, weight_shape) -> dict:
+        captions, maps, analyses = [], [], []
+        for meta in metas:
+            sample = dict(meta)
+            ann = self.annotations.get(meta.get("index"))
+            if ann and "objects" in ann:
+                sample["objects"] = ann["objects"]
+            caption, weight = self.visual(sample, rng, self.image_size)
+            if rng.random() < self.cfg.train.caption_dropout:
+                caption = ""
+            captions.append(caption)
+            maps.append(weight)
+            # Precomputed key words are valid only for the unchanged caption.
+            keep = ann is not None and "keywords" in ann and caption == meta["caption"]
+            analyses.append(ann["keywords"] if keep else None)
+        return {**self.text_inputs(captions, rng, analyses, training=True),
+                "loss_weight": stack_weight_maps(maps, weight_shape)}
+
+    def text_inputs(self, captions: List[str], rng: Optional[np.random.Generator] = None,
+                    analyses: Optional[list] = None, training: bool = False) -> dict:
+        if not self.textual.enabled:
+            return {"input_ids": tokenize(self.tokenizer, captions, self.max_length), "key_token_mask": None}
+        from ..knowledge.textual import build_text_inputs
+
+        out = build_text_inputs(captions, self.tokenizer, self.max_length, self.textual,
+                                rng if rng is not None else np.random.default_rng(0), analyses=analyses,
+                                training=training)
+        return {"input_ids": out["input_ids"], "key_token_mask": out["key_token_mask"]}

@@ -1,0 +1,176 @@
+"""The stage-agnostic training loop: AdamW, clipping, EMA, checkpoints, resume, logging.
+
+Every random draw of step ``k`` comes from ``numpy.random.default_rng([seed, stage, k])``
+(data order, noise, timesteps, caption dropout, knowledge choices), so a resumed run
+replays exactly the steps an uninterrupted run would have taken; only the parameters,
+optimizer and EMA state need to be checkpointed.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Tuple
+
+import numpy as np
+import paddle
+from tqdm import tqdm
+
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import StageConfig
+from .ema import ExponentialMovingAverage
+
+logger = logging.getLogger(__name__)
+
+StepFn = Callable[[int, np.random.Generator], Tuple[paddle.Tensor, Dict[str, float]]]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class LoopSettings:
+    stage: str
+    stage_index: int
+    seed: int
+    checkpoint_dir: str
+    checkpoint_every: int
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    samples_per_step: int = 1
+    is_main: bool = True
+
+
+def trainable_parameters(module: paddle.nn.Layer) -> Dict[str, paddle.Tensor]:
+    return {name: p for name, p in module.named_parameters() if not p.stop_gradient}
+
+
+def build_optimizer(params: Dict[str, paddle.Tensor], cfg: StageConfig):
+    schedule = paddle.optimizer.lr.LambdaDecay(
+        cfg.lr, lambda step: min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    )
+    clip = paddle.nn.ClipGradByGlobalNorm(cfg.max_grad_norm) if cfg.max_grad_norm else None
+    optimizer = paddle.optimizer.AdamW(
+        learning_rate=schedule,
+        beta1=cfg.betas[0],
+        beta2=cfg.betas[1],
+        weight_decay=cfg.weight_decay,
+        parameters=list(params.values()),
+        grad_clip=clip,
+    )
+    return optimizer, schedule
+
+
+def step_rng(seed: int, stage_index: int, step: int) -> np.random.Generator:
+    return np.random.default_rng([seed, stage_index, step])
+
+
+class Trainer:
+    """Runs ``step_fn`` for ``cfg.steps`` steps with checkpointing and resume."""
+
+    def __init__(
+        self,
+        module: paddle.nn.Layer,
+        step_fn: StepFn,
+        cfg: StageConfig,
+        settings: LoopSettings,
+        writer=None,
+        on_log: Optional[Callable[[int, Dict[str, float]], None]] = None,
+        wrap_fn: Optional[Callable] = None,
+    ):
+        self.module = module
+        self.step_fn = step_fn
+        self.cfg = cfg
+        self.settings = settings
+        self.writer = writer
+        self.on_log = on_log
+        self.params = trainable_parameters(module)
+        if not self.params:
+            raise ValueError(f"stage {settings.stage!r}: nothing to train (all parameters are frozen)")
+        self.optimizer, self.schedule = build_optimizer(self.params, cfg)
+        if wrap_fn is not None:  # distributed wrappers (DataParallel / Fleet)
+            self.optimizer = wrap_fn(self.optimizer)
+        self.ema = ExponentialMovingAverage(self.params, cfg.ema_decay) if cfg.ema_decay else None
+        self.step = 0
+
+    # -- checkpoints -----------------------------------------------------------------
+    def resume(self) -> bool:
+        path = latest_checkpoint(self.settings.checkpoint_dir)
+        if path is None:
+            return False
+        ckpt = load_checkpoint(path)
+        missing = set(self.params) - set(ckpt["model"])
+        if missing:
+            raise KeyError(f"checkpoint {path} lacks parameter {sorted(missing)[0]} (was the config changed?)")
+        for name, param in self.params.items():
+            param.set_value(ckpt["model"][name])
+        self.optimizer.set_state_dict(ckpt["optimizer"])
+        if self.ema is not None:
+            if ckpt["ema"] is None:
+                raise KeyError(f"checkpoint {path} has no EMA state but ema_decay is set")
+            self.ema.load_state_dict(ckpt["ema"])
+        self.step = ckpt["step"]
+        logger.info("resumed stage %s from %s (step %d)", self.settings.stage, path, self.step)
+        return True
+
+    def save(self) -> str:
+        return save_checkpoint(
+            self.settings.checkpoint_dir,
+            self.step,
+            self.params,
+            self.optimizer.state_dict(),
+            self.ema.state_dict() if self.ema else None,
+            meta={"stage": self.settings.stage},
+            keep=self.settings.keep_checkpoints,
+        )
+
+    # -- loop ----------------------------------------------------------------------------
+    def train(self) -> None:
+        s = self.settings
+        bar = tqdm(total=self.cfg.steps, initial=self.step, desc=f"train[{s.stage}]", disable=not s.is_main,
+                   dynamic_ncols=True)
+        window_start, window_steps = time.time(), 0
+        while self.step < self.cfg.steps:
+            rng = step_rng(s.seed, s.stage_index, self.step)
+            loss, logs = self.step_fn(self.step, rng)
+            value = float(loss)
+            if not math.isfinite(value):
+                last = latest_checkpoint(s.checkpoint_dir)
+                raise TrainingDiverged(
+                    f"stage {s.stage}: loss is {value} at step {self.step}; stopped without saving. "
+                    f"Last good checkpoint: {last or 'none'} (lower train.{s.stage}.lr or enable clipping)"
+                )
+            loss.backward()
+            self.optimizer.step()
+            self.optimizer.clear_grad()
+            self.schedule.step()
+            if self.ema is not None:
+                self.ema.update()
+            self.step += 1
+            window_steps += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.4f}")
+            if self.step % s.log_every == 0 or self.step == self.cfg.steps:
+                elapsed = max(time.time() - window_start, 1e-9)
+                logs = {"loss": value, **logs, "lr": float(self.schedule.get_lr()),
+                        "samples_per_s": window_steps * s.samples_per_step / elapsed}
+                self._log(logs)
+                window_start, window_steps = time.time(), 0
+            if s.is_main and (self.step % s.checkpoint_every == 0 or self.step == self.cfg.steps):
+                self.save()
+        bar.close()
+
+    def _log(self, logs: Dict[str, float]) -> None:
+        if self.writer is not None and self.settings.is_main:
+            for key, value in logs.items():
+                self.writer.add_scalar(f"{self.settings.stage}/{key}", value, self.step)
+        if self.on_log is not None:
+            self.on_log(self.step, logs)
+
+    def finalize_weights(self) -> None:
+        """Leave the EMA weights in the module (what gets exported)."""
+        if self.ema is not None:
+            self.ema.copy_to_params()

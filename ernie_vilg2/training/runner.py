@@ -1,0 +1,311 @@
+"""Runs the training stages of one experiment: VAE, base U-Net (stage 1), experts (stage 2).
+
+Layout of ``train.output_dir``::
+
+    config.yaml             the resolved config of the run
+    vae/                    trained AutoencoderKL (frozen afterwards)
+    base/                   stage-1 pipeline (one U-Net), from_pretrained-ready
+    experts/                stage-2 pipeline (N experts): the final model
+    checkpoints/<stage>/    step-XXXXXX checkpoints and the `latest` pointer
+    samples/<stage>.png     sample grid at the end of each diffusion stage
+    vdl/                    VisualDL logs (visualdl --logdir OUTPUT/vdl)
+
+A finished stage is skipped on ``--resume``; an interrupted one continues from its
+latest checkpoint.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Callable, List, Optional
+
+import numpy as np
+import paddle
+import yaml
+
+from ..config import to_dict
+from ..data import build_dataset
+from ..models.factory import build_denoiser, build_noise_scheduler, build_sampler, build_text_encoder_from_config, build_vae
+from ..models.mode import MixtureOfDenoisingExperts
+from ..text.tokenizer import build_tokenizer
+from ..utils.images import make_grid
+from ..utils.io import atomic_write_text, atomic_directory
+from .batches import LatentSource, batch_indices, estimate_scaling_factor, group_mean, shard, stack_weight_maps
+from .config import STAGES, ExperimentConfig
+from .distributed import DistContext, init_distributed
+from .knowledge import CaptionProcessor
+from .loop import LoopSettings, Trainer
+from .modules import DiffusionTrainingModule, VAETrainingModule
+
+logger = logging.getLogger(__name__)
+
+STAGE_OUTPUT_MARKER = {"vae": "config.json", "base": "model_index.json", "experts": "model_index.json"}
+
+
+def stage_dir(cfg: ExperimentConfig, stage: str) -> str:
+    return os.path.join(cfg.train.output_dir, stage)
+
+
+def stage_done(cfg: ExperimentConfig, stage: str) -> bool:
+    return os.path.isfile(os.path.join(stage_dir(cfg, stage), STAGE_OUTPUT_MARKER[stage]))
+
+
+def final_model_dir(cfg: ExperimentConfig) -> str:
+    """Where the model to sample from ends up."""
+    return stage_dir(cfg, "experts" if cfg.model.num_experts > 1 else "base")
+
+
+def save_atomically(save_fn: Callable[[str], None], target: str) -> None:
+    """Call ``save_fn(tmp_dir)`` and move the finished folder to ``target`` in one rename."""
+    with atomic_directory(target, overwrite=True) as tmp:
+        save_fn(str(tmp))
+
+
+def check_output_dir(cfg: ExperimentConfig, resume: bool) -> None:
+    out = cfg.train.output_dir
+    existing = [s for s in STAGES if stage_done(cfg, s)]
+    has_ckpt = os.path.isdir(os.path.join(out, "checkpoints"))
+    if (existing or has_ckpt) and not resume:
+        raise FileExistsError(
+            f"train.output_dir {out!r} already holds a run ({', '.join(existing) or 'checkpoints'}); "
+            "pass --resume to continue it or choose another train.output_dir"
+        )
+
+
+class ExperimentRunner:
+    def __init__(self, cfg: ExperimentConfig, resume: bool = False, ctx: Optional[DistContext] = None):
+        self.cfg = cfg
+        self.resume = resume
+        self.ctx = ctx or init_distributed(cfg.train.sharding_degree)
+        self.writer = None
+        self._dataset = None
+
+    @property
+    def dataset(self):
+        if self._dataset is None:
+            self._dataset = build_dataset(self.cfg.data)
+            logger.info("dataset: %d records", len(self._dataset))
+        return self._dataset
+
+    # -- orchestration -----------------------------------------------------------------
+    def run(self, stages: Optional[List[str]] = None) -> str:
+        cfg = self.cfg
+        check_output_dir(cfg, self.resume)
+        if self.ctx.is_main:
+            os.makedirs(cfg.train.output_dir, exist_ok=True)
+            atomic_write_text(
+                os.path.join(cfg.train.output_dir, "config.yaml"),
+                yaml.safe_dump(to_dict(cfg), allow_unicode=True, sort_keys=False),
+            )
+            from visualdl import LogWriter
+
+            self.writer = LogWriter(logdir=os.path.join(cfg.train.output_dir, "vdl"))
+        try:
+            for index, stage in enumerate(STAGES):
+                if stage not in (stages or cfg.train.stages):
+                    continue
+                if stage == "experts" and cfg.model.num_experts == 1:
+                    logger.info("model.num_experts is 1: no expert stage (the base U-Net is the model)")
+                    continue
+                if stage_done(cfg, stage):
+                    logger.info("stage %s already finished: %s", stage, stage_dir(cfg, stage))
+                    continue
+                getattr(self, f"run_{stage}")(index)
+                self.ctx.barrier()
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+        return final_model_dir(cfg)
+
+    def _settings(self, stage: str, index: int, batch_size: int) -> LoopSettings:
+        t = self.cfg.train
+        return LoopSettings(
+            stage=stage,
+            stage_index=index,
+            seed=t.seed,
+            checkpoint_dir=os.path.join(t.output_dir, "checkpoints", stage),
+            checkpoint_every=t.checkpoint_every,
+            keep_checkpoints=t.keep_checkpoints,
+            log_every=t.log_every,
+            samples_per_step=batch_size,
+            is_main=self.ctx.is_main,
+        )
+
+    def _trainer(self, stage: str, index: int, module, step_fn, batch_size: int, on_log=None) -> Trainer:
+        stage_cfg = getattr(self.cfg.train, stage)
+        trainer = Trainer(
+            module, step_fn, stage_cfg, self._settings(stage, index, batch_size), writer=self.writer,
+            on_log=on_log, wrap_fn=self.ctx.wrap_optimizer,
+        )
+        if self.resume:
+            trainer.resume()
+        return trainer
+
+    def _my_rows(self, step: int, batch_size: int) -> List[int]:
+        rows = batch_indices(step, batch_size, len(self.dataset), self.cfg.train.seed)
+        return shard(rows, self.ctx.rank, self.ctx.world_size)
+
+    # -- stage: VAE ------------------------------------------------------------------------
+    def run_vae(self, index: int) -> None:
+        cfg = self.cfg
+        stage_cfg = cfg.train.vae
+        batch_size = stage_cfg.batch_size or cfg.train.batch_size
+        paddle.seed(cfg.train.seed)
+        vae = build_vae(cfg.model.vae, cfg.data.resolution)
+        module = VAETrainingModule(vae, stage_cfg.kl_weight)
+        model = self.ctx.wrap_model(module)
+        f = cfg.model.vae.scale_factor
+        latent_shape = [cfg.model.vae.latent_channels, cfg.data.resolution // f, cfg.data.resolution // f]
+
+        def step_fn(step, rng):
+            rows = batch_indices(step, batch_size, len(self.dataset), cfg.train.seed)
+            noise = rng.standard_normal([batch_size] + latent_shape).astype("float32")
+            mine = shard(list(range(batch_size)), self.ctx.rank, self.ctx.world_size)
+            pixels = np.stack([self.dataset[rows[i]]["pixel_values"] for i in mine])
+            loss, rec, kl = model(paddle.to_tensor(pixels), paddle.to_tensor(noise[mine]))
+            return loss, {"recon_l1": float(rec), "kl": float(kl)}
+
+        trainer = self._trainer("vae", index, module, step_fn, batch_size)
+        trainer.train()
+        trainer.finalize_weights()
+        vae.eval()
+        scaling = estimate_scaling_factor(vae, self.dataset, seed=cfg.train.seed)
+        vae.register_to_config(scaling_factor=scaling)
+        logger.info("VAE latent scaling factor: %.4f", scaling)
+        if self.ctx.is_main:
+            save_atomically(vae.save_pretrained, stage_dir(cfg, "vae"))
+
+    # -- stages: diffusion -------------------------------------------------------------------
+    def run_base(self, index: int) -> None:
+        from ppdiffusers import AutoencoderKL
+
+        cfg = self.cfg
+        paddle.seed(cfg.train.seed)
+        vae = AutoencoderKL.from_pretrained(stage_dir(cfg, "vae"))
+        tokenizer = build_tokenizer(cfg.model.text_encoder.vocab_file, cfg.model.text_encoder.max_length)
+        text_encoder = build_text_encoder_from_config(cfg.model, tokenizer)
+        unet = build_denoiser(cfg.model, cfg.data.resolution, num_experts=1)
+        self._train_diffusion("base", index, vae, text_encoder, tokenizer, unet)
+
+    def run_experts(self, index: int) -> None:
+        from ..pipelines.pipeline_ernie_vilg2 import ErnieViLG2Pipeline
+
+        cfg = self.cfg
+        base = ErnieViLG2Pipeline.from_pretrained(stage_dir(cfg, "base"))
+        unet = MixtureOfDenoisingExperts.branch(base.unet, cfg.model.num_experts)
+        self._train_diffusion("experts", index, base.vae, base.text_encoder, base.tokenizer, unet)
+
+    def _train_diffusion(self, stage: str, index: int, vae, text_encoder, tokenizer, unet) -> None:
+        cfg = self.cfg
+        stage_cfg = getattr(cfg.train, stage)
+        batch_size = stage_cfg.batch_size or cfg.train.batch_size
+        vae.eval()
+        for p in vae.parameters():
+            p.stop_gradient = True
+        for p in text_encoder.parameters():
+            p.stop_gradient = not stage_cfg.train_text_encoder
+        if cfg.train.recompute:
+            unet.enable_gradient_checkpointing()
+        captions = CaptionProcessor(cfg, tokenizer)
+        captions.install(unet, training=True)
+        noise_scheduler = build_noise_scheduler(cfg.model)
+        module = DiffusionTrainingModule(
+            text_encoder, unet, paddle.to_tensor(noise_scheduler.alphas_cumprod), cfg.model.prediction_type
+        )
+        model = self.ctx.wrap_model(module)
+        source = LatentSource(self.dataset, vae, vae.config.scaling_factor, cache=cfg.train.cache_latents,
+                              show_progress=self.ctx.is_main)
+        timesteps = TimestepSampler(
+            cfg.model.num_train_timesteps,
+            cfg.model.num_experts,
+            cfg.train.expert_ids if stage == "experts" else None,
+            one_expert_per_step=stage == "experts" and cfg.train.one_expert_per_step,
+        )
+        stage_len = cfg.model.num_train_timesteps // cfg.model.num_experts
+        f = cfg.model.vae.scale_factor
+        weight_shape = (1, cfg.data.resolution // f, cfg.data.resolution // f)
+
+        def step_fn(step, rng):
+            rows = batch_indices(step, batch_size, len(source), cfg.train.seed)
+            metas = [source.meta(i) for i in rows]
+            # Every random draw is made for the whole global batch, then sharded, so
+            # N workers compute exactly the batch one worker would.
+            latents = source.latents(rows, rng)
+            noise = rng.standard_normal(latents.shape).astype("float32")
+            t = timesteps.sample(batch_size, rng)
+            batch = captions.training_batch(metas, rng, weight_shape)
+            mine = shard(list(range(batch_size)), self.ctx.rank, self.ctx.world_size)
+            weights = batch["loss_weight"]
+            mask = batch["key_token_mask"]
+            losses = model(
+                paddle.to_tensor(batch["input_ids"][mine]),
+                paddle.to_tensor(latents[mine]),
+                paddle.to_tensor(noise[mine]),
+                paddle.to_tensor(t[mine]),
+                None if weights is None else paddle.to_tensor(weights[mine]),
+                None if mask is None else paddle.to_tensor(mask[mine]),
+            )
+            logs = group_mean(losses.numpy(), t[mine] // stage_len, cfg.model.num_experts, "loss_stage_")
+            return losses.mean(), logs
+
+        trainer = self._trainer(stage, index, module, step_fn, batch_size)
+        trainer.train()
+        trainer.finalize_weights()
+        captions.install(unet, training=False)
+        if self.ctx.is_main:
+            from ..pipelines.pipeline_ernie_vilg2 import ErnieViLG2Pipeline
+
+            pipe = ErnieViLG2Pipeline(
+                vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                scheduler=build_sampler(cfg.sample.sampler, model_cfg=cfg.model),
+            )
+            save_atomically(pipe.save_pretrained, stage_dir(cfg, stage))
+            self.sample_grid(pipe, stage, trainer.step)
+
+    def sample_grid(self, pipe, stage: str, step: int) -> str:
+        """Sample ``sample.prompts`` and log the grid to VisualDL and samples/<stage>.png."""
+        s = self.cfg.sample
+        pipe.set_progress_bar_config(disable=True)
+        for module in (pipe.unet, pipe.text_encoder, pipe.vae):
+            module.eval()
+        images = pipe(s.prompts, negative_prompt=s.negative_prompt or None, num_inference_steps=s.steps,
+                      guidance_scale=s.guidance_scale, seed=s.seed).images
+        grid = make_grid(images, cols=min(len(images), 4))
+        path = os.path.join(self.cfg.train.output_dir, "samples", f"{stage}.png")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        grid.save(path)
+        if self.writer is not None:
+            self.writer.add_image(f"{stage}/samples", np.asarray(grid), step)
+        logger.info("sample grid of stage %s: %s", stage, path)
+        return path
+
+
+class TimestepSampler:
+    """Uniform timesteps, optionally restricted to the stages of some experts.
+
+    ``one_expert_per_step`` draws one expert per step and all of the batch's timesteps
+    from its stage: every expert still sees a uniform share of its own stage, but a
+    step runs one U-Net on the whole batch instead of N U-Nets on slivers of it (what
+    expert-parallel workers do at scale; on one CPU it makes stage 2 cost as stage 1).
+    """
+
+    def __init__(self, num_train_timesteps: int, num_experts: int, expert_ids: Optional[List[int]] = None,
+                 one_expert_per_step: bool = False):
+        self.T = num_train_timesteps
+        self.stage = num_train_timesteps // num_experts
+        self.expert_ids = np.asarray(expert_ids if expert_ids else range(num_experts))
+        self.restricted = bool(expert_ids)
+        self.one_expert_per_step = one_expert_per_step
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        if self.one_expert_per_step:
+            experts = np.full(n, rng.choice(self.expert_ids))
+        elif self.restricted:
+            experts = rng.choice(self.expert_ids, size=n)
+        else:
+            return rng.integers(0, self.T, size=n).astype("int64")
+        return (experts * self.stage + rng.integers(0, self.stage, size=n)).astype("int64")
+
+
+def run_training(cfg: ExperimentConfig, resume: bool = False, stages: Optional[List[str]] = None) -> str:
+    return ExperimentRunner(cfg, resume=resume).run(stages)
