@@ -30,8 +30,10 @@ demo: install
 	GLOG_minloglevel=2 $(PY) -m paddle.distributed.launch --nproc_per_node $(NPROC) --log_dir $(DEMO_DIR)/launch_log \
 		tools/train.py --config configs/tiny.yaml -o train.output_dir=$(DEMO_DIR) --resume
 	GLOG_minloglevel=2 $(PY) tools/generate.py --model $(DEMO_DIR)/experts --steps 25 --guidance 3.0 --seed 0 \
-		--prompt 红苹果 --prompt "a red apple" --prompt 蓝色的心 --prompt "a blue heart" \
-		--prompt 香蕉 --prompt "a banana" --prompt 绿色的圆 --prompt "a green circle" \
+		--prompt 红苹果 --prompt "red apple" --prompt 蓝心 --prompt "blue heart" \
+		--prompt 黄色方块 --prompt "yellow square" --prompt 紫色圆 --prompt "purple circle" \
+		--prompt 香蕉 --prompt "banana" --prompt 青蛙 --prompt "frog" \
+		--prompt 红苹果在猫脸的左边 --prompt "a red apple to the left of a cat face" \
 		--out $(DEMO_DIR)/demo/grid.png
 
 bench: install

@@ -75,6 +75,9 @@ def check_prompts(prompts: Sequence[str], field: str = "prompt") -> List[str]:
     return prompts
 
 
+_WARNED_TRUNCATED: set = set()
+
+
 def tokenize(tokenizer, texts: Sequence[str], max_length: int, return_offsets: bool = False):
     """Pad/truncate ``texts`` to ``max_length`` tokens; warn once per truncated text.
 
@@ -94,7 +97,9 @@ def tokenize(tokenizer, texts: Sequence[str], max_length: int, return_offsets: b
     sep = tokenizer.sep_token_id
     for text, row in zip(texts, ids):
         # A full row that does not end in [PAD] was (possibly) cut: check the real length.
-        if row[-1] == sep and len(tokenizer.tokenize(text)) > max_length - 2:
+        if row[-1] == sep and text not in _WARNED_TRUNCATED and len(tokenizer.tokenize(text)) > max_length - 2:
+            if len(_WARNED_TRUNCATED) < 10_000:  # once per text, not once per training step
+                _WARNED_TRUNCATED.add(text)
             logger.warning(
                 "prompt truncated to %d tokens (model.text_encoder.max_length): %.60s...", max_length, text
             )

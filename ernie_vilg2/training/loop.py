@@ -64,6 +64,34 @@ def build_optimizer(params: Dict[str, paddle.Tensor], cfg: StageConfig):
     return optimizer, schedule
 
 
+def _rename_state(state: dict, renames: Dict[str, str]) -> dict:
+    """Rename optimizer-state keys ``<old>_<accumulator>`` (and nested master weights)."""
+    out = {}
+    for key, value in state.items():
+        if isinstance(value, dict) and key != "LR_Scheduler":
+            value = _rename_state(value, renames)
+        new_key = key
+        for old, new in renames.items():
+            if key == old or key.startswith(old + "_"):
+                new_key = new + key[len(old):]
+                break
+        out[new_key] = value
+    return out
+
+
+def portable_optimizer_state(state: dict, params: Dict[str, paddle.Tensor]) -> dict:
+    """Key accumulators by structured parameter name instead of Paddle's global
+    ``linear_12.w_0`` names, which depend on how many layers a process built before."""
+    # Longest names first so that "linear_1.w_0" never claims "linear_1.w_0_x" of another.
+    renames = {p.name: name for name, p in sorted(params.items(), key=lambda kv: -len(kv[1].name))}
+    return _rename_state(state, renames)
+
+
+def restore_optimizer_state(state: dict, params: Dict[str, paddle.Tensor]) -> dict:
+    renames = {name: p.name for name, p in sorted(params.items(), key=lambda kv: -len(kv[0]))}
+    return _rename_state(state, renames)
+
+
 def step_rng(seed: int, stage_index: int, step: int) -> np.random.Generator:
     return np.random.default_rng([seed, stage_index, step])
 
@@ -107,7 +135,7 @@ class Trainer:
             raise KeyError(f"checkpoint {path} lacks parameter {sorted(missing)[0]} (was the config changed?)")
         for name, param in self.params.items():
             param.set_value(ckpt["model"][name])
-        self.optimizer.set_state_dict(ckpt["optimizer"])
+        self.optimizer.set_state_dict(restore_optimizer_state(ckpt["optimizer"], self.params))
         if self.ema is not None:
             if ckpt["ema"] is None:
                 raise KeyError(f"checkpoint {path} has no EMA state but ema_decay is set")
@@ -121,7 +149,7 @@ class Trainer:
             self.settings.checkpoint_dir,
             self.step,
             self.params,
-            self.optimizer.state_dict(),
+            portable_optimizer_state(self.optimizer.state_dict(), self.params),
             self.ema.state_dict() if self.ema else None,
             meta={"stage": self.settings.stage},
             keep=self.settings.keep_checkpoints,

@@ -1,0 +1,316 @@
+"""Image/caption datasets stored as JSON lines (the users' own data and the built-in set).
+
+On-disk format
+==============
+
+A dataset is a UTF-8 ``.jsonl`` file, one JSON object per line (blank lines are
+ignored), usually ``DIR/train.jsonl`` (and ``DIR/val.jsonl``) next to ``DIR/images/``::
+
+    {"image": "images/000123.png", "caption": "红苹果在猫脸的左边", "lang": "zh",
+     "boxes": [[3, 9, 15, 21], [18, 8, 31, 22]], "labels": ["red apple", "cat face"],
+     "synthetic_caption": "左边是红苹果，右边是猫脸"}
+
+``image`` (required, string)
+    Path relative to the folder of the ``.jsonl`` file, or absolute. Any format Pillow
+    reads; alpha is composited on white. Several records may share one image (e.g. one
+    Chinese and one English caption).
+``caption`` (required, non-empty string)
+``lang`` (optional, ``"zh"`` or ``"en"``)
+    Detected from the caption when missing: ``"zh"`` if it holds a CJK ideograph
+    (:func:`ernie_vilg2.text.lang.detect_lang`).
+``boxes`` (optional, list of ``[x0, y0, x1, y1]``)
+    Object boxes in pixels of the stored image, x1 > x0 and y1 > y0.
+``labels`` (optional, list of strings parallel to ``boxes``)
+    Object names, English or Chinese. Default: empty strings.
+``synthetic_caption`` (optional, string or null)
+    A machine-written caption of the same image, used by caption replacement.
+
+Other keys are kept in :attr:`JsonlDataset.records` and otherwise ignored.
+
+Images are resized so the shorter side is ``resolution`` and centre-cropped
+(``image_fit="center_crop"``), or stretched to a square (``"squash"``); boxes get the
+same transform, are clipped to the image, and boxes cut away entirely are dropped
+together with their labels. Images are never flipped: captions state left and right.
+
+Error handling (a long run must not die on one bad record): malformed JSON lines,
+records missing ``image``/``caption`` or with wrong types, and records whose image file
+does not exist are skipped at load time with a warning ``FILE:LINE: reason``; they are
+listed in :attr:`JsonlDataset.skipped` as ``(line_number, reason)``. An image that fails
+to decode when an item is read is reported once, recorded in
+:attr:`JsonlDataset.decode_failures`, and another valid item is returned in its place.
+If no valid record remains, loading raises ``ValueError`` naming the file.
+
+``index`` of an item is the 0-based line number of its record in the file: stable across
+runs and filters, so precomputed per-record annotations can be joined on it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+try:  # the dataset is a paddle.io.Dataset when Paddle is there (it always is in training)
+    from paddle.io import Dataset as _DatasetBase
+except ImportError:  # pragma: no cover - lets tools that only read records run without Paddle
+    _DatasetBase = object
+
+from ..text.lang import detect_lang
+
+logger = logging.getLogger(__name__)
+
+# Print at most this many per-line warnings per file, then one summary line.
+MAX_LINE_WARNINGS = 20
+
+
+def resolve_jsonl_path(path: str, split: str = "train") -> str:
+    """``path`` itself if it is a file, else ``path/{split}.jsonl``; clear error otherwise."""
+    if os.path.isfile(path):
+        return path
+    if os.path.isdir(path):
+        candidate = os.path.join(path, f"{split}.jsonl")
+        if os.path.isfile(candidate):
+            return candidate
+        raise FileNotFoundError(f"dataset folder {path} has no {split}.jsonl")
+    raise FileNotFoundError(f"dataset not found: {path} (expected a .jsonl file or a folder holding {split}.jsonl)")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def parse_record(obj: Any, base_dir: str) -> Tuple[Optional[dict], Optional[str]]:
+    """Validate one decoded JSON value; return (normalised record, None) or (None, reason)."""
+    if not isinstance(obj, dict):
+        return None, f"expected a JSON object, got {type(obj).__name__}"
+    image = obj.get("image")
+    if not isinstance(image, str) or not image.strip():
+        return None, "missing or non-string 'image'"
+    caption = obj.get("caption")
+    if not isinstance(caption, str) or not caption.strip():
+        return None, "missing, empty or non-string 'caption'"
+    lang = obj.get("lang")
+    if lang is None:
+        lang = detect_lang(caption)
+    elif lang not in ("zh", "en"):
+        return None, f"'lang' must be \"zh\" or \"en\", got {lang!r}"
+    boxes = obj.get("boxes")
+    labels = obj.get("labels")
+    if boxes is None:
+        if labels:
+            return None, "'labels' given without 'boxes'"
+        boxes, labels = [], []
+    else:
+        if not isinstance(boxes, list):
+            return None, "'boxes' must be a list of [x0, y0, x1, y1]"
+        for k, box in enumerate(boxes):
+            if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
+                return None, f"boxes[{k}] must be 4 numbers [x0, y0, x1, y1]"
+            if not (box[2] > box[0] and box[3] > box[1]):
+                return None, f"boxes[{k}] must have x1 > x0 and y1 > y0, got {box}"
+        if labels is None:
+            labels = [""] * len(boxes)
+        if not isinstance(labels, list) or not all(isinstance(s, str) for s in labels):
+            return None, "'labels' must be a list of strings"
+        if len(labels) != len(boxes):
+            return None, f"'labels' has {len(labels)} entries but 'boxes' has {len(boxes)}"
+    synthetic = obj.get("synthetic_caption")
+    if synthetic is not None and not isinstance(synthetic, str):
+        return None, "'synthetic_caption' must be a string or null"
+    record = dict(obj)
+    record.update(
+        image=image,
+        image_path=image if os.path.isabs(image) else os.path.normpath(os.path.join(base_dir, image)),
+        caption=caption,
+        lang=lang,
+        boxes=[[float(v) for v in box] for box in boxes],
+        labels=list(labels),
+        synthetic_caption=synthetic,
+    )
+    return record, None
+
+
+def read_jsonl_records(path: str, check_images: bool = True) -> Tuple[List[dict], List[Tuple[int, str]]]:
+    """Parse a dataset file. Returns (valid records, skipped as (line_number, reason)).
+
+    Each record gets ``index`` (0-based line number) and ``image_path`` (resolved).
+    """
+    base_dir = os.path.dirname(os.path.abspath(path))
+    records: List[dict] = []
+    skipped: List[Tuple[int, str]] = []
+    with open(path, encoding="utf-8-sig") as f:
+        for line_idx, line in enumerate(f):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                skipped.append((line_idx + 1, f"malformed JSON ({exc.msg} at column {exc.colno})"))
+                continue
+            record, reason = parse_record(obj, base_dir)
+            if record is not None and check_images and not os.path.isfile(record["image_path"]):
+                record, reason = None, f"image file not found: {record['image_path']}"
+            if record is None:
+                skipped.append((line_idx + 1, reason))
+                continue
+            record["index"] = line_idx
+            records.append(record)
+    for line_no, reason in skipped[:MAX_LINE_WARNINGS]:
+        logger.warning("%s:%d: %s; record skipped", path, line_no, reason)
+    if len(skipped) > MAX_LINE_WARNINGS:
+        logger.warning("%s: %d more records skipped (see dataset.skipped)", path, len(skipped) - MAX_LINE_WARNINGS)
+    return records, skipped
+
+
+def load_rgb(path: str) -> Image.Image:
+    """Decode an image as RGB, compositing any transparency on white."""
+    with Image.open(path) as img:
+        img.load()
+        has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+        if has_alpha:
+            rgba = img.convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(white, rgba).convert("RGB")
+        return img.convert("RGB")
+
+
+def fit_image(img: Image.Image, boxes: np.ndarray, resolution: int, mode: str = "center_crop"):
+    """Resize ``img`` to resolution x resolution and map ``boxes`` [K, 4] the same way.
+
+    Returns (image, boxes, keep) where ``keep`` marks the boxes that survive the crop.
+    """
+    w, h = img.size
+    if mode == "squash":
+        sx, sy, left, top = resolution / w, resolution / h, 0.0, 0.0
+        new_size = (resolution, resolution)
+    elif mode == "center_crop":
+        scale = resolution / min(w, h)
+        new_size = (max(resolution, round(w * scale)), max(resolution, round(h * scale)))
+        sx, sy = new_size[0] / w, new_size[1] / h
+        left, top = (new_size[0] - resolution) // 2, (new_size[1] - resolution) // 2
+    else:
+        raise ValueError(f"image_fit must be 'center_crop' or 'squash', got {mode!r}")
+    if new_size != (w, h):
+        img = img.resize(new_size, Image.Resampling.BICUBIC, reducing_gap=None)
+    if new_size != (resolution, resolution):
+        img = img.crop((left, top, left + resolution, top + resolution))
+    if len(boxes):
+        boxes = boxes * np.array([sx, sy, sx, sy], np.float32) - np.array([left, top, left, top], np.float32)
+        boxes = np.clip(boxes, 0, resolution)
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    else:
+        keep = np.zeros([0], bool)
+    return img, boxes.astype(np.float32).reshape(-1, 4), keep
+
+
+def to_pixel_values(img: Image.Image) -> np.ndarray:
+    """RGB image -> float32 [3, H, W] in [-1, 1]."""
+    arr = np.asarray(img, dtype=np.float32)
+    return (arr / 127.5 - 1.0).transpose(2, 0, 1).copy()
+
+
+class JsonlDataset(_DatasetBase):
+    """Image/caption records from a ``.jsonl`` file (format in the module docstring).
+
+    Args:
+        path: a ``.jsonl`` file, or a folder holding ``{split}.jsonl``.
+        resolution: side of the square images returned.
+        split: file picked when ``path`` is a folder.
+        languages: keep only records in these languages (None: all).
+        image_fit: "center_crop" or "squash" for non-square images.
+        max_samples: keep only the first N valid records.
+
+    Counters are per process: with a multi-worker DataLoader, decode failures found in
+    workers are logged there but not added to the parent's :attr:`decode_failures`.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        resolution: int,
+        split: str = "train",
+        languages: Optional[Sequence[str]] = None,
+        image_fit: str = "center_crop",
+        max_samples: Optional[int] = None,
+    ):
+        super().__init__()
+        if resolution < 1:
+            raise ValueError(f"resolution must be positive, got {resolution}")
+        if image_fit not in ("center_crop", "squash"):
+            raise ValueError(f"image_fit must be 'center_crop' or 'squash', got {image_fit!r}")
+        self.path = resolve_jsonl_path(str(path), split)
+        self.resolution = int(resolution)
+        self.image_fit = image_fit
+        records, self.skipped = read_jsonl_records(self.path)
+        if not records:
+            raise ValueError(f"{self.path}: no valid records ({len(self.skipped)} skipped, see warnings above)")
+        if languages is not None:
+            records = [r for r in records if r["lang"] in languages]
+            if not records:
+                raise ValueError(f"{self.path}: no records in languages {list(languages)}")
+        if max_samples is not None:
+            records = records[:max_samples]
+        self.records: List[dict] = records
+        self.decode_failures: List[Tuple[int, str, str]] = []  # (line_number, image_path, error)
+        self._bad_items: set = set()
+
+    @property
+    def num_skipped(self) -> int:
+        return len(self.skipped)
+
+    @property
+    def num_decode_failures(self) -> int:
+        return len(self.decode_failures)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def image_path(self, i: int) -> str:
+        return self.records[i]["image_path"]
+
+    def load_item(self, i: int) -> Dict[str, Any]:
+        """Item ``i``; decode errors propagate (``__getitem__`` substitutes another item)."""
+        record = self.records[i]
+        img = load_rgb(record["image_path"])
+        boxes = np.asarray(record["boxes"], np.float32).reshape(-1, 4)
+        img, boxes, keep = fit_image(img, boxes, self.resolution, self.image_fit)
+        return {
+            "pixel_values": to_pixel_values(img),
+            "caption": record["caption"],
+            "lang": record["lang"],
+            "boxes": boxes[keep],
+            "labels": [label for label, k in zip(record["labels"], keep) if k],
+            "synthetic_caption": record["synthetic_caption"],
+            "index": record["index"],
+        }
+
+    def __getitem__(self, i: int) -> Dict[str, Any]:
+        n = len(self.records)
+        for step in range(n):
+            j = (int(i) + step) % n
+            if j in self._bad_items:
+                continue
+            try:
+                return self.load_item(j)
+            except Exception as exc:  # noqa: BLE001 - any decoder error must not end a long run
+                self._bad_items.add(j)
+                record = self.records[j]
+                self.decode_failures.append((record["index"] + 1, record["image_path"], repr(exc)))
+                logger.warning("%s:%d: cannot decode image %s (%s); using another item",
+                               self.path, record["index"] + 1, record["image_path"], exc)
+        raise RuntimeError(f"{self.path}: no image in the dataset could be decoded")
+
+
+def collate_samples(samples: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """Stack ``pixel_values`` to float32 [B, 3, R, R]; every other key becomes a list."""
+    if not samples:
+        raise ValueError("collate_samples got an empty batch")
+    batch: Dict[str, Any] = {"pixel_values": np.stack([s["pixel_values"] for s in samples]).astype(np.float32)}
+    for key in samples[0]:
+        if key != "pixel_values":
+            batch[key] = [s[key] for s in samples]
+    return batch

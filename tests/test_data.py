@@ -1,0 +1,306 @@
+"""Data layer: emoji catalogue, rendering, scenes, built-in dataset, JSONL loader, lang."""
+import json
+import logging
+import os
+import random
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ernie_vilg2.config import ConfigError, from_dict
+from ernie_vilg2.data.config import BuiltinDataConfig, DataConfig
+from ernie_vilg2.data.emoji_catalog import DEMO_EMOJI_FILTER, find_by_name, load_emoji_catalog
+from ernie_vilg2.data.render import render_single
+from ernie_vilg2.data.scenes import SCENE_CLASSES, relation_holds, sample_scene, scene_captions
+from ernie_vilg2.text.lang import detect_lang, split_runs
+
+CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+# ---------------------------------------------------------------- catalogue
+
+
+def test_catalog_is_large_and_bilingual():
+    catalog = load_emoji_catalog()
+    assert len(catalog) > 1800
+    assert len({e.name_en for e in catalog}) == len(catalog)  # deduplicated
+    for entry in catalog:
+        assert entry.name_en and ":" not in entry.name_en and "_" not in entry.name_en
+        assert entry.name_zh and ":" not in entry.name_zh
+        assert not any(0x1F3FB <= ord(c) <= 0x1F3FF for c in entry.char), "skin-tone variant kept"
+    assert sum(bool(CJK.search(e.name_zh)) for e in catalog) > 0.95 * len(catalog)
+    apple = find_by_name("red apple")
+    assert (apple.name_zh, apple.char) == ("红苹果", "\U0001F34E")
+    with Image.open(apple.png_path) as img:
+        alpha = np.asarray(img.convert("RGBA"))[..., 3]
+    assert alpha.shape == (72, 72) and alpha[0, 0] == 0 and alpha[36, 36] == 255  # transparent border
+
+
+def test_catalog_filters():
+    assert {e.name_en for e in load_emoji_catalog(["apple"])} == {"red apple", "green apple"}  # not pineapple
+    assert {e.name_en for e in load_emoji_catalog(["red circle"])} == {"red circle", "hollow red circle"}
+    assert [e.name_en for e in load_emoji_catalog(["=red circle"])] == ["red circle"]
+    demo = load_emoji_catalog(["@demo"])
+    assert sorted(e.name_en for e in demo) == sorted(p.lstrip("=") for p in DEMO_EMOJI_FILTER)
+    subset = load_emoji_catalog(max_items=10, seed=3)
+    assert len(subset) == 10 and subset == load_emoji_catalog(max_items=10, seed=3)
+    assert subset != load_emoji_catalog(max_items=10, seed=4)
+    with pytest.raises(ValueError, match="@nope"):
+        load_emoji_catalog(["@nope"])
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def test_render_single_shape_range_box():
+    path = find_by_name("blue circle").png_path
+    img, box = render_single(path, 32, scale=0.75)
+    arr = np.asarray(img)
+    assert img.mode == "RGB" and arr.shape == (32, 32, 3) and arr.dtype == np.uint8
+    assert (arr[0, 0] == 255).all() and (arr[-1, -1] == 255).all()  # white background
+    x0, y0, x1, y1 = box
+    assert 0 <= x0 < x1 <= 32 and 0 <= y0 < y1 <= 32
+    assert 20 <= x1 - x0 <= 24  # ~ 0.75 * 32 minus the glyph's thin margin
+    r, g, b = arr[16, 16].astype(int)
+    assert b > r + 50  # the middle of a blue circle is blue
+    red_bg, _ = render_single(path, 32, background=(255, 0, 0))
+    assert tuple(np.asarray(red_bg)[0, 0]) == (255, 0, 0)
+
+
+def test_render_single_is_deterministic_given_seed():
+    path = find_by_name("cat face").png_path
+    a, box_a = render_single(path, 32, jitter=0.2, seed=7)
+    b, box_b = render_single(path, 32, jitter=0.2, seed=7)
+    assert a.tobytes() == b.tobytes() and box_a == box_b
+    others = [render_single(path, 32, jitter=0.2, seed=s)[1] for s in range(8, 14)]
+    assert any(box != box_a for box in others)
+
+
+# ---------------------------------------------------------------- scenes
+
+
+def test_scene_boxes_match_stated_relation():
+    classes = [find_by_name(n) for n in SCENE_CLASSES]
+    by_en = {e.name_en: e for e in classes}
+    rng = random.Random(0)
+    seen = set()
+    for _ in range(120):
+        scene = sample_scene(classes, 32, rng)
+        (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = scene.boxes
+        for x0, y0, x1, y1 in scene.boxes:
+            assert 0 <= x0 < x1 <= 32 and 0 <= y0 < y1 <= 32
+            assert 0.3 * 32 <= max(x1 - x0, y1 - y0) <= 0.5 * 32  # size about 0.4-0.5 R
+        # The caption names a then b, and b's box is where the caption says.
+        m = re.fullmatch(r"an? (.+) (to the left of|to the right of|above|below) an? (.+)", scene.caption_en)
+        assert m, scene.caption_en
+        a, phrase, b = m.groups()
+        assert [a, b] == scene.labels
+        assert scene.caption_zh.startswith(by_en[a].name_zh + "在" + by_en[b].name_zh + "的")
+        if phrase == "to the left of":
+            assert ax1 <= bx0 and scene.caption_zh.endswith("左边")
+        elif phrase == "to the right of":
+            assert bx1 <= ax0 and scene.caption_zh.endswith("右边")
+        elif phrase == "above":
+            assert ay1 <= by0 and scene.caption_zh.endswith("上面")
+        else:
+            assert by1 <= ay0 and scene.caption_zh.endswith("下面")
+        seen.add(phrase)
+        # Outside both boxes only background (or faint antialiasing haze) remains.
+        arr = np.asarray(scene.image).astype(int)
+        outside = np.ones((32, 32), bool)
+        for x0, y0, x1, y1 in scene.boxes:
+            outside[y0:y1, x0:x1] = False
+            assert arr[y0:y1, x0:x1].min() < 200  # something is drawn inside each box
+        assert arr[outside].min() >= 225
+    assert len(seen) == 4
+
+
+def test_relation_holds_and_captions():
+    left, right = [0, 10, 10, 20], [12, 12, 22, 22]
+    assert relation_holds(left, right, "left") and relation_holds(right, left, "right")
+    assert not relation_holds(left, right, "above") and not relation_holds(left, right, "right")
+    assert not relation_holds([0, 0, 10, 10], [11, 20, 21, 30], "left")  # more below than right
+    with pytest.raises(ValueError):
+        relation_holds(left, right, "near")
+    en, zh = scene_captions(find_by_name("octopus"), find_by_name("cat face"), "below")
+    assert (en, zh) == ("an octopus below a cat face", "章鱼在猫脸的下面")
+
+
+# ---------------------------------------------------------------- built-in dataset
+
+
+def _tiny_builtin(tmp_path, **kw):
+    settings = dict(out_dir=str(tmp_path / "emoji-{resolution}"), emoji_filter=["=red apple", "=cat face", "=blue circle"],
+                    num_scenes=6, num_val_scenes=3)
+    settings.update(kw)
+    return BuiltinDataConfig(**settings)
+
+
+def test_prepare_builtin_dataset_writes_files_once(tmp_path):
+    from ernie_vilg2.data.prepare import prepare_builtin_dataset
+
+    out = prepare_builtin_dataset(_tiny_builtin(tmp_path), 32, progress=False)
+    assert out == str(tmp_path / "emoji-32")
+    names = set(os.listdir(out))
+    assert {"images", "train.jsonl", "val.jsonl", "labels.json", "ATTRIBUTION.txt", "manifest.json"} <= names
+    assert [p for p in os.listdir(tmp_path) if p != "emoji-32"] == []  # no tmp folder left behind
+    train = [json.loads(line) for line in open(os.path.join(out, "train.jsonl"), encoding="utf-8")]
+    val = [json.loads(line) for line in open(os.path.join(out, "val.jsonl"), encoding="utf-8")]
+    assert len(train) == 2 * (3 + 6) and len(val) == 2 * 3
+    for zh, en in zip(train[::2], train[1::2]):  # two records per image, zh then en
+        assert zh["image"] == en["image"] and (zh["lang"], en["lang"]) == ("zh", "en")
+        assert CJK.search(zh["caption"]) and not CJK.search(en["caption"])
+        with Image.open(os.path.join(out, zh["image"])) as img:
+            assert img.size == (32, 32)
+    assert {r["caption"] for r in train[:6]} == {"red apple", "红苹果", "cat face", "猫脸", "blue circle", "蓝色圆"}
+    labels = json.load(open(os.path.join(out, "labels.json"), encoding="utf-8"))
+    assert labels[0] == {"id": 0, "en": "red apple", "zh": "红苹果"} and len(labels) == len(SCENE_CLASSES)
+    assert "CC-BY 4.0" in open(os.path.join(out, "ATTRIBUTION.txt"), encoding="utf-8").read()
+
+    stamp = os.stat(os.path.join(out, "train.jsonl")).st_mtime_ns
+    assert prepare_builtin_dataset(_tiny_builtin(tmp_path), 32, progress=False) == out
+    assert os.stat(os.path.join(out, "train.jsonl")).st_mtime_ns == stamp  # no-op
+
+    prepare_builtin_dataset(_tiny_builtin(tmp_path, num_scenes=2), 32, progress=False)  # other settings: rebuilt
+    assert sum(1 for _ in open(os.path.join(out, "train.jsonl"), encoding="utf-8")) == 2 * (3 + 2)
+    assert sorted(os.listdir(tmp_path)) == ["emoji-32"]
+
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(FileExistsError, match="mine"):
+        prepare_builtin_dataset(_tiny_builtin(tmp_path), 32, out_dir=str(tmp_path / "mine"), progress=False)
+
+
+def test_build_dataset_from_config(tmp_path):
+    from ernie_vilg2.data.builder import build_dataset
+
+    cfg = from_dict(DataConfig, {"resolution": 32, "languages": ["en"],
+                                 "builtin": {"out_dir": str(tmp_path / "b{resolution}"), "emoji_filter": ["=frog"],
+                                             "num_scenes": 4, "num_val_scenes": 2}}, "data")
+    train, val = build_dataset(cfg, "train"), build_dataset(cfg, "val")
+    assert len(train) == 1 + 4 and len(val) == 2  # English records only
+    item = train[0]
+    assert item["caption"] == "frog" and item["pixel_values"].shape == (3, 32, 32)
+    assert item["labels"] == ["frog"] and item["boxes"].shape == (1, 4)  # a scene class is boxed
+
+
+def test_data_config_validation():
+    with pytest.raises(ConfigError, match="data.resolution"):
+        DataConfig(resolution=0)
+    with pytest.raises(ConfigError, match="data.builtin.scene_max_size"):
+        from_dict(DataConfig, {"builtin": {"scene_max_size": 0.7}}, "data")
+    with pytest.raises(ConfigError, match="data.languages"):
+        DataConfig(languages=["fr"])
+    with pytest.raises(ConfigError, match="data.builtin.typo"):
+        from_dict(DataConfig, {"builtin": {"typo": 1}}, "data")
+
+
+# ---------------------------------------------------------------- JSONL loader
+
+
+def _write_jsonl(path, lines):
+    path.write_text("\n".join(l if isinstance(l, str) else json.dumps(l, ensure_ascii=False) for l in lines) + "\n",
+                    encoding="utf-8")
+
+
+@pytest.fixture
+def user_data(tmp_path):
+    (tmp_path / "images").mkdir()
+    img = np.zeros((20, 40, 3), np.uint8)
+    img[:, :20] = (255, 0, 0)
+    Image.fromarray(img).save(tmp_path / "images" / "wide.png")
+    Image.new("RGBA", (10, 10), (0, 0, 0, 0)).save(tmp_path / "images" / "clear.png")
+    (tmp_path / "images" / "broken.png").write_bytes(b"not a png at all")
+    _write_jsonl(tmp_path / "train.jsonl", [
+        {"image": "images/wide.png", "caption": "红色在左边", "boxes": [[10, 0, 20, 10], [0, 0, 8, 20]],
+         "labels": ["red", "cut"]},
+        "{not json",
+        {"image": "images/missing.png", "caption": "gone"},
+        {"image": "images/clear.png"},
+        "",
+        {"image": "images/broken.png", "caption": "broken image"},
+        {"image": str(tmp_path / "images" / "clear.png"), "caption": "nothing", "lang": "en",
+         "synthetic_caption": "an empty picture"},
+    ])
+    return tmp_path
+
+
+def test_jsonl_skips_bad_records_with_line_numbers(user_data, caplog):
+    from ernie_vilg2.data.jsonl import JsonlDataset
+
+    with caplog.at_level(logging.WARNING):
+        ds = JsonlDataset(user_data, 10)  # a folder: its train.jsonl
+    assert len(ds) == 3 and ds.num_skipped == 3
+    assert [line for line, _ in ds.skipped] == [2, 3, 4]
+    assert "malformed JSON" in ds.skipped[0][1] and "not found" in ds.skipped[1][1] and "caption" in ds.skipped[2][1]
+    assert f"{ds.path}:2:" in caplog.text and f"{ds.path}:3:" in caplog.text
+    assert [r["index"] for r in ds.records] == [0, 5, 6]  # 0-based line numbers
+    assert ds.records[0]["lang"] == "zh"  # detected
+    assert ds.image_path(2) == str(user_data / "images" / "clear.png")
+
+
+def test_jsonl_item_rescales_boxes(user_data):
+    from ernie_vilg2.data.jsonl import JsonlDataset
+
+    item = JsonlDataset(user_data, 10)[0]  # 40x20 -> 20x10 -> centre crop x in [5, 15)
+    assert item["pixel_values"].shape == (3, 10, 10) and item["pixel_values"].dtype == np.float32
+    np.testing.assert_allclose(item["boxes"], [[0, 0, 5, 5]])  # second box was cropped away
+    assert item["labels"] == ["red"] and item["index"] == 0 and item["synthetic_caption"] is None
+    red = item["pixel_values"][:, 5, 2]
+    np.testing.assert_allclose(red, [1, -1, -1])  # left half red, in [-1, 1]
+
+    squashed = JsonlDataset(user_data, 10, image_fit="squash")[0]
+    np.testing.assert_allclose(squashed["boxes"], [[2.5, 0, 5, 5], [0, 0, 2, 10]])
+    assert squashed["labels"] == ["red", "cut"]
+
+    clear = JsonlDataset(user_data, 10)[2]  # transparent RGBA lands on white
+    np.testing.assert_allclose(clear["pixel_values"], 1.0)
+    assert clear["boxes"].shape == (0, 4) and clear["synthetic_caption"] == "an empty picture"
+
+
+def test_jsonl_corrupt_image_returns_another_item(user_data, caplog):
+    from ernie_vilg2.data.jsonl import JsonlDataset, collate_samples
+
+    ds = JsonlDataset(user_data, 10)
+    with caplog.at_level(logging.WARNING):
+        item = ds[1]  # broken.png
+    assert item["index"] == 6 and item["caption"] == "nothing"
+    assert ds.num_decode_failures == 1 and ds.decode_failures[0][0] == 6
+    assert "broken.png" in caplog.text
+    batch = collate_samples([ds[i] for i in range(len(ds))])
+    assert batch["pixel_values"].shape == (3, 3, 10, 10) and batch["pixel_values"].dtype == np.float32
+    assert ds.num_decode_failures == 1  # the bad item is remembered, not retried
+    assert batch["index"] == [0, 6, 6] and len(batch["boxes"]) == 3
+
+
+def test_jsonl_nothing_valid_names_the_file(tmp_path):
+    from ernie_vilg2.data.jsonl import JsonlDataset
+
+    path = tmp_path / "bad.jsonl"
+    _write_jsonl(path, ["[1, 2]", {"image": "x.png", "caption": "no file"}, {"image": "x.png", "caption": 3}])
+    with pytest.raises(ValueError, match="bad.jsonl") as err:
+        JsonlDataset(path, 16)
+    assert "3 skipped" in str(err.value)
+    with pytest.raises(FileNotFoundError, match="val.jsonl"):
+        JsonlDataset(tmp_path, 16, split="val")
+
+
+# ---------------------------------------------------------------- language
+
+
+def test_detect_lang():
+    assert detect_lang("红苹果在猫脸的左边") == "zh"
+    assert detect_lang("a red apple to the left of a cat face") == "en"
+    assert detect_lang("a 红 apple") == "zh"
+    assert detect_lang("") == "en" and detect_lang("123 !") == "en"
+
+
+def test_split_runs_mixed_text():
+    text = "一只red apple在桌子上, 3 cats。"
+    runs = split_runs(text)
+    assert "".join(text[s:e] for s, e, _ in runs) == text
+    assert [(text[s:e], lang) for s, e, lang in runs] == [
+        ("一只", "zh"), ("red apple", "en"), ("在桌子上, 3 ", "zh"), ("cats。", "en")]
+    assert split_runs("  hi") == [(0, 4, "en")]  # leading neutrals join the first run
+    assert split_runs("") == [] and split_runs("!!") == [(0, 2, "en")]
