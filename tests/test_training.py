@@ -113,7 +113,7 @@ def test_loss_decreases_on_a_fixed_batch(tmp_path):
     tok = build_tokenizer(max_length=cfg.model.text_encoder.max_length)
     module = DiffusionTrainingModule(
         build_text_encoder_from_config(cfg.model, tok), build_denoiser(cfg.model, 32),
-        paddle.to_tensor(build_noise_scheduler(cfg.model).alphas_cumprod),
+        build_noise_scheduler(cfg.model).alphas_cumprod,
     )
     rng = np.random.default_rng(0)
     ids = paddle.to_tensor(tokenize(tok, ["红苹果", "a blue heart", "香蕉", "猫"], 12))
@@ -168,7 +168,7 @@ def test_resume_equals_uninterrupted_run(tmp_path, monkeypatch):
 def test_cli_train_through_launch_then_generate(tmp_path):
     env = {**os.environ, "GLOG_minloglevel": "2"}
     opts = []
-    for o in tiny_overrides(tmp_path):
+    for o in tiny_overrides(tmp_path, **{"train.sample_every": 2}):
         opts += ["-o", o]
     subprocess.run(
         [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "1", "--log_dir",
@@ -179,6 +179,7 @@ def test_cli_train_through_launch_then_generate(tmp_path):
     index = json.loads((model / "model_index.json").read_text())
     assert index["unet"][1] == "MixtureOfDenoisingExperts"
     assert (tmp_path / "run" / "samples" / "experts.png").is_file()
+    assert (tmp_path / "run" / "samples" / "base-step000002.png").is_file()  # train.sample_every
     assert list((tmp_path / "run" / "vdl").iterdir()), "no VisualDL log written"
     out = tmp_path / "gen" / "grid.png"
     subprocess.run(

@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     except (ConfigError, FileNotFoundError, FileExistsError, TrainingDiverged) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"model: {model_dir}")
+    print(f"model: {model_dir}" if model_dir else f"done (no pipeline yet in {cfg.train.output_dir})")
     return 0
 
 

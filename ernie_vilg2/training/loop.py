@@ -106,7 +106,7 @@ class Trainer:
         cfg: StageConfig,
         settings: LoopSettings,
         writer=None,
-        on_log: Optional[Callable[[int, Dict[str, float]], None]] = None,
+        on_step: Optional[Callable[[int], None]] = None,
         wrap_fn: Optional[Callable] = None,
     ):
         self.module = module
@@ -114,7 +114,7 @@ class Trainer:
         self.cfg = cfg
         self.settings = settings
         self.writer = writer
-        self.on_log = on_log
+        self.on_step = on_step  # called after every step with the step count (sample grids)
         self.params = trainable_parameters(module)
         if not self.params:
             raise ValueError(f"stage {settings.stage!r}: nothing to train (all parameters are frozen)")
@@ -189,14 +189,16 @@ class Trainer:
                 window_start, window_steps = time.time(), 0
             if s.is_main and (self.step % s.checkpoint_every == 0 or self.step == self.cfg.steps):
                 self.save()
+            if self.on_step is not None:
+                self.on_step(self.step)
         bar.close()
 
     def _log(self, logs: Dict[str, float]) -> None:
         if self.writer is not None and self.settings.is_main:
             for key, value in logs.items():
                 self.writer.add_scalar(f"{self.settings.stage}/{key}", value, self.step)
-        if self.on_log is not None:
-            self.on_log(self.step, logs)
+        if self.settings.is_main:
+            logger.debug("step %d: %s", self.step, logs)
 
     def finalize_weights(self) -> None:
         """Leave the EMA weights in the module (what gets exported)."""

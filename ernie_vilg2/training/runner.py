@@ -50,9 +50,12 @@ def stage_done(cfg: ExperimentConfig, stage: str) -> bool:
     return os.path.isfile(os.path.join(stage_dir(cfg, stage), STAGE_OUTPUT_MARKER[stage]))
 
 
-def final_model_dir(cfg: ExperimentConfig) -> str:
-    """Where the model to sample from ends up."""
-    return stage_dir(cfg, "experts" if cfg.model.num_experts > 1 else "base")
+def final_model_dir(cfg: ExperimentConfig) -> Optional[str]:
+    """The newest finished pipeline (experts, else base); None before stage 1 is done."""
+    for stage in ("experts", "base"):
+        if stage_done(cfg, stage):
+            return stage_dir(cfg, stage)
+    return None
 
 
 def save_atomically(save_fn: Callable[[str], None], target: str) -> None:
@@ -88,7 +91,7 @@ class ExperimentRunner:
         return self._dataset
 
     # -- orchestration -----------------------------------------------------------------
-    def run(self, stages: Optional[List[str]] = None) -> str:
+    def run(self, stages: Optional[List[str]] = None) -> Optional[str]:
         cfg = self.cfg
         check_output_dir(cfg, self.resume)
         if self.ctx.is_main:
@@ -131,11 +134,11 @@ class ExperimentRunner:
             is_main=self.ctx.is_main,
         )
 
-    def _trainer(self, stage: str, index: int, module, step_fn, batch_size: int, on_log=None) -> Trainer:
+    def _trainer(self, stage: str, index: int, module, step_fn, batch_size: int, on_step=None) -> Trainer:
         stage_cfg = getattr(self.cfg.train, stage)
         trainer = Trainer(
             module, step_fn, stage_cfg, self._settings(stage, index, batch_size), writer=self.writer,
-            on_log=on_log, wrap_fn=self.ctx.wrap_optimizer,
+            on_step=on_step, wrap_fn=self.ctx.wrap_optimizer,
         )
         if self.resume:
             trainer.resume()
@@ -210,7 +213,7 @@ class ExperimentRunner:
         captions.install(unet, training=True)
         noise_scheduler = build_noise_scheduler(cfg.model)
         module = DiffusionTrainingModule(
-            text_encoder, unet, paddle.to_tensor(noise_scheduler.alphas_cumprod), cfg.model.prediction_type
+            text_encoder, unet, noise_scheduler.alphas_cumprod, cfg.model.prediction_type
         )
         model = self.ctx.wrap_model(module)
         source = LatentSource(self.dataset, vae, vae.config.scaling_factor, cache=cfg.train.cache_latents,
@@ -248,22 +251,30 @@ class ExperimentRunner:
             logs = group_mean(losses.numpy(), t[mine] // stage_len, cfg.model.num_experts, "loss_stage_")
             return losses.mean(), logs
 
-        trainer = self._trainer(stage, index, module, step_fn, batch_size)
+        from ..pipelines.pipeline_ernie_vilg2 import ErnieViLG2Pipeline
+
+        pipe = ErnieViLG2Pipeline(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+            scheduler=build_sampler(cfg.sample.sampler, model_cfg=cfg.model),
+        )
+
+        def sample_during_training(step: int) -> None:
+            if self.ctx.is_main and cfg.train.sample_every and step % cfg.train.sample_every == 0:
+                captions.install(unet, training=False)
+                self.sample_grid(pipe, stage, step, name=f"{stage}-step{step:06d}")
+                captions.install(unet, training=True)
+                module.train()
+
+        trainer = self._trainer(stage, index, module, step_fn, batch_size, on_step=sample_during_training)
         trainer.train()
         trainer.finalize_weights()
         captions.install(unet, training=False)
         if self.ctx.is_main:
-            from ..pipelines.pipeline_ernie_vilg2 import ErnieViLG2Pipeline
-
-            pipe = ErnieViLG2Pipeline(
-                vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                scheduler=build_sampler(cfg.sample.sampler, model_cfg=cfg.model),
-            )
             save_atomically(pipe.save_pretrained, stage_dir(cfg, stage))
             self.sample_grid(pipe, stage, trainer.step)
 
-    def sample_grid(self, pipe, stage: str, step: int) -> str:
-        """Sample ``sample.prompts`` and log the grid to VisualDL and samples/<stage>.png."""
+    def sample_grid(self, pipe, stage: str, step: int, name: Optional[str] = None) -> str:
+        """Sample ``sample.prompts``; log the grid to VisualDL and write samples/<name>.png."""
         s = self.cfg.sample
         pipe.set_progress_bar_config(disable=True)
         for module in (pipe.unet, pipe.text_encoder, pipe.vae):
@@ -271,7 +282,7 @@ class ExperimentRunner:
         images = pipe(s.prompts, negative_prompt=s.negative_prompt or None, num_inference_steps=s.steps,
                       guidance_scale=s.guidance_scale, seed=s.seed).images
         grid = make_grid(images, cols=min(len(images), 4))
-        path = os.path.join(self.cfg.train.output_dir, "samples", f"{stage}.png")
+        path = os.path.join(self.cfg.train.output_dir, "samples", f"{name or stage}.png")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         grid.save(path)
         if self.writer is not None:
@@ -307,5 +318,5 @@ class TimestepSampler:
         return (experts * self.stage + rng.integers(0, self.stage, size=n)).astype("int64")
 
 
-def run_training(cfg: ExperimentConfig, resume: bool = False, stages: Optional[List[str]] = None) -> str:
+def run_training(cfg: ExperimentConfig, resume: bool = False, stages: Optional[List[str]] = None) -> Optional[str]:
     return ExperimentRunner(cfg, resume=resume).run(stages)
