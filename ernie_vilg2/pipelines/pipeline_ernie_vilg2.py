@@ -85,7 +85,8 @@ class ErnieViLG2Pipeline(DiffusionPipeline):
         if num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
         default_size = self.unet.sample_size * self.vae_scale_factor
-        height, width = height or default_size, width or default_size
+        height = default_size if height is None else height
+        width = default_size if width is None else width
         for name, value in (("height", height), ("width", width)):
             if value <= 0 or value % self.vae_scale_factor:
                 raise ValueError(f"{name} must be a positive multiple of {self.vae_scale_factor}, got {value}")

@@ -173,7 +173,9 @@ class Trainer:
                 )
             loss.backward()
             self.optimizer.step()
-            self.optimizer.clear_grad()
+            # set_to_zero=False: experts a batch did not reach keep grad None, so AdamW
+            # (momentum, weight decay) leaves them untouched, as stage 2 requires.
+            self.optimizer.clear_grad(set_to_zero=False)
             self.schedule.step()
             if self.ema is not None:
                 self.ema.update()

@@ -1,0 +1,45 @@
+"""Stage 2 initialisation: branch a stage-1 (single U-Net) pipeline into N experts."""
+from __future__ import annotations
+
+import os
+
+from ..models.mode import MixtureOfDenoisingExperts
+from ..utils.io import atomic_directory
+from .loading import load_pipeline
+
+
+def branch_pipeline(pipe, num_experts: int):
+    """A new pipeline whose denoiser holds ``num_experts`` copies of ``pipe``'s one U-Net.
+
+    The VAE, text encoder, tokenizer and scheduler are shared with ``pipe`` (same
+    objects), so only the experts cost new memory. ``pipe`` itself is not changed.
+    """
+    if isinstance(num_experts, bool) or not isinstance(num_experts, int) or num_experts < 1:
+        raise ValueError(f"num_experts must be a positive integer, got {num_experts!r}")
+    unet = pipe.unet
+    if not isinstance(unet, MixtureOfDenoisingExperts):
+        raise TypeError(f"unet: expected a MixtureOfDenoisingExperts, got {type(unet).__name__}")
+    if unet.num_experts != 1:
+        raise ValueError(
+            f"unet: can only branch a stage-1 model with 1 expert, this one has {unet.num_experts}"
+        )
+    branched = MixtureOfDenoisingExperts.branch(unet, num_experts)
+    branched.train(unet.training)
+    return type(pipe)(**{**pipe.components, "unet": branched})
+
+
+def branch_pipeline_folder(model_dir: str, num_experts: int, out_dir: str, overwrite: bool = False) -> str:
+    """Load the stage-1 pipeline in ``model_dir``, branch it and save it to ``out_dir``.
+
+    The folder is written atomically (a temporary folder beside ``out_dir`` renamed
+    at the end), so an interrupted run never leaves a half-written model.
+    """
+    if os.path.abspath(model_dir) == os.path.abspath(out_dir):
+        raise ValueError(f"out_dir must differ from model_dir ({model_dir}): the stage-1 model is kept")
+    if os.path.exists(out_dir) and not overwrite:
+        raise FileExistsError(f"out_dir already exists: {out_dir} (use overwrite to replace it)")
+    pipe = load_pipeline(model_dir)
+    branched = branch_pipeline(pipe, num_experts)
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        branched.save_pretrained(str(tmp))
+    return out_dir

@@ -1,0 +1,27 @@
+"""Load a saved ErnieViLG2Pipeline folder with clear errors and an optional sampler swap."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+MODEL_INDEX = "model_index.json"
+
+
+def load_pipeline(model_dir: str, sampler: Optional[str] = None):
+    """``ErnieViLG2Pipeline.from_pretrained(model_dir)``; ``sampler`` ("ddim" or "dpm")
+    replaces the saved scheduler with one built from the same noise-schedule config."""
+    from ..models.factory import SAMPLERS, build_sampler
+    from .pipeline_ernie_vilg2 import ErnieViLG2Pipeline
+
+    if sampler is not None and sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    if not os.path.isdir(model_dir):
+        raise FileNotFoundError(f"model folder not found: {model_dir}")
+    if not os.path.isfile(os.path.join(model_dir, MODEL_INDEX)):
+        raise FileNotFoundError(
+            f"not a saved pipeline folder (no {MODEL_INDEX}): {model_dir}"
+        )
+    pipe = ErnieViLG2Pipeline.from_pretrained(model_dir)
+    if sampler is not None:
+        pipe.scheduler = build_sampler(sampler, dict(pipe.scheduler.config))
+    return pipe

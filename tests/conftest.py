@@ -1,0 +1,129 @@
+"""Shared pytest fixtures: a tiny model config and tiny ERNIE-ViLG 2.0 pipelines.
+
+Sizes are chosen so that every part has a few hundred thousand parameters and a
+sampling step takes milliseconds: 32x32 images, 8x8 latents (VAE factor 4), 16-token
+prompts. Session-scoped pipelines are shared by many tests: treat them as read-only
+(do not swap their scheduler or change their weights; build your own with
+``make_tiny_pipeline`` for that).
+"""
+from __future__ import annotations
+
+import os
+import random
+import sys
+
+import numpy as np
+import pytest
+
+# Before paddle is imported anywhere: deterministic kernels, no C++ log noise.
+os.environ.setdefault("FLAGS_cudnn_deterministic", "1")
+os.environ.setdefault("GLOG_minloglevel", "2")
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DIR = os.path.normpath(os.path.join(REPO_ROOT, "..", "shared"))
+VILG300_CSV = os.path.join(SHARED_DIR, "data", "ViLG-300.csv")
+
+TINY_RESOLUTION = 32  # pixels; latents are 8x8 with the 3-level tiny VAE
+TINY_LATENT = 8
+
+
+def _use_cpu():
+    import paddle
+
+    paddle.set_device("cpu")
+    return paddle
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    """Same random state for every test; paddle is seeded only if a test module loaded it
+    (so tests of the paddle-free parts stay fast)."""
+    random.seed(0)
+    np.random.seed(0)
+    if "paddle" in sys.modules:
+        _use_cpu().seed(0)
+    yield
+
+
+def tiny_model_config_factory(num_experts: int = 1):
+    from ernie_vilg2.models.config import ModelConfig, TextEncoderConfig, UNetConfig, VAEConfig
+
+    return ModelConfig(
+        num_experts=num_experts,
+        text_encoder=TextEncoderConfig(
+            hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, max_length=16
+        ),
+        unet=UNetConfig(block_out_channels=[32, 64], layers_per_block=1, attention_head_dim=4, norm_num_groups=8),
+        vae=VAEConfig(block_out_channels=[32, 64, 64], layers_per_block=1, latent_channels=4, norm_num_groups=8),
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_model_config():
+    return tiny_model_config_factory()
+
+
+@pytest.fixture(scope="session")
+def tiny_unet_kwargs(tiny_model_config):
+    """Keyword config of one tiny expert (UNet2DConditionModel) on 8x8 latents."""
+    from ernie_vilg2.models.factory import unet_kwargs
+
+    return unet_kwargs(tiny_model_config, TINY_LATENT)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_config):
+    from ernie_vilg2.text.tokenizer import build_tokenizer
+
+    te = tiny_model_config.text_encoder
+    return build_tokenizer(te.vocab_file, te.max_length)
+
+
+def _build_pipeline(cfg, num_experts: int, seed: int, tokenizer=None, sampler: str = "ddim"):
+    from ernie_vilg2.models.factory import build_pipeline
+
+    paddle = _use_cpu()
+    paddle.seed(seed)
+    pipe = build_pipeline(cfg, TINY_RESOLUTION, num_experts=num_experts, tokenizer=tokenizer, sampler=sampler)
+    for part in (pipe.vae, pipe.text_encoder, pipe.unet):
+        part.eval()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="session")
+def make_tiny_pipeline(tiny_model_config, tiny_tokenizer):
+    """Factory: ``make_tiny_pipeline(num_experts=1, seed=0, sampler="ddim")`` -> a fresh pipeline
+    (same seed -> same weights)."""
+
+    def make(num_experts: int = 1, seed: int = 0, sampler: str = "ddim"):
+        return _build_pipeline(tiny_model_config, num_experts, seed, tiny_tokenizer, sampler)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(make_tiny_pipeline):
+    """A stage-1 (single-expert) tiny pipeline with DDIM. Read-only."""
+    return make_tiny_pipeline(num_experts=1, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_mode_pipeline(make_tiny_pipeline):
+    """A tiny pipeline with 4 independently initialised experts and DDIM. Read-only."""
+    return make_tiny_pipeline(num_experts=4, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tiny_pipeline, tmp_path_factory):
+    """``tiny_pipeline`` saved with save_pretrained (model_index.json + safetensors)."""
+    path = tmp_path_factory.mktemp("tiny_pipeline") / "pipeline"
+    tiny_pipeline.save_pretrained(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def vilg300_csv():
+    if not os.path.isfile(VILG300_CSV):
+        pytest.skip(f"shared prompt set not found: {VILG300_CSV} (needs the ../shared checkout)")
+    return VILG300_CSV

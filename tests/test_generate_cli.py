@@ -1,0 +1,195 @@
+"""tools/generate.py and tools/branch_experts.py run as subprocesses on a tiny saved pipeline."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO_ROOT
+
+GENERATE = os.path.join(REPO_ROOT, "tools", "generate.py")
+BRANCH = os.path.join(REPO_ROOT, "tools", "branch_experts.py")
+
+
+def _run(script, *args, check=True):
+    env = {**os.environ, "GLOG_minloglevel": "2"}
+    proc = subprocess.run(
+        [sys.executable, script, *map(str, args)], cwd=REPO_ROOT, env=env,
+        capture_output=True, text=True, timeout=300,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def _csv_rows(path, column, n):
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        return [row[column] for row, _ in zip(csv.DictReader(f), range(n))]
+
+
+def test_generate_from_csv_writes_grid_singles_and_captions(tiny_pipeline_dir, vilg300_csv, tmp_path):
+    out = tmp_path / "samples" / "vilg.png"
+    proc = _run(GENERATE, "--model", tiny_pipeline_dir, "--prompt-file", vilg300_csv, "--limit", 2,
+                "--steps", 2, "--sampler", "ddim", "--seed", 0, "--out", out)
+    assert str(out) in proc.stdout  # it says where it wrote
+    singles = [tmp_path / "samples" / f"vilg_{i:03d}.png" for i in range(2)]
+    for path in singles:
+        assert Image.open(path).size == (32, 32)
+    # 2 images side by side (near-square layout), 2-pixel padding
+    assert Image.open(out).size == (2 * 32 + 3 * 2, 32 + 2 * 2)
+    record = json.loads((tmp_path / "samples" / "vilg.json").read_text(encoding="utf-8"))
+    assert record["images"] == dict(zip(["vilg_000.png", "vilg_001.png"], _csv_rows(vilg300_csv, "文本", 2)))
+    assert not [p for p in os.listdir(tmp_path / "samples") if p.startswith(".")]  # no temp files left
+
+
+def test_generate_prompts_and_text_file_with_several_images_per_prompt(tiny_pipeline_dir, tmp_path):
+    prompt_file = tmp_path / "prompts.txt"
+    prompt_file.write_text("\ufeff一只黄色的猫\n\n", encoding="utf-8")
+    out = tmp_path / "grid.png"
+    _run(GENERATE, "--model", tiny_pipeline_dir, "--prompt", "a red apple", "--prompt-file", prompt_file,
+         "--num-images-per-prompt", 2, "--height", 16, "--width", 24, "--steps", 2, "--sampler", "dpm",
+         "--batch-size", 1, "--out", out)
+    images = [np.asarray(Image.open(tmp_path / f"grid_{i:03d}.png")) for i in range(4)]
+    assert all(im.shape == (16, 24, 3) for im in images)
+    assert not np.array_equal(images[0], images[1])  # two draws per prompt, not copies
+    assert Image.open(out).size == (2 * 24 + 3 * 2, 2 * 16 + 3 * 2)  # one row per prompt
+    captions = json.loads((tmp_path / "grid.json").read_text(encoding="utf-8"))["images"]
+    assert list(captions.values()) == ["a red apple", "a red apple", "一只黄色的猫", "一只黄色的猫"]
+
+
+def test_branch_experts_cli_makes_identical_experts(tiny_pipeline_dir, tiny_pipeline, tmp_path):
+    from ernie_vilg2.pipelines import ErnieViLG2Pipeline
+
+    out = tmp_path / "stage2"
+    proc = _run(BRANCH, "--model", tiny_pipeline_dir, "--num-experts", 4, "--out", out)
+    assert str(out) in proc.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stage2"]  # the temp folder was renamed away
+    pipe = ErnieViLG2Pipeline.from_pretrained(str(out))
+    assert pipe.unet.num_experts == 4
+    source = {k: v.numpy() for k, v in tiny_pipeline.unet.experts[0].state_dict().items()}
+    for expert in pipe.unet.experts:
+        state = expert.state_dict()
+        assert state.keys() == source.keys()
+        assert all(np.array_equal(state[k].numpy(), source[k]) for k in source)
+    for name in ("vae", "text_encoder"):
+        ref = getattr(tiny_pipeline, name).state_dict()
+        assert all(np.array_equal(v.numpy(), ref[k].numpy()) for k, v in getattr(pipe, name).state_dict().items())
+    public = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}  # noqa: E731
+    assert public(pipe.scheduler.config) == public(tiny_pipeline.scheduler.config)
+
+    # a multi-expert folder is not a stage-1 model
+    again = _run(BRANCH, "--model", out, "--num-experts", 2, "--out", tmp_path / "x", check=False)
+    assert again.returncode != 0 and "--model" in again.stderr and "1 expert" in again.stderr
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--model", "{missing}", "--prompt", "a cat"], ["--model", "{missing}"]),
+        (["--model", "{model}", "--prompt-file", "{missing}.txt"], ["--prompt-file", "{missing}.txt"]),
+        (["--model", "{model}", "--prompt-file", "{csv}", "--column", "Caption"],
+         ["--column", "Caption", "Prompt, 文本, 类别, 来源"]),
+        (["--model", "{model}"], ["no prompt"]),
+        (["--model", "{model}", "--prompt", "a cat", "--steps", "0"], ["--steps"]),
+        (["--model", "{model}", "--prompt", "a cat", "--out", "grid.jpg"], ["--out"]),
+    ],
+)
+def test_generate_errors_name_the_flag(tiny_pipeline_dir, tmp_path, args, expected):
+    csv_path = tmp_path / "set.csv"
+    csv_path.write_text("\ufeffPrompt,文本,类别,来源\na,一,颜色,x\n", encoding="utf-8")
+    names = dict(missing=str(tmp_path / "nope"), model=tiny_pipeline_dir, csv=str(csv_path))
+    proc = _run(GENERATE, *[a.format(**names) for a in args], check=False)
+    assert proc.returncode != 0
+    for text in expected:
+        assert text.format(**names) in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--model", "{missing}", "--num-experts", "2", "--out", "{out}"], ["--model", "{missing}"]),
+        (["--model", "{model}", "--num-experts", "0", "--out", "{out}"], ["--num-experts"]),
+        (["--model", "{model}", "--num-experts", "3", "--out", "{out}"], ["--num-experts", "divide"]),
+        (["--model", "{model}", "--num-experts", "2", "--out", "{model}"], ["--out", "exists"]),
+    ],
+)
+def test_branch_errors_name_the_flag(tiny_pipeline_dir, tmp_path, args, expected):
+    names = dict(missing=str(tmp_path / "nope"), model=tiny_pipeline_dir, out=str(tmp_path / "out"))
+    proc = _run(BRANCH, *[a.format(**names) for a in args], check=False)
+    assert proc.returncode != 0
+    for text in expected:
+        assert text.format(**names) in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+# -- the package helpers behind the CLI (in process, fast) ------------------------------
+def test_read_prompts_csv_and_text(vilg300_csv, tmp_path):
+    from ernie_vilg2.utils.prompts import PromptColumnError, read_prompts
+
+    assert read_prompts(vilg300_csv, limit=2) == _csv_rows(vilg300_csv, "文本", 2)  # BOM header handled
+    assert read_prompts(vilg300_csv, column="Prompt", limit=1) == _csv_rows(vilg300_csv, "Prompt", 1)
+    assert len(read_prompts(vilg300_csv)) == len(_csv_rows(vilg300_csv, "文本", 10_000))
+    with pytest.raises(PromptColumnError, match="Prompt, 文本, 类别, 来源"):
+        read_prompts(vilg300_csv, column="caption")
+
+    english_only = tmp_path / "en.csv"
+    english_only.write_text("id,Prompt\n1,a cat\n2,\n3,a dog\n", encoding="utf-8")
+    assert read_prompts(str(english_only)) == ["a cat", "a dog"]  # falls back to Prompt, skips blanks
+    no_default = tmp_path / "x.csv"
+    no_default.write_text("id,caption\n1,a cat\n", encoding="utf-8")
+    with pytest.raises(PromptColumnError, match="id, caption"):
+        read_prompts(str(no_default))
+
+    text = tmp_path / "p.txt"
+    text.write_text("\ufeff 红苹果 \n\nblue heart\n", encoding="utf-8")
+    assert read_prompts(str(text)) == ["红苹果", "blue heart"]
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n \n", encoding="utf-8")
+    with pytest.raises(ValueError, match="no prompts"):
+        read_prompts(str(empty))
+    with pytest.raises(FileNotFoundError, match="missing.txt"):
+        read_prompts(str(tmp_path / "missing.txt"))
+
+
+def test_make_grid_layout_and_errors():
+    from ernie_vilg2.utils.images import make_grid
+
+    tiles = [np.full((4, 6, 3), v, dtype=np.uint8) for v in (10, 20, 30)]
+    grid = np.asarray(make_grid(tiles, cols=2, padding=1))
+    assert grid.shape == (2 * 4 + 3, 2 * 6 + 3, 3)
+    assert (grid[1:5, 1:7] == 10).all() and (grid[1:5, 8:14] == 20).all() and (grid[6:10, 1:7] == 30).all()
+    assert (grid[6:10, 8:14] == 255).all()  # the empty cell keeps the background
+    floats = make_grid([np.ones((4, 6, 3), dtype="float32")], padding=0)
+    assert np.asarray(floats).min() == 255
+    with pytest.raises(ValueError, match="image 1"):
+        make_grid([tiles[0], np.zeros((5, 6, 3), dtype=np.uint8)])
+    with pytest.raises(ValueError, match="no images"):
+        make_grid([])
+
+
+def test_atomic_directory_keeps_the_old_folder_on_error(tmp_path):
+    from ernie_vilg2.utils.io import atomic_directory
+
+    target = tmp_path / "model"
+    with atomic_directory(target) as tmp:
+        (tmp / "a.txt").write_text("1")
+    assert (target / "a.txt").read_text() == "1"
+    with pytest.raises(FileExistsError):
+        with atomic_directory(target):
+            pass
+    with pytest.raises(RuntimeError):
+        with atomic_directory(target, overwrite=True) as tmp:
+            (tmp / "a.txt").write_text("2")
+            raise RuntimeError("crash while saving")
+    assert (target / "a.txt").read_text() == "1"
+    with atomic_directory(target, overwrite=True) as tmp:
+        (tmp / "b.txt").write_text("3")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temp folders left

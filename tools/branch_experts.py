@@ -1,0 +1,71 @@
+"""Stage 2 initialisation: copy a stage-1 pipeline's U-Net into N denoising experts.
+
+    python tools/branch_experts.py --model output/stage1/pipeline --num-experts 10 --out output/stage2_init
+
+The VAE, text encoder, tokenizer and scheduler are saved unchanged; the output folder
+is written atomically (temporary folder beside --out, renamed when complete).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("GLOG_minloglevel", "2")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="stage-1 pipeline folder (1 expert)")
+    p.add_argument("--num-experts", type=int, required=True, help="number of experts N (must divide T)")
+    p.add_argument("--out", required=True, help="output pipeline folder")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    return p.parse_args(argv)
+
+
+def precheck(model_dir: str, num_experts: int) -> None:
+    """Fail in a second, before the heavy imports, on what the denoiser config already tells."""
+    path = os.path.join(model_dir, "unet", "config.json")
+    if not os.path.isfile(path):
+        return  # branch_pipeline_folder reports a malformed folder
+    with open(path, encoding="utf-8") as f:
+        config = json.load(f)
+    if config.get("num_experts", 1) != 1:
+        raise SystemExit(
+            f"error: --model: {model_dir} is not a stage-1 model: its unet has {config['num_experts']} experts, "
+            "branching needs 1 expert"
+        )
+    steps = config.get("num_train_timesteps", 1000)
+    if steps % num_experts:
+        raise SystemExit(f"error: --num-experts: {num_experts} does not divide num_train_timesteps ({steps})")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.num_experts < 1:
+        raise SystemExit(f"error: --num-experts must be >= 1, got {args.num_experts}")
+    if not os.path.isdir(args.model):
+        raise SystemExit(f"error: --model: model folder not found: {args.model}")
+    if os.path.exists(args.out) and not args.overwrite:
+        raise SystemExit(f"error: --out: {args.out} already exists (pass --overwrite to replace it)")
+    precheck(args.model, args.num_experts)
+
+    from ernie_vilg2.cli_utils import quiet_third_party_logs
+
+    quiet_third_party_logs()
+    from ernie_vilg2.pipelines import branch_pipeline_folder
+
+    try:
+        branch_pipeline_folder(args.model, args.num_experts, args.out, overwrite=args.overwrite)
+    except FileNotFoundError as exc:
+        raise SystemExit(f"error: --model: {exc}") from None
+    except ValueError as exc:  # 'unet: ... has N experts' or N not dividing T
+        flag = "--num-experts" if "num_experts" in str(exc) else "--model"
+        raise SystemExit(f"error: {flag}: {exc}") from None
+    print(f"wrote {args.num_experts}-expert pipeline to {os.path.abspath(args.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
