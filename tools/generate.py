@@ -37,6 +37,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=4, help="prompts per pipeline call")
     p.add_argument("--cols", type=int, help="grid columns (default: --num-images-per-prompt if > 1, else square)")
     p.add_argument("--out", default="samples/grid.png", help="grid PNG path; singles go beside it")
+    p.add_argument("--keyword-emphasis", type=float, metavar="W_T",
+                   help="textual knowledge at sampling: scale cross-attention scores of key words by 1 + W_T "
+                        "(key words from LAC / the English tagger; off by default, as in the paper)")
+    p.add_argument("--user-dict", help="user dictionary for --keyword-emphasis (forced words/tags)")
     return p.parse_args(argv)
 
 
@@ -67,8 +71,29 @@ def check_numbers(args: argparse.Namespace) -> None:
             raise SystemExit(f"error: {flag} must be >= 1, got {value}")
     if args.guidance < 0:
         raise SystemExit(f"error: --guidance must be >= 0, got {args.guidance}")
+    if args.keyword_emphasis is not None and args.keyword_emphasis < 0:
+        raise SystemExit(f"error: --keyword-emphasis must be >= 0, got {args.keyword_emphasis}")
+    if args.user_dict and args.keyword_emphasis is None:
+        raise SystemExit("error: --user-dict needs --keyword-emphasis")
+    if args.user_dict and not os.path.isfile(args.user_dict):
+        raise SystemExit(f"error: --user-dict: file not found: {args.user_dict}")
     if not args.out.lower().endswith(".png"):
         raise SystemExit(f"error: --out must be a .png file name, got {args.out}")
+
+
+def keyword_emphasis(pipe, prompts, args):
+    """Install the key-word emphasis processor in every expert; return the prompts' masks."""
+    import numpy as np
+
+    from ernie_vilg2.knowledge.textual import TextualKnowledgeConfig, build_text_inputs
+    from ernie_vilg2.models.attention_processor import KnowledgeAttnProcessor
+
+    cfg = TextualKnowledgeConfig(enabled=True, pos_tokens=False, w_t=args.keyword_emphasis,
+                                 user_dict=args.user_dict, apply_at_sampling=True)
+    inputs = build_text_inputs(prompts, pipe.tokenizer, pipe.max_length, cfg, np.random.default_rng(0),
+                               training=False)
+    pipe.unet.set_attn_processor(KnowledgeAttnProcessor(args.keyword_emphasis))
+    return inputs["key_token_mask"]
 
 
 def main(argv=None) -> int:
@@ -88,11 +113,13 @@ def main(argv=None) -> int:
     except FileNotFoundError as exc:
         raise SystemExit(f"error: --model: {exc}") from None
     pipe.set_progress_bar_config(disable=True)
+    key_token_mask = keyword_emphasis(pipe, prompts, args) if args.keyword_emphasis is not None else None
     try:
         images = generate_images(
             pipe, prompts, batch_size=args.batch_size, seed=args.seed,
             num_images_per_prompt=args.num_images_per_prompt, negative_prompt=args.negative_prompt,
             num_inference_steps=args.steps, guidance_scale=args.guidance, height=args.height, width=args.width,
+            key_token_mask=key_token_mask,
         )
     except (ValueError, TypeError) as exc:  # the pipeline's input checks name the field
         raise SystemExit(f"error: {exc}") from None

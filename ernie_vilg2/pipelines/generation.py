@@ -18,13 +18,15 @@ def generate_images(
     seed: Optional[int] = 0,
     num_images_per_prompt: int = 1,
     negative_prompt: Optional[str] = None,
+    key_token_mask: Optional[np.ndarray] = None,
     **call_kwargs,
 ) -> List:
     """Run ``pipe`` over ``prompts`` in batches of ``batch_size`` prompts.
 
     One NumPy generator seeded once feeds every batch, and NumPy draws the noise in
     row order, so image ``i`` gets the same initial noise whatever the batch size.
-    Images come back prompt-major: prompt 0's images first.
+    Images come back prompt-major: prompt 0's images first. ``key_token_mask`` holds one
+    row per prompt (key-word emphasis at sampling) and is split with the batches.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -40,6 +42,7 @@ def generate_images(
             negative_prompt=negative_prompt,
             generator=rng,
             num_images_per_prompt=num_images_per_prompt,
+            key_token_mask=None if key_token_mask is None else key_token_mask[start : start + batch_size],
             **call_kwargs,
         )
         images.extend(out.images)

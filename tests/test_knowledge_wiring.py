@@ -1,0 +1,103 @@
+"""Knowledge in training and sampling: what the trainer hands the models."""
+import json
+import os
+
+import numpy as np
+import paddle
+import pytest
+
+from ernie_vilg2.models.attention_processor import KnowledgeAttnProcessor
+from ernie_vilg2.text.tokenizer import POS_TOKENS, build_tokenizer
+from ernie_vilg2.training.config import load_config
+from ernie_vilg2.training.knowledge import CaptionProcessor
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_YAML = os.path.join(REPO, "configs", "tiny.yaml")
+
+
+def _cfg(tmp_path, *overrides):
+    return load_config(TINY_YAML, [f"data.builtin.out_dir={tmp_path / 'data'}", "data.builtin.num_scenes=4",
+                                   "data.builtin.num_val_scenes=2", "model.text_encoder.max_length=16",
+                                   *overrides])
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer(max_length=16)
+
+
+def _meta(caption, lang, index=0, boxes=None, labels=None):
+    return {"caption": caption, "lang": lang, "index": index,
+            "boxes": np.asarray(boxes if boxes is not None else np.zeros((0, 4)), dtype="float32"),
+            "labels": labels or [], "synthetic_caption": None}
+
+
+def test_textual_knowledge_off_gives_plain_tokens_and_no_mask(tmp_path, tokenizer):
+    proc = CaptionProcessor(_cfg(tmp_path, "train.caption_dropout=0.0"), tokenizer)
+    batch = proc.training_batch([_meta("红苹果在猫脸的左边", "zh")], np.random.default_rng(0), (1, 8, 8))
+    assert batch["key_token_mask"] is None and batch["loss_weight"] is None
+    assert batch["input_ids"].shape == (1, 16)
+
+
+def test_textual_knowledge_marks_key_words_and_inserts_pos_tokens(tmp_path, tokenizer):
+    cfg = _cfg(tmp_path, "textual_knowledge.enabled=true", "textual_knowledge.pos_token_prob=1.0",
+               "train.caption_dropout=0.0")
+    proc = CaptionProcessor(cfg, tokenizer)
+    batch = proc.training_batch([_meta("a red apple and the cat", "en")], np.random.default_rng(0), (1, 8, 8))
+    tokens = tokenizer.convert_ids_to_tokens(batch["input_ids"][0].tolist())
+    mask = batch["key_token_mask"][0]
+    assert any(t in POS_TOKENS for t in tokens), tokens
+    marked = {t for t, m in zip(tokens, mask) if m > 0}
+    assert {"red", "apple", "cat"} <= marked, (tokens, mask)
+    assert not marked & {"[CLS]", "[SEP]", "[PAD]", "the", "and"} and not marked & set(POS_TOKENS)
+
+
+def test_stored_keywords_are_used_instead_of_running_the_analyser(tmp_path, tokenizer, monkeypatch):
+    ann = tmp_path / "ann.jsonl"
+    ann.write_text(json.dumps({"index": 7, "image": "x.png", "caption": "蓝心",
+                               "keywords": [{"text": "蓝心", "tag": "n", "start": 0, "end": 2, "importance": 3}]},
+                              ensure_ascii=False) + "\n", encoding="utf-8")
+    cfg = _cfg(tmp_path, "textual_knowledge.enabled=true", f"textual_knowledge.annotations={ann}",
+               "textual_knowledge.pos_tokens=false", "train.caption_dropout=0.0")
+    proc = CaptionProcessor(cfg, tokenizer)
+    from ernie_vilg2.knowledge.textual import analysis
+
+    def no_analysis(*args, **kwargs):
+        raise AssertionError("the analyser ran although the annotation file has the key words")
+
+    monkeypatch.setattr(analysis.TextAnalyzer, "analyze", no_analysis)
+    batch = proc.training_batch([_meta("蓝心", "zh", index=7)], np.random.default_rng(0), (1, 8, 8))
+    np.testing.assert_array_equal(batch["key_token_mask"][0][:4], [0, 1, 1, 0])  # [CLS] 蓝 心 [SEP]
+
+
+def test_processor_installed_for_training_only_unless_configured(tmp_path, tokenizer):
+    from ppdiffusers.models.attention_processor import AttnProcessor
+
+    from ernie_vilg2.models.factory import build_denoiser
+
+    cfg = _cfg(tmp_path, "textual_knowledge.enabled=true", "model.num_experts=2")
+    unet = build_denoiser(cfg.model, 32, num_experts=2)
+    proc = CaptionProcessor(cfg, tokenizer)
+    proc.install(unet, training=True)
+    procs = [p for e in unet.experts for p in e.attn_processors.values()]
+    assert procs and all(isinstance(p, KnowledgeAttnProcessor) and p.w_t == 0.01 for p in procs)
+    proc.install(unet, training=False)
+    assert all(type(p) is AttnProcessor for e in unet.experts for p in e.attn_processors.values())
+    cfg = _cfg(tmp_path, "textual_knowledge.enabled=true", "textual_knowledge.apply_at_sampling=true")
+    CaptionProcessor(cfg, tokenizer).install(unet, training=False)
+    assert all(isinstance(p, KnowledgeAttnProcessor) for e in unet.experts for p in e.attn_processors.values())
+
+
+def test_keyword_emphasis_at_sampling_changes_images_only_when_on(make_tiny_pipeline):
+    pipe = make_tiny_pipeline(num_experts=2)
+    pipe.set_progress_bar_config(disable=True)
+    prompts = ["红苹果在猫脸的左边"]
+    mask = np.zeros((1, pipe.max_length), dtype="float32")
+    mask[0, 1:4] = 1.0
+    kwargs = dict(num_inference_steps=2, guidance_scale=2.0, seed=3, output_type="np")
+    plain = pipe(prompts, **kwargs).images
+    pipe.unet.set_attn_processor(KnowledgeAttnProcessor(0.0))
+    np.testing.assert_array_equal(pipe(prompts, key_token_mask=mask, **kwargs).images, plain)
+    pipe.unet.set_attn_processor(KnowledgeAttnProcessor(5.0))
+    emphasised = pipe(prompts, key_token_mask=mask, **kwargs).images
+    assert np.abs(emphasised - plain).max() > 1e-4
