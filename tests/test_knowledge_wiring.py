@@ -101,3 +101,45 @@ def test_keyword_emphasis_at_sampling_changes_images_only_when_on(make_tiny_pipe
     pipe.unet.set_attn_processor(KnowledgeAttnProcessor(5.0))
     emphasised = pipe(prompts, key_token_mask=mask, **kwargs).images
     assert np.abs(emphasised - plain).max() > 1e-4
+
+
+def test_w_v_zero_weighted_loss_equals_plain_loss():
+    from ernie_vilg2.knowledge.visual import loss_weight_map
+    from ernie_vilg2.training.losses import per_sample_weighted_mse
+
+    rng = np.random.default_rng(0)
+    pred, target = (paddle.to_tensor(rng.standard_normal([3, 4, 8, 8]).astype("float32")) for _ in range(2))
+    boxes = np.array([[2, 3, 20, 25]], dtype="float32")
+    flat = np.stack([loss_weight_map(boxes, 32, 8, 0.0)] * 3)
+    plain = per_sample_weighted_mse(pred, target)
+    np.testing.assert_allclose(per_sample_weighted_mse(pred, target, paddle.to_tensor(flat)).numpy(),
+                               plain.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(plain.numpy(), ((pred - target) ** 2).mean(axis=[1, 2, 3]).numpy(), rtol=1e-6)
+    # With w_v > 0 the loss is the weighted mean: errors inside the box count 1 + w_v times.
+    weight = np.stack([loss_weight_map(boxes, 32, 8, 1.0)] * 3)
+    se = ((pred - target) ** 2).numpy()
+    w = np.broadcast_to(weight, se.shape)
+    expected = (se * w).sum(axis=(1, 2, 3)) / w.sum(axis=(1, 2, 3))
+    np.testing.assert_allclose(per_sample_weighted_mse(pred, target, paddle.to_tensor(weight)).numpy(), expected,
+                               rtol=1e-5)
+
+
+def test_stored_detections_drive_weights_and_enrichment(tmp_path, tokenizer):
+    """extract-then-train: boxes from the annotation file, not from the record."""
+    ann = tmp_path / "ann.jsonl"
+    objects = [{"box": [0, 0, 16, 16], "label": "frog", "label_zh": "青蛙", "score": 0.9}]
+    ann.write_text(json.dumps({"index": 3, "image": "x.png", "caption": "a red apple", "keywords": [],
+                               "objects": objects}) + "\n",
+                   encoding="utf-8")
+    cfg = _cfg(tmp_path, "visual_knowledge.enabled=true", f"visual_knowledge.annotations={ann}",
+               "visual_knowledge.use_ground_truth=false", "visual_knowledge.weight_prob=1.0",
+               "visual_knowledge.w_v=0.5", "train.caption_dropout=0.0")
+    proc = CaptionProcessor(cfg, tokenizer)  # labels.json found beside the built-in data
+    meta = _meta("a red apple", "en", index=3, boxes=[[20, 20, 30, 30]], labels=["red apple"])
+    batch = proc.training_batch([meta], np.random.default_rng(0), (1, 8, 8))
+    weight = batch["loss_weight"][0, 0]
+    assert weight.shape == (8, 8)
+    np.testing.assert_allclose(weight[:4, :4], 1.5)  # the stored box (top-left quarter)
+    np.testing.assert_allclose(weight[5:, 5:], 1.0)  # the record's own box is ignored
+    text = " ".join(tokenizer.convert_ids_to_tokens(batch["input_ids"][0].tolist())).replace(" ##", "")
+    assert "apple , frog" in text  # the detected label missing from the caption was appended

@@ -9,6 +9,7 @@ The models only ever see tensors: token ids, a key-token mask, a weight map.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -31,6 +32,19 @@ def _load_annotations(paths: List[Optional[str]]) -> Dict[int, dict]:
     return merged
 
 
+def _label_map_path(cfg) -> Optional[str]:
+    """visual_knowledge.labels, else the labels.json beside the training data (built-in
+    data writes one), else None."""
+    vk = cfg.visual_knowledge
+    if vk.labels or not vk.enabled:
+        return vk.labels
+    from ..data import dataset_path
+
+    path = dataset_path(cfg.data)
+    candidate = os.path.join(path if os.path.isdir(path) else os.path.dirname(path), "labels.json")
+    return candidate if os.path.isfile(candidate) else None
+
+
 class CaptionProcessor:
     def __init__(self, cfg, tokenizer):
         self.cfg = cfg
@@ -39,7 +53,7 @@ class CaptionProcessor:
         self.textual = cfg.textual_knowledge
         f = cfg.model.vae.scale_factor
         self.image_size = cfg.data.resolution
-        self.visual = VisualKnowledge(cfg.visual_knowledge, cfg.data.resolution // f)
+        self.visual = VisualKnowledge(cfg.visual_knowledge, cfg.data.resolution // f, _label_map_path(cfg))
         self.annotations = _load_annotations(
             [getattr(self.textual, "annotations", None), cfg.visual_knowledge.annotations]
             if (self.textual.enabled or cfg.visual_knowledge.enabled) else []
