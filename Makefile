@@ -40,6 +40,7 @@ bench: install
 	$(PY) benchmarks/mode_overhead.py
 	$(PY) benchmarks/textual_knowledge.py
 	$(PY) benchmarks/visual_knowledge.py
+	$(PY) benchmarks/knowledge_training_step.py
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

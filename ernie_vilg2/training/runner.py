@@ -30,8 +30,9 @@ from ..models.mode import MixtureOfDenoisingExperts
 from ..text.tokenizer import build_tokenizer
 from ..utils.images import make_grid
 from ..utils.io import atomic_write_text, atomic_directory
-from .batches import LatentSource, batch_indices, estimate_scaling_factor, group_mean, shard, stack_weight_maps
+from .batches import LatentSource, batch_indices, estimate_scaling_factor, shard
 from .config import STAGES, ExperimentConfig
+from .diffusion_step import DiffusionStep, TimestepSampler
 from .distributed import DistContext, init_distributed
 from .knowledge import CaptionProcessor
 from .loop import LoopSettings, Trainer
@@ -144,10 +145,6 @@ class ExperimentRunner:
             trainer.resume()
         return trainer
 
-    def _my_rows(self, step: int, batch_size: int) -> List[int]:
-        rows = batch_indices(step, batch_size, len(self.dataset), self.cfg.train.seed)
-        return shard(rows, self.ctx.rank, self.ctx.world_size)
-
     # -- stage: VAE ------------------------------------------------------------------------
     def run_vae(self, index: int) -> None:
         cfg = self.cfg
@@ -224,32 +221,8 @@ class ExperimentRunner:
             cfg.train.expert_ids if stage == "experts" else None,
             one_expert_per_step=stage == "experts" and cfg.train.one_expert_per_step,
         )
-        stage_len = cfg.model.num_train_timesteps // cfg.model.num_experts
-        f = cfg.model.vae.scale_factor
-        weight_shape = (1, cfg.data.resolution // f, cfg.data.resolution // f)
-
-        def step_fn(step, rng):
-            rows = batch_indices(step, batch_size, len(source), cfg.train.seed)
-            metas = [source.meta(i) for i in rows]
-            # Every random draw is made for the whole global batch, then sharded, so
-            # N workers compute exactly the batch one worker would.
-            latents = source.latents(rows, rng)
-            noise = rng.standard_normal(latents.shape).astype("float32")
-            t = timesteps.sample(batch_size, rng)
-            batch = captions.training_batch(metas, rng, weight_shape)
-            mine = shard(list(range(batch_size)), self.ctx.rank, self.ctx.world_size)
-            weights = batch["loss_weight"]
-            mask = batch["key_token_mask"]
-            losses = model(
-                paddle.to_tensor(batch["input_ids"][mine]),
-                paddle.to_tensor(latents[mine]),
-                paddle.to_tensor(noise[mine]),
-                paddle.to_tensor(t[mine]),
-                None if weights is None else paddle.to_tensor(weights[mine]),
-                None if mask is None else paddle.to_tensor(mask[mine]),
-            )
-            logs = group_mean(losses.numpy(), t[mine] // stage_len, cfg.model.num_experts, "loss_stage_")
-            return losses.mean(), logs
+        step_fn = DiffusionStep(cfg, source, captions, model, timesteps, batch_size,
+                                self.ctx.rank, self.ctx.world_size)
 
         from ..pipelines.pipeline_ernie_vilg2 import ErnieViLG2Pipeline
 
@@ -289,33 +262,6 @@ class ExperimentRunner:
             self.writer.add_image(f"{stage}/samples", np.asarray(grid), step)
         logger.info("sample grid of stage %s: %s", stage, path)
         return path
-
-
-class TimestepSampler:
-    """Uniform timesteps, optionally restricted to the stages of some experts.
-
-    ``one_expert_per_step`` draws one expert per step and all of the batch's timesteps
-    from its stage: every expert still sees a uniform share of its own stage, but a
-    step runs one U-Net on the whole batch instead of N U-Nets on slivers of it (what
-    expert-parallel workers do at scale; on one CPU it makes stage 2 cost as stage 1).
-    """
-
-    def __init__(self, num_train_timesteps: int, num_experts: int, expert_ids: Optional[List[int]] = None,
-                 one_expert_per_step: bool = False):
-        self.T = num_train_timesteps
-        self.stage = num_train_timesteps // num_experts
-        self.expert_ids = np.asarray(expert_ids if expert_ids else range(num_experts))
-        self.restricted = bool(expert_ids)
-        self.one_expert_per_step = one_expert_per_step
-
-    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        if self.one_expert_per_step:
-            experts = np.full(n, rng.choice(self.expert_ids))
-        elif self.restricted:
-            experts = rng.choice(self.expert_ids, size=n)
-        else:
-            return rng.integers(0, self.T, size=n).astype("int64")
-        return (experts * self.stage + rng.integers(0, self.stage, size=n)).astype("int64")
 
 
 def run_training(cfg: ExperimentConfig, resume: bool = False, stages: Optional[List[str]] = None) -> Optional[str]:

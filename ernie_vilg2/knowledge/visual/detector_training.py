@@ -1,8 +1,15 @@
 """Train the shipped detector on the built-in composed scenes and measure mAP@0.5.
 
 No pretrained detector can be downloaded here, so the project trains its own on the
-two-emoji scenes whose true boxes the data builder records (single-emoji records carry
-no boxes and are skipped). ``tools/train_detector.py`` is the command-line face.
+two-emoji scenes whose true boxes the data builder records (dataset records without
+boxes are skipped). Scenes alone show only small objects (0.4-0.5 of the side) of the 20
+classes, and a detector trained on them names any large or unknown emoji after some
+class, so :class:`SingleEmojiData` adds images rendered in memory with the data
+builder's functions: one scene-class emoji at a random scale and position, with its box,
+and negatives (one emoji of no scene class, no box) that teach the head background.
+Held-out singles and negatives of other emoji are scored too: AP@0.5 on the singles and
+the share of negatives with a detection at the default score threshold.
+``tools/train_detector.py`` is the command-line face.
 
 Resumable: ``OUT/checkpoint.safetensors`` holds the model, the optimizer moments, the
 step, the random state and the history, and is replaced atomically every
@@ -15,16 +22,19 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
+import re
 import time
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import paddle
 
 from .detector import Detector, _atomic_save_safetensors, load_image_rgb
 from .labels import LabelMap
-from .metrics import voc_map
+from .metrics import image_false_positive_rate, voc_map
+from .salient import DEFAULT_SCORE_THRESHOLD
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 WEIGHTS_NAME = "detector.safetensors"
@@ -34,9 +44,13 @@ METRICS_NAME = "metrics.json"
 # ---------------------------------------------------------------------------- data
 @dataclass
 class SceneAnnotation:
-    image: str  # path of the image file
-    boxes: np.ndarray  # float32 [K, 4] pixels (x0, y0, x1, y1)
+    image: str  # path of the image file (a name only, when ``pixels`` is set)
+    boxes: np.ndarray  # float32 [K, 4] pixels (x0, y0, x1, y1); K may be 0 (a negative)
     class_ids: np.ndarray  # int64 [K]
+    pixels: Optional[np.ndarray] = None  # uint8 RGB [H, W, 3] of an image rendered in memory
+
+    def load(self) -> np.ndarray:
+        return self.pixels if self.pixels is not None else load_image_rgb(self.image)
 
 
 def read_scene_annotations(jsonl_path: str, label_map: LabelMap) -> List[SceneAnnotation]:
@@ -72,8 +86,140 @@ def read_scene_annotations(jsonl_path: str, label_map: LabelMap) -> List[SceneAn
     return list(scenes.values())
 
 
+# ---------------------------------------------------------------------------- single-emoji images
+# Emoji of no scene class that look like one (a whole cat, a glowing star, a green apple,
+# a tropical fish): naming them after the class is nearly right, so they are neither
+# taught as background nor counted as false positives. Matched as whole words.
+LOOKALIKE_WORDS = frozenset({
+    "apple", "banana", "grape", "grapes", "watermelon", "strawberry", "tangerine", "eggplant", "broccoli",
+    "carrot", "cat", "dog", "frog", "pig", "rabbit", "penguin", "fish", "octopus", "star", "mushroom",
+})
+# Every HELD_OUT_EVERY-th negative emoji (by name) is kept for evaluation only, so the
+# false-positive rate is measured on emoji the detector never saw.
+HELD_OUT_EVERY = 5
+
+
+@dataclass
+class SingleEmojiData:
+    """Single-emoji images rendered in memory at each dataset's resolution (white
+    background, like the scenes): scene-class singles with their box and negatives
+    without. Counts are per dataset folder; ``scale`` is the emoji side as a fraction of
+    the image side, drawn uniformly; positions are uniform over the canvas."""
+
+    per_class: int = 60  # training singles of each scene class
+    negatives: int = 1200  # training negatives (emoji outside the held-out share)
+    val_per_class: int = 10  # held-out singles of each class (another seed)
+    val_negatives: int = 300  # held-out negatives, from held-out emoji only
+    scale: Tuple[float, float] = (0.3, 0.95)
+    single_fraction: float = 0.25  # expected share of each training batch
+    negative_fraction: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("per_class", "negatives", "val_per_class", "val_negatives"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"singles.{name}: must be >= 0")
+        lo, hi = self.scale
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ValueError(f"singles.scale: need 0 < min <= max <= 1, got {self.scale}")
+        if self.single_fraction < 0 or self.negative_fraction < 0 or self.single_fraction + self.negative_fraction >= 1:
+            raise ValueError("singles.single_fraction, negative_fraction: must be >= 0 and sum to below 1")
+
+
+def negative_emoji(class_names: Sequence[str]) -> Tuple[list, list]:
+    """(training, held-out) catalogue entries that are neither a scene class nor a
+    lookalike (see ``LOOKALIKE_WORDS``); disjoint, each sorted by name."""
+    from ernie_vilg2.data.emoji_catalog import load_emoji_catalog
+
+    classes = {n.lower() for n in class_names}
+    entries = [e for e in load_emoji_catalog() if e.name_en.lower() not in classes
+               and not LOOKALIKE_WORDS & set(re.findall(r"[a-z]+", e.name_en.lower()))]
+    held = [e for k, e in enumerate(entries) if k % HELD_OUT_EVERY == HELD_OUT_EVERY - 1]
+    train = [e for k, e in enumerate(entries) if k % HELD_OUT_EVERY != HELD_OUT_EVERY - 1]
+    return train, held
+
+
+def class_emoji(label_map: LabelMap) -> list:
+    """The catalogue entry of each class (the built-in labels.json names emoji)."""
+    from ernie_vilg2.data.emoji_catalog import find_by_name
+
+    entries = []
+    for name in label_map.en:
+        try:
+            entries.append(find_by_name(name))
+        except KeyError:
+            raise ValueError(f"{label_map.source}: class {name!r} is no emoji name, so no single-emoji "
+                             "images can be rendered for it (train without singles)") from None
+    return entries
+
+
+def render_single_annotations(entries: Sequence, class_ids: Optional[Sequence[int]], resolution: int, count: int,
+                              scale: Tuple[float, float], seed: str) -> List[SceneAnnotation]:
+    """``count`` images of one emoji each, cycling through ``entries`` in a seeded
+    shuffle, at a random scale and position. With ``class_ids`` (parallel to
+    ``entries``) each image carries the emoji's tight box; without, none (a negative)."""
+    from ernie_vilg2.data.render import new_canvas, paste_emoji, to_rgb
+
+    if count and not entries:
+        raise ValueError("no emoji to render single-emoji images from")
+    rng = random.Random(f"{seed}-{resolution}")
+    order: List[int] = []
+    out = []
+    for k in range(count):
+        if not order:
+            order = list(range(len(entries)))
+            rng.shuffle(order)
+        i = order.pop()
+        size = max(1, round(rng.uniform(*scale) * resolution))
+        x, y = rng.randint(0, resolution - size), rng.randint(0, resolution - size)
+        canvas = new_canvas(resolution)
+        box = paste_emoji(canvas, entries[i].png_path, x, y, size)
+        boxed = class_ids is not None
+        out.append(SceneAnnotation(
+            image=f"<{seed} {resolution}px #{k}: {entries[i].name_en}>",
+            boxes=np.asarray([box] if boxed else [], np.float32).reshape(-1, 4),
+            class_ids=np.asarray([class_ids[i]] if boxed else [], np.int64),
+            pixels=np.asarray(to_rgb(canvas), np.uint8),
+        ))
+    return out
+
+
+@dataclass
+class SingleEmojiSets:
+    train_singles: List[SceneAnnotation]
+    train_negatives: List[SceneAnnotation]
+    val_singles: Dict[str, List[SceneAnnotation]]  # per dataset folder
+    val_negatives: Dict[str, List[SceneAnnotation]]
+
+
+def build_single_emoji_sets(cfg: SingleEmojiData, label_map: LabelMap, resolutions: Dict[str, int]) -> SingleEmojiSets:
+    """Render the training and held-out single-emoji images for each dataset folder
+    (``resolutions``: folder -> image side in pixels)."""
+    classes = class_emoji(label_map)
+    ids = list(range(len(classes)))
+    neg_train, neg_held = negative_emoji(label_map.en)
+    sets = SingleEmojiSets([], [], {}, {})
+    for folder, res in resolutions.items():
+        seed = cfg.seed
+        sets.train_singles += render_single_annotations(classes, ids, res, cfg.per_class * len(classes), cfg.scale,
+                                                        f"singles-train-{seed}")
+        sets.train_negatives += render_single_annotations(neg_train, None, res, cfg.negatives, cfg.scale,
+                                                          f"negatives-train-{seed}")
+        sets.val_singles[folder] = render_single_annotations(classes, ids, res, cfg.val_per_class * len(classes),
+                                                             cfg.scale, f"singles-val-{seed}")
+        sets.val_negatives[folder] = render_single_annotations(neg_held, None, res, cfg.val_negatives, cfg.scale,
+                                                               f"negatives-val-{seed}")
+    return sets
+
+
 class SceneBatcher:
     """Random augmented training batches in the detector's input format.
+
+    Each batch item is a scene, or with probabilities ``single_fraction`` /
+    ``negative_fraction`` an image from ``singles`` / ``negatives``. A batch always holds
+    at least one image with boxes: ppdet's PicoDet loss accepts images without boxes (the
+    assigners mask them with ``pad_gt_mask``) but divides by the batch's summed targets,
+    which is 0 (loss NaN) when no image has one.
 
     Augmentation (scenes are emoji on white, so the canvas is refilled with white):
     random zoom by a factor in ``zoom`` with a random shift (boxes that keep less than
@@ -82,15 +228,26 @@ class SceneBatcher:
     """
 
     def __init__(self, scenes: Sequence[SceneAnnotation], preprocess, rng: np.random.Generator,
-                 augment: bool = True, zoom=(0.7, 1.3)):
+                 augment: bool = True, zoom=(0.7, 1.3), singles: Sequence[SceneAnnotation] = (),
+                 negatives: Sequence[SceneAnnotation] = (), single_fraction: float = 0.0,
+                 negative_fraction: float = 0.0):
         if not scenes:
             raise ValueError("no scene records with boxes to train the detector on")
-        self.scenes = list(scenes)
-        self.images = [load_image_rgb(s.image) for s in self.scenes]
+        if any(len(s.boxes) == 0 for s in scenes) or any(len(s.boxes) == 0 for s in singles):
+            raise ValueError("scenes and singles must each have at least one box (negatives have none)")
+        self.pools = [list(scenes), list(singles), list(negatives)]
+        self.images = [[a.load() for a in pool] for pool in self.pools]
+        self.fractions = (single_fraction if singles else 0.0, negative_fraction if negatives else 0.0)
+        if sum(self.fractions) >= 1.0:
+            raise ValueError("single_fraction + negative_fraction must be below 1 (scenes need a share)")
         self.preprocess = preprocess
         self.rng = rng
         self.augment = augment
         self.zoom = zoom
+
+    @property
+    def scenes(self) -> List[SceneAnnotation]:
+        return self.pools[0]
 
     def _augment(self, image: np.ndarray, boxes: np.ndarray, ids: np.ndarray):
         import cv2
@@ -108,7 +265,7 @@ class SceneBatcher:
         clipped[:, [1, 3]] = np.clip(clipped[:, [1, 3]], 0, h)
         area = lambda b: np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
         keep = area(clipped) >= 0.5 * np.maximum(area(moved), 1e-6)
-        if not keep.any():
+        if len(boxes) and not keep.any():
             return image, boxes, ids
         out, boxes, ids = out, clipped[keep], ids[keep]
         if self.rng.random() < 0.5:
@@ -117,11 +274,17 @@ class SceneBatcher:
         return out, boxes, ids
 
     def sample(self, batch_size: int) -> Dict[str, np.ndarray]:
-        picks = self.rng.integers(0, len(self.scenes), size=batch_size)
-        return self.collate([self._item(int(i)) for i in picks], picks)
+        u = self.rng.random(batch_size)
+        single, negative = self.fractions
+        pools = np.where(u < single, 1, np.where(u < single + negative, 2, 0))
+        if (pools == 2).all():
+            pools[0] = 0  # see the class docstring: a batch without boxes gives a NaN loss
+        picks = [(int(p), int(self.rng.integers(0, len(self.pools[p])))) for p in pools]
+        return self.collate([self._item(p, i) for p, i in picks], np.arange(batch_size))
 
-    def _item(self, i: int):
-        image, boxes, ids = self.images[i], self.scenes[i].boxes, self.scenes[i].class_ids
+    def _item(self, pool: int, i: int):
+        ann = self.pools[pool][i]
+        image, boxes, ids = self.images[pool][i], ann.boxes, ann.class_ids
         if self.augment:
             image, boxes, ids = self._augment(image, boxes, ids)
         h, w = image.shape[:2]
@@ -169,7 +332,7 @@ def evaluate_detector(detector: Detector, scenes: Sequence[SceneAnnotation], bat
     ``groups`` optionally names subsets (indices into ``scenes``) to score separately
     from the same predictions; their mAPs go to ``result["groups"]``.
     """
-    images = [load_image_rgb(s.image) for s in scenes]
+    images = [s.load() for s in scenes]
     dets = detector.predict(images, batch_size=batch_size)
     preds = [(d.boxes, d.class_ids, d.scores) for d in dets]
     gts = [(s.boxes, s.class_ids) for s in scenes]
@@ -180,6 +343,60 @@ def evaluate_detector(detector: Detector, scenes: Sequence[SceneAnnotation], bat
         result["groups"] = {name: voc_map([preds[i] for i in idx], [gts[i] for i in idx], detector.num_classes)[0]
                             for name, idx in groups.items()}
     return result
+
+
+def evaluate_negatives(detector: Detector, negatives: Sequence[SceneAnnotation],
+                       score_threshold: float = DEFAULT_SCORE_THRESHOLD, batch_size: int = 32) -> Dict:
+    """Share of images without any object of a class (``negatives``) on which the
+    detector reports something scoring at least ``score_threshold`` (the default of the
+    salient-object filter), and the class names it most often reports there."""
+    dets = detector.predict([n.load() for n in negatives], batch_size=batch_size)
+    names: Dict[str, int] = {}
+    for d in dets:
+        if len(d) and d.scores[0] >= score_threshold:
+            names[d.labels[0]] = names.get(d.labels[0], 0) + 1
+    top = dict(sorted(names.items(), key=lambda kv: -kv[1])[:5])
+    return {"fp_rate": image_false_positive_rate([d.scores for d in dets], score_threshold),
+            "score_threshold": score_threshold, "num_images": len(negatives), "top_labels": top}
+
+
+def evaluate_all(detector: Detector, val_sets: Dict[str, List[SceneAnnotation]],
+                 singles: Optional[SingleEmojiSets] = None) -> Dict:
+    """Scene mAP@0.5 (overall, per class, per folder) and, with ``singles``, held-out
+    single-emoji AP@0.5 and the negatives' false-positive rate (overall and per folder)."""
+    val = [s for scenes in val_sets.values() for s in scenes]
+    bounds = np.cumsum([0] + [len(v) for v in val_sets.values()])
+    groups = {d: range(bounds[i], bounds[i + 1]) for i, d in enumerate(val_sets)}
+    scenes = evaluate_detector(detector, val, groups=groups)
+    out = {"map50": scenes["map50"], "ap50": scenes["ap50"],
+           "map50_per_dataset": {d: round(v, 4) for d, v in scenes["groups"].items()}, "val_images": len(val)}
+    if singles is not None and any(singles.val_singles.values()):
+        sets = singles.val_singles
+        flat = [s for v in sets.values() for s in v]
+        b = np.cumsum([0] + [len(v) for v in sets.values()])
+        res = evaluate_detector(detector, flat, groups={d: range(b[i], b[i + 1]) for i, d in enumerate(sets)})
+        out.update(single_ap50=res["map50"], single_ap50_per_class=res["ap50"],
+                   single_ap50_per_dataset={d: round(v, 4) for d, v in res["groups"].items()},
+                   val_single_images=len(flat))
+    if singles is not None and any(singles.val_negatives.values()):
+        per = {d: evaluate_negatives(detector, v) for d, v in singles.val_negatives.items() if v}
+        n = sum(r["num_images"] for r in per.values())
+        out.update(negative_fp_rate=sum(r["fp_rate"] * r["num_images"] for r in per.values()) / n,
+                   negative_fp_rate_per_dataset={d: round(r["fp_rate"], 4) for d, r in per.items()},
+                   negative_top_labels={d: r["top_labels"] for d, r in per.items()},
+                   negative_score_threshold=DEFAULT_SCORE_THRESHOLD, val_negative_images=n)
+    return out
+
+
+def summary_line(result: Dict) -> str:
+    """One line of the headline numbers of :func:`evaluate_all`."""
+    text = f"scene mAP@0.5 = {result['map50']:.4f} {result['map50_per_dataset']}"
+    if "single_ap50" in result:
+        text += f"; single-emoji AP@0.5 = {result['single_ap50']:.4f} {result['single_ap50_per_dataset']}"
+    if "negative_fp_rate" in result:
+        text += (f"; non-class false-positive rate @{result['negative_score_threshold']} = "
+                 f"{result['negative_fp_rate']:.4f} {result['negative_fp_rate_per_dataset']}")
+    return text
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -259,6 +476,27 @@ def _read_datasets(data_dirs: Sequence[str]):
     return label_map, train, val
 
 
+def dataset_resolutions(val_sets: Dict[str, List[SceneAnnotation]]) -> Dict[str, int]:
+    """Image side of each dataset folder, read from its first validation image (square)."""
+    out = {}
+    for folder, scenes in val_sets.items():
+        h, w = scenes[0].load().shape[:2]
+        if h != w:
+            raise ValueError(f"{scenes[0].image}: single-emoji images need square datasets, got {w}x{h}")
+        out[folder] = int(h)
+    return out
+
+
+def evaluate_weights(config_path: str, data_dirs: Union[str, Sequence[str]], weights: str,
+                     singles: Optional[SingleEmojiData] = None) -> Dict:
+    """:func:`evaluate_all` of saved weights on the held-out data that
+    :func:`train_detector` with the same ``data_dirs`` and ``singles`` reports."""
+    data_dirs = [data_dirs] if isinstance(data_dirs, str) else list(data_dirs)
+    label_map, _, val_sets = _read_datasets(data_dirs)
+    sets = build_single_emoji_sets(singles, label_map, dataset_resolutions(val_sets)) if singles else None
+    return evaluate_all(Detector(config_path, label_map, weights=weights), val_sets, sets)
+
+
 def train_detector(
     config_path: str,
     data_dirs: Union[str, Sequence[str]],
@@ -272,13 +510,16 @@ def train_detector(
     eval_every: int = 500,
     checkpoint_every: int = 100,
     max_minutes: Optional[float] = None,
+    singles: Optional[SingleEmojiData] = None,
     seed: int = 0,
     resume: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Train on the scenes of ``DIR/train.jsonl`` for each DIR in ``data_dirs`` (e.g. the
     built-in dataset at 32 and 64 px, sharing labels.json); report VOC mAP@0.5 on each
-    ``DIR/val.jsonl`` and on their union (``map50``).
+    ``DIR/val.jsonl`` and on their union (``map50``). With ``singles`` (classes must be
+    emoji names, as in the built-in labels.json), single-emoji images and negatives are
+    mixed into the batches and the held-out ones scored (see :func:`evaluate_all`).
 
     ``max_steps`` sets the learning-rate schedule and the end; ``max_minutes`` (wall time
     of the training loop including its periodic evaluations, summed over resumed runs)
@@ -290,6 +531,7 @@ def train_detector(
         raise ValueError("data_dirs: give at least one dataset folder")
     label_map, train, val_sets = _read_datasets(data_dirs)
     val = [s for scenes in val_sets.values() for s in scenes]
+    sets = build_single_emoji_sets(singles, label_map, dataset_resolutions(val_sets)) if singles else None
     os.makedirs(out_dir, exist_ok=True)
     ckpt_path = os.path.join(out_dir, CHECKPOINT_NAME)
 
@@ -304,14 +546,22 @@ def train_detector(
         meta = load_checkpoint(ckpt_path, detector, opt)
         rng.bit_generator.state = meta["rng"]
         log(f"resumed from {ckpt_path} at step {meta['step']} ({meta['train_seconds']:.0f} s trained)")
-    batcher = SceneBatcher(train, detector.preprocess, rng)
+    if sets is not None:
+        batcher = SceneBatcher(train, detector.preprocess, rng, singles=sets.train_singles,
+                               negatives=sets.train_negatives, single_fraction=singles.single_fraction,
+                               negative_fraction=singles.negative_fraction)
+        log(f"{len(sets.train_singles)} training singles, {len(sets.train_negatives)} training negatives; "
+            f"held out: {sum(map(len, sets.val_singles.values()))} singles, "
+            f"{sum(map(len, sets.val_negatives.values()))} negatives")
+    else:
+        batcher = SceneBatcher(train, detector.preprocess, rng)
     log(f"{len(train)} training scenes, {len(val)} validation scenes, {len(label_map)} classes, "
         f"input {detector.input_size}, {sum(int(p.size) for p in model.parameters())} parameters")
 
     def checkpoint():
         meta["rng"] = rng.bit_generator.state
         meta.update(config=os.path.abspath(config_path), data_dirs=[os.path.abspath(d) for d in data_dirs],
-                    max_steps=max_steps)
+                    max_steps=max_steps, singles=asdict(singles) if singles else None)
         save_checkpoint(ckpt_path, detector, opt, meta)
 
     start = time.time()
@@ -337,25 +587,20 @@ def train_detector(
                 f"({meta['train_seconds']:.0f} s)")
             window = []
         if step % eval_every == 0 and step < max_steps:
-            result = evaluate_detector(detector, val)
+            result = evaluate_all(detector, val_sets, sets)
             meta["history"].append({"step": step, "train_seconds": round(meta["train_seconds"], 1),
-                                    "map50": round(result["map50"], 4)})
-            log(f"step {step}: val mAP@0.5 = {result['map50']:.4f}")
+                                    **{k: round(result[k], 4) for k in ("map50", "single_ap50", "negative_fp_rate")
+                                       if k in result}})
+            log(f"step {step}: {summary_line(result)}")
         if step % checkpoint_every == 0:
             checkpoint()
     checkpoint()
 
-    bounds = np.cumsum([0] + [len(v) for v in val_sets.values()])
-    groups = {d: range(bounds[i], bounds[i + 1]) for i, d in enumerate(val_sets)}
-    result = evaluate_detector(detector, val, groups=groups)
-    per_dataset = {d: round(v, 4) for d, v in result["groups"].items()}
+    result = evaluate_all(detector, val_sets, sets)
     weights_path = os.path.join(out_dir, WEIGHTS_NAME)
     detector.save_weights(weights_path, {"train_steps": str(step), "val_map50": f"{result['map50']:.4f}"})
     metrics = {
-        "map50": result["map50"],
-        "ap50": result["ap50"],
-        "map50_per_dataset": per_dataset,
-        "val_images": len(val),
+        **result,
         "train_images": len(train),
         "steps": step,
         "max_steps": max_steps,
@@ -366,8 +611,8 @@ def train_detector(
         "config": os.path.abspath(config_path),
         "labels": os.path.abspath(label_map.source),
         "data_dirs": [os.path.abspath(d) for d in data_dirs],
+        "singles": asdict(singles) if singles else None,
     }
     _atomic_write_json(os.path.join(out_dir, METRICS_NAME), metrics)
-    log(f"val mAP@0.5 = {result['map50']:.4f} {per_dataset} after {step} steps, {meta['train_seconds'] / 60:.1f} min; "
-        f"weights: {weights_path}")
+    log(f"{summary_line(result)} after {step} steps, {meta['train_seconds'] / 60:.1f} min; weights: {weights_path}")
     return metrics

@@ -68,3 +68,12 @@ def voc_map(
         precision = ctp / np.arange(1, len(dets) + 1) if len(dets) else np.zeros(0)
         ap[cls] = average_precision(recall, precision)
     return (float(np.mean(list(ap.values()))) if ap else 0.0), ap
+
+
+def image_false_positive_rate(scores_per_image: Sequence[np.ndarray], score_threshold: float) -> float:
+    """Share of images, each known to hold no object of any class, with at least one
+    detection scoring ``>= score_threshold``; 0.0 for no images."""
+    if not len(scores_per_image):
+        return 0.0
+    hits = [np.any(np.asarray(s, np.float64).reshape(-1) >= score_threshold) for s in scores_per_image]
+    return float(np.mean(hits))

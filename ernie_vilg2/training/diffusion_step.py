@@ -1,0 +1,77 @@
+"""One diffusion training step: records -> latents, noise, timesteps, captions -> losses."""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import paddle
+
+from .batches import batch_indices, group_mean, shard
+
+
+class TimestepSampler:
+    """Uniform timesteps, optionally restricted to the stages of some experts.
+
+    ``one_expert_per_step`` draws one expert per step and all of the batch's timesteps
+    from its stage: every expert still sees a uniform share of its own stage, but a
+    step runs one U-Net on the whole batch instead of N U-Nets on slivers of it (what
+    expert-parallel workers do at scale; on one CPU it makes stage 2 cost as stage 1).
+    """
+
+    def __init__(self, num_train_timesteps: int, num_experts: int, expert_ids: Optional[List[int]] = None,
+                 one_expert_per_step: bool = False):
+        self.T = num_train_timesteps
+        self.stage = num_train_timesteps // num_experts
+        self.expert_ids = np.asarray(expert_ids if expert_ids else range(num_experts))
+        self.restricted = bool(expert_ids)
+        self.one_expert_per_step = one_expert_per_step
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        if self.one_expert_per_step:
+            experts = np.full(n, rng.choice(self.expert_ids))
+        elif self.restricted:
+            experts = rng.choice(self.expert_ids, size=n)
+        else:
+            return rng.integers(0, self.T, size=n).astype("int64")
+        return (experts * self.stage + rng.integers(0, self.stage, size=n)).astype("int64")
+
+
+class DiffusionStep:
+    """The ``step_fn`` of the diffusion stages (and of the knowledge benchmark).
+
+    Every random draw is made for the whole global batch, then sharded, so N workers
+    compute exactly the batch one worker would.
+    """
+
+    def __init__(self, cfg, source, captions, model, timesteps: TimestepSampler, batch_size: int,
+                 rank: int = 0, world_size: int = 1):
+        self.cfg = cfg
+        self.source = source
+        self.captions = captions
+        self.model = model
+        self.timesteps = timesteps
+        self.batch_size = batch_size
+        self.mine = shard(list(range(batch_size)), rank, world_size)
+        self.stage_length = cfg.model.num_train_timesteps // cfg.model.num_experts
+        latent = cfg.data.resolution // cfg.model.vae.scale_factor
+        self.weight_shape = (1, latent, latent)
+
+    def __call__(self, step: int, rng: np.random.Generator) -> Tuple[paddle.Tensor, Dict[str, float]]:
+        rows = batch_indices(step, self.batch_size, len(self.source), self.cfg.train.seed)
+        metas = [self.source.meta(i) for i in rows]
+        latents = self.source.latents(rows, rng)
+        noise = rng.standard_normal(latents.shape).astype("float32")
+        t = self.timesteps.sample(self.batch_size, rng)
+        batch = self.captions.training_batch(metas, rng, self.weight_shape)
+        mine = self.mine
+        weights, mask = batch["loss_weight"], batch["key_token_mask"]
+        losses = self.model(
+            paddle.to_tensor(batch["input_ids"][mine]),
+            paddle.to_tensor(latents[mine]),
+            paddle.to_tensor(noise[mine]),
+            paddle.to_tensor(t[mine]),
+            None if weights is None else paddle.to_tensor(weights[mine]),
+            None if mask is None else paddle.to_tensor(mask[mine]),
+        )
+        logs = group_mean(losses.numpy(), t[mine] // self.stage_length, self.cfg.model.num_experts, "loss_stage_")
+        return losses.mean(), logs
