@@ -28,6 +28,8 @@ import numpy as np
 import paddle
 import yaml
 
+from ernie_vilg2.config import merge
+
 from .labels import LabelMap
 
 WEIGHTS_FORMAT = "ernie_vilg2.detector/1"
@@ -53,18 +55,8 @@ def read_detector_yaml(path: str) -> dict:
         base_path = os.path.expanduser(base)
         if not os.path.isabs(base_path):
             base_path = os.path.join(os.path.dirname(path), base_path)
-        merged = _deep_merge(merged, read_detector_yaml(base_path))
-    return _deep_merge(merged, cfg)
-
-
-def _deep_merge(base: dict, update: dict) -> dict:
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+        merged = merge(merged, read_detector_yaml(base_path))
+    return merge(merged, cfg)
 
 
 @dataclass(frozen=True)
