@@ -221,3 +221,10 @@ def test_two_workers_train_the_same_model_as_one(tmp_path):
     b = _unet_weights(str(two_dir), "base")
     for key in a:  # all-reduce sums in another order: equal up to float rounding
         np.testing.assert_allclose(a[key], b[key], atol=1e-4, err_msg=key)
+
+
+@pytest.mark.skipif(paddle.device.is_compiled_with_cuda(), reason="CPU build: bf16 is refused")
+def test_bf16_refused_on_cpu(tmp_path):
+    cfg = load_config(TINY_YAML, tiny_overrides(tmp_path, **{"train.mixed_precision": "bf16"}))
+    with pytest.raises(ConfigError, match="train.mixed_precision"):
+        runner_mod.run_training(cfg)

@@ -62,7 +62,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
     sample_every: int = 0  # 0 = sample images to VisualDL only at the end of a stage
-    mixed_precision: str = "no"  # "bf16" on GPU
+    mixed_precision: str = "no"  # "bf16": autocast the diffusion forward (GPU only)
     recompute: bool = False  # gradient checkpointing of the U-Net blocks (GPU memory)
     sharding_degree: int = 1  # Fleet sharding stage 1 over data-parallel workers
 
@@ -75,7 +75,7 @@ class TrainConfig:
         check(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
         check(self.log_every > 0, "train.log_every", "must be positive")
         check(self.sample_every >= 0, "train.sample_every", "must be >= 0")
-        check(self.mixed_precision in ("no", "bf16", "fp16"), "train.mixed_precision", "use 'no', 'bf16' or 'fp16'")
+        check(self.mixed_precision in ("no", "bf16"), "train.mixed_precision", "use 'no' or 'bf16'")
         check(self.sharding_degree >= 1, "train.sharding_degree", "must be >= 1")
         for stage in STAGES:
             getattr(self, stage).validate(f"train.{stage}")

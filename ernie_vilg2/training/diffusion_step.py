@@ -52,6 +52,7 @@ class DiffusionStep:
         self.timesteps = timesteps
         self.batch_size = batch_size
         self.mine = shard(list(range(batch_size)), rank, world_size)
+        self.bf16 = cfg.train.mixed_precision == "bf16"
         self.stage_length = cfg.model.num_train_timesteps // cfg.model.num_experts
         latent = cfg.data.resolution // cfg.model.vae.scale_factor
         self.weight_shape = (1, latent, latent)
@@ -65,13 +66,15 @@ class DiffusionStep:
         batch = self.captions.training_batch(metas, rng, self.weight_shape)
         mine = self.mine
         weights, mask = batch["loss_weight"], batch["key_token_mask"]
-        losses = self.model(
-            paddle.to_tensor(batch["input_ids"][mine]),
-            paddle.to_tensor(latents[mine]),
-            paddle.to_tensor(noise[mine]),
-            paddle.to_tensor(t[mine]),
-            None if weights is None else paddle.to_tensor(weights[mine]),
-            None if mask is None else paddle.to_tensor(mask[mine]),
-        )
+        # bf16 needs no loss scaling; the loss itself is computed in float32.
+        with paddle.amp.auto_cast(enable=self.bf16, dtype="bfloat16", level="O1"):
+            losses = self.model(
+                paddle.to_tensor(batch["input_ids"][mine]),
+                paddle.to_tensor(latents[mine]),
+                paddle.to_tensor(noise[mine]),
+                paddle.to_tensor(t[mine]),
+                None if weights is None else paddle.to_tensor(weights[mine]),
+                None if mask is None else paddle.to_tensor(mask[mine]),
+            )
         logs = group_mean(losses.numpy(), t[mine] // self.stage_length, self.cfg.model.num_experts, "loss_stage_")
         return losses.mean(), logs

@@ -23,7 +23,7 @@ import numpy as np
 import paddle
 import yaml
 
-from ..config import to_dict
+from ..config import ConfigError, to_dict
 from ..data import build_dataset
 from ..models.factory import build_denoiser, build_noise_scheduler, build_sampler, build_text_encoder_from_config, build_vae
 from ..models.mode import MixtureOfDenoisingExperts
@@ -94,6 +94,8 @@ class ExperimentRunner:
     # -- orchestration -----------------------------------------------------------------
     def run(self, stages: Optional[List[str]] = None) -> Optional[str]:
         cfg = self.cfg
+        if cfg.train.mixed_precision != "no" and not paddle.device.is_compiled_with_cuda():
+            raise ConfigError("train.mixed_precision", f"{cfg.train.mixed_precision!r} needs a GPU build of Paddle")
         check_output_dir(cfg, self.resume)
         if self.ctx.is_main:
             os.makedirs(cfg.train.output_dir, exist_ok=True)
