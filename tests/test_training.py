@@ -228,3 +228,47 @@ def test_bf16_refused_on_cpu(tmp_path):
     cfg = load_config(TINY_YAML, tiny_overrides(tmp_path, **{"train.mixed_precision": "bf16"}))
     with pytest.raises(ConfigError, match="train.mixed_precision"):
         runner_mod.run_training(cfg)
+
+
+def test_ema_is_checkpointed_resumed_and_exported(tmp_path):
+    def step_fn(layer, step, rng):
+        x = paddle.to_tensor(rng.standard_normal([4, 3]).astype("float32"))
+        return ((layer(x) - 1.0) ** 2).mean(), {}
+
+    def make(steps):
+        paddle.seed(0)
+        layer = paddle.nn.Linear(3, 1)
+        settings = LoopSettings(stage="unit", stage_index=0, seed=0, checkpoint_dir=str(tmp_path / "ckpt"),
+                                checkpoint_every=2, log_every=1)
+        trainer = Trainer(layer, lambda step, rng: step_fn(layer, step, rng),
+                          StageConfig(steps=steps, lr=0.1, ema_decay=0.5), settings)
+        return layer, trainer
+
+    layer, trainer = make(4)
+    trainer.train()
+    shadow = {k: v.numpy().copy() for k, v in trainer.ema.state_dict().items()}
+    assert not np.allclose(shadow["weight"], layer.weight.numpy())  # EMA lags the raw weights
+    ckpt = load_checkpoint(latest_checkpoint(str(tmp_path / "ckpt")))
+    np.testing.assert_array_equal(ckpt["ema"]["weight"].numpy(), shadow["weight"])
+    # Resuming restores the EMA too: 2 more steps equal a straight 6-step run.
+    _, resumed = make(6)
+    assert resumed.resume() and resumed.step == 4
+    resumed.train()
+    straight_dir = tmp_path / "straight"
+    paddle.seed(0)
+    straight_layer = paddle.nn.Linear(3, 1)
+    straight = Trainer(straight_layer, lambda step, rng: step_fn(straight_layer, step, rng),
+                       StageConfig(steps=6, lr=0.1, ema_decay=0.5),
+                       LoopSettings(stage="unit", stage_index=0, seed=0, checkpoint_dir=str(straight_dir),
+                                    checkpoint_every=100, log_every=1))
+    straight.train()
+    np.testing.assert_allclose(resumed.ema.state_dict()["weight"].numpy(),
+                               straight.ema.state_dict()["weight"].numpy(), rtol=1e-6)
+    resumed.finalize_weights()  # the exported weights are the EMA weights
+    np.testing.assert_array_equal(resumed.module.weight.numpy(), resumed.ema.state_dict()["weight"].numpy())
+
+
+def test_a_stage_without_its_predecessor_fails_clearly(tmp_path):
+    cfg = load_config(TINY_YAML, tiny_overrides(tmp_path, **{"train.stages": "[base]"}))
+    with pytest.raises(FileNotFoundError, match=r"stage base needs the finished vae stage"):
+        runner_mod.run_training(cfg)

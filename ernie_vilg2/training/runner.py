@@ -147,6 +147,13 @@ class ExperimentRunner:
             trainer.resume()
         return trainer
 
+    def _require(self, earlier: str, stage: str) -> None:
+        if not stage_done(self.cfg, earlier):
+            raise FileNotFoundError(
+                f"stage {stage} needs the finished {earlier} stage in {stage_dir(self.cfg, earlier)}: "
+                f"run it first (add {earlier!r} to train.stages or --stage {earlier})"
+            )
+
     # -- stage: VAE ------------------------------------------------------------------------
     def run_vae(self, index: int) -> None:
         cfg = self.cfg
@@ -182,6 +189,7 @@ class ExperimentRunner:
         from ppdiffusers import AutoencoderKL
 
         cfg = self.cfg
+        self._require("vae", "base")
         paddle.seed(cfg.train.seed)
         vae = AutoencoderKL.from_pretrained(stage_dir(cfg, "vae"))
         tokenizer = build_tokenizer(cfg.model.text_encoder.vocab_file, cfg.model.text_encoder.max_length)
@@ -193,6 +201,7 @@ class ExperimentRunner:
         from ..pipelines.pipeline_ernie_vilg2 import ErnieViLG2Pipeline
 
         cfg = self.cfg
+        self._require("base", "experts")
         base = ErnieViLG2Pipeline.from_pretrained(stage_dir(cfg, "base"))
         unet = MixtureOfDenoisingExperts.branch(base.unet, cfg.model.num_experts)
         self._train_diffusion("experts", index, base.vae, base.text_encoder, base.tokenizer, unet)
