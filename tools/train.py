@@ -29,6 +29,9 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from ernie_vilg2.cli_utils import quiet_third_party_logs
+
+    quiet_third_party_logs()  # PaddleNLP/PPDiffusers INFO lines; ours stay at INFO
     from ernie_vilg2.training.config import load_config
     from ernie_vilg2.training.loop import TrainingDiverged
     from ernie_vilg2.training.runner import run_training

@@ -7,6 +7,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..text.tokenizer import check_prompts
 from ..utils.images import make_grid
 from ..utils.io import atomic_save_image, atomic_write_text
 
@@ -30,9 +31,7 @@ def generate_images(
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    prompts = list(prompts)
-    if not prompts:
-        raise ValueError("prompt: no prompt given")
+    prompts = check_prompts(prompts)  # all of them, before the first batch runs
     rng = np.random.default_rng(seed)
     images: List = []
     for start in range(0, len(prompts), batch_size):
