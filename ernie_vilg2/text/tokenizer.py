@@ -15,6 +15,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .normalize import normalize_text
+
 logger = logging.getLogger(__name__)
 
 # Coarse tags whose POS token may precede a key word (nouns incl. names, verbs,
@@ -79,13 +81,15 @@ _WARNED_TRUNCATED: set = set()
 
 
 def tokenize(tokenizer, texts: Sequence[str], max_length: int, return_offsets: bool = False):
-    """Pad/truncate ``texts`` to ``max_length`` tokens; warn once per truncated text.
+    """Normalise (:func:`normalize_text`), pad/truncate ``texts`` to ``max_length`` tokens;
+    warn once per truncated text.
 
     Returns ``input_ids`` (int64 [B, max_length]) and, when asked, the character
     offsets of every token (list of lists of (start, end); (0, 0) for special tokens).
     """
+    texts = [normalize_text(t) for t in texts]
     out = tokenizer(
-        list(texts),
+        texts,
         max_length=max_length,
         padding="max_length",
         truncation=True,

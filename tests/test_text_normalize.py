@@ -1,0 +1,19 @@
+"""Typographic quotes and dashes are normalised before tokenizing (no [UNK], same offsets)."""
+from ernie_vilg2.text.normalize import normalize_text
+from ernie_vilg2.text.tokenizer import build_tokenizer, tokenize
+
+
+def test_normalize_is_one_to_one():
+    text = "the corgi’s “hat” — red ‘ok’ 1−2"
+    out = normalize_text(text)
+    assert out == "the corgi's \"hat\" - red 'ok' 1-2"
+    assert len(out) == len(text)
+    assert normalize_text("红苹果在猫脸的左边") == "红苹果在猫脸的左边"
+
+
+def test_typographic_prompt_tokenizes_like_ascii_without_unk():
+    tok = build_tokenizer(max_length=16)
+    curly = tokenize(tok, ["the corgi’s “hat” — red"], 16)
+    ascii_ = tokenize(tok, ["the corgi's \"hat\" - red"], 16)
+    assert (curly == ascii_).all()
+    assert tok.unk_token_id not in curly
