@@ -1,6 +1,6 @@
 """Write the built-in offline dataset (Twemoji images + bilingual captions + scenes).
 
-    python tools/prepare_data.py --config configs/demo.yaml         # uses its data: section
+    python tools/prepare_data.py --config configs/tiny.yaml         # uses its data: section
     python tools/prepare_data.py --out data/emoji-32 --resolution 32
     python tools/prepare_data.py --out data/demo-32 --demo --num-scenes 500
 
