@@ -11,6 +11,9 @@ Rows:
                                 (no batch mode: "batched" is TextAnalyzer.analyze on the list)
   build_text_inputs             batches/s of 16 mixed captions analysed on the fly
                                 (tokenize + align; POS tokens p = 0.5)
+  key words                     not a speed: what the default rule selects on the prompts
+                                (all / spatial words / function verbs / pronouns), and the
+                                share of English words the Chinese-BERT WordPiece splits
   U-Net train step              the tiny U-Net (8x8 latents, channels 32/64, text dim 64),
                                 batch 16, MSE + AdamW step, with the stock AttnProcessor vs
                                 KnowledgeAttnProcessor(w_t=0.01) and a key-token mask (and
@@ -113,6 +116,34 @@ def lexical_rows(zh, en, batch):
         build_text_inputs(captions, tokenizer, 32, cfg, rng)
         seconds.append(time.perf_counter() - t)
     rows.append((f"build_text_inputs, batch {batch}, on the fly", f"{1000 * statistics.median(seconds):.1f} ms/batch"))
+    return rows + keyword_rows(zh, en, analyzer, cfg, tokenizer)
+
+
+def keyword_rows(zh, en, analyzer, cfg, tokenizer):
+    """What the default rule selects (README "Textual knowledge" quotes these counts)."""
+    from ernie_vilg2.knowledge.textual import select_keywords
+    from ernie_vilg2.knowledge.textual.english import SPATIAL_WORDS, english_tokens
+    from ernie_vilg2.knowledge.textual.tags import FUNCTION_VERBS
+
+    rows = []
+    for name, prompts in (("en", en), ("zh", zh)):
+        words = selected = spatial = spatial_selected = function_selected = pronouns_selected = 0
+        for prompt, analysed in zip(prompts, analyzer.analyze(prompts)):
+            keys = {(k.start, k.end) for k in select_keywords(analysed, cfg)}
+            for w in analysed:
+                chosen = (w.start, w.end) in keys
+                is_spatial = w.tag in ("f", "s") or w.text.lower() in SPATIAL_WORDS
+                words += w.tag != "w"
+                selected += chosen
+                spatial += is_spatial
+                spatial_selected += chosen and is_spatial
+                function_selected += chosen and w.text.lower() in FUNCTION_VERBS
+                pronouns_selected += chosen and w.tag == "r"
+        rows.append((f"key words ({name}): selected; spatial selected; function verbs, pronouns selected",
+                     f"{selected} of {words}; {spatial_selected} of {spatial}; {function_selected}, {pronouns_selected}"))
+    pieces = [len(tokenizer.tokenize(p[s:e])) for p in en for s, e in english_tokens(p) if p[s:e].isalpha()]
+    split = sum(n > 1 for n in pieces)
+    rows.append(("English words split into WordPiece fragments", f"{split} of {len(pieces)} ({split / len(pieces):.1%})"))
     return rows
 
 

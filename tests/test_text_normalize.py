@@ -17,3 +17,13 @@ def test_typographic_prompt_tokenizes_like_ascii_without_unk():
     ascii_ = tokenize(tok, ["the corgi's \"hat\" - red"], 16)
     assert (curly == ascii_).all()
     assert tok.unk_token_id not in curly
+
+
+def test_other_apostrophes_become_ascii_without_unk():
+    # ʼ (a letter: "corgiʼs" was one unknown word), ´ and ` are typed as apostrophes too.
+    tok = build_tokenizer(max_length=16)
+    ascii_ = tokenize(tok, ["the corgi's hat"], 16)
+    for apostrophe in "ʼ´`":
+        text = f"the corgi{apostrophe}s hat"
+        assert normalize_text(text) == "the corgi's hat"
+        assert (tokenize(tok, [text], 16) == ascii_).all()

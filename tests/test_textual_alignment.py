@@ -61,7 +61,8 @@ def test_english_wordpiece_alignment(tok):
 
 def test_mixed_alignment(tok):
     out = build_text_inputs(["一只cute猫 sitting在桌子上"], tok, 32, cfg(), np.random.default_rng(0), training=False)
-    assert marked(tok, out, 0) == ["一", "只", "cut", "##e", "猫", "si", "##tti", "##ng", "桌", "子"]
+    # 上 is a direction noun (LAC f): a spatial key word
+    assert marked(tok, out, 0) == ["一", "只", "cut", "##e", "猫", "si", "##tti", "##ng", "桌", "子", "上"]
 
 
 def test_unknown_token_alignment(tok):

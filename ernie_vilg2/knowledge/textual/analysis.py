@@ -8,15 +8,22 @@ them to neighbouring words or tags whole stretches "O" (e.g. "😀猫" became on
 they are no words of ours. Offsets are shifted back into the original caption, words
 are trimmed of surrounding whitespace, and the user dictionary is applied last (so it
 overrides both languages).
+
+Captions are analysed after :func:`ernie_vilg2.text.normalize.normalize_text` (typographic
+quotes and dashes to ASCII, one character to one), as the tokenizer sees them: "corgi’s"
+is "corgi" + the possessive "'s", not a pronoun "s". The words keep the original
+characters and their offsets.
 """
 from __future__ import annotations
 
 import os
 import threading
 import unicodedata
+from dataclasses import replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ernie_vilg2.text.lang import split_runs
+from ernie_vilg2.text.normalize import normalize_text
 
 from .english import EnglishTagger
 from .lac import LacRunner
@@ -78,6 +85,7 @@ class TextAnalyzer:
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"texts[{i}]: expected a string, got {type(text).__name__}")
+        originals, texts = texts, [normalize_text(t) for t in texts]
         results: List[List[Word]] = [[] for _ in texts]
         zh_runs: List[Tuple[int, int, str]] = []  # (text index, piece start, piece text)
         for i, text in enumerate(texts):
@@ -95,6 +103,8 @@ class TextAnalyzer:
             words = sorted(results[i], key=lambda w: w.start)
             if self.user_dict is not None and len(self.user_dict):
                 words = self.user_dict.apply(text, words)
+            if text != originals[i]:  # the caption's own characters, same offsets
+                words = [replace(w, text=originals[i][w.start:w.end]) for w in words]
             results[i] = words
         return results
 

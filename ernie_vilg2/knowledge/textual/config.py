@@ -7,7 +7,7 @@ Example::
       pos_tokens: true          # insert [n]/[v]/[a]/... before key words ...
       pos_token_prob: 0.5       # ... in this fraction of training samples (paper: 0.5)
       w_t: 0.01                 # cross-attention scores of key-word columns x (1 + w_t)
-      keyword_tags: [n, nw, nz, PER, LOC, ORG, v, vd, vn, a, ad, an, m, q, r]
+      keyword_tags: [n, f, s, nw, nz, PER, LOC, ORG, TIME, v, vd, vn, a, ad, an, m, q]   # the default
       selector: pos             # "pos": tag in keyword_tags; "importance": LAC importance >= min_importance
       min_importance: 2
       importance_weighting: false   # mask value importance/3 instead of 1 (scales w_t per word)

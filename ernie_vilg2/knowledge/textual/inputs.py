@@ -6,6 +6,7 @@ from typing import Any, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from ernie_vilg2.text.normalize import normalize_text
 from ernie_vilg2.text.tokenizer import tokenize
 
 from .alignment import aligned_spans, insert_pos_tokens, keyword_token_mask
@@ -33,8 +34,8 @@ def _words_from_analysis(analysis: Any, caption: str, where: str) -> Optional[Li
     if not isinstance(analysis, (list, tuple)):
         raise ValueError(f"{where}: expected a list of words, got {type(analysis).__name__}")
     words = [Word.from_dict(w, f"{where}[{k}]") for k, w in enumerate(analysis)]
-    for w in words:
-        if caption[w.start:w.end] != w.text:
+    for w in words:  # the caption may be normalised (build_text_inputs), the words not
+        if normalize_text(caption[w.start:w.end]) != normalize_text(w.text):
             if _mismatch_warnings < _MAX_MISMATCH_WARNINGS:
                 _mismatch_warnings += 1
                 logger.warning("%s: word %r at [%d, %d) is not in the caption %.40r (stale annotation?); "
@@ -103,10 +104,12 @@ def build_text_inputs(captions: List[str], tokenizer, max_length: int, cfg, rng:
         {"input_ids": int64 [B, L], "key_token_mask": float32 [B, L] (0 off key words; 1,
         or importance/3 with ``cfg.importance_weighting``, on every token of a key word;
         0 on [CLS]/[SEP]/[PAD] and on POS tokens), "texts": the B strings tokenized
-        (captions with POS tokens where inserted)}. With ``cfg.enabled`` False: the plain
-        captions and an all-zero mask.
+        (normalised captions, with POS tokens where inserted)}. With ``cfg.enabled``
+        False: the normalised captions and an all-zero mask.
     """
-    captions = _check_captions(captions)
+    # Normalised once here (one character to one, offsets unchanged): tagging, POS-token
+    # insertion, tokenizing and the alignment replay all see the same text.
+    captions = [normalize_text(c) for c in _check_captions(captions)]
     if max_length < 3:
         raise ValueError(f"max_length must be >= 3 ([CLS] text [SEP]), got {max_length}")
     batch = len(captions)

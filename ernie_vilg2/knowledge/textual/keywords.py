@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
-from .tags import coarse_tag
+from .tags import coarse_tag, is_function_verb
 from .words import Word
 
 
@@ -26,10 +26,12 @@ def is_keyword(word: Word, cfg) -> bool:
     """Selection rule of ``cfg`` (a TextualKnowledgeConfig).
 
     selector "pos": the tag is in ``cfg.keyword_tags``.
-    selector "importance": LAC importance >= ``cfg.min_importance`` (punctuation never);
-    a word without importance (hand-made analyses) falls back to the tag rule.
+    selector "importance": LAC importance >= ``cfg.min_importance``; a word without
+    importance (hand-made analyses) falls back to the tag rule.
+    Either way never punctuation nor a function verb (``is``, ``can``, 是, 在 as a verb:
+    :data:`.tags.FUNCTION_VERBS`).
     """
-    if word.tag == "w":
+    if word.tag == "w" or is_function_verb(word.text, word.tag):
         return False
     if cfg.selector == "importance" and word.importance is not None:
         return word.importance >= cfg.min_importance

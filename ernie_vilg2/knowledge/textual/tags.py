@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Tuple
 
+from ernie_vilg2.text.normalize import normalize_text
 from ernie_vilg2.text.tokenizer import POS_TAGS
 
 # tag -> meaning (LAC's table; names first).
@@ -54,14 +55,37 @@ COARSE: Dict[str, str] = {
 }
 assert set(COARSE.values()) == set(POS_TAGS)
 
-# The paper's content words: nouns incl. names, verbs, adjectives, numerals,
-# quantifiers, pronouns.
+# Key-word tags by default (README "Textual knowledge" has the table and the reasons):
+# nouns incl. names and times, direction/place nouns (spatial words: the built-in scenes
+# caption exactly these relations), verbs, adjectives, numerals, quantifiers. Not pronouns
+# (r: "it", "there", 这个 name nothing visible themselves), adverbs, function words.
 DEFAULT_KEYWORD_TAGS: Tuple[str, ...] = (
-    "n", "nw", "nz", "PER", "LOC", "ORG",
+    "n", "f", "s", "nw", "nz", "PER", "LOC", "ORG", "TIME",
     "v", "vd", "vn",
     "a", "ad", "an",
-    "m", "q", "r",
+    "m", "q",
 )
+
+VERB_TAGS = frozenset({"v", "vd", "vn"})
+# Verbs that carry grammar, not a picture: copulas, auxiliaries, modals and existential
+# "have" in English, and their Chinese counterparts (是 "be", 在 "be at", 有/没有 "there
+# is / has (not)", modal 会/能/可以/应该 ...). Never key words while tagged as verbs; the
+# same word as a noun ("a tin can", "the will") is left alone. Applied at selection
+# time, so annotation files written earlier follow it too.
+FUNCTION_VERBS = frozenset({
+    "be", "am", "is", "are", "was", "were", "been", "being", "'s", "'re", "'m",
+    "have", "has", "had", "'ve", "'d",
+    "do", "does", "did",
+    "can", "could", "will", "would", "shall", "should", "may", "might", "must", "ought", "'ll",
+    "ca", "wo", "sha",  # of "can't", "won't", "shan't"
+    "是", "在", "有", "没有", "会", "能", "能够", "可以", "可能", "应该", "应当", "必须",
+})
+
+
+def is_function_verb(word: str, tag: str) -> bool:
+    """Whether ``word`` tagged ``tag`` is a grammatical verb (:data:`FUNCTION_VERBS`)."""
+    return tag in VERB_TAGS and normalize_text(word).lower() in FUNCTION_VERBS  # "it’s"
+
 
 # Penn Treebank (TextBlob) -> shared tags. Punctuation is decided by the token's
 # characters, not here (the lexicon tagger calls "|" or "~" a noun).
@@ -81,8 +105,9 @@ PENN_TO_SHARED: Dict[str, str] = {
 # function words.
 DEMONSTRATIVES = frozenset({"this", "that", "these", "those"})
 
-# English has no word-importance model: importance (LAC's 0-3 scale) from the coarse
-# tag, so importance selection and weighting also work on English prompts.
+# English has no word-importance model: importance (LAC's 0-3 scale) from the tag, so
+# importance selection and weighting also work on English prompts. Like LAC's ranks:
+# direction nouns 1 (LAC ranks 左边/上 1), function verbs 0 (是/有/在 0).
 _ENGLISH_IMPORTANCE: Dict[Optional[str], int] = {"n": 3, "v": 2, "a": 2, "m": 2, "q": 1, "r": 1}
 
 
@@ -106,6 +131,10 @@ def penn_to_shared(word: str, penn_tag: str) -> str:
     return PENN_TO_SHARED.get(penn_tag, "xc")
 
 
-def english_importance(tag: str) -> int:
+def english_importance(word: str, tag: str) -> int:
     """Importance 0-3 of an English word from its shared tag (nouns 3 ... function words 0)."""
+    if tag == "f":
+        return 1
+    if is_function_verb(word, tag):
+        return 0
     return _ENGLISH_IMPORTANCE.get(coarse_tag(tag), 0)

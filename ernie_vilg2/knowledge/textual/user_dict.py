@@ -14,9 +14,10 @@ allowed); an unknown tag is an error naming the file and line.
 
 Matching: leftmost-longest, non-overlapping. Chinese phrases match anywhere; a phrase
 that starts or ends with a Latin letter or digit only matches at word boundaries, and
-case-insensitively ("Ice Cream" matches ``ice cream``). A matched phrase replaces the
-words it overlaps; the parts of those words outside the phrase stay words with their
-old tags.
+case-insensitively ("Ice Cream" matches ``ice cream``). Phrases and captions are compared
+after :func:`ernie_vilg2.text.normalize.normalize_text` ("rock ’n’ roll" matches
+``rock 'n' roll``). A matched phrase replaces the words it overlaps; the parts of those
+words outside the phrase stay words with their old tags.
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Dict, List, Optional, Sequence, Tuple
+
+from ernie_vilg2.text.normalize import normalize_text
 
 from .tags import TAGS, normalize_tag
 from .words import Word
@@ -49,7 +52,7 @@ def _tag_or_error(tag: str, where: str) -> str:
 
 def parse_entry(line: str, where: str = "user dictionary") -> Optional[Entry]:
     """One dictionary line -> Entry (None for blank/comment lines)."""
-    line = line.strip()
+    line = normalize_text(line.strip())
     if not line or line.startswith("#"):
         return None
     if "\t" in line:
@@ -113,6 +116,7 @@ class UserDict:
         """Leftmost-longest non-overlapping matches: [(start, entry)]."""
         if not self.entries:
             return []
+        text = normalize_text(text)  # one character to one: offsets unchanged
         lowered = text.lower()
         if len(lowered) != len(text):  # rare characters change length when lowered
             lowered = text
