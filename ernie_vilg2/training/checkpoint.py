@@ -158,9 +158,9 @@ def verify_checkpoint(path: str, checksum: bool = True) -> dict:
     if "files" in state:
         verify_files(path, state["files"], checksum=checksum)
     else:
-        for name in ("model.safetensors", "optimizer.safetensors", "ema.safetensors"):
-            if name != "ema.safetensors" or os.path.exists(os.path.join(path, name)):
-                check_safetensors(os.path.join(path, name))
+        optional = ["ema.safetensors"] if os.path.exists(os.path.join(path, "ema.safetensors")) else []
+        for name in ["model.safetensors", "optimizer.safetensors"] + optional:
+            check_safetensors(os.path.join(path, name))
         read_json_file(os.path.join(path, "optimizer.json"))
     return state
 
@@ -179,7 +179,8 @@ def find_resume_checkpoint(folder: str) -> Tuple[Optional[str], List[Tuple[str, 
         return path, damaged
     if damaged:
         reasons = "; ".join(f"{os.path.relpath(exc.path, folder)}: {exc.reason}" for _, exc in damaged)
-        raise DamagedFileError(folder, f"no intact checkpoint to resume from ({reasons})")
+        raise DamagedFileError(folder, f"no intact checkpoint to resume from ({reasons}); "
+                                       "move the folder away to train this stage from the start")
     return None, []
 
 
@@ -191,7 +192,7 @@ def set_aside_damaged(damaged: List[Tuple[str, DamagedFileError]], resume_from: 
         while os.path.exists(kept):
             kept, n = f"{path}{DAMAGED_SUFFIX}-{n}", n + 1
         os.replace(path, kept)
-        logger.warning("checkpoint %s is damaged: %s %s; kept as %s, resuming from the older %s",
+        logger.warning("checkpoint %s is damaged: %s: %s; kept as %s, resuming from the older %s",
                        path, os.path.relpath(exc.path, path), exc.reason, os.path.basename(kept), resume_from)
     if damaged:
         atomic_write_text(os.path.join(os.path.dirname(resume_from), LATEST), os.path.basename(resume_from))

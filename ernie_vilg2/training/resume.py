@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 import yaml
 
 from ..utils.integrity import DamagedFileError
-from .checkpoint import checkpoint_step, find_resume_checkpoint, read_checkpoint_config
+from .checkpoint import CONFIG, checkpoint_step, find_resume_checkpoint, read_checkpoint_config
 from .config import STAGES
 from .run_folder import RUN_CONFIG
 
@@ -108,7 +108,7 @@ def _reference_config(output_dir: str, plan: ResumePlan) -> Tuple[Optional[str],
     newest = plan.newest_checkpoint
     config = read_checkpoint_config(newest) if newest else None
     if config is not None:
-        return os.path.join(newest, "config.yaml"), config
+        return os.path.join(newest, CONFIG), config
     path = os.path.join(output_dir, RUN_CONFIG)
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:

@@ -104,9 +104,9 @@ def verify_files(folder: str, records: Mapping[str, Mapping], checksum: bool = T
             raise DamagedFileError(path, "file not found")
         size = os.path.getsize(path)
         if size != record.get("size"):
-            raise DamagedFileError(path, f"damaged (expected {record.get('size')} bytes, found {size})")
+            raise DamagedFileError(path, f"wrong size (expected {record.get('size')} bytes, found {size})")
         if checksum and "sha256" in record and sha256_file(path) != record["sha256"]:
-            raise DamagedFileError(path, "damaged (SHA-256 checksum does not match the one written with it)")
+            raise DamagedFileError(path, "SHA-256 checksum differs from the one written with it")
 
 
 def read_json_file(path: str) -> Any:
