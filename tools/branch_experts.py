@@ -8,7 +8,6 @@ is written atomically (temporary folder beside --out, renamed when complete).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -24,45 +23,54 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def fail(message: str):
+    """One line on stderr and exit status 2 (as argparse does for bad arguments)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def precheck(model_dir: str, num_experts: int) -> None:
     """Fail in a second, before the heavy imports, on what the denoiser config already tells."""
     path = os.path.join(model_dir, "unet", "config.json")
     if not os.path.isfile(path):
         return  # branch_pipeline_folder reports a malformed folder
-    with open(path, encoding="utf-8") as f:
-        config = json.load(f)
+    from ernie_vilg2.utils.integrity import DamagedFileError, read_json_file
+
+    try:
+        config = read_json_file(path)
+    except DamagedFileError as exc:
+        fail(f"--model: {exc}")
     if config.get("num_experts", 1) != 1:
-        raise SystemExit(
-            f"error: --model: {model_dir} is not a stage-1 model: its unet has {config['num_experts']} experts, "
-            "branching needs 1 expert"
-        )
+        fail(f"--model: {model_dir} is not a stage-1 model: its unet has {config['num_experts']} experts, "
+             "branching needs 1 expert")
     steps = config.get("num_train_timesteps", 1000)
     if steps % num_experts:
-        raise SystemExit(f"error: --num-experts: {num_experts} does not divide num_train_timesteps ({steps})")
+        fail(f"--num-experts: {num_experts} does not divide num_train_timesteps ({steps})")
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.num_experts < 1:
-        raise SystemExit(f"error: --num-experts must be >= 1, got {args.num_experts}")
+        fail(f"--num-experts must be >= 1, got {args.num_experts}")
     if not os.path.isdir(args.model):
-        raise SystemExit(f"error: --model: model folder not found: {args.model}")
+        fail(f"--model: model folder not found: {args.model}")
     if os.path.exists(args.out) and not args.overwrite:
-        raise SystemExit(f"error: --out: {args.out} already exists (pass --overwrite to replace it)")
+        fail(f"--out: {args.out} already exists (pass --overwrite to replace it)")
     precheck(args.model, args.num_experts)
 
     from ernie_vilg2.cli_utils import quiet_third_party_logs
 
     quiet_third_party_logs()
     from ernie_vilg2.pipelines import branch_pipeline_folder
+    from ernie_vilg2.utils.integrity import DamagedFileError
 
     try:
         branch_pipeline_folder(args.model, args.num_experts, args.out, overwrite=args.overwrite)
-    except FileNotFoundError as exc:
-        raise SystemExit(f"error: --model: {exc}") from None
+    except (FileNotFoundError, DamagedFileError) as exc:
+        fail(f"--model: {exc}")
     except ValueError as exc:  # 'unet: ... has N experts' or N not dividing T
         flag = "--num-experts" if "num_experts" in str(exc) else "--model"
-        raise SystemExit(f"error: {flag}: {exc}") from None
+        fail(f"{flag}: {exc}")
     print(f"wrote {args.num_experts}-expert pipeline to {os.path.abspath(args.out)}")
     return 0
 

@@ -110,7 +110,7 @@ def main(argv=None) -> int:
 
     try:
         pipe = load_pipeline(args.model, sampler=args.sampler)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:  # ValueError: a damaged file, named in one line
         raise SystemExit(f"error: --model: {exc}") from None
     pipe.set_progress_bar_config(disable=True)
     key_token_mask = keyword_emphasis(pipe, prompts, args) if args.keyword_emphasis is not None else None

@@ -1,11 +1,12 @@
 """Train ERNIE-ViLG 2.0: VAE, then the base U-Net (stage 1), then the experts (stage 2).
 
     python -m paddle.distributed.launch --nproc_per_node 1 tools/train.py --config configs/tiny.yaml
-    python tools/train.py --config configs/tiny.yaml -o train.base.steps=200 --resume
+    python tools/train.py --config configs/tiny.yaml -o train.base.steps=200 --resume --allow-config-change
 """
 import argparse
 import logging
 import os
+import signal
 import sys
 
 os.environ.setdefault("GLOG_minloglevel", "2")
@@ -21,27 +22,50 @@ def parse_args(argv=None):
                         help="override a config value, e.g. -o train.base.steps=100 (repeatable)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in train.output_dir: skip finished stages, resume the current one")
+    parser.add_argument("--allow-config-change", action="store_true",
+                        help="with --resume: continue although training settings (lr, batch size, steps, ...) differ "
+                             "from the checkpoint's config; the changes are logged and recorded in "
+                             "OUTPUT/config_changes.jsonl (model-shape changes are always refused)")
     parser.add_argument("--stage", action="append", choices=["vae", "base", "experts"],
                         help="run only these stages (repeatable); default: train.stages of the config")
     return parser.parse_args(argv)
 
 
+def _stop_on_sigterm(signum, frame):
+    # Unwind like an exception so that the run folder's lock is released and logs are closed.
+    print("train.py: stopped by SIGTERM; continue later with --resume", file=sys.stderr)
+    raise SystemExit(128 + signum)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.allow_config_change and not args.resume:
+        print("error: --allow-config-change needs --resume", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from ernie_vilg2.cli_utils import quiet_third_party_logs
 
     quiet_third_party_logs()  # PaddleNLP/PPDiffusers INFO lines; ours stay at INFO
+    from ernie_vilg2.training.checkpoint import CheckpointMismatch
     from ernie_vilg2.training.config import load_config
     from ernie_vilg2.training.loop import TrainingDiverged
+    from ernie_vilg2.training.resume import ResumeRefused
+    from ernie_vilg2.training.run_folder import RunFolderLocked
     from ernie_vilg2.training.runner import run_training
+    from ernie_vilg2.utils.integrity import DamagedFileError
 
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         cfg = load_config(args.config, args.opt)
-        model_dir = run_training(cfg, resume=args.resume, stages=args.stage)
-    except (ConfigError, FileNotFoundError, FileExistsError, TrainingDiverged) as exc:
+        model_dir = run_training(cfg, resume=args.resume, stages=args.stage,
+                                 allow_config_change=args.allow_config_change)
+    except (ConfigError, FileNotFoundError, FileExistsError, TrainingDiverged, ResumeRefused, RunFolderLocked,
+            DamagedFileError, CheckpointMismatch) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("train.py: interrupted; continue later with --resume", file=sys.stderr)
+        return 130
     print(f"model: {model_dir}" if model_dir else f"done (no pipeline yet in {cfg.train.output_dir})")
     return 0
 

@@ -89,29 +89,32 @@ def main(argv=None) -> int:
             per_class=args.singles_per_class, negatives=args.negatives, val_per_class=args.val_singles_per_class,
             val_negatives=args.val_negatives, scale=tuple(args.single_scale), single_fraction=args.single_fraction,
             negative_fraction=args.negative_fraction, seed=args.seed)
-    if args.evaluate:
-        result = evaluate_weights(args.config, args.data, args.evaluate, singles)
-        print(json.dumps(result, indent=2, ensure_ascii=False))
-        print(summary_line(result))
-        return 0
-
-    metrics = train_detector(
-        args.config,
-        args.data,
-        args.out,
-        max_steps=args.max_steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        warmup_steps=args.warmup_steps,
-        eval_every=args.eval_every,
-        checkpoint_every=args.checkpoint_every,
-        max_minutes=args.max_minutes,
-        singles=singles,
-        seed=args.seed,
-        resume=not args.no_resume,
-        log=lambda msg: print(msg, flush=True),
-    )
+    try:  # damaged weights or checkpoint, bad data: one line naming the file, exit 2
+        if args.evaluate:
+            result = evaluate_weights(args.config, args.data, args.evaluate, singles)
+            print(json.dumps(result, indent=2, ensure_ascii=False))
+            print(summary_line(result))
+            return 0
+        metrics = train_detector(
+            args.config,
+            args.data,
+            args.out,
+            max_steps=args.max_steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            warmup_steps=args.warmup_steps,
+            eval_every=args.eval_every,
+            checkpoint_every=args.checkpoint_every,
+            max_minutes=args.max_minutes,
+            singles=singles,
+            seed=args.seed,
+            resume=not args.no_resume,
+            log=lambda msg: print(msg, flush=True),
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"{summary_line(metrics)} ({metrics['steps']} steps, {metrics['train_seconds'] / 60:.1f} min)")
     return 0
 

@@ -10,12 +10,15 @@ to N equal stages. With N = 1 the model is a plain U-Net.
 from __future__ import annotations
 
 import copy
+import os
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import paddle
 from ppdiffusers import ModelMixin, UNet2DConditionModel  # noqa: F401  (ModelMixin: pipeline loading)
 from ppdiffusers.configuration_utils import ConfigMixin, register_to_config
 from ppdiffusers.models.unet_2d_condition import UNet2DConditionOutput
+
+from ..utils.integrity import check_model_folder
 
 
 class TimestepRouter:
@@ -71,6 +74,15 @@ class MixtureOfDenoisingExperts(ModelMixin, ConfigMixin):
         self.experts = paddle.nn.LayerList([UNet2DConditionModel(**(unet or {})) for _ in range(num_experts)])
 
     # -- construction -------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """PPDiffusers' loading, after checking a local folder's config and weight files so
+        that a damaged one is a one-line DamagedFileError naming it."""
+        folder = os.path.join(os.fspath(pretrained_model_name_or_path), kwargs.get("subfolder") or "")
+        if os.path.isdir(folder):
+            check_model_folder(folder)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
     @classmethod
     def from_unet(cls, unet: UNet2DConditionModel, num_experts: int, num_train_timesteps: int = 1000):
         """Branch a trained U-Net into ``num_experts`` identical experts (stage 2 init)."""

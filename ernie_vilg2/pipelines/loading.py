@@ -4,12 +4,35 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+from ..utils.integrity import DamagedFileError, check_model_folder, read_json_file
+
 MODEL_INDEX = "model_index.json"
+
+
+def check_pipeline_folder(model_dir: str) -> None:
+    """Check ``model_index.json`` and every component folder it lists (JSON files parse,
+    weight files are complete) before the libraries read them, so that a damaged file is
+    one :class:`DamagedFileError` naming it instead of a traceback of library internals."""
+    index_path = os.path.join(model_dir, MODEL_INDEX)
+    index = read_json_file(index_path)
+    if not isinstance(index, dict):
+        raise DamagedFileError(index_path, "not a pipeline index (expected a JSON object)")
+    for name, spec in index.items():
+        if name.startswith("_") or not isinstance(spec, list) or None in spec:
+            continue  # metadata, or an optional component that was saved as None
+        folder = os.path.join(model_dir, name)
+        if not os.path.isdir(folder):
+            raise DamagedFileError(folder, f"folder not found ({MODEL_INDEX} lists component {name}: {spec[-1]})")
+        check_model_folder(folder)
 
 
 def load_pipeline(model_dir: str, sampler: Optional[str] = None):
     """``ErnieViLG2Pipeline.from_pretrained(model_dir)``; ``sampler`` ("ddim" or "dpm")
-    replaces the saved scheduler with one built from the same noise-schedule config."""
+    replaces the saved scheduler with one built from the same noise-schedule config.
+
+    A missing folder is a FileNotFoundError; a damaged file in it a
+    :class:`~ernie_vilg2.utils.integrity.DamagedFileError` (a ValueError) naming the file.
+    """
     from ..models.factory import SAMPLERS, build_sampler
     from .pipeline_ernie_vilg2 import ErnieViLG2Pipeline
 
@@ -21,6 +44,7 @@ def load_pipeline(model_dir: str, sampler: Optional[str] = None):
         raise FileNotFoundError(
             f"not a saved pipeline folder (no {MODEL_INDEX}): {model_dir}"
         )
+    check_pipeline_folder(model_dir)
     pipe = ErnieViLG2Pipeline.from_pretrained(model_dir)
     if sampler is not None:
         pipe.scheduler = build_sampler(sampler, dict(pipe.scheduler.config))

@@ -1,25 +1,41 @@
-"""Atomic, pickle-free training checkpoints.
+"""Atomic, pickle-free, verifiable training checkpoints.
 
 A checkpoint is a folder ``step-000200/`` holding ``model.safetensors`` (trainable
 modules), ``optimizer.safetensors`` + ``optimizer.json`` (the optimizer's tensors and
-its scalar state), ``ema.safetensors`` when EMA is on, and ``state.json`` (step and
-metadata). It is written to a temporary folder and renamed into place, and the
+its scalar state), ``ema.safetensors`` when EMA is on, ``config.yaml`` (the experiment
+config it was made with) and ``state.json`` (step, metadata, and the size and SHA-256 of
+every other file). It is written to a temporary folder and renamed into place, and the
 ``latest`` pointer is replaced atomically last, so an interrupted save never hides the
-previous good checkpoint.
+previous good checkpoint. :func:`find_resume_checkpoint` verifies checkpoints newest
+first and returns the newest intact one with the damaged ones it passed over.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import paddle
+import yaml
 from safetensors.paddle import load_file, save_file
 
+from ..utils.integrity import DamagedFileError, check_safetensors, describe_files, read_json_file, verify_files
 from ..utils.io import atomic_directory, atomic_write_text
 
+logger = logging.getLogger(__name__)
+
 LATEST = "latest"
+STATE = "state.json"
+CONFIG = "config.yaml"
+DAMAGED_SUFFIX = ".damaged"
+_STEP_DIR = re.compile(r"step-(\d+)")
+
+
+class CheckpointMismatch(ValueError):
+    """An intact checkpoint that does not fit the model being trained (another config)."""
 
 
 def _split_state(state: dict, prefix: str = "") -> Tuple[Dict[str, paddle.Tensor], dict]:
@@ -69,8 +85,13 @@ def save_checkpoint(
     ema_state: Optional[Dict[str, paddle.Tensor]] = None,
     meta: Optional[dict] = None,
     keep: int = 2,
+    config: Optional[dict] = None,
 ) -> str:
-    """Write checkpoint ``folder/step-XXXXXX`` atomically; keep the newest ``keep``."""
+    """Write checkpoint ``folder/step-XXXXXX`` atomically; keep the newest ``keep``.
+
+    ``config`` (the experiment config as a dict) is stored as ``config.yaml`` beside the
+    weights; ``state.json`` records the size and SHA-256 of every file for verification.
+    """
     os.makedirs(folder, exist_ok=True)
     name = f"step-{step:06d}"
     with atomic_directory(os.path.join(folder, name), overwrite=True) as tmp:
@@ -81,17 +102,35 @@ def save_checkpoint(
             json.dump(opt_scalars, f)
         if ema_state is not None:
             save_file({k: v.detach() for k, v in ema_state.items()}, os.path.join(tmp, "ema.safetensors"))
-        with open(os.path.join(tmp, "state.json"), "w", encoding="utf-8") as f:
-            json.dump({"step": step, **(meta or {})}, f, indent=1)
+        if config is not None:
+            with open(os.path.join(tmp, CONFIG), "w", encoding="utf-8") as f:
+                yaml.safe_dump(config, f, allow_unicode=True, sort_keys=False)
+        files = describe_files(str(tmp), sorted(os.listdir(tmp)))
+        with open(os.path.join(tmp, STATE), "w", encoding="utf-8") as f:
+            json.dump({"step": step, **(meta or {}), "files": files}, f, indent=1)
     atomic_write_text(os.path.join(folder, LATEST), name)
-    _prune(folder, keep)
+    _prune(folder, keep, step)
     return os.path.join(folder, name)
 
 
-def _prune(folder: str, keep: int) -> None:
-    steps = sorted(d for d in os.listdir(folder) if d.startswith("step-"))
-    for old in steps[:-keep]:
-        shutil.rmtree(os.path.join(folder, old), ignore_errors=True)
+def checkpoint_step(path: str) -> int:
+    return int(_STEP_DIR.fullmatch(os.path.basename(path)).group(1))
+
+
+def _checkpoints(folder: str) -> List[str]:
+    """``step-*`` folders of ``folder``, oldest first (damaged ones set aside are not listed)."""
+    if not os.path.isdir(folder):
+        return []
+    names = [d for d in os.listdir(folder) if _STEP_DIR.fullmatch(d) and os.path.isdir(os.path.join(folder, d))]
+    return [os.path.join(folder, d) for d in sorted(names, key=lambda d: int(d[5:]))]
+
+
+def _prune(folder: str, keep: int, step: int) -> None:
+    """Keep the newest ``keep`` checkpoints up to ``step`` (the one just written); later
+    ones are left alone: they can only be damaged ones the run fell back from."""
+    mine = [p for p in _checkpoints(folder) if checkpoint_step(p) <= step]
+    for old in mine[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
     for d in os.listdir(folder):  # leftovers of interrupted saves
         if d.startswith(".step-") and d.endswith((".tmp", ".old")):
             shutil.rmtree(os.path.join(folder, d), ignore_errors=True)
@@ -108,10 +147,70 @@ def latest_checkpoint(folder: str) -> Optional[str]:
     return path
 
 
-def load_checkpoint(path: str) -> dict:
-    """Return {'step', 'meta', 'model', 'optimizer', 'ema' (or None)} from a checkpoint folder."""
-    with open(os.path.join(path, "state.json"), encoding="utf-8") as f:
-        meta = json.load(f)
+def verify_checkpoint(path: str, checksum: bool = True) -> dict:
+    """Check a checkpoint folder against the sizes and SHA-256 sums in its ``state.json``
+    (checkpoints written before those records: the safetensors structure); return the
+    state. Raises :class:`DamagedFileError` naming the first bad file."""
+    state_path = os.path.join(path, STATE)
+    state = read_json_file(state_path)
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise DamagedFileError(state_path, "not a checkpoint state (expected a JSON object with a step)")
+    if "files" in state:
+        verify_files(path, state["files"], checksum=checksum)
+    else:
+        optional = ["ema.safetensors"] if os.path.exists(os.path.join(path, "ema.safetensors")) else []
+        for name in ["model.safetensors", "optimizer.safetensors"] + optional:
+            check_safetensors(os.path.join(path, name))
+        read_json_file(os.path.join(path, "optimizer.json"))
+    return state
+
+
+def find_resume_checkpoint(folder: str) -> Tuple[Optional[str], List[Tuple[str, DamagedFileError]]]:
+    """The newest intact checkpoint of ``folder`` (None if there is none at all) and the
+    damaged newer ones passed over, as ``(path, error)``. If every checkpoint is damaged,
+    raises a one-line :class:`DamagedFileError` naming each."""
+    damaged = []
+    for path in reversed(_checkpoints(folder)):
+        try:
+            verify_checkpoint(path)
+        except DamagedFileError as exc:
+            damaged.append((path, exc))
+            continue
+        return path, damaged
+    if damaged:
+        reasons = "; ".join(f"{os.path.relpath(exc.path, folder)}: {exc.reason}" for _, exc in damaged)
+        raise DamagedFileError(folder, f"no intact checkpoint to resume from ({reasons}); "
+                                       "move the folder away to train this stage from the start")
+    return None, []
+
+
+def set_aside_damaged(damaged: List[Tuple[str, DamagedFileError]], resume_from: str) -> None:
+    """Rename damaged checkpoints to ``step-XXXXXX.damaged`` (kept for inspection, out of
+    the way of new saves and pruning), warn about each and point ``latest`` at ``resume_from``."""
+    for path, exc in damaged:
+        kept, n = path + DAMAGED_SUFFIX, 1
+        while os.path.exists(kept):
+            kept, n = f"{path}{DAMAGED_SUFFIX}-{n}", n + 1
+        os.replace(path, kept)
+        logger.warning("checkpoint %s is damaged: %s: %s; kept as %s, resuming from the older %s",
+                       path, os.path.relpath(exc.path, path), exc.reason, os.path.basename(kept), resume_from)
+    if damaged:
+        atomic_write_text(os.path.join(os.path.dirname(resume_from), LATEST), os.path.basename(resume_from))
+
+
+def read_checkpoint_config(path: str) -> Optional[dict]:
+    """The experiment config a checkpoint was made with (None for older checkpoints)."""
+    config = os.path.join(path, CONFIG)
+    if not os.path.isfile(config):
+        return None
+    with open(config, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def load_checkpoint(path: str, checksum: bool = True) -> dict:
+    """Return {'step', 'meta', 'model', 'optimizer', 'ema' (or None)} from a checkpoint folder,
+    after :func:`verify_checkpoint` (``checksum=False``: sizes only, when already verified)."""
+    meta = verify_checkpoint(path, checksum=checksum)
     with open(os.path.join(path, "optimizer.json"), encoding="utf-8") as f:
         opt_scalars = json.load(f)
     ema_file = os.path.join(path, "ema.safetensors")

@@ -17,7 +17,14 @@ import numpy as np
 import paddle
 from tqdm import tqdm
 
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    CheckpointMismatch,
+    find_resume_checkpoint,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    set_aside_damaged,
+)
 from .config import StageConfig
 from .ema import ExponentialMovingAverage
 
@@ -41,6 +48,7 @@ class LoopSettings:
     log_every: int = 10
     samples_per_step: int = 1
     is_main: bool = True
+    run_config: Optional[dict] = None  # the experiment config, stored in every checkpoint
 
 
 def trainable_parameters(module: paddle.nn.Layer) -> Dict[str, paddle.Tensor]:
@@ -124,24 +132,45 @@ class Trainer:
         self.step = 0
 
     # -- checkpoints -----------------------------------------------------------------
-    def resume(self) -> bool:
-        path = latest_checkpoint(self.settings.checkpoint_dir)
+    def resume(self, path: Optional[str] = None) -> bool:
+        """Load checkpoint ``path``, or else the newest intact one of the checkpoint folder
+        (damaged newer ones are set aside with a warning). False if there is none."""
         if path is None:
-            return False
-        ckpt = load_checkpoint(path)
-        missing = set(self.params) - set(ckpt["model"])
-        if missing:
-            raise KeyError(f"checkpoint {path} lacks parameter {sorted(missing)[0]} (was the config changed?)")
-        for name, param in self.params.items():
-            param.set_value(ckpt["model"][name])
+            path, damaged = find_resume_checkpoint(self.settings.checkpoint_dir)
+            if path is not None and damaged and self.settings.is_main:
+                set_aside_damaged(damaged, path)
+            if path is None:
+                return False
+        ckpt = load_checkpoint(path, checksum=False)  # verified by find_resume_checkpoint or the caller
+        self._load_parameters(ckpt["model"], path)
         self.optimizer.set_state_dict(restore_optimizer_state(ckpt["optimizer"], self.params))
+        # The schedule's lr from the config (base lr x warm-up factor of the restored step):
+        # equal to the saved one unless train.<stage>.lr or warmup_steps was changed on resume.
+        self.schedule.last_lr = self.schedule.get_lr()
         if self.ema is not None:
             if ckpt["ema"] is None:
-                raise KeyError(f"checkpoint {path} has no EMA state but ema_decay is set")
-            self.ema.load_state_dict(ckpt["ema"])
+                logger.warning("checkpoint %s has no EMA state (ema_decay was off): the EMA starts from its weights",
+                               path)
+                self.ema = ExponentialMovingAverage(self.params, self.cfg.ema_decay)
+            else:
+                self.ema.load_state_dict(ckpt["ema"])
         self.step = ckpt["step"]
         logger.info("resumed stage %s from %s (step %d)", self.settings.stage, path, self.step)
         return True
+
+    def _load_parameters(self, state: Dict[str, paddle.Tensor], path: str) -> None:
+        """Set every parameter the checkpoint holds (frozen ones too); a missing trainable
+        one or a shape that differs is a one-line :class:`CheckpointMismatch`."""
+        own = dict(self.module.named_parameters())
+        problems = [f"it lacks {name}" for name in sorted(set(self.params) - set(state))]
+        problems += [f"the model has no {name}" for name in sorted(set(state) - set(own))]
+        problems += [f"{name} has shape {list(value.shape)} there, {list(own[name].shape)} here"
+                     for name, value in state.items() if name in own and list(value.shape) != list(own[name].shape)]
+        if problems:
+            raise CheckpointMismatch(f"checkpoint {path} does not fit the model of this config: {problems[0]}"
+                                     f"{f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''}")
+        for name, value in state.items():
+            own[name].set_value(value)
 
     def save(self) -> str:
         return save_checkpoint(
@@ -152,6 +181,7 @@ class Trainer:
             self.ema.state_dict() if self.ema else None,
             meta={"stage": self.settings.stage},
             keep=self.settings.keep_checkpoints,
+            config=self.settings.run_config,
         )
 
     # -- loop ----------------------------------------------------------------------------

@@ -2,16 +2,20 @@
 
 Layout of ``train.output_dir``::
 
-    config.yaml             the resolved config of the run
+    .lock                   held by the running trainer (pid, host, start time)
+    config.yaml             the resolved config the run started with (never rewritten)
+    config_changes.jsonl    config changes accepted on --resume --allow-config-change
     vae/                    trained AutoencoderKL (frozen afterwards)
     base/                   stage-1 pipeline (one U-Net), from_pretrained-ready
     experts/                stage-2 pipeline (N experts): the final model
-    checkpoints/<stage>/    step-XXXXXX checkpoints and the `latest` pointer
+    checkpoints/<stage>/    step-XXXXXX checkpoints (weights, optimizer, config.yaml, checksums)
+                            and the `latest` pointer; damaged ones set aside as *.damaged
     samples/<stage>.png     sample grid at the end of each diffusion stage
     vdl/                    VisualDL logs (visualdl --logdir OUTPUT/vdl)
 
 A finished stage is skipped on ``--resume``; an interrupted one continues from its
-latest checkpoint.
+newest intact checkpoint. The requested config is checked against the checkpoints'
+(:mod:`.resume`): model changes are refused, other changes need ``allow_config_change``.
 """
 from __future__ import annotations
 
@@ -21,7 +25,6 @@ from typing import Callable, List, Optional
 
 import numpy as np
 import paddle
-import yaml
 
 from ..config import ConfigError, to_dict
 from ..data import build_dataset
@@ -29,14 +32,18 @@ from ..models.factory import build_denoiser, build_noise_scheduler, build_sample
 from ..models.mode import MixtureOfDenoisingExperts
 from ..text.tokenizer import build_tokenizer
 from ..utils.images import make_grid
-from ..utils.io import atomic_write_text, atomic_directory
+from ..utils.integrity import check_model_folder
+from ..utils.io import atomic_directory
 from .batches import LatentSource, batch_indices, estimate_scaling_factor, shard
+from .checkpoint import set_aside_damaged
 from .config import STAGES, ExperimentConfig
 from .diffusion_step import DiffusionStep, TimestepSampler
 from .distributed import DistContext, init_distributed
 from .knowledge import CaptionProcessor
 from .loop import LoopSettings, Trainer
 from .modules import DiffusionTrainingModule, VAETrainingModule
+from .resume import ResumePlan, checkpoint_dir, plan_resume
+from .run_folder import RunLock, record_config_changes, write_run_config
 
 logger = logging.getLogger(__name__)
 
@@ -65,24 +72,33 @@ def save_atomically(save_fn: Callable[[str], None], target: str) -> None:
         save_fn(str(tmp))
 
 
-def check_output_dir(cfg: ExperimentConfig, resume: bool) -> None:
-    out = cfg.train.output_dir
+def saved_state(cfg: ExperimentConfig) -> List[str]:
+    """What the run folder already holds: finished stages, or 'checkpoints'."""
     existing = [s for s in STAGES if stage_done(cfg, s)]
-    has_ckpt = os.path.isdir(os.path.join(out, "checkpoints"))
-    if (existing or has_ckpt) and not resume:
+    if not existing and os.path.isdir(os.path.join(cfg.train.output_dir, "checkpoints")):
+        existing = ["checkpoints"]
+    return existing
+
+
+def check_output_dir(cfg: ExperimentConfig, resume: bool) -> None:
+    existing = saved_state(cfg)
+    if existing and not resume:
         raise FileExistsError(
-            f"train.output_dir {out!r} already holds a run ({', '.join(existing) or 'checkpoints'}); "
+            f"train.output_dir {cfg.train.output_dir!r} already holds a run ({', '.join(existing)}); "
             "pass --resume to continue it or choose another train.output_dir"
         )
 
 
 class ExperimentRunner:
-    def __init__(self, cfg: ExperimentConfig, resume: bool = False, ctx: Optional[DistContext] = None):
+    def __init__(self, cfg: ExperimentConfig, resume: bool = False, ctx: Optional[DistContext] = None,
+                 allow_config_change: bool = False):
         self.cfg = cfg
         self.resume = resume
+        self.allow_config_change = allow_config_change
         self.ctx = ctx or init_distributed(cfg.train.sharding_degree)
         self.writer = None
         self._dataset = None
+        self.plan = ResumePlan()
 
     @property
     def dataset(self):
@@ -96,24 +112,24 @@ class ExperimentRunner:
         cfg = self.cfg
         if cfg.train.mixed_precision != "no" and not paddle.device.is_compiled_with_cuda():
             raise ConfigError("train.mixed_precision", f"{cfg.train.mixed_precision!r} needs a GPU build of Paddle")
-        check_output_dir(cfg, self.resume)
-        if self.ctx.is_main:
-            os.makedirs(cfg.train.output_dir, exist_ok=True)
-            atomic_write_text(
-                os.path.join(cfg.train.output_dir, "config.yaml"),
-                yaml.safe_dump(to_dict(cfg), allow_unicode=True, sort_keys=False),
-            )
-            from visualdl import LogWriter
-
-            self.writer = LogWriter(logdir=os.path.join(cfg.train.output_dir, "vdl"))
+        selected = stages or cfg.train.stages
+        # One trainer per run folder; in a multi-process run the main process holds it.
+        lock = RunLock(cfg.train.output_dir).acquire() if self.ctx.is_main else None
         try:
+            check_output_dir(cfg, self.resume)
+            new_run = not saved_state(cfg)
+            if self.resume and not new_run:
+                self.plan = plan_resume(cfg.train.output_dir, to_dict(cfg), {s for s in STAGES if stage_done(cfg, s)},
+                                        selected, self.allow_config_change)
+            if self.ctx.is_main:
+                self._prepare_run_folder(new_run)
             for index, stage in enumerate(STAGES):
-                if stage not in (stages or cfg.train.stages):
+                if stage not in selected:
                     continue
                 if stage == "experts" and cfg.model.num_experts == 1:
                     logger.info("model.num_experts is 1: no expert stage (the base U-Net is the model)")
                     continue
-                if stage_done(cfg, stage):
+                if stage_done(cfg, stage) and stage not in self.plan.reopen:
                     logger.info("stage %s already finished: %s", stage, stage_dir(cfg, stage))
                     continue
                 getattr(self, f"run_{stage}")(index)
@@ -121,7 +137,26 @@ class ExperimentRunner:
         finally:
             if self.writer is not None:
                 self.writer.close()
+            if lock is not None:
+                lock.release()
         return final_model_dir(cfg)
+
+    def _prepare_run_folder(self, new_run: bool) -> None:
+        """Main process: the run's config record, accepted changes, damaged checkpoints, VisualDL."""
+        out = self.cfg.train.output_dir
+        write_run_config(out, to_dict(self.cfg), new_run)
+        if self.plan.changes:
+            path = record_config_changes(out, self.plan.record())
+            for change in self.plan.changes:
+                logger.warning("config change accepted (--allow-config-change): %s", change)
+            for note in self.plan.notes:
+                logger.warning("%s", note)
+            logger.warning("config changes recorded in %s", path)
+        for stage, damaged in self.plan.damaged.items():
+            set_aside_damaged(damaged, self.plan.checkpoints[stage])
+        from visualdl import LogWriter
+
+        self.writer = LogWriter(logdir=os.path.join(out, "vdl"))
 
     def _settings(self, stage: str, index: int, batch_size: int) -> LoopSettings:
         t = self.cfg.train
@@ -129,12 +164,13 @@ class ExperimentRunner:
             stage=stage,
             stage_index=index,
             seed=t.seed,
-            checkpoint_dir=os.path.join(t.output_dir, "checkpoints", stage),
+            checkpoint_dir=checkpoint_dir(t.output_dir, stage),
             checkpoint_every=t.checkpoint_every,
             keep_checkpoints=t.keep_checkpoints,
             log_every=t.log_every,
             samples_per_step=batch_size,
             is_main=self.ctx.is_main,
+            run_config=to_dict(self.cfg),
         )
 
     def _trainer(self, stage: str, index: int, module, step_fn, batch_size: int, on_step=None) -> Trainer:
@@ -143,8 +179,8 @@ class ExperimentRunner:
             module, step_fn, stage_cfg, self._settings(stage, index, batch_size), writer=self.writer,
             on_step=on_step, wrap_fn=self.ctx.wrap_optimizer,
         )
-        if self.resume:
-            trainer.resume()
+        if stage in self.plan.checkpoints:
+            trainer.resume(self.plan.checkpoints[stage])
         return trainer
 
     def _require(self, earlier: str, stage: str) -> None:
@@ -191,6 +227,7 @@ class ExperimentRunner:
         cfg = self.cfg
         self._require("vae", "base")
         paddle.seed(cfg.train.seed)
+        check_model_folder(stage_dir(cfg, "vae"))  # a damaged file: one line naming it
         vae = AutoencoderKL.from_pretrained(stage_dir(cfg, "vae"))
         tokenizer = build_tokenizer(cfg.model.text_encoder.vocab_file, cfg.model.text_encoder.max_length)
         text_encoder = build_text_encoder_from_config(cfg.model, tokenizer)
@@ -198,11 +235,11 @@ class ExperimentRunner:
         self._train_diffusion("base", index, vae, text_encoder, tokenizer, unet)
 
     def run_experts(self, index: int) -> None:
-        from ..pipelines.pipeline_ernie_vilg2 import ErnieViLG2Pipeline
+        from ..pipelines.loading import load_pipeline
 
         cfg = self.cfg
         self._require("base", "experts")
-        base = ErnieViLG2Pipeline.from_pretrained(stage_dir(cfg, "base"))
+        base = load_pipeline(stage_dir(cfg, "base"))
         unet = MixtureOfDenoisingExperts.branch(base.unet, cfg.model.num_experts)
         self._train_diffusion("experts", index, base.vae, base.text_encoder, base.tokenizer, unet)
 
@@ -275,5 +312,6 @@ class ExperimentRunner:
         return path
 
 
-def run_training(cfg: ExperimentConfig, resume: bool = False, stages: Optional[List[str]] = None) -> Optional[str]:
-    return ExperimentRunner(cfg, resume=resume).run(stages)
+def run_training(cfg: ExperimentConfig, resume: bool = False, stages: Optional[List[str]] = None,
+                 allow_config_change: bool = False) -> Optional[str]:
+    return ExperimentRunner(cfg, resume=resume, allow_config_change=allow_config_change).run(stages)

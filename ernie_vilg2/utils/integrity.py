@@ -5,7 +5,8 @@ that never names the file. :func:`check_safetensors` reads only the header (8-by
 length + JSON) and checks that every tensor's bytes lie inside the file, so a damaged
 file is reported as ``FILE: reason (expected ..., found ...)`` before any library sees
 it. :func:`describe_files` / :func:`verify_files` record and check sizes and SHA-256
-sums of the files of a folder (checkpoints, exported models).
+sums of the files of a folder (checkpoints, exported models). :func:`check_model_folder`
+checks a ``from_pretrained`` folder (its JSON files and weights) the same way.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import hashlib
 import json
 import os
 import struct
-from typing import Dict, Iterable, Mapping
+from typing import Any, Dict, Iterable, Mapping
 
 # A safetensors header is a little-endian u64 length followed by that much JSON; the
 # format caps the header at 100 MB.
@@ -103,6 +104,52 @@ def verify_files(folder: str, records: Mapping[str, Mapping], checksum: bool = T
             raise DamagedFileError(path, "file not found")
         size = os.path.getsize(path)
         if size != record.get("size"):
-            raise DamagedFileError(path, f"damaged (expected {record.get('size')} bytes, found {size})")
+            raise DamagedFileError(path, f"wrong size (expected {record.get('size')} bytes, found {size})")
         if checksum and "sha256" in record and sha256_file(path) != record["sha256"]:
-            raise DamagedFileError(path, "damaged (SHA-256 checksum does not match the one written with it)")
+            raise DamagedFileError(path, "SHA-256 checksum differs from the one written with it")
+
+
+def read_json_file(path: str) -> Any:
+    """``json.load`` of ``path``; a missing or malformed file is a :class:`DamagedFileError`."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise DamagedFileError(path, "file not found") from None
+    except UnicodeDecodeError:
+        raise DamagedFileError(path, "not valid JSON (not UTF-8 text)") from None
+    except json.JSONDecodeError as exc:
+        raise DamagedFileError(path, f"not valid JSON ({exc})") from None
+
+
+# Weight files a from_pretrained folder may hold (PPDiffusers / PaddleNLP names vary).
+_WEIGHT_SUFFIXES = (".safetensors", ".pdparams", ".bin")
+
+
+def check_model_folder(folder: str) -> None:
+    """Check one model folder of ``from_pretrained`` before a library reads it.
+
+    Every ``*.json`` file must parse; every ``*.safetensors`` file (and each shard a
+    ``*.index.json`` names) must be complete (:func:`check_safetensors`); other weight
+    files must not be empty; a folder with a ``config.json`` must hold a weight file.
+    Raises :class:`DamagedFileError` naming the first bad file.
+    """
+    folder = os.fspath(folder)
+    names = sorted(os.listdir(folder))
+    for name in names:
+        path = os.path.join(folder, name)
+        if name.endswith(".json"):
+            data = read_json_file(path)
+            if name.endswith(".index.json") and isinstance(data, dict) and isinstance(data.get("weight_map"), dict):
+                for shard in sorted(set(data["weight_map"].values())):
+                    if shard.endswith(".safetensors"):
+                        check_safetensors(os.path.join(folder, shard))
+        elif name.endswith(".safetensors"):
+            check_safetensors(path)
+        elif name.endswith(_WEIGHT_SUFFIXES) and os.path.getsize(path) == 0:
+            raise DamagedFileError(path, "empty weight file (expected a saved state dict)")
+    if "config.json" in names and not any(n.endswith(_WEIGHT_SUFFIXES) for n in names):
+        raise DamagedFileError(
+            folder, "no weight file beside config.json (expected a *.safetensors or *.pdparams file)"
+        )

@@ -29,6 +29,7 @@ import paddle
 import yaml
 
 from ernie_vilg2.config import merge
+from ernie_vilg2.utils.integrity import DamagedFileError, check_safetensors
 
 from .labels import LabelMap
 
@@ -215,10 +216,14 @@ def read_weights(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
     if path.endswith(".safetensors"):
         from safetensors import safe_open
 
+        check_safetensors(path)  # a damaged file: one line naming it, not the library's traceback
         with safe_open(path, framework="np") as f:
             return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
     if path.endswith(".pdparams"):
-        state = paddle.load(path)
+        try:
+            state = paddle.load(path)
+        except Exception as exc:  # truncated pickle: EOFError, UnpicklingError, ...
+            raise DamagedFileError(path, f"cannot read the Paddle state dict ({type(exc).__name__}: {exc})") from None
         if not isinstance(state, dict):
             raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
         return {k: (v.numpy() if hasattr(v, "numpy") else np.asarray(v)) for k, v in state.items()}, {}

@@ -31,6 +31,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import paddle
 
+from ernie_vilg2.utils.integrity import DamagedFileError, check_safetensors
+
 from .detector import Detector, _atomic_save_safetensors, load_image_rgb
 from .labels import LabelMap
 from .metrics import image_false_positive_rate, voc_map
@@ -434,8 +436,16 @@ def save_checkpoint(path: str, detector: Detector, opt, meta: dict) -> None:
 def load_checkpoint(path: str, detector: Detector, opt) -> dict:
     from safetensors import safe_open
 
+    hint = "delete it or pass --no-resume to start over"
+    try:
+        check_safetensors(path)
+    except DamagedFileError as exc:
+        raise DamagedFileError(path, f"{exc.reason}; {hint}") from None
     with safe_open(path, framework="np") as f:
-        meta = json.loads((f.metadata() or {})["meta"])
+        try:
+            meta = json.loads((f.metadata() or {})["meta"])
+        except (KeyError, json.JSONDecodeError):
+            raise DamagedFileError(path, f"not a detector training checkpoint (no training state); {hint}") from None
         model_state = {k[len("model/") :]: f.get_tensor(k) for k in f.keys() if k.startswith("model/")}
         optim_state = {k[len("optim/") :]: f.get_tensor(k) for k in f.keys() if k.startswith("optim/")}
     detector.load_state_numpy(model_state, source=path)
