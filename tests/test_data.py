@@ -211,7 +211,11 @@ def user_data(tmp_path):
     img[:, :20] = (255, 0, 0)
     Image.fromarray(img).save(tmp_path / "images" / "wide.png")
     Image.new("RGBA", (10, 10), (0, 0, 0, 0)).save(tmp_path / "images" / "clear.png")
-    (tmp_path / "images" / "broken.png").write_bytes(b"not a png at all")
+    (tmp_path / "images" / "broken.png").write_bytes(b"not a png at all")  # found when the dataset loads
+    noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)  # mostly scan data
+    Image.fromarray(noise).save(tmp_path / "images" / "cut.jpg")
+    data = (tmp_path / "images" / "cut.jpg").read_bytes()
+    (tmp_path / "images" / "cut.jpg").write_bytes(data[: len(data) * 3 // 4])  # header fine, body cut: found later
     _write_jsonl(tmp_path / "train.jsonl", [
         {"image": "images/wide.png", "caption": "红色在左边", "boxes": [[10, 0, 20, 10], [0, 0, 8, 20]],
          "labels": ["red", "cut"]},
@@ -219,9 +223,10 @@ def user_data(tmp_path):
         {"image": "images/missing.png", "caption": "gone"},
         {"image": "images/clear.png"},
         "",
-        {"image": "images/broken.png", "caption": "broken image"},
+        {"image": "images/cut.jpg", "caption": "truncated image"},
         {"image": str(tmp_path / "images" / "clear.png"), "caption": "nothing", "lang": "en",
          "synthetic_caption": "an empty picture"},
+        {"image": "images/broken.png", "caption": "broken image"},
     ])
     return tmp_path
 
@@ -229,12 +234,18 @@ def user_data(tmp_path):
 def test_jsonl_skips_bad_records_with_line_numbers(user_data, caplog):
     from ernie_vilg2.data.jsonl import JsonlDataset
 
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         ds = JsonlDataset(user_data, 10)  # a folder: its train.jsonl
-    assert len(ds) == 3 and ds.num_skipped == 3
-    assert [line for line, _ in ds.skipped] == [2, 3, 4]
+    assert len(ds) == 3 and ds.num_skipped == 4  # the count excludes the image that is not an image
+    assert [line for line, _ in ds.skipped] == [2, 3, 4, 8]
     assert "malformed JSON" in ds.skipped[0][1] and "not found" in ds.skipped[1][1] and "caption" in ds.skipped[2][1]
-    assert f"{ds.path}:2:" in caplog.text and f"{ds.path}:3:" in caplog.text
+    assert "undecodable image" in ds.skipped[3][1] and "broken.png" in ds.skipped[3][1]
+    assert f"{ds.path}:2:" in caplog.text and f"{ds.path}:3:" in caplog.text and f"{ds.path}:8:" in caplog.text
+    summary = [(r.levelno, r.getMessage()) for r in caplog.records if r.getMessage().startswith(f"{ds.path}: ")]
+    assert summary == [(logging.WARNING,  # more lines skipped than kept: a warning, not INFO
+                        f"{ds.path}: 3 records (skipped 4: 1 malformed JSON, 1 invalid record, 1 missing image, "
+                        "1 undecodable image)")]
+    assert ds.summary == summary[0][1]
     assert [r["index"] for r in ds.records] == [0, 5, 6]  # 0-based line numbers
     assert ds.records[0]["lang"] == "zh"  # detected
     assert ds.image_path(2) == str(user_data / "images" / "clear.png")
@@ -259,15 +270,19 @@ def test_jsonl_item_rescales_boxes(user_data):
     assert clear["boxes"].shape == (0, 4) and clear["synthetic_caption"] == "an empty picture"
 
 
-def test_jsonl_corrupt_image_returns_another_item(user_data, caplog):
+def test_jsonl_corrupt_image_returns_another_item(user_data, caplog, monkeypatch):
+    from PIL import ImageFile
+
     from ernie_vilg2.data.jsonl import JsonlDataset, collate_samples
 
+    # Pillow's default; `import ppdet` (an earlier test in this process) turns it on globally
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", False)
     ds = JsonlDataset(user_data, 10)
     with caplog.at_level(logging.WARNING):
-        item = ds[1]  # broken.png
+        item = ds[1]  # cut.jpg: its header passed the load-time check, its body does not decode
     assert item["index"] == 6 and item["caption"] == "nothing"
     assert ds.num_decode_failures == 1 and ds.decode_failures[0][0] == 6
-    assert "broken.png" in caplog.text
+    assert "cut.jpg" in caplog.text
     batch = collate_samples([ds[i] for i in range(len(ds))])
     assert batch["pixel_values"].shape == (3, 3, 10, 10) and batch["pixel_values"].dtype == np.float32
     assert ds.num_decode_failures == 1  # the bad item is remembered, not retried
@@ -281,9 +296,55 @@ def test_jsonl_nothing_valid_names_the_file(tmp_path):
     _write_jsonl(path, ["[1, 2]", {"image": "x.png", "caption": "no file"}, {"image": "x.png", "caption": 3}])
     with pytest.raises(ValueError, match="bad.jsonl") as err:
         JsonlDataset(path, 16)
-    assert "3 skipped" in str(err.value)
+    assert "no valid record in 3 lines (2 invalid records, 1 missing image)" in str(err.value)
+    path.write_text("\n \n", encoding="utf-8")
+    with pytest.raises(ValueError, match="bad.jsonl: no records"):
+        JsonlDataset(path, 16)
     with pytest.raises(FileNotFoundError, match="val.jsonl"):
         JsonlDataset(tmp_path, 16, split="val")
+
+
+def test_jsonl_summary_line_and_filters(tmp_path, caplog):
+    from ernie_vilg2.data.jsonl import JsonlDataset
+
+    (tmp_path / "a.png").write_bytes(b"")  # an empty file is not an image either
+    Image.new("RGB", (4, 4)).save(tmp_path / "b.png")
+    lines = [{"image": "b.png", "caption": f"caption {i}"} for i in range(1200)]
+    lines += [{"image": "a.png", "caption": "empty"}, {"image": "b.png", "caption": "红色", "lang": "zh"}]
+    _write_jsonl(tmp_path / "train.jsonl", lines)
+    with caplog.at_level(logging.INFO):
+        ds = JsonlDataset(tmp_path, 4, languages=["en"], max_samples=1000)
+    path = str(tmp_path / "train.jsonl")
+    assert len(ds) == 1000 and ds.summary == (
+        f"{path}: 1,000 records (skipped 1: 1 undecodable image; 1 not in data.languages; "
+        "200 past data.max_samples)")
+    assert [r.levelno for r in caplog.records if r.getMessage() == ds.summary] == [logging.INFO]
+
+    caplog.clear()
+    _write_jsonl(tmp_path / "train.jsonl", lines[:1] + ["{oops"] * 2)
+    with caplog.at_level(logging.INFO):
+        ds = JsonlDataset(tmp_path, 4)
+    assert ds.summary == f"{path}: 1 records (skipped 2: 2 malformed JSON)"
+    # most lines bad: the summary is a warning
+    assert [r.levelno for r in caplog.records if r.getMessage() == ds.summary] == [logging.WARNING]
+
+    _write_jsonl(tmp_path / "train.jsonl", lines[:2])
+    assert JsonlDataset(tmp_path, 4).summary == f"{path}: 2 records (none skipped)"
+
+
+def test_jsonl_refuses_tabular_files(vilg300_csv, tmp_path):
+    from ernie_vilg2.data.jsonl import JsonlDataset, read_jsonl_records
+
+    with pytest.raises(ValueError, match=r"ViLG-300\.csv: expected a JSON Lines dataset .*got a \.csv file"):
+        read_jsonl_records(vilg300_csv)
+    tsv = tmp_path / "data.TSV"
+    tsv.write_text("image\tcaption\na.png\ta cat\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"data\.TSV: expected a JSON Lines dataset"):
+        JsonlDataset(tsv, 16)
+    txt = tmp_path / "data.txt"  # any other name: the content decides
+    txt.write_text("a cat\na dog\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"data\.txt: no valid record in 2 lines \(2 malformed JSON\)"):
+        read_jsonl_records(str(txt))
 
 
 # ---------------------------------------------------------------- language

@@ -99,16 +99,30 @@ def test_branch_experts_cli_makes_identical_experts(tiny_pipeline_dir, tiny_pipe
         (["--model", "{model}"], ["no prompt"]),
         (["--model", "{model}", "--prompt", "a cat", "--steps", "0"], ["--steps"]),
         (["--model", "{model}", "--prompt", "a cat", "--out", "grid.jpg"], ["--out"]),
+        # DPM-Solver++ (the default sampler) repeats a timestep at >= T steps: refused before sampling
+        (["--model", "{model}", "--prompt", "a cat", "--steps", "1000", "--out", "{out}"], ["--steps", "999", "1000"]),
+        (["--model", "{model}", "--prompt", "a cat", "--steps", "1001", "--sampler", "ddim", "--out", "{out}"],
+         ["--steps", "1000", "1001"]),
+        (["--model", "{model}", "--prompt", "a cat", "--seed", "-1", "--out", "{out}"], ["--seed", "-1"]),
+        (["--model", "{model}", "--prompt-file", "{tsv}", "--column", "Caption", "--out", "{out}"],
+         ["--column", "Caption", "Prompt, 文本"]),
     ],
 )
 def test_generate_errors_name_the_flag(tiny_pipeline_dir, tmp_path, args, expected):
     csv_path = tmp_path / "set.csv"
     csv_path.write_text("\ufeffPrompt,文本,类别,来源\na,一,颜色,x\n", encoding="utf-8")
-    names = dict(missing=str(tmp_path / "nope"), model=tiny_pipeline_dir, csv=str(csv_path))
+    tsv_path = tmp_path / "set.tsv"
+    tsv_path.write_text("Prompt\t文本\na\t一\n", encoding="utf-8")
+    names = dict(missing=str(tmp_path / "nope"), model=tiny_pipeline_dir, csv=str(csv_path), tsv=str(tsv_path),
+                 out=str(tmp_path / "g.png"))
     proc = _run(GENERATE, *[a.format(**names) for a in args], check=False)
     assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr  # one line that says what is wrong
     for text in expected:
-        assert text.format(**names) in proc.stderr, proc.stderr
+        assert text.format(**names) in errors[0], proc.stderr
+    assert not list(tmp_path.glob("g*"))  # refused before anything is written
 
 
 @pytest.mark.parametrize(
@@ -156,6 +170,58 @@ def test_read_prompts_csv_and_text(vilg300_csv, tmp_path):
         read_prompts(str(empty))
     with pytest.raises(FileNotFoundError, match="missing.txt"):
         read_prompts(str(tmp_path / "missing.txt"))
+
+
+@pytest.mark.parametrize("suffix", [".tsv", ".tab", ".TSV"])
+def test_read_prompts_tsv_like_csv(vilg300_csv, tmp_path, suffix):
+    from ernie_vilg2.utils.prompts import PromptColumnError, read_prompts
+
+    with open(vilg300_csv, encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.reader(f))
+    tsv = tmp_path / f"vilg300{suffix}"
+    with open(tsv, "w", encoding="utf-8", newline="") as f:  # with a BOM, as spreadsheets write it
+        f.write("\ufeff")
+        csv.writer(f, delimiter="\t").writerows(rows)
+    assert read_prompts(str(tsv), limit=3) == _csv_rows(vilg300_csv, "文本", 3)  # header is not a prompt
+    assert read_prompts(str(tsv), column="Prompt", limit=2) == _csv_rows(vilg300_csv, "Prompt", 2)
+    assert len(read_prompts(str(tsv))) == len(rows) - 1
+    with pytest.raises(PromptColumnError, match="Prompt, 文本, 类别, 来源"):
+        read_prompts(str(tsv), column="caption")
+
+    # a .txt file is one prompt per line, even if its first line looks like a header
+    text = tmp_path / "p.txt"
+    text.write_text("Prompt\t文本\na cat\t一只猫\n", encoding="utf-8")
+    assert read_prompts(str(text)) == ["Prompt\t文本", "a cat\t一只猫"]
+    with pytest.raises(PromptColumnError, match=r"\.csv, \.tsv"):
+        read_prompts(str(text), column="Prompt")
+
+
+def test_generate_from_tsv_with_column(tiny_pipeline_dir, tmp_path):
+    tsv = tmp_path / "p.tsv"
+    tsv.write_text("id\tPrompt\tnote\n1\ta red apple\tx\n2\ta blue heart\ty\n", encoding="utf-8")
+    out = tmp_path / "grid.png"
+    _run(GENERATE, "--model", tiny_pipeline_dir, "--prompt-file", tsv, "--steps", 1, "--out", out)
+    captions = json.loads((tmp_path / "grid.json").read_text(encoding="utf-8"))["images"]
+    assert captions == {"grid_000.png": "a red apple", "grid_001.png": "a blue heart"}
+    _run(GENERATE, "--model", tiny_pipeline_dir, "--prompt-file", tsv, "--column", "note", "--steps", 1, "--out", out)
+    captions = json.loads((tmp_path / "grid.json").read_text(encoding="utf-8"))["images"]
+    assert list(captions.values()) == ["x", "y"]
+
+
+@pytest.mark.parametrize("count,width", [(3, 3), (999, 3), (1000, 4), (1001, 4)])
+def test_single_image_names_are_padded_to_the_count(tmp_path, count, width):
+    from ernie_vilg2.pipelines import save_generation
+
+    images = [Image.new("RGB", (2, 2), (i % 256, 0, 0)) for i in range(count)]
+    captions = [f"prompt {i}" for i in range(count)]
+    written = save_generation(images, captions, str(tmp_path / "grid.png"), cols=50)
+    names = [os.path.basename(p) for p in written["images"]]
+    assert names[0] == "grid_" + "0" * width + ".png" and names[-1] == f"grid_{count - 1:0{width}d}.png"
+    assert sorted(os.listdir(tmp_path)) == sorted(names + ["grid.json", "grid.png"])
+    assert sorted(names) == names  # file order is generation order
+    record = json.loads((tmp_path / "grid.json").read_text(encoding="utf-8"))
+    assert list(record["images"]) == names and list(record["images"].values()) == captions
+    assert np.asarray(Image.open(written["images"][-1]))[0, 0, 0] == (count - 1) % 256
 
 
 def test_make_grid_layout_and_errors():

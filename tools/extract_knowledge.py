@@ -8,8 +8,9 @@
 
 Textual knowledge (every caption): words, tags and LAC importance. Visual knowledge (with
 --detector-config): salient objects. Interrupt and rerun freely: records already in
---out are skipped. Bad source lines are reported with their line numbers and skipped.
-Format: ernie_vilg2/knowledge/annotations.py.
+--out are skipped. Bad source lines are reported with their line numbers and skipped; a
+source with no valid record (e.g. a .csv file) is an error, and a run where most lines
+were bad ends with a warning. Format: ernie_vilg2/knowledge/annotations.py.
 """
 from __future__ import annotations
 
@@ -51,6 +52,13 @@ def main(argv=None) -> int:
     if args.detector_weights and not args.detector_config:
         log.error("--detector-weights needs --detector-config")
         return 2
+    try:  # the source first: a wrong file fails fast, before LAC or a detector loads
+        data_path = resolve_jsonl_path(args.data)
+        # Missing images matter only when images are read (the visual step).
+        records, skipped = read_jsonl_records(data_path, check_images=args.detector_config is not None)
+    except (FileNotFoundError, ValueError) as exc:
+        log.error("--data: %s", exc)
+        return 1
     try:
         visual_cfg = None
         if args.detector_config:
@@ -58,9 +66,6 @@ def main(argv=None) -> int:
 
             visual_cfg = VisualKnowledgeConfig(enabled=True, detector_config=args.detector_config,
                                                detector_weights=args.detector_weights, labels=args.labels)
-        data_path = resolve_jsonl_path(args.data)
-        # Missing images matter only when images are read (the visual step).
-        records, skipped = read_jsonl_records(data_path, check_images=visual_cfg is not None)
         analyzer = TextAnalyzer(user_dict=args.user_dict)
         stats = annotate_records(records, args.out, analyzer, visual_cfg=visual_cfg,
                                  batch_size=args.batch_size, progress=not args.no_progress)
@@ -71,6 +76,10 @@ def main(argv=None) -> int:
     print(f"{args.out}: {stats['written']} records written, {stats['already_done']} already there, "
           f"{len(skipped)} bad source lines skipped{f' (lines {lines})' if skipped else ''}, "
           f"{len(stats['image_failures'])} undecodable images")
+    total = len(records) + len(skipped)
+    if len(skipped) * 2 > total:  # more likely the wrong file than a few bad records
+        print(f"warning: {len(skipped)} of {total} source lines of {data_path} were bad (skipped); "
+              "is --data the dataset you meant?", file=sys.stderr)
     return 0
 
 

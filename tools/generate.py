@@ -4,13 +4,14 @@
         --steps 25 --sampler dpm --seed 0 --out samples/grid.png
     python tools/generate.py --model DIR --prompt-file ../shared/data/ViLG-300.csv --limit 8 --out g.png
 
-Writes the grid to --out, the single images beside it (<stem>_000.png, ...) and
-<stem>.json mapping each file to its prompt.
+Writes the grid to --out, the single images beside it (<stem>_000.png, ...; as many
+digits as the image count has, at least 3) and <stem>.json mapping each file to its prompt.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 os.environ.setdefault("GLOG_minloglevel", "2")
@@ -23,12 +24,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", required=True, help="saved pipeline folder (with model_index.json)")
     src = p.add_argument_group("prompts (give --prompt and/or --prompt-file)")
     src.add_argument("--prompt", action="append", default=[], help="a prompt; repeat for several")
-    src.add_argument("--prompt-file", help="text file with one prompt per line, or a .csv file")
-    src.add_argument("--column", help="CSV column with the prompts (default: 文本 if present, else Prompt)")
+    src.add_argument("--prompt-file", help="a .csv or .tsv/.tab file (with a header row), "
+                                           "else a text file with one prompt per line")
+    src.add_argument("--column", help="CSV/TSV column with the prompts (default: 文本 if present, else Prompt)")
     src.add_argument("--limit", type=int, help="use only the first N prompts of --prompt-file")
     p.add_argument("--negative-prompt", default=None, help="negative prompt for all images (default: empty)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=25, help="sampling steps")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial noise (>= 0)")
+    p.add_argument("--steps", type=int, default=25,
+                   help="sampling steps (at most 999 for dpm, 1000 for ddim with the usual T = 1000)")
     p.add_argument("--guidance", type=float, default=2.1, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--sampler", choices=("ddim", "dpm"), default="dpm", help="ddim or dpm (DPM-Solver++)")
     p.add_argument("--num-images-per-prompt", type=int, default=1)
@@ -69,6 +72,8 @@ def check_numbers(args: argparse.Namespace) -> None:
                         ("--batch-size", args.batch_size), ("--limit", args.limit), ("--cols", args.cols)):
         if value is not None and value < 1:
             raise SystemExit(f"error: {flag} must be >= 1, got {value}")
+    if args.seed < 0:
+        raise SystemExit(f"error: --seed must be >= 0, got {args.seed}")
     if args.guidance < 0:
         raise SystemExit(f"error: --guidance must be >= 0, got {args.guidance}")
     if args.keyword_emphasis is not None and args.keyword_emphasis < 0:
@@ -79,6 +84,20 @@ def check_numbers(args: argparse.Namespace) -> None:
         raise SystemExit(f"error: --user-dict: file not found: {args.user_dict}")
     if not args.out.lower().endswith(".png"):
         raise SystemExit(f"error: --out must be a .png file name, got {args.out}")
+
+
+# The pipeline's input errors start with the argument's name; the user typed the flag.
+FLAGS = {"num_inference_steps": "--steps", "guidance_scale": "--guidance", "seed": "--seed",
+         "num_images_per_prompt": "--num-images-per-prompt", "height": "--height", "width": "--width"}
+
+
+def flag_error(exc: Exception) -> str:
+    """``error: ...`` with a leading pipeline argument name replaced by its flag."""
+    message = str(exc)
+    name = re.match(r"\w+", message)
+    if name and name.group() in FLAGS:
+        message = FLAGS[name.group()] + message[name.end():]
+    return f"error: {message}"
 
 
 def keyword_emphasis(pipe, prompts, args):
@@ -113,6 +132,11 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as exc:  # ValueError: a damaged file, named in one line
         raise SystemExit(f"error: --model: {exc}") from None
     pipe.set_progress_bar_config(disable=True)
+    try:  # before any work (the sampler's step limit is known once the pipeline is loaded)
+        pipe.check_inputs(num_inference_steps=args.steps, guidance_scale=args.guidance, height=args.height,
+                          width=args.width, num_images_per_prompt=args.num_images_per_prompt, seed=args.seed)
+    except ValueError as exc:
+        raise SystemExit(flag_error(exc)) from None
     key_token_mask = keyword_emphasis(pipe, prompts, args) if args.keyword_emphasis is not None else None
     try:
         images = generate_images(
@@ -122,7 +146,7 @@ def main(argv=None) -> int:
             key_token_mask=key_token_mask,
         )
     except (ValueError, TypeError) as exc:  # the pipeline's input checks name the field
-        raise SystemExit(f"error: {exc}") from None
+        raise SystemExit(flag_error(exc)) from None
     captions = [p for p in prompts for _ in range(args.num_images_per_prompt)]
     cols = args.cols or (args.num_images_per_prompt if args.num_images_per_prompt > 1 else None)
     meta = {"model": os.path.abspath(args.model), "sampler": args.sampler, "steps": args.steps,

@@ -33,12 +33,19 @@ same transform, are clipped to the image, and boxes cut away entirely are droppe
 together with their labels. Images are never flipped: captions state left and right.
 
 Error handling (a long run must not die on one bad record): malformed JSON lines,
-records missing ``image``/``caption`` or with wrong types, and records whose image file
-does not exist are skipped at load time with a warning ``FILE:LINE: reason``; they are
-listed in :attr:`JsonlDataset.skipped` as ``(line_number, reason)``. An image that fails
-to decode when an item is read is reported once, recorded in
+records missing ``image``/``caption`` or with wrong types, records whose image file
+does not exist, and images whose header Pillow cannot read (not an image, empty, an
+unknown format) are skipped at load time with a warning ``FILE:LINE: reason``; they are
+listed in :attr:`JsonlDataset.skipped` as ``(line_number, reason)`` and counted by kind
+in one summary line (:attr:`JsonlDataset.summary`), e.g.
+``data/train.jsonl: 1,234 records (skipped 7: 4 malformed JSON, 2 missing images,
+1 undecodable image)``. The header check opens each distinct image once (20-50 us an
+image here; decoding takes 0.05 ms at 32 px to 8 ms at 768x512, too slow to do up front);
+an image whose header is fine but whose body is damaged (a truncated file) fails only
+when an item is read: it is reported once, recorded in
 :attr:`JsonlDataset.decode_failures`, and another valid item is returned in its place.
-If no valid record remains, loading raises ``ValueError`` naming the file.
+A ``.csv``/``.tsv`` file is refused, and if no valid record remains, loading raises
+``ValueError`` naming the file.
 
 ``index`` of an item is the 0-based line number of its record in the file: stable across
 runs and filters, so precomputed per-record annotations can be joined on it.
@@ -65,6 +72,12 @@ logger = logging.getLogger(__name__)
 
 # Print at most this many per-line warnings per file, then one summary line.
 MAX_LINE_WARNINGS = 20
+
+# Kinds of skipped records, as the reasons start (anything else is an invalid record).
+MALFORMED_JSON, MISSING_IMAGE, UNDECODABLE_IMAGE, INVALID_RECORD = (
+    "malformed JSON", "missing image", "undecodable image", "invalid record")
+# Files that are certainly not JSON Lines (the content decides for any other name).
+TABULAR_SUFFIXES = (".csv", ".tsv", ".tab")
 
 
 def resolve_jsonl_path(path: str, split: str = "train") -> str:
@@ -134,14 +147,50 @@ def parse_record(obj: Any, base_dir: str) -> Tuple[Optional[dict], Optional[str]
     return record, None
 
 
-def read_jsonl_records(path: str, check_images: bool = True) -> Tuple[List[dict], List[Tuple[int, str]]]:
+def skip_kind(reason: str) -> str:
+    """The kind of a skip reason: malformed JSON, missing image, undecodable image or invalid record."""
+    return next((k for k in (MALFORMED_JSON, MISSING_IMAGE, UNDECODABLE_IMAGE) if reason.startswith(k)),
+                INVALID_RECORD)
+
+
+def count_skipped(skipped: Sequence[Tuple[int, str]]) -> str:
+    """"4 malformed JSON, 2 missing images, 1 undecodable image" (kinds in a fixed order)."""
+    kinds = [skip_kind(reason) for _, reason in skipped]
+    parts = []
+    for kind in (MALFORMED_JSON, INVALID_RECORD, MISSING_IMAGE, UNDECODABLE_IMAGE):
+        n = kinds.count(kind)
+        if n:
+            parts.append(f"{n:,} {kind}{'s' if n > 1 and kind != MALFORMED_JSON else ''}")
+    return ", ".join(parts)
+
+
+def _image_header_error(path: str) -> Optional[str]:
+    """None if Pillow can read the image's header (format, size), else why not."""
+    try:
+        with Image.open(path) as img:
+            img.size
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad files
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def read_jsonl_records(path: str, check_images: bool = True,
+                       verify_images: bool = False) -> Tuple[List[dict], List[Tuple[int, str]]]:
     """Parse a dataset file. Returns (valid records, skipped as (line_number, reason)).
 
     Each record gets ``index`` (0-based line number) and ``image_path`` (resolved).
+    ``check_images``: skip records whose image file is missing; ``verify_images``: also
+    those whose image header Pillow cannot read (each distinct file opened once).
+    Raises ValueError for a .csv/.tsv file and when no line is a valid record.
     """
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix in TABULAR_SUFFIXES:
+        raise ValueError(f"{path}: expected a JSON Lines dataset (.jsonl, one JSON object per line with "
+                         f"\"image\" and \"caption\"), got a {suffix} file")
     base_dir = os.path.dirname(os.path.abspath(path))
     records: List[dict] = []
     skipped: List[Tuple[int, str]] = []
+    header_errors: Dict[str, Optional[str]] = {}  # image path -> error (several records share an image)
     with open(path, encoding="utf-8-sig") as f:
         for line_idx, line in enumerate(f):
             if not line.strip():
@@ -149,11 +198,17 @@ def read_jsonl_records(path: str, check_images: bool = True) -> Tuple[List[dict]
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                skipped.append((line_idx + 1, f"malformed JSON ({exc.msg} at column {exc.colno})"))
+                skipped.append((line_idx + 1, f"{MALFORMED_JSON} ({exc.msg} at column {exc.colno})"))
                 continue
             record, reason = parse_record(obj, base_dir)
             if record is not None and check_images and not os.path.isfile(record["image_path"]):
-                record, reason = None, f"image file not found: {record['image_path']}"
+                record, reason = None, f"{MISSING_IMAGE}: file not found: {record['image_path']}"
+            if record is not None and verify_images:
+                image = record["image_path"]
+                if image not in header_errors:
+                    header_errors[image] = _image_header_error(image)
+                if header_errors[image]:
+                    record, reason = None, f"{UNDECODABLE_IMAGE} {image} ({header_errors[image]})"
             if record is None:
                 skipped.append((line_idx + 1, reason))
                 continue
@@ -163,6 +218,11 @@ def read_jsonl_records(path: str, check_images: bool = True) -> Tuple[List[dict]
         logger.warning("%s:%d: %s; record skipped", path, line_no, reason)
     if len(skipped) > MAX_LINE_WARNINGS:
         logger.warning("%s: %d more records skipped (see dataset.skipped)", path, len(skipped) - MAX_LINE_WARNINGS)
+    if not records:
+        if not skipped:
+            raise ValueError(f"{path}: no records (the file is empty)")
+        raise ValueError(f"{path}: no valid record in {len(skipped):,} lines ({count_skipped(skipped)}); expected "
+                         "JSON Lines: one {\"image\": ..., \"caption\": ...} object per line")
     return records, skipped
 
 
@@ -245,16 +305,22 @@ class JsonlDataset(_DatasetBase):
         self.path = resolve_jsonl_path(str(path), split)
         self.resolution = int(resolution)
         self.image_fit = image_fit
-        records, self.skipped = read_jsonl_records(self.path)
-        if not records:
-            raise ValueError(f"{self.path}: no valid records ({len(self.skipped)} skipped, see warnings above)")
+        records, self.skipped = read_jsonl_records(self.path, verify_images=True)
+        valid = len(records)
+        notes = [f"skipped {len(self.skipped):,}: {count_skipped(self.skipped)}" if self.skipped else "none skipped"]
         if languages is not None:
             records = [r for r in records if r["lang"] in languages]
             if not records:
                 raise ValueError(f"{self.path}: no records in languages {list(languages)}")
-        if max_samples is not None:
+            if len(records) < valid:
+                notes.append(f"{valid - len(records):,} not in data.languages")
+        if max_samples is not None and len(records) > max_samples:
+            notes.append(f"{len(records) - max_samples:,} past data.max_samples")
             records = records[:max_samples]
         self.records: List[dict] = records
+        self.summary = f"{self.path}: {len(records):,} records ({'; '.join(notes)})"
+        # Most lines bad is more likely the wrong file than a few bad records: say it louder.
+        logger.log(logging.WARNING if len(self.skipped) > valid else logging.INFO, "%s", self.summary)
         self.decode_failures: List[Tuple[int, str, str]] = []  # (line_number, image_path, error)
         self._bad_items: set = set()
 

@@ -77,12 +77,48 @@ def check_prompts(prompts: Sequence[str], field: str = "prompt") -> List[str]:
     return prompts
 
 
-_WARNED_TRUNCATED: set = set()
+# Truncated texts already reported in this process: training tokenizes the same captions
+# every epoch, generation every batch. Past the bound, truncations go to DEBUG only.
+_REPORTED_TRUNCATED: set = set()
+_MAX_REPORTED = 10_000
+
+
+def report_truncation(tokenizer, texts: Sequence[str], max_length: int) -> int:
+    """Warn once about the ``texts`` longer than ``max_length`` tokens ([CLS]/[SEP] included).
+
+    One WARNING for the call: "N of M prompts were truncated to L tokens
+    (model.text_encoder.max_length); longest: K tokens", each text at DEBUG. Texts reported
+    before (by this function or :func:`tokenize`) do not warn again. Returns N.
+    """
+    return _report_truncated(tokenizer, [normalize_text(t) for t in texts], max_length, range(len(texts)))
+
+
+def _report_truncated(tokenizer, texts: Sequence[str], max_length: int, candidates) -> int:
+    lengths = {}  # distinct truncated text -> its token count with [CLS]/[SEP]
+    for text in dict.fromkeys(texts[i] for i in candidates):  # distinct, in order
+        n = len(tokenizer.tokenize(text)) + 2
+        if n > max_length:
+            lengths[text] = n
+    new = [t for t in lengths if t not in _REPORTED_TRUNCATED]
+    if not new:
+        return len(lengths)
+    full = len(_REPORTED_TRUNCATED) >= _MAX_REPORTED
+    if not full:
+        _REPORTED_TRUNCATED.update(new)
+    for text in new:
+        logger.debug("prompt truncated from %d to %d tokens: %s", lengths[text], max_length, text)
+    logger.log(
+        logging.DEBUG if full else logging.WARNING,
+        "%d of %d prompts were truncated to %d tokens (model.text_encoder.max_length); longest: %d tokens "
+        "(each prompt at DEBUG level)", len(lengths), len(set(texts)), max_length, max(lengths.values()),
+    )
+    return len(lengths)
 
 
 def tokenize(tokenizer, texts: Sequence[str], max_length: int, return_offsets: bool = False):
     """Normalise (:func:`normalize_text`), pad/truncate ``texts`` to ``max_length`` tokens;
-    warn once per truncated text.
+    truncated texts not reported before get one summary warning per call
+    (:func:`report_truncation`).
 
     Returns ``input_ids`` (int64 [B, max_length]) and, when asked, the character
     offsets of every token (list of lists of (start, end); (0, 0) for special tokens).
@@ -98,15 +134,10 @@ def tokenize(tokenizer, texts: Sequence[str], max_length: int, return_offsets: b
         return_overflowing_tokens=False,
     )
     ids = np.asarray(out["input_ids"], dtype="int64")
-    sep = tokenizer.sep_token_id
-    for text, row in zip(texts, ids):
-        # A full row that does not end in [PAD] was (possibly) cut: check the real length.
-        if row[-1] == sep and text not in _WARNED_TRUNCATED and len(tokenizer.tokenize(text)) > max_length - 2:
-            if len(_WARNED_TRUNCATED) < 10_000:  # once per text, not once per training step
-                _WARNED_TRUNCATED.add(text)
-            logger.warning(
-                "prompt truncated to %d tokens (model.text_encoder.max_length): %.60s...", max_length, text
-            )
+    # A full row that does not end in [PAD] was (possibly) cut: only those are re-tokenized.
+    full_rows = [i for i, row in enumerate(ids) if row[-1] == tokenizer.sep_token_id]
+    if full_rows:
+        _report_truncated(tokenizer, texts, max_length, full_rows)
     if return_offsets:
         return ids, out["offset_mapping"]
     return ids

@@ -104,7 +104,6 @@ class ExperimentRunner:
     def dataset(self):
         if self._dataset is None:
             self._dataset = build_dataset(self.cfg.data)
-            logger.info("dataset: %d records", len(self._dataset))
         return self._dataset
 
     # -- orchestration -----------------------------------------------------------------
