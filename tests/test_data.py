@@ -270,13 +270,9 @@ def test_jsonl_item_rescales_boxes(user_data):
     assert clear["boxes"].shape == (0, 4) and clear["synthetic_caption"] == "an empty picture"
 
 
-def test_jsonl_corrupt_image_returns_another_item(user_data, caplog, monkeypatch):
-    from PIL import ImageFile
-
+def test_jsonl_corrupt_image_returns_another_item(user_data, caplog):
     from ernie_vilg2.data.jsonl import JsonlDataset, collate_samples
 
-    # Pillow's default; `import ppdet` (an earlier test in this process) turns it on globally
-    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", False)
     ds = JsonlDataset(user_data, 10)
     with caplog.at_level(logging.WARNING):
         item = ds[1]  # cut.jpg: its header passed the load-time check, its body does not decode

@@ -323,3 +323,18 @@ def test_train_detector_with_singles_reports_all_metrics(emoji_dataset, tmp_path
     again = evaluate_weights(CONFIG, emoji_dataset, metrics["weights"], singles)
     for key in ("map50", "single_ap50", "negative_fp_rate"):
         assert again[key] == pytest.approx(metrics[key])
+
+
+def test_building_a_detector_keeps_pillow_strict_about_truncated_images():
+    # ppdet's import sets ImageFile.LOAD_TRUNCATED_IMAGES = True for the whole process, which
+    # would make truncated training images decode half grey instead of being reported.
+    import subprocess
+    import sys
+
+    code = ("from PIL import ImageFile\n"
+            "from ernie_vilg2.knowledge.visual.detector import build_detector_model\n"
+            f"build_detector_model({CONFIG!r}, 3)\n"
+            "print(ImageFile.LOAD_TRUNCATED_IMAGES)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"

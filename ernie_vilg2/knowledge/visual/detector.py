@@ -113,12 +113,25 @@ class Preprocess:
         return np.ascontiguousarray(out.transpose(2, 0, 1))
 
 
+def _import_ppdet() -> None:
+    """``import ppdet`` (registers the architectures) without its process-wide side effect:
+    ppdet.engine sets Pillow's ``ImageFile.LOAD_TRUNCATED_IMAGES = True``, which would make
+    every later decode of a truncated training image silently succeed half grey."""
+    from PIL import ImageFile
+
+    before = ImageFile.LOAD_TRUNCATED_IMAGES
+    try:
+        import ppdet  # noqa: F401
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = before
+
+
 def build_detector_model(config_path: str, num_classes: int) -> Tuple[paddle.nn.Layer, dict]:
     """Create ``cfg["architecture"]`` from a PaddleDetection YAML with ``num_classes``.
 
     Returns (model, yaml dict). Random initialisation (no ``pretrain_weights`` download).
     """
-    import ppdet  # noqa: F401  (registers the architectures)
+    _import_ppdet()
     from ppdet.core import workspace
     from ppdet.core.config.schema import SchemaDict
 
