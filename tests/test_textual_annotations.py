@@ -98,7 +98,7 @@ def test_extract_tool_end_to_end(tmp_path):
     assert [t for t, m in zip(tokens[0], res["key_token_mask"][0]) if m] == ["红", "色"]
     assert [t for t, m in zip(tokens[1], res["key_token_mask"][1]) if m] == ["red", "color", "##ed"]
 
-    assert tool.main(["--data", str(tmp_path / "nowhere"), "--out", out, "--no-progress"]) == 1
+    assert tool.main(["--data", str(tmp_path / "nowhere"), "--out", out, "--no-progress"]) == 2
 
 
 # -- bad sources, batched fsync, resume after a kill ----------------------------------------
@@ -110,7 +110,7 @@ def _run_tool(*args):
 
 def _one_error_line(proc):
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("ERROR")]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, proc.stderr
     return errors[0]
 

@@ -15,7 +15,6 @@ were bad ends with a warning. Format: ernie_vilg2/knowledge/annotations.py.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
@@ -35,6 +34,11 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from ernie_vilg2.cli_utils import quiet_third_party_logs
@@ -45,20 +49,16 @@ def main(argv=None) -> int:
     from ernie_vilg2.knowledge.annotations import annotate_records
     from ernie_vilg2.knowledge.textual import TextAnalyzer
 
-    log = logging.getLogger("extract_knowledge")
     if args.batch_size < 1:
-        log.error("--batch-size must be >= 1")
-        return 2
+        return fail("--batch-size must be >= 1")
     if args.detector_weights and not args.detector_config:
-        log.error("--detector-weights needs --detector-config")
-        return 2
+        return fail("--detector-weights needs --detector-config")
     try:  # the source first: a wrong file fails fast, before LAC or a detector loads
         data_path = resolve_jsonl_path(args.data)
         # Missing images matter only when images are read (the visual step).
         records, skipped = read_jsonl_records(data_path, check_images=args.detector_config is not None)
     except (FileNotFoundError, ValueError) as exc:
-        log.error("--data: %s", exc)
-        return 1
+        return fail(f"--data: {exc}")
     try:
         visual_cfg = None
         if args.detector_config:
@@ -70,8 +70,7 @@ def main(argv=None) -> int:
         stats = annotate_records(records, args.out, analyzer, visual_cfg=visual_cfg,
                                  batch_size=args.batch_size, progress=not args.no_progress)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
-        log.error("%s", exc)
-        return 1
+        return fail(str(exc))
     lines = ", ".join(str(n) for n, _ in skipped[:10]) + (" ..." if len(skipped) > 10 else "")
     print(f"{args.out}: {stats['written']} records written, {stats['already_done']} already there, "
           f"{len(skipped)} bad source lines skipped{f' (lines {lines})' if skipped else ''}, "
