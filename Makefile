@@ -41,6 +41,7 @@ bench: install
 	$(PY) benchmarks/textual_knowledge.py
 	$(PY) benchmarks/visual_knowledge.py
 	$(PY) benchmarks/knowledge_training_step.py
+	$(PY) benchmarks/annotation_writer.py
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

@@ -304,3 +304,19 @@ def test_sigterm_releases_the_lock(tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in output, output
     assert "stopped by SIGTERM" in output
     assert lock.read_text() == ""  # released: the next trainer sees no stale lock
+
+
+def test_train_cli_names_an_unusable_dataset_in_one_line(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_tool", os.path.join(REPO, "tools", "train.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    table = tmp_path / "prompts.csv"
+    table.write_text("Prompt,文本\nA red car.,一辆红色的汽车。\n", encoding="utf-8")
+    args = ["--config", TINY_YAML]
+    for o in _opts(tmp_path, **{"data.root": str(table)}):
+        args += ["-o", o]
+    assert tool.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: {table}: expected a JSON Lines dataset"), err

@@ -46,6 +46,7 @@ def main(argv=None) -> int:
     from ernie_vilg2.cli_utils import quiet_third_party_logs
 
     quiet_third_party_logs()  # PaddleNLP/PPDiffusers INFO lines; ours stay at INFO
+    from ernie_vilg2.data.jsonl import DatasetError
     from ernie_vilg2.training.checkpoint import CheckpointMismatch
     from ernie_vilg2.training.config import load_config
     from ernie_vilg2.training.loop import TrainingDiverged
@@ -60,7 +61,7 @@ def main(argv=None) -> int:
         model_dir = run_training(cfg, resume=args.resume, stages=args.stage,
                                  allow_config_change=args.allow_config_change)
     except (ConfigError, FileNotFoundError, FileExistsError, TrainingDiverged, ResumeRefused, RunFolderLocked,
-            DamagedFileError, CheckpointMismatch) as exc:
+            DamagedFileError, CheckpointMismatch, DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

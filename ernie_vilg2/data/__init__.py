@@ -11,6 +11,7 @@ _EXPORTS = {
     "DEMO_EMOJI_FILTER": "emoji_catalog",
     "EmojiEntry": "emoji_catalog",
     "load_emoji_catalog": "emoji_catalog",
+    "DatasetError": "jsonl",
     "JsonlDataset": "jsonl",
     "collate_samples": "jsonl",
     "prepare_builtin_dataset": "prepare",

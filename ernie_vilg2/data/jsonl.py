@@ -45,7 +45,7 @@ an image whose header is fine but whose body is damaged (a truncated file) fails
 when an item is read: it is reported once, recorded in
 :attr:`JsonlDataset.decode_failures`, and another valid item is returned in its place.
 A ``.csv``/``.tsv`` file is refused, and if no valid record remains, loading raises
-``ValueError`` naming the file.
+:class:`DatasetError` (a ValueError) naming the file.
 
 ``index`` of an item is the 0-based line number of its record in the file: stable across
 runs and filters, so precomputed per-record annotations can be joined on it.
@@ -69,6 +69,11 @@ except ImportError:  # pragma: no cover - lets tools that only read records run 
 from ..text.lang import detect_lang
 
 logger = logging.getLogger(__name__)
+
+
+class DatasetError(ValueError):
+    """The dataset file as a whole is unusable (wrong format, no valid record); names the file."""
+
 
 # Print at most this many per-line warnings per file, then one summary line.
 MAX_LINE_WARNINGS = 20
@@ -181,11 +186,11 @@ def read_jsonl_records(path: str, check_images: bool = True,
     Each record gets ``index`` (0-based line number) and ``image_path`` (resolved).
     ``check_images``: skip records whose image file is missing; ``verify_images``: also
     those whose image header Pillow cannot read (each distinct file opened once).
-    Raises ValueError for a .csv/.tsv file and when no line is a valid record.
+    Raises DatasetError for a .csv/.tsv file and when no line is a valid record.
     """
     suffix = os.path.splitext(path)[1].lower()
     if suffix in TABULAR_SUFFIXES:
-        raise ValueError(f"{path}: expected a JSON Lines dataset (.jsonl, one JSON object per line with "
+        raise DatasetError(f"{path}: expected a JSON Lines dataset (.jsonl, one JSON object per line with "
                          f"\"image\" and \"caption\"), got a {suffix} file")
     base_dir = os.path.dirname(os.path.abspath(path))
     records: List[dict] = []
@@ -220,8 +225,8 @@ def read_jsonl_records(path: str, check_images: bool = True,
         logger.warning("%s: %d more records skipped (see dataset.skipped)", path, len(skipped) - MAX_LINE_WARNINGS)
     if not records:
         if not skipped:
-            raise ValueError(f"{path}: no records (the file is empty)")
-        raise ValueError(f"{path}: no valid record in {len(skipped):,} lines ({count_skipped(skipped)}); expected "
+            raise DatasetError(f"{path}: no records (the file is empty)")
+        raise DatasetError(f"{path}: no valid record in {len(skipped):,} lines ({count_skipped(skipped)}); expected "
                          "JSON Lines: one {\"image\": ..., \"caption\": ...} object per line")
     return records, skipped
 
@@ -311,7 +316,7 @@ class JsonlDataset(_DatasetBase):
         if languages is not None:
             records = [r for r in records if r["lang"] in languages]
             if not records:
-                raise ValueError(f"{self.path}: no records in languages {list(languages)}")
+                raise DatasetError(f"{self.path}: no records in languages {list(languages)}")
             if len(records) < valid:
                 notes.append(f"{valid - len(records):,} not in data.languages")
         if max_samples is not None and len(records) > max_samples:

@@ -194,6 +194,7 @@ class ExperimentRunner:
         cfg = self.cfg
         stage_cfg = cfg.train.vae
         batch_size = stage_cfg.batch_size or cfg.train.batch_size
+        dataset = self.dataset  # loaded (its summary or error printed) before the progress bar
         paddle.seed(cfg.train.seed)
         vae = build_vae(cfg.model.vae, cfg.data.resolution)
         module = VAETrainingModule(vae, stage_cfg.kl_weight)
@@ -202,10 +203,10 @@ class ExperimentRunner:
         latent_shape = [cfg.model.vae.latent_channels, cfg.data.resolution // f, cfg.data.resolution // f]
 
         def step_fn(step, rng):
-            rows = batch_indices(step, batch_size, len(self.dataset), cfg.train.seed)
+            rows = batch_indices(step, batch_size, len(dataset), cfg.train.seed)
             noise = rng.standard_normal([batch_size] + latent_shape).astype("float32")
             mine = shard(list(range(batch_size)), self.ctx.rank, self.ctx.world_size)
-            pixels = np.stack([self.dataset[rows[i]]["pixel_values"] for i in mine])
+            pixels = np.stack([dataset[rows[i]]["pixel_values"] for i in mine])
             loss, rec, kl = model(paddle.to_tensor(pixels), paddle.to_tensor(noise[mine]))
             return loss, {"recon_l1": float(rec), "kl": float(kl)}
 
@@ -213,7 +214,7 @@ class ExperimentRunner:
         trainer.train()
         trainer.finalize_weights()
         vae.eval()
-        scaling = estimate_scaling_factor(vae, self.dataset, seed=cfg.train.seed)
+        scaling = estimate_scaling_factor(vae, dataset, seed=cfg.train.seed)
         vae.register_to_config(scaling_factor=scaling)
         logger.info("VAE latent scaling factor: %.4f", scaling)
         if self.ctx.is_main:
