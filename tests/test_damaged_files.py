@@ -51,16 +51,20 @@ def test_damaged_unet_weights_are_named(model_copy, damage, expected):
     _one_line_naming(err, path if damage != "delete" else path.parent)
 
 
-def test_damaged_text_encoder_and_vae_are_named(model_copy):
+@pytest.mark.parametrize("load", ["load_pipeline", "from_pretrained"])
+def test_damaged_text_encoder_and_vae_are_named(model_copy, load):
+    from ernie_vilg2 import ErnieViLG2Pipeline
+
+    load = load_pipeline if load == "load_pipeline" else ErnieViLG2Pipeline.from_pretrained
     for part in ("text_encoder/model.safetensors", "vae/diffusion_paddle_model.safetensors"):
         path = model_copy / part
         original = path.read_bytes()
         _truncate(path, keep=20)
         with pytest.raises(ValueError) as err:
-            load_pipeline(str(model_copy))
+            load(str(model_copy))
         _one_line_naming(err, path)
         path.write_bytes(original)
-    load_pipeline(str(model_copy))  # intact again
+    load(str(model_copy))  # intact again
 
 
 def test_malformed_json_is_named(model_copy):

@@ -44,8 +44,7 @@ def load_pipeline(model_dir: str, sampler: Optional[str] = None):
         raise FileNotFoundError(
             f"not a saved pipeline folder (no {MODEL_INDEX}): {model_dir}"
         )
-    check_pipeline_folder(model_dir)
-    pipe = ErnieViLG2Pipeline.from_pretrained(model_dir)
+    pipe = ErnieViLG2Pipeline.from_pretrained(model_dir)  # checks the folder's files first
     if sampler is not None:
         pipe.scheduler = build_sampler(sampler, dict(pipe.scheduler.config))
     return pipe

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import List, Optional, Union
 
 import numpy as np
@@ -57,6 +58,16 @@ class ErnieViLG2Pipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """PPDiffusers' loading, after checking a local folder's JSON and weight files, so
+        that a damaged file is a one-line DamagedFileError naming it, not a library traceback."""
+        from .loading import check_pipeline_folder
+
+        if os.path.isdir(os.fspath(pretrained_model_name_or_path)):
+            check_pipeline_folder(os.fspath(pretrained_model_name_or_path))
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @property
     def max_length(self) -> int:
