@@ -130,3 +130,21 @@ def test_generate_cli_names_the_damaged_file(model_copy, tmp_path):
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and str(path) in last and "truncated" in last
+
+
+@pytest.mark.parametrize("safetensors", [True, False])
+def test_pretrained_text_encoder_loads_and_a_damaged_one_is_named(tmp_path, safetensors):
+    from ernie_vilg2.models.text_encoder import build_text_encoder
+
+    folder = tmp_path / "ernie"
+    build_text_encoder(vocab_size=40, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=16, max_position_embeddings=8
+                       ).save_pretrained(str(folder), safe_serialization=safetensors)
+    loaded = build_text_encoder(vocab_size=42, pretrained=str(folder))  # grown by two added tokens
+    assert loaded.config.vocab_size == 42 and loaded.config.hidden_size == 8
+    weights = next(folder.glob("*.safetensors" if safetensors else "*.pdparams"))
+    _truncate(weights)
+    with pytest.raises(ValueError) as err:
+        build_text_encoder(vocab_size=42, pretrained=str(folder))
+    message = _one_line_naming(err, weights if safetensors else folder)
+    assert str(weights) in message

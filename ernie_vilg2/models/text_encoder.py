@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import os
+import pickle
 from typing import Optional
 
 import paddle
+
+from ..utils.integrity import DamagedFileError, check_model_folder
 
 
 def build_text_encoder(
@@ -27,7 +30,11 @@ def build_text_encoder(
     if pretrained:
         if not os.path.isdir(pretrained):
             raise FileNotFoundError(f"model.text_encoder.pretrained: no such folder: {pretrained}")
-        model = ErnieModel.from_pretrained(pretrained)
+        check_model_folder(pretrained)  # a damaged file: one line naming it
+        try:
+            model = ErnieModel.from_pretrained(pretrained)
+        except (ValueError, AssertionError, EOFError, pickle.UnpicklingError) as exc:  # e.g. a damaged .pdparams
+            raise DamagedFileError(pretrained, f"could not be loaded as an ERNIE model ({exc})") from None
         if model.config.vocab_size < vocab_size:
             model.resize_token_embeddings(vocab_size)
         return model
