@@ -29,7 +29,7 @@ test: install
 demo: install
 	GLOG_minloglevel=2 $(PY) -m paddle.distributed.launch --nproc_per_node $(NPROC) --log_dir $(DEMO_DIR)/launch_log \
 		tools/train.py --config configs/tiny.yaml -o train.output_dir=$(DEMO_DIR) --resume
-	GLOG_minloglevel=2 $(PY) tools/generate.py --model $(DEMO_DIR)/experts --steps 25 --guidance 3.0 --seed 0 \
+	GLOG_minloglevel=2 $(PY) tools/generate.py --model $(DEMO_DIR)/experts --sampler dpm --steps 25 --guidance 3.0 --seed 0 \
 		--prompt 红苹果 --prompt "red apple" --prompt 蓝心 --prompt "blue heart" \
 		--prompt 黄色方块 --prompt "yellow square" --prompt 紫色圆 --prompt "purple circle" \
 		--prompt 香蕉 --prompt "banana" --prompt 青蛙 --prompt "frog" \
