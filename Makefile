@@ -9,7 +9,7 @@ PADDLE ?= paddlepaddle==3.3.1
 DEMO_DIR ?= output/tiny
 NPROC ?= 1
 
-.PHONY: install test demo bench clean-demo
+.PHONY: install test demo bench clean-demo cpp
 
 $(VENV)/.installed: requirements/lock.txt requirements/build-constraints.txt setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,14 @@ demo: install
 		--prompt 香蕉 --prompt "banana" --prompt 青蛙 --prompt "frog" \
 		--prompt 红苹果在猫脸的左边 --prompt "a red apple to the left of a cat face" \
 		--out $(DEMO_DIR)/demo/grid.png
+
+# The C++ runner (deploy/cpp), built against the paddlepaddle wheel of .venv. Missing system
+# packages (cmake, g++, libpng/zlib/OpenSSL/nlohmann-json headers) are installed with apt-get.
+CPP_BUILD ?= deploy/cpp/build
+cpp: install
+	deploy/cpp/install_deps.sh
+	cmake -S deploy/cpp -B $(CPP_BUILD) -DPython3_EXECUTABLE=$(abspath $(PY))
+	cmake --build $(CPP_BUILD) -j 2
 
 bench: install
 	$(PY) benchmarks/mode_overhead.py
