@@ -15,6 +15,8 @@
 #include "paddle_api.h"  // our declarations of what the pip wheel exports
 #endif
 
+#include "errors.h"
+
 namespace ernie_vilg2 {
 namespace {
 
@@ -121,7 +123,7 @@ Program::Program(const std::string& label, const std::string& model_file, const 
     if (options.gpu_id >= 0) {
       config.EnableUseGpu(256, options.gpu_id, paddle_infer::Config::Precision::kFloat32);
       if (!config.use_gpu()) {
-        throw std::runtime_error("--gpu: this Paddle library was built without GPU support");
+        throw UserError("--device gpu: this Paddle library was built without GPU support (CPU only)");
       }
     }
     impl_->predictor = paddle_infer::CreatePredictor(config);
@@ -141,6 +143,8 @@ Program::Program(const std::string& label, const std::string& model_file, const 
     const std::vector<std::string> outputs = impl_->predictor->GetOutputNames();
     if (outputs.empty()) throw std::runtime_error("the program has no outputs");
     impl_->output = keep_handle(impl_->predictor->GetOutputHandle(outputs[0]));
+  } catch (const UserError&) {
+    throw;
   } catch (const std::exception& error) {
     throw std::runtime_error(label + ": " + paddle_message(error));
   }

@@ -1,5 +1,6 @@
 // ernie_vilg2_infer: text-to-image with an exported ERNIE-ViLG 2.0 pipeline on Paddle
 // Inference. Usage: see kUsage below or deploy/README.md.
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -24,7 +25,7 @@ namespace {
 constexpr const char* kUsage = R"(usage: ernie_vilg2_infer --model EXPORT_DIR --prompt TEXT [--prompt TEXT ...] [options]
        ernie_vilg2_infer --model EXPORT_DIR --tokenize-only [--prompt TEXT ...]
 
-Generates images with a pipeline exported by tools/export_model.py (DDIM sampling).
+Generates images with a pipeline exported by tools/export_model.py.
 
   --model DIR             export folder (with manifest.json)
   --prompt TEXT           a prompt (UTF-8, Chinese or English); repeat for several
@@ -34,10 +35,13 @@ Generates images with a pipeline exported by tools/export_model.py (DDIM samplin
                           runner's --save-noise (then both runners give the same images)
   --steps N               sampling steps (default 25)
   --guidance G            classifier-free guidance scale; 1 turns it off (default 2.1)
+  --sampler dpm|ddim      DPM-Solver++ (2nd order multistep) or DDIM (default dpm)
+  --batch-size N          prompts per run of the programs (default 4)
   --out FILE.png          the image; with several prompts the grid, with the single
                           images FILE_000.png ... and FILE.json beside it (default out.png)
+  --device cpu|gpu        where the programs run (default cpu; gpu needs a GPU build of Paddle)
+  --gpu-id N              which GPU with --device gpu (default 0)
   --threads N             CPU math library threads (default 1)
-  --gpu ID                run on GPU ID (needs a GPU build of the Paddle library)
   --verify-checksums      check the SHA-256 sums of the files (sizes are always checked)
   --timing                print one JSON line of timings (milliseconds) at the end
   --tokenize-only         print each prompt's token ids as a JSON list, one line per prompt;
@@ -50,7 +54,8 @@ struct Options {
   std::vector<std::string> prompts;
   std::string negative_prompt;
   std::uint64_t seed = 0;
-  int steps = 25, threads = 1, gpu = -1;
+  int steps = 25, batch_size = 4, threads = 1, gpu_id = 0;
+  std::string device = "cpu", sampler = "dpm";
   double guidance = 2.1;
   bool timing = false, tokenize_only = false, verify_checksums = false, version = false;
 };
@@ -128,8 +133,16 @@ Options parse_args(int argc, char** argv) {
       options.out = value;
     } else if (flag == "--threads") {
       options.threads = static_cast<int>(parse_integer(flag, value, 1));
-    } else if (flag == "--gpu") {
-      options.gpu = static_cast<int>(parse_integer(flag, value, 0));
+    } else if (flag == "--sampler") {
+      if (value != "ddim" && value != "dpm") throw UserError("--sampler: expected dpm or ddim, got '" + value + "'");
+      options.sampler = value;
+    } else if (flag == "--batch-size") {
+      options.batch_size = static_cast<int>(parse_integer(flag, value, 1));
+    } else if (flag == "--device") {
+      if (value != "cpu" && value != "gpu") throw UserError("--device: expected cpu or gpu, got '" + value + "'");
+      options.device = value;
+    } else if (flag == "--gpu-id") {
+      options.gpu_id = static_cast<int>(parse_integer(flag, value, 0));
     } else {
       throw UserError("unknown option " + flag + " (see --help)");
     }
@@ -204,7 +217,7 @@ void save_images(const Options& options, const std::vector<RgbImage>& images) {
   }
   const std::string stem = options.out.substr(0, options.out.size() - 4);
   const std::string base = stem.substr(stem.find_last_of('/') + 1);
-  nlohmann::json record = {{"model", options.model}, {"sampler", "ddim"}, {"steps", options.steps},
+  nlohmann::json record = {{"model", options.model}, {"sampler", options.sampler}, {"steps", options.steps},
                            {"guidance", options.guidance}, {"negative_prompt", options.negative_prompt},
                            {"grid", base + ".png"}};
   record["seed"] = options.noise.empty() ? nlohmann::json(options.seed) : nlohmann::json(nullptr);
@@ -228,9 +241,9 @@ void save_images(const Options& options, const std::vector<RgbImage>& images) {
 int generate(const Options& options, const Manifest& manifest) {
   std::vector<std::string> files = {manifest.vocab, manifest.text_encoder.model, manifest.text_encoder.params,
                                     manifest.vae_decoder.model, manifest.vae_decoder.params};
-  std::unique_ptr<DDIMScheduler> scheduler;
+  std::unique_ptr<Scheduler> scheduler;
   try {
-    scheduler = std::make_unique<DDIMScheduler>(manifest.scheduler);
+    scheduler = make_scheduler(options.sampler, manifest.scheduler);
   } catch (const std::runtime_error& error) {
     throw UserError(manifest.path("manifest.json") + ": " + error.what());
   }
@@ -268,13 +281,29 @@ int generate(const Options& options, const Manifest& manifest) {
   const auto load_start = std::chrono::steady_clock::now();
   EngineOptions engine;
   engine.threads = options.threads;
-  engine.gpu_id = options.gpu;
+  engine.gpu_id = options.device == "gpu" ? options.gpu_id : -1;
   Pipeline pipeline(manifest, tokenizer, *scheduler, timesteps, engine);
   const double load_ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - load_start).count();
 
+  // Batches of --batch-size prompts, each with its rows of the noise (as the Python
+  // runner's generate_images does); timings add up over the batches.
   Timing timing;
-  const std::vector<RgbImage> images = pipeline.generate(request, &timing);
+  timing.step_ms.assign(timesteps.size(), 0.0);
+  std::vector<RgbImage> images;
+  const std::size_t row = static_cast<std::size_t>(shape[1] * shape[2] * shape[3]);
+  for (std::size_t first = 0; first < request.prompts.size(); first += options.batch_size) {
+    const std::size_t last = std::min(request.prompts.size(), first + options.batch_size);
+    GenerationRequest batch = request;
+    batch.prompts.assign(request.prompts.begin() + first, request.prompts.begin() + last);
+    batch.noise.assign(request.noise.begin() + first * row, request.noise.begin() + last * row);
+    Timing part;
+    for (RgbImage& image : pipeline.generate(batch, &part)) images.push_back(std::move(image));
+    timing.text_encoder_ms += part.text_encoder_ms;
+    timing.decoder_ms += part.decoder_ms;
+    timing.total_ms += part.total_ms;
+    for (std::size_t i = 0; i < part.step_ms.size(); ++i) timing.step_ms[i] += part.step_ms[i];
+  }
   save_images(options, images);
   if (options.timing) {
     const nlohmann::json line = {{"load_ms", load_ms},           {"text_encoder_ms", timing.text_encoder_ms},

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <sstream>
 #include <nlohmann/json.hpp>
 #include <type_traits>
 
@@ -17,6 +18,39 @@ using nlohmann::json;
 
 constexpr const char* kFormat = "ernie-vilg2-inference";
 constexpr int kFormatVersion = 1;
+
+// Python's json module writes the non-standard literals NaN, Infinity and -Infinity (a
+// DPM-Solver++ config holds lambda_min_clipped = -inf); they become null before parsing.
+std::string python_literals_to_null(const std::string& text) {
+  std::string out;
+  out.reserve(text.size());
+  bool in_string = false;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      out += c;
+      if (c == '\\' && i + 1 < text.size()) {
+        out += text[++i];
+      } else if (c == '"') {
+        in_string = false;
+      }
+      continue;
+    }
+    if (c == '"') in_string = true;
+    bool replaced = false;
+    for (const char* literal : {"-Infinity", "Infinity", "NaN"}) {
+      const std::size_t length = std::char_traits<char>::length(literal);
+      if (text.compare(i, length, literal) == 0) {
+        out += "null";
+        i += length - 1;
+        replaced = true;
+        break;
+      }
+    }
+    if (!replaced) out += c;
+  }
+  return out;
+}
 
 bool is_directory(const std::string& path) {
   struct stat info {};
@@ -89,6 +123,8 @@ void optional_field(const json& scheduler, const char* key, const Fields& fields
   const std::string field = std::string("scheduler.") + key;
   if constexpr (std::is_same_v<T, int>) {
     *target = fields.integer(scheduler, key, field, 0);
+  } else if constexpr (std::is_same_v<T, bool>) {
+    *target = fields.boolean(scheduler, key, field);
   } else if constexpr (std::is_same_v<T, double>) {
     *target = fields.number(scheduler, key, field);
   } else {
@@ -105,11 +141,19 @@ SchedulerConfig read_scheduler(const json& scheduler, const Fields& fields) {
   optional_field(scheduler, "steps_offset", fields, &config.steps_offset);
   optional_field(scheduler, "prediction_type", fields, &config.prediction_type);
   optional_field(scheduler, "timestep_spacing", fields, &config.timestep_spacing);
-  // Settings that change the arithmetic and that this runner does not implement.
+  optional_field(scheduler, "solver_type", fields, &config.solver_type);
+  optional_field(scheduler, "lower_order_final", fields, &config.lower_order_final);
+  optional_field(scheduler, "euler_at_final", fields, &config.euler_at_final);
+  auto is_set = [&](const char* key) {
+    return scheduler.contains(key) && !scheduler.at(key).is_null() && scheduler.at(key) != false;
+  };
+  // Settings that change the arithmetic and that this runner does not implement. (Python's
+  // json writes lambda_min_clipped = -inf as -Infinity, read here as null: the default.)
   for (const char* key : {"trained_betas", "rescale_betas_zero_snr", "thresholding"}) {
-    if (scheduler.contains(key) && !scheduler.at(key).is_null() && scheduler.at(key) != false) {
-      fields.fail(std::string("scheduler.") + key, "is set, which the C++ runner does not support");
-    }
+    if (is_set(key)) fields.fail(std::string("scheduler.") + key, "is set, which the C++ runner does not support");
+  }
+  for (const char* key : {"use_karras_sigmas", "use_lu_lambdas", "variance_type", "lambda_min_clipped"}) {
+    if (is_set(key)) config.unsupported_by_dpm.push_back(key);
   }
   return config;
 }
@@ -179,9 +223,11 @@ Manifest load_manifest(const std::string& folder) {
   if (!in) {
     throw UserError(file + ": not found (is " + folder + " an export folder? tools/export_model.py writes one)");
   }
+  std::stringstream text;
+  text << in.rdbuf();
   json root;
   try {
-    root = json::parse(in);
+    root = json::parse(python_literals_to_null(text.str()));
   } catch (const json::parse_error& error) {
     throw UserError(file + ": not valid JSON (byte " + std::to_string(error.byte) + ")");
   }

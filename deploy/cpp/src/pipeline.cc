@@ -24,7 +24,7 @@ std::unique_ptr<Program> load(const Manifest& manifest, const ProgramFiles& file
 
 }  // namespace
 
-Pipeline::Pipeline(const Manifest& manifest, const Tokenizer& tokenizer, const DDIMScheduler& scheduler,
+Pipeline::Pipeline(const Manifest& manifest, const Tokenizer& tokenizer, Scheduler& scheduler,
                    const std::vector<int>& timesteps, const EngineOptions& options)
     : manifest_(manifest), tokenizer_(tokenizer), scheduler_(scheduler) {
   text_encoder_ = load(manifest, manifest.text_encoder, {"input_ids"}, options);
@@ -71,11 +71,12 @@ std::vector<RgbImage> Pipeline::generate(const GenerationRequest& request, Timin
   timing->text_encoder_ms = elapsed_ms(phase);
 
   const int channels = manifest_.latent_channels;
-  std::vector<float> latents = request.noise;  // init_noise_sigma is 1 for DDIM
+  std::vector<float> latents = request.noise;  // init_noise_sigma is 1 for both samplers
   const std::size_t per_batch = latents.size();
   std::vector<int> sample_shape = {batch * (guided ? 2 : 1), channels, manifest_.latent_height,
                                    manifest_.latent_width};
   std::vector<float> model_input;
+  scheduler_.begin(request.steps);
   for (int t : scheduler_.timesteps(request.steps)) {
     phase = Clock::now();
     model_input = latents;
@@ -95,7 +96,7 @@ std::vector<RgbImage> Pipeline::generate(const GenerationRequest& request, Timin
       }
       eps.resize(per_batch);
     }
-    scheduler_.step(eps, t, request.steps, &latents);
+    scheduler_.step(eps, t, &latents);
     timing->step_ms.push_back(elapsed_ms(phase));
   }
 

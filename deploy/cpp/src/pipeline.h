@@ -1,5 +1,6 @@
 // The sampling loop of ErnieViLG2Pipeline over exported programs: text encoder, one expert
-// U-Net per step chosen by the timestep router, classifier-free guidance, DDIM, VAE decoder.
+// U-Net per step chosen by the timestep router, classifier-free guidance, the sampler's
+// steps (DDIM or DPM-Solver++), VAE decoder.
 #pragma once
 
 #include <map>
@@ -31,7 +32,7 @@ struct Timing {
 class Pipeline {
  public:
   // Loads the text encoder, the VAE decoder and the experts that `timesteps` route to.
-  Pipeline(const Manifest& manifest, const Tokenizer& tokenizer, const DDIMScheduler& scheduler,
+  Pipeline(const Manifest& manifest, const Tokenizer& tokenizer, Scheduler& scheduler,
            const std::vector<int>& timesteps, const EngineOptions& options);
 
   std::vector<RgbImage> generate(const GenerationRequest& request, Timing* timing);
@@ -41,7 +42,7 @@ class Pipeline {
 
   const Manifest& manifest_;
   const Tokenizer& tokenizer_;
-  const DDIMScheduler& scheduler_;
+  Scheduler& scheduler_;
   std::unique_ptr<Program> text_encoder_, vae_decoder_;
   std::map<int, std::unique_ptr<Program>> experts_;
 };
