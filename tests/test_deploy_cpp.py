@@ -163,16 +163,18 @@ def _load(path):
     return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
 
 
-def test_cpp_images_match_the_python_runner(cpp_runner, tiny_export, tmp_path):
+@pytest.mark.parametrize("sampler", ["ddim", "dpm"])
+def test_cpp_images_match_the_python_runner(cpp_runner, tiny_export, tmp_path, sampler):
     """Same export, same noise (the Python runner's --save-noise): the C++ PNGs equal the
     Python runner's within 1 level of 255 (measured: identical)."""
     export = tiny_export[1]
     prompts = ["红苹果", "a blue heart", "一只red apple在桌子上🍎"]
-    common = ["--model", export, "--steps", "4", "--guidance", "3", "--seed", "7", "--batch-size", "2"]
+    common = ["--model", export, "--steps", "4", "--guidance", "3", "--seed", "7", "--batch-size", "2",
+              "--sampler", sampler]
     for p in prompts:
         common += ["--prompt", p]
     noise = tmp_path / "noise.npy"
-    py = _run([sys.executable, PY_RUNNER, *common, "--sampler", "ddim", "--out", str(tmp_path / "py" / "grid.png"),
+    py = _run([sys.executable, PY_RUNNER, *common, "--out", str(tmp_path / "py" / "grid.png"),
                "--save-noise", str(noise)])
     assert py.returncode == 0, _text(py.stderr)
     cpp = _run([cpp_runner, *common, "--noise", str(noise), "--out", str(tmp_path / "cpp.png"), "--timing"])
@@ -195,25 +197,33 @@ def test_cpp_images_match_the_python_runner(cpp_runner, tiny_export, tmp_path):
     assert timing["total_ms"] >= sum(timing["step_ms"])
 
 
-@pytest.mark.parametrize("spacing", [{"timestep_spacing": "linspace"}, {"timestep_spacing": "trailing"},
-                                     {"timestep_spacing": "leading", "steps_offset": 1}])
-def test_cpp_follows_the_manifest_scheduler_config(cpp_runner, tiny_export, tmp_path, spacing):
-    """Other timestep spacings (a manifest written from another saved scheduler): the C++
+@pytest.mark.parametrize("sampler,scheduler", [
+    ("ddim", {"timestep_spacing": "linspace"}),
+    ("ddim", {"timestep_spacing": "trailing"}),
+    ("dpm", {"timestep_spacing": "leading", "steps_offset": 1}),
+    ("dpm", "saved DPM-Solver++"),  # its config has lambda_min_clipped -inf: -Infinity in the JSON
+])
+def test_cpp_follows_the_manifest_scheduler_config(cpp_runner, tiny_export, tmp_path, sampler, scheduler):
+    """Other scheduler configs (exports of pipelines saved with other schedulers): the C++
     runner still matches the Python runner (in process here), guidance off."""
     from ernie_vilg2.deploy import InferencePipeline
+    from ernie_vilg2.models.factory import build_sampler
 
     folder = tmp_path / "export"
     shutil.copytree(tiny_export[1], folder)
     manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-    manifest["scheduler"].update(spacing)
+    if scheduler == "saved DPM-Solver++":
+        manifest["scheduler"] = dict(build_sampler("dpm", manifest["scheduler"]).config)
+    else:
+        manifest["scheduler"].update(scheduler)
     (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     noise = np.random.default_rng(3).standard_normal([1, 4, 8, 8]).astype("float32")
     np.save(tmp_path / "noise.npy", noise)
 
-    pipe = InferencePipeline.from_export(str(folder), sampler="ddim")
-    want = pipe("a frog", num_inference_steps=3, guidance_scale=1.0, latents=noise).images[0]
-    cpp = _run([cpp_runner, "--model", str(folder), "--prompt", "a frog", "--steps", "3", "--guidance", "1",
-                "--noise", str(tmp_path / "noise.npy"), "--out", str(tmp_path / "cpp.png")])
+    pipe = InferencePipeline.from_export(str(folder), sampler=sampler)
+    want = pipe("a frog", num_inference_steps=5, guidance_scale=1.0, latents=noise).images[0]
+    cpp = _run([cpp_runner, "--model", str(folder), "--prompt", "a frog", "--steps", "5", "--guidance", "1",
+                "--sampler", sampler, "--noise", str(tmp_path / "noise.npy"), "--out", str(tmp_path / "cpp.png")])
     assert cpp.returncode == 0, _text(cpp.stderr)
     assert np.abs(_load(tmp_path / "cpp.png") - np.asarray(want, dtype=np.int16)).max() <= 1
 
@@ -243,7 +253,7 @@ BAD_INPUT = [
     (["--model", "{export}", "--prompt", "x", "--out", "x.jpg"], "--out: must be a .png file name"),
     (["--model", "{export}", "--prompt", "x", "--noise", "{bad_noise}"], "expected [1, 4, 8, 8]"),
     (["--model", "{export}", "--prompt", "x", "--noise", "{missing}"], "--noise: file not found"),
-    (["--model", "{export}", "--prompt", "x", "--sampler", "euler"], "--sampler: 'euler' is not implemented"),
+    (["--model", "{export}", "--prompt", "x", "--sampler", "euler"], "--sampler: expected dpm or ddim, got 'euler'"),
     (["--model", "{export}", "--prompt", "x", "--bogus"], "unknown option --bogus"),
     (["--model", "{export}"], "--prompt: no prompt given"),
     (["--prompt", "x"], "--model: required"),
@@ -285,7 +295,9 @@ def test_cpp_damaged_export_names_the_file(cpp_runner, tiny_export, tmp_path, da
         data = json.loads(manifest.read_text(encoding="utf-8"))
         data["format_version"] = 99
         manifest.write_text(json.dumps(data), encoding="utf-8")
-    proc = _run([cpp_runner, "--model", str(folder), "--prompt", "x", "--steps", "2", "--out", str(tmp_path / "o.png")])
+    # DDIM with 4 steps: timesteps 750, 500, 250, 0 use all four experts.
+    proc = _run([cpp_runner, "--model", str(folder), "--prompt", "x", "--sampler", "ddim", "--steps", "4",
+                 "--out", str(tmp_path / "o.png")])
     lines = _text(proc.stderr).strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], lines
     if damage in ("truncate", "delete"):
@@ -302,4 +314,4 @@ def test_cmake_with_a_folder_that_is_not_paddle_inference_fails_clearly(tmp_path
                  f"-DPython3_EXECUTABLE={sys.executable}"])
     output = _text(proc.stdout) + _text(proc.stderr)
     assert proc.returncode != 0
-    assert "paddle/include/paddle_inference_api.h not found" in output.replace("\n", " ")
+    assert "paddle/include/paddle_inference_api.h not found" in " ".join(output.split())  # CMake wraps lines

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 
 #include "errors.h"
@@ -51,9 +52,12 @@ RgbImage make_grid(const std::vector<RgbImage>& images, int cols, int padding) {
 }
 
 void write_png(const RgbImage& image, const std::string& path) {
+  std::error_code ignored;  // a folder that cannot be made shows up as fopen's error below
+  const std::filesystem::path parent = std::filesystem::path(path).parent_path();
+  if (!parent.empty()) std::filesystem::create_directories(parent, ignored);
   const std::string temporary = path + ".tmp";
   FILE* file = std::fopen(temporary.c_str(), "wb");
-  if (!file) throw UserError("--out: cannot write " + path + " (does its folder exist?)");
+  if (!file) throw UserError("--out: cannot write " + path);
   png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
   png_infop info = png ? png_create_info_struct(png) : nullptr;
   if (!png || !info || setjmp(png_jmpbuf(png))) {

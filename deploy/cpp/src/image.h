@@ -20,8 +20,8 @@ RgbImage decoder_output_to_image(const std::vector<float>& output, int index, in
 // ernie_vilg2.utils.images.make_grid does (cols 0: ceil(sqrt(n))).
 RgbImage make_grid(const std::vector<RgbImage>& images, int cols = 0, int padding = 2);
 
-// Writes an 8-bit RGB PNG atomically (a temporary file renamed over `path`); throws
-// UserError naming the path.
+// Writes an 8-bit RGB PNG atomically (a temporary file renamed over `path`), making its
+// folder if needed; throws UserError naming the path.
 void write_png(const RgbImage& image, const std::string& path);
 
 }  // namespace ernie_vilg2

@@ -90,6 +90,9 @@ double parse_number(const std::string& flag, const std::string& text) {
 Options parse_args(int argc, char** argv) {
   Options options;
   const std::set<std::string> switches = {"--timing", "--tokenize-only", "--verify-checksums", "--version", "--help"};
+  const std::set<std::string> with_value = {"--model", "--prompt", "--negative-prompt", "--seed", "--noise",
+                                            "--steps", "--guidance", "--out", "--threads", "--sampler",
+                                            "--batch-size", "--device", "--gpu-id"};
   for (int i = 1; i < argc; ++i) {
     std::string flag = argv[i], value;
     const auto equals = flag.find('=');
@@ -110,6 +113,7 @@ Options parse_args(int argc, char** argv) {
                                       : options.version) = true;
       continue;
     }
+    if (!with_value.count(flag)) throw UserError("unknown option " + flag + " (see --help)");
     if (!inline_value) {
       if (i + 1 >= argc) throw UserError(flag + ": expected a value (see --help)");
       value = argv[++i];
@@ -143,8 +147,6 @@ Options parse_args(int argc, char** argv) {
       options.device = value;
     } else if (flag == "--gpu-id") {
       options.gpu_id = static_cast<int>(parse_integer(flag, value, 0));
-    } else {
-      throw UserError("unknown option " + flag + " (see --help)");
     }
   }
   if (options.version) return options;
@@ -217,7 +219,8 @@ void save_images(const Options& options, const std::vector<RgbImage>& images) {
   }
   const std::string stem = options.out.substr(0, options.out.size() - 4);
   const std::string base = stem.substr(stem.find_last_of('/') + 1);
-  nlohmann::json record = {{"model", options.model}, {"sampler", options.sampler}, {"steps", options.steps},
+  nlohmann::json record = {{"model", options.model}, {"runner", "ernie_vilg2_infer (C++)"},
+                           {"sampler", options.sampler}, {"steps", options.steps},
                            {"guidance", options.guidance}, {"negative_prompt", options.negative_prompt},
                            {"grid", base + ".png"}};
   record["seed"] = options.noise.empty() ? nlohmann::json(options.seed) : nlohmann::json(nullptr);
@@ -229,11 +232,13 @@ void save_images(const Options& options, const std::vector<RgbImage>& images) {
     record["images"][base + suffix] = options.prompts[i];
   }
   write_png(make_grid(images), options.out);
-  const std::string captions = stem + ".json";
-  std::FILE* file = std::fopen(captions.c_str(), "w");
-  if (!file) throw UserError("--out: cannot write " + captions);
-  std::fputs(record.dump(2).c_str(), file);
-  std::fclose(file);
+  const std::string captions = stem + ".json", temporary = captions + ".tmp";
+  std::FILE* file = std::fopen(temporary.c_str(), "w");
+  const std::string text = record.dump(2);
+  if (!file || std::fputs(text.c_str(), file) < 0 || std::fclose(file) != 0 ||
+      std::rename(temporary.c_str(), captions.c_str()) != 0) {
+    throw UserError("--out: cannot write " + captions);
+  }
   std::cout << "wrote grid " << options.out << " and " << images.size() << " images beside it (" << base
             << "_000.png ...), captions " << captions << '\n';
 }
