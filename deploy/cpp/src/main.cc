@@ -43,7 +43,8 @@ Generates images with a pipeline exported by tools/export_model.py.
   --gpu-id N              which GPU with --device gpu (default 0)
   --threads N             CPU math library threads (default 1)
   --verify-checksums      check the SHA-256 sums of the files (sizes are always checked)
-  --timing                print one JSON line of timings (milliseconds) at the end
+  --timing                print one JSON line of timings (milliseconds) per run
+  --repeat N              generate N times with the same inputs (warm timings; default 1)
   --tokenize-only         print each prompt's token ids as a JSON list, one line per prompt;
                           without --prompt, reads prompts from stdin, one JSON string a line
   --version               print the versions and exit
@@ -54,7 +55,7 @@ struct Options {
   std::vector<std::string> prompts;
   std::string negative_prompt;
   std::uint64_t seed = 0;
-  int steps = 25, batch_size = 4, threads = 1, gpu_id = 0;
+  int steps = 25, batch_size = 4, threads = 1, gpu_id = 0, repeat = 1;
   std::string device = "cpu", sampler = "dpm";
   double guidance = 2.1;
   bool timing = false, tokenize_only = false, verify_checksums = false, version = false;
@@ -92,7 +93,7 @@ Options parse_args(int argc, char** argv) {
   const std::set<std::string> switches = {"--timing", "--tokenize-only", "--verify-checksums", "--version", "--help"};
   const std::set<std::string> with_value = {"--model", "--prompt", "--negative-prompt", "--seed", "--noise",
                                             "--steps", "--guidance", "--out", "--threads", "--sampler",
-                                            "--batch-size", "--device", "--gpu-id"};
+                                            "--batch-size", "--device", "--gpu-id", "--repeat"};
   for (int i = 1; i < argc; ++i) {
     std::string flag = argv[i], value;
     const auto equals = flag.find('=');
@@ -140,6 +141,8 @@ Options parse_args(int argc, char** argv) {
     } else if (flag == "--sampler") {
       if (value != "ddim" && value != "dpm") throw UserError("--sampler: expected dpm or ddim, got '" + value + "'");
       options.sampler = value;
+    } else if (flag == "--repeat") {
+      options.repeat = static_cast<int>(parse_integer(flag, value, 1));
     } else if (flag == "--batch-size") {
       options.batch_size = static_cast<int>(parse_integer(flag, value, 1));
     } else if (flag == "--device") {
@@ -292,30 +295,36 @@ int generate(const Options& options, const Manifest& manifest) {
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - load_start).count();
 
   // Batches of --batch-size prompts, each with its rows of the noise (as the Python
-  // runner's generate_images does); timings add up over the batches.
-  Timing timing;
-  timing.step_ms.assign(timesteps.size(), 0.0);
+  // runner's generate_images does); timings add up over the batches. The first run of each
+  // program includes Paddle's warm-up; --repeat shows the warm timings too.
   std::vector<RgbImage> images;
+  std::vector<nlohmann::json> timing_lines;
   const std::size_t row = static_cast<std::size_t>(shape[1] * shape[2] * shape[3]);
-  for (std::size_t first = 0; first < request.prompts.size(); first += options.batch_size) {
-    const std::size_t last = std::min(request.prompts.size(), first + options.batch_size);
-    GenerationRequest batch = request;
-    batch.prompts.assign(request.prompts.begin() + first, request.prompts.begin() + last);
-    batch.noise.assign(request.noise.begin() + first * row, request.noise.begin() + last * row);
-    Timing part;
-    for (RgbImage& image : pipeline.generate(batch, &part)) images.push_back(std::move(image));
-    timing.text_encoder_ms += part.text_encoder_ms;
-    timing.decoder_ms += part.decoder_ms;
-    timing.total_ms += part.total_ms;
-    for (std::size_t i = 0; i < part.step_ms.size(); ++i) timing.step_ms[i] += part.step_ms[i];
+  for (int run = 0; run < options.repeat; ++run) {
+    Timing timing;
+    timing.step_ms.assign(timesteps.size(), 0.0);
+    images.clear();
+    for (std::size_t first = 0; first < request.prompts.size(); first += options.batch_size) {
+      const std::size_t last = std::min(request.prompts.size(), first + options.batch_size);
+      GenerationRequest batch = request;
+      batch.prompts.assign(request.prompts.begin() + first, request.prompts.begin() + last);
+      batch.noise.assign(request.noise.begin() + first * row, request.noise.begin() + last * row);
+      Timing part;
+      for (RgbImage& image : pipeline.generate(batch, &part)) images.push_back(std::move(image));
+      timing.text_encoder_ms += part.text_encoder_ms;
+      timing.decoder_ms += part.decoder_ms;
+      timing.total_ms += part.total_ms;
+      for (std::size_t i = 0; i < part.step_ms.size(); ++i) timing.step_ms[i] += part.step_ms[i];
+    }
+    timing_lines.push_back({{"load_ms", load_ms},          {"text_encoder_ms", timing.text_encoder_ms},
+                            {"step_ms", timing.step_ms},   {"decoder_ms", timing.decoder_ms},
+                            {"total_ms", timing.total_ms}, {"batch", request.prompts.size()},
+                            {"steps", options.steps},      {"run", run + 1}});
   }
   save_images(options, images);
   if (options.timing) {
-    const nlohmann::json line = {{"load_ms", load_ms},           {"text_encoder_ms", timing.text_encoder_ms},
-                                 {"step_ms", timing.step_ms},    {"decoder_ms", timing.decoder_ms},
-                                 {"total_ms", timing.total_ms},  {"batch", request.prompts.size()},
-                                 {"steps", options.steps}};
-    std::cout << line.dump() << std::endl;
+    for (const nlohmann::json& line : timing_lines) std::cout << line.dump() << '\n';
+    std::cout << std::flush;
   }
   return 0;
 }
