@@ -117,7 +117,7 @@ Program::Program(const std::string& label, const std::string& model_file, const 
     // oneDNN must stay off: with it the U-Net's nearest upsampling fails to run (see
     // ENVIRONMENT.md); without it the outputs match the dynamic graph exactly.
     config.DisableONEDNN();
-    config.SwitchIrOptim(options.ir_optim);
+    config.SwitchIrOptim(true);  // on, as in the Python runner: same outputs, faster
     config.SetCpuMathLibraryNumThreads(options.threads);
     config.DisableGlogInfo();
     if (options.gpu_id >= 0) {

@@ -12,7 +12,6 @@ namespace ernie_vilg2 {
 struct EngineOptions {
   int threads = 1;    // CPU math library threads
   int gpu_id = -1;    // -1: CPU; otherwise the GPU to run on (needs a GPU build of Paddle)
-  bool ir_optim = true;
 };
 
 class Program {

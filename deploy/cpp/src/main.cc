@@ -266,7 +266,7 @@ int generate(const Options& options, const Manifest& manifest) {
     throw UserError(manifest.path("manifest.json") + ": " + error.what());
   }
   for (int t : timesteps) {
-    const ExpertFiles& expert = manifest.experts[manifest.expert_for_timestep(t)];
+    const ProgramFiles& expert = manifest.experts[manifest.expert_for_timestep(t)];
     files.push_back(expert.model);
     files.push_back(expert.params);
   }

@@ -244,9 +244,6 @@ Manifest load_manifest(const std::string& folder) {
 
   Manifest manifest;
   manifest.folder = folder;
-  const json& image = fields.object(root, "image", "image");
-  manifest.image_height = fields.integer(image, "height", "image.height", 1);
-  manifest.image_width = fields.integer(image, "width", "image.width", 1);
   const json& latent = fields.object(root, "latent", "latent");
   manifest.latent_channels = fields.integer(latent, "channels", "latent.channels", 1);
   manifest.latent_height = fields.integer(latent, "height", "latent.height", 1);
@@ -257,11 +254,7 @@ Manifest load_manifest(const std::string& folder) {
   manifest.num_experts = fields.integer(router, "num_experts", "router.num_experts", 1);
   manifest.num_train_timesteps = fields.integer(router, "num_train_timesteps", "router.num_train_timesteps", 1);
 
-  const json& scheduler = fields.object(root, "scheduler", "scheduler");
-  if (scheduler.contains("_class_name") && scheduler.at("_class_name").is_string()) {
-    manifest.scheduler_class = scheduler.at("_class_name").get<std::string>();
-  }
-  manifest.scheduler = read_scheduler(scheduler, fields);
+  manifest.scheduler = read_scheduler(fields.object(root, "scheduler", "scheduler"), fields);
   if (manifest.scheduler.num_train_timesteps != manifest.num_train_timesteps) {
     fields.fail("scheduler.num_train_timesteps", "differs from router.num_train_timesteps");
   }
@@ -281,19 +274,14 @@ Manifest load_manifest(const std::string& folder) {
   const int stage = manifest.num_train_timesteps / manifest.num_experts;
   for (int i = 0; i < manifest.num_experts; ++i) {
     const std::string field = "programs.experts[" + std::to_string(i) + "]";
-    ExpertFiles expert;
-    static_cast<ProgramFiles&>(expert) = fields.program(experts[i], field);
-    expert.first_timestep = i * stage;
-    expert.end_timestep = (i + 1) * stage;
+    manifest.experts.push_back(fields.program(experts[i], field));
     if (experts[i].contains("timesteps")) {  // must agree with the router
       const json& range = experts[i].at("timesteps");
-      if (!range.is_array() || range.size() != 2 || range[0] != expert.first_timestep ||
-          range[1] != expert.end_timestep) {
-        fields.fail(field + ".timesteps", "expected [" + std::to_string(expert.first_timestep) + ", " +
-                                              std::to_string(expert.end_timestep) + "] (t * N // T routing)");
+      if (!range.is_array() || range.size() != 2 || range[0] != i * stage || range[1] != (i + 1) * stage) {
+        fields.fail(field + ".timesteps", "expected [" + std::to_string(i * stage) + ", " +
+                                              std::to_string((i + 1) * stage) + "] (t * N // T routing)");
       }
     }
-    manifest.experts.push_back(expert);
   }
 
   const json& files = fields.object(root, "files", "files");

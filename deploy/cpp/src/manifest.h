@@ -18,10 +18,6 @@ struct ProgramFiles {
   std::string params;
 };
 
-struct ExpertFiles : ProgramFiles {
-  int first_timestep = 0, end_timestep = 0;  // [first, end)
-};
-
 struct FileRecord {
   std::int64_t size = -1;
   std::string sha256;  // empty when not recorded
@@ -29,16 +25,14 @@ struct FileRecord {
 
 struct Manifest {
   std::string folder;
-  int image_height = 0, image_width = 0;
   int latent_channels = 0, latent_height = 0, latent_width = 0;
   double scaling_factor = 1.0;
   int num_experts = 0, num_train_timesteps = 0;
-  std::string scheduler_class;
   SchedulerConfig scheduler;
   std::string vocab;          // tokenizer vocab, relative to the folder
   TokenizerConfig tokenizer;  // its vocab_file is path(vocab)
   ProgramFiles text_encoder, vae_decoder;
-  std::vector<ExpertFiles> experts;
+  std::vector<ProgramFiles> experts;  // expert i runs timesteps [i T / N, (i + 1) T / N)
   std::map<std::string, FileRecord> files;
 
   std::string path(const std::string& relative) const { return folder + "/" + relative; }

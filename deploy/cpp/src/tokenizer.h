@@ -43,7 +43,6 @@ class Tokenizer {
   Encoding encode(const std::u32string& text) const;
 
   const TokenizerConfig& config() const { return config_; }
-  std::size_t vocab_size() const { return vocab_.size(); }
 
  private:
   std::int64_t id_of(const std::string& token) const;
