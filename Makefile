@@ -9,7 +9,13 @@ PADDLE ?= paddlepaddle==3.3.1
 DEMO_DIR ?= output/tiny
 NPROC ?= 1
 
-.PHONY: install test demo bench clean-demo cpp
+# The demo grid's prompts (make demo samples them; make export runs them through the export).
+DEMO_PROMPTS = --prompt 红苹果 --prompt "red apple" --prompt 蓝心 --prompt "blue heart" \
+	--prompt 黄色方块 --prompt "yellow square" --prompt 紫色圆 --prompt "purple circle" \
+	--prompt 香蕉 --prompt "banana" --prompt 青蛙 --prompt "frog" \
+	--prompt 红苹果在猫脸的左边 --prompt "a red apple to the left of a cat face"
+
+.PHONY: install test demo export bench clean-demo cpp
 
 $(VENV)/.installed: requirements/lock.txt requirements/build-constraints.txt setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -30,11 +36,14 @@ demo: install
 	GLOG_minloglevel=2 $(PY) -m paddle.distributed.launch --nproc_per_node $(NPROC) --log_dir $(DEMO_DIR)/launch_log \
 		tools/train.py --config configs/tiny.yaml -o train.output_dir=$(DEMO_DIR) --resume
 	GLOG_minloglevel=2 $(PY) tools/generate.py --model $(DEMO_DIR)/experts --steps 25 --guidance 3.0 --seed 0 \
-		--prompt 红苹果 --prompt "red apple" --prompt 蓝心 --prompt "blue heart" \
-		--prompt 黄色方块 --prompt "yellow square" --prompt 紫色圆 --prompt "purple circle" \
-		--prompt 香蕉 --prompt "banana" --prompt 青蛙 --prompt "frog" \
-		--prompt 红苹果在猫脸的左边 --prompt "a red apple to the left of a cat face" \
-		--out $(DEMO_DIR)/demo/grid.png
+		$(DEMO_PROMPTS) --out $(DEMO_DIR)/demo/grid.png
+
+# Export the demo model (after make demo) to Paddle Inference and sample its grid with the
+# Python runner: the same images as $(DEMO_DIR)/demo/grid.png.
+export: install
+	GLOG_minloglevel=2 $(PY) tools/export_model.py --model $(DEMO_DIR)/experts --out $(DEMO_DIR)/export --overwrite
+	GLOG_minloglevel=2 $(PY) deploy/python/infer.py --model $(DEMO_DIR)/export --steps 25 --guidance 3.0 --seed 0 \
+		$(DEMO_PROMPTS) --out $(DEMO_DIR)/deploy/python/grid.png
 
 # The C++ runner (deploy/cpp), built against the paddlepaddle wheel of .venv. Missing system
 # packages (cmake, g++, libpng/zlib/OpenSSL/nlohmann-json headers) are installed with apt-get.

@@ -33,9 +33,9 @@ def bank(make_tiny_pipeline, tmp_path_factory):
     return deploy_exports.n10(make_tiny_pipeline, tmp_path_factory)
 
 
-def _program(folder, manifest, entry, kind):
+def _program(folder, manifest, entry, kind, engine="paddle"):
     return Program(f"{folder}/{entry['model']}", f"{folder}/{entry['params']}", program_inputs(manifest)[kind],
-                   PredictorSettings(), kind)
+                   PredictorSettings(engine=engine), kind)
 
 
 def test_export_folder_follows_the_contract(bank):
@@ -71,37 +71,45 @@ def test_export_tool_replaces_an_old_folder_only_with_overwrite(export_n1, tiny_
     assert json.load(open(os.path.join(export_n1, "manifest.json"))) == before
 
 
-def test_exported_programs_match_the_dynamic_graph(bank, record_property):
-    """Text encoder, each expert and the VAE decoder on the same inputs (oneDNN off)."""
+@pytest.mark.parametrize("engine,tolerance", [("paddle", 0.0), ("onednn", 1e-5)])
+def test_exported_programs_match_the_dynamic_graph(bank, record_property, engine, tolerance):
+    """Text encoder, each expert and the VAE decoder on the same inputs: bit-identical with
+    the native kernels, within 1e-5 of the output's magnitude with oneDNN (measured ~1e-6)."""
     pipe, _, folder, _ = bank
     manifest = read_manifest(folder, verify="size")
     programs = manifest["programs"]
-    diffs = {}
+    diffs, worst = {}, 0.0
+
+    def compare(name, out, ref):
+        nonlocal worst
+        diffs[name] = float(np.abs(out - ref).max())
+        worst = max(worst, diffs[name] / float(np.abs(ref).max()))
 
     ids = WordPieceTokenizer.from_manifest(folder, manifest["tokenizer"])(PROMPTS)
-    context = _program(folder, manifest, programs["text_encoder"], "text_encoder")(ids)
+    context = _program(folder, manifest, programs["text_encoder"], "text_encoder", engine)(ids)
     reference = pipe.text_encoder(paddle.to_tensor(ids))[0].numpy()
-    diffs["text_encoder"] = float(np.abs(context - reference).max())
+    compare("text_encoder", context, reference)
 
     rng = np.random.default_rng(0)
     sample = rng.standard_normal((3, 4, 8, 8)).astype("float32")
     for i, entry in enumerate(programs["experts"]):
         t = 100 * i + 37
-        out = _program(folder, manifest, entry, "expert")(sample, np.array([t], "float32"), reference)
+        out = _program(folder, manifest, entry, "expert", engine)(sample, np.array([t], "float32"), reference)
         ref = pipe.unet.experts[i](paddle.to_tensor(sample), paddle.to_tensor(t), paddle.to_tensor(reference)).sample
-        diffs[f"expert_{i:02d}"] = float(np.abs(out - ref.numpy()).max())
+        compare(f"expert_{i:02d}", out, ref.numpy())
         if i:  # the experts really are different networks
             assert np.abs(out - previous).max() > 1e-3
         previous = out
 
     latents = rng.standard_normal((2, 4, 8, 8)).astype("float32")
-    decoded = _program(folder, manifest, programs["vae_decoder"], "vae_decoder")(latents)
+    decoded = _program(folder, manifest, programs["vae_decoder"], "vae_decoder", engine)(latents)
     assert decoded.shape == (2, 3, 32, 32)
-    diffs["vae_decoder"] = float(np.abs(decoded - pipe.vae.decode(paddle.to_tensor(latents)).sample.numpy()).max())
+    reference = pipe.vae.decode(paddle.to_tensor(latents)).sample.numpy()
+    compare("vae_decoder", decoded, reference)
 
     record_property("max_abs_diff", diffs)
-    print("max abs diff, exported vs dynamic:", diffs)
-    assert max(diffs.values()) <= 1e-5, diffs  # measured: 0.0 for every program
+    print(f"max abs diff, exported vs dynamic ({engine}):", {k: f"{v:.1e}" for k, v in diffs.items()})
+    assert worst <= tolerance, diffs
 
 
 def test_experts_are_exported_one_at_a_time(bank):

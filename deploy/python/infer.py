@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
+import warnings
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 
@@ -33,11 +35,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", required=True, help="export folder (with manifest.json) from tools/export_model.py")
     src = p.add_argument_group("prompts (give --prompt and/or --prompt-file)")
     src.add_argument("--prompt", action="append", default=[], help="a prompt; repeat for several")
-    src.add_argument("--prompt-file", help="text file with one prompt per line, or a .csv file")
-    src.add_argument("--column", help="CSV column with the prompts (default: 文本 if present, else Prompt)")
+    src.add_argument("--prompt-file", help="text file with one prompt per line, or a .csv/.tsv file with a header row")
+    src.add_argument("--column", help="CSV/TSV column with the prompts (default: 文本 if present, else Prompt)")
     src.add_argument("--limit", type=int, help="use only the first N prompts of --prompt-file")
     p.add_argument("--negative-prompt", default=None, help="negative prompt for all images (default: empty)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial noise (>= 0)")
     p.add_argument("--steps", type=int, default=25, help="sampling steps")
     p.add_argument("--guidance", type=float, default=2.1, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--sampler", choices=("ddim", "dpm"), default="dpm", help="ddim or dpm (DPM-Solver++)")
@@ -84,12 +86,28 @@ def check_numbers(args: argparse.Namespace) -> None:
                         ("--threads", args.threads)):
         if value is not None and value < 1:
             fail(f"{flag} must be >= 1, got {value}")
+    if args.seed < 0:
+        fail(f"--seed must be >= 0, got {args.seed}")
     if args.guidance < 0:
         fail(f"--guidance must be >= 0, got {args.guidance}")
     if not args.out.lower().endswith(".png"):
         fail(f"--out must be a .png file name, got {args.out}")
     if args.save_noise and not args.save_noise.lower().endswith(".npy"):
         fail(f"--save-noise must be a .npy file name, got {args.save_noise}")
+
+
+# The pipeline's input errors start with the argument's name; the user typed the flag.
+FLAGS = {"num_inference_steps": "--steps", "guidance_scale": "--guidance", "seed": "--seed",
+         "num_images_per_prompt": "--num-images-per-prompt", "height": "--height", "width": "--width"}
+
+
+def flag_message(exc: Exception) -> str:
+    """``exc``'s message with a leading pipeline argument name replaced by its flag."""
+    message = str(exc)
+    name = re.match(r"\w+", message)
+    if name and name.group() in FLAGS:
+        message = FLAGS[name.group()] + message[name.end():]
+    return message
 
 
 def initial_noise(pipe, n_images: int, seed: int):
@@ -120,18 +138,23 @@ def main(argv=None) -> int:
     if not os.path.isdir(args.model):
         fail(f"--model: export folder not found: {args.model}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    warnings.filterwarnings("ignore", message="No ccache found")  # paddle's import-time notice
 
-    from ernie_vilg2.deploy import InferencePipeline, ManifestError
+    from ernie_vilg2.deploy import InferencePipeline
     from ernie_vilg2.pipelines.generation import generate_images, save_generation
-    from ernie_vilg2.utils.integrity import DamagedFileError
 
     try:
         pipe = InferencePipeline.from_export(args.model, sampler=args.sampler, verify=args.verify,
                                              device=args.device, threads=args.threads, engine=args.engine)
     except FileNotFoundError as exc:
         fail(f"--model: {exc}")
-    except (ManifestError, DamagedFileError, ValueError) as exc:
+    except ValueError as exc:  # ManifestError, DamagedFileError, settings: they name the file or field
         fail(str(exc))
+    try:  # before any work: the sampler's step limit and the exported size are known now
+        pipe.check_inputs(num_inference_steps=args.steps, guidance_scale=args.guidance, height=args.height,
+                          width=args.width, num_images_per_prompt=args.num_images_per_prompt, seed=args.seed)
+    except ValueError as exc:
+        fail(flag_message(exc))
     try:
         images = generate_images(
             pipe, prompts, batch_size=args.batch_size, seed=args.seed,
@@ -139,7 +162,7 @@ def main(argv=None) -> int:
             num_inference_steps=args.steps, guidance_scale=args.guidance, height=args.height, width=args.width,
         )
     except (ValueError, TypeError) as exc:  # the pipeline's input checks name the field
-        fail(str(exc))
+        fail(flag_message(exc))
     captions = [p for p in prompts for _ in range(args.num_images_per_prompt)]
     cols = args.cols or (args.num_images_per_prompt if args.num_images_per_prompt > 1 else None)
     meta = {"model": os.path.abspath(args.model), "runner": "paddle-inference (python)", "sampler": args.sampler,

@@ -5,6 +5,9 @@ the ERNIE text encoder, every expert U-Net and the VAE decoder, plus the tokeniz
 and ``manifest.json`` (layout: deploy/README.md). The scheduler loop and the timestep router
 stay outside the graphs, as in PPDiffusers' own Paddle Inference pipelines.
 
+Two ops are rewritten into exact equivalents first (:mod:`.rewrites`) so that the programs
+also run under oneDNN; the experts then take integer timesteps in ``[0, T)``.
+
 Memory: the parts are loaded one after the other and freed after their export, and the
 experts are read from the safetensors file one expert at a time into a single U-Net (the
 program is traced once; each expert then only swaps its weights in and saves), so exporting
@@ -27,6 +30,7 @@ from .. import __version__
 from ..utils.integrity import DamagedFileError, check_safetensors
 from ..utils.io import atomic_directory, atomic_write_text
 from .manifest import write_manifest
+from .rewrites import rewrite_for_export
 from .tokenizer import WordPieceTokenizer, load_vocab
 
 PROGRAM = "inference"  # paddle.jit.save prefix: inference.json + inference.pdiparams
@@ -293,6 +297,7 @@ def export_pipeline(
         # VAE decoder
         t0 = time.time()
         vae = _component_class(index, "vae", model_dir).from_pretrained(os.path.join(model_dir, "vae"))
+        rewrite_for_export(vae, num_train_timesteps)
         scaling_factor = float(vae.config.scaling_factor)
         layer = _static(VAEDecoderProgram(vae), [InputSpec([None, latent_channels, *latent_hw], "float32", "latents")])
         programs["vae_decoder"] = _save(layer, tmp, "vae_decoder")
@@ -304,7 +309,7 @@ def export_pipeline(
         from ppdiffusers import UNet2DConditionModel
 
         t0 = time.time()
-        unet = UNet2DConditionModel(**expert_config)
+        unet = rewrite_for_export(UNet2DConditionModel(**expert_config), num_train_timesteps)
         layer = _static(
             ExpertProgram(unet),
             [

@@ -19,7 +19,7 @@ from ..models.routing import TimestepRouter
 from ..text.tokenizer import check_prompts
 from .manifest import read_manifest
 from .predictor import PredictorSettings, Program, program_inputs
-from .schedulers import build_scheduler
+from .schedulers import build_scheduler, max_inference_steps
 from .tokenizer import WordPieceTokenizer
 
 logger = logging.getLogger(__name__)
@@ -125,14 +125,25 @@ class InferencePipeline:
         return images.transpose(0, 2, 3, 1).astype("float32")
 
     # -- sampling ------------------------------------------------------------------------------
-    def _check(self, num_inference_steps, guidance_scale, num_images_per_prompt, height, width, output_type):
-        """The checks (and messages) of ErnieViLG2Pipeline, plus the export's fixed size."""
+    def check_inputs(self, num_inference_steps: int = 50, guidance_scale: float = 2.1, height: Optional[int] = None,
+                     width: Optional[int] = None, num_images_per_prompt: int = 1, seed: Optional[int] = None,
+                     output_type: str = "pil"):
+        """ErnieViLG2Pipeline's checks and messages (each names its argument), plus the export's
+        fixed size; returns (height, width). ``__call__`` runs it first."""
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps <= 0:
             raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+        limit = max_inference_steps(self.scheduler)
+        if num_inference_steps > limit:
+            raise ValueError(
+                f"num_inference_steps must be <= {limit} with {type(self.scheduler).__name__} "
+                f"(num_train_timesteps {self.scheduler.num_train_timesteps}), got {num_inference_steps}"
+            )
         if guidance_scale < 0:
             raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
         if num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
         for name, value in (("height", height), ("width", width)):
             built = self.manifest["image"][name]
             if value is not None and value != built:
@@ -143,6 +154,7 @@ class InferencePipeline:
                 )
         if output_type not in ("pil", "np"):
             raise ValueError(f"output_type must be 'pil' or 'np', got {output_type!r}")
+        return self.image_size
 
     def __call__(
         self,
@@ -167,7 +179,7 @@ class InferencePipeline:
         accepted. ``height``/``width`` may only repeat the exported size.
         """
         prompts = check_prompts(prompt)
-        self._check(num_inference_steps, guidance_scale, num_images_per_prompt, height, width, output_type)
+        self.check_inputs(num_inference_steps, guidance_scale, height, width, num_images_per_prompt, seed, output_type)
         if key_token_mask is not None:
             raise ValueError("key_token_mask: key-word emphasis is not part of the exported programs")
 

@@ -1,10 +1,12 @@
 """Paddle Inference predictors for the exported programs, with settings that work on this stack.
 
-CPU (verified on Paddle 3.3.1): oneDNN off (with it the U-Net's nearest upsample fails to
-run, and the reshape/expand rewrite that makes it run gives wrong images), IR optimisation
-on, no ``enable_memory_optim`` (it fails on PIR programs); outputs then equal the dynamic
-graph exactly. ``threads`` sets the CPU math library's threads. ``engine="openvino"`` runs
-the programs through Paddle's OpenVINO subgraph engine (CPU wheel).
+CPU (verified on Paddle 3.3.1): ``engine="paddle"`` (default): Paddle's native kernels, oneDNN
+off, IR optimisation on, no ``enable_memory_optim`` (it fails on PIR programs); the outputs
+equal the dynamic graph bit for bit. ``engine="onednn"``: oneDNN kernels, possible because the
+exporter rewrote the two ops oneDNN gets wrong or cannot run (:mod:`.rewrites`); about 1e-6
+relative from the dynamic graph and the fastest CPU choice (deploy/README.md has the numbers).
+``engine="openvino"``: Paddle's OpenVINO subgraph engine. ``threads`` sets the CPU math
+library's threads.
 
 GPU (``paddlepaddle-gpu``, same code): ``enable_use_gpu``; ``engine="tensorrt"`` converts each
 program once with ``paddle.tensorrt.convert`` (Paddle 3's PIR-TRT path; dynamic batch from 1
@@ -20,7 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 DEVICES = ("cpu", "gpu")
-ENGINES = ("paddle", "openvino", "tensorrt")
+ENGINES = ("paddle", "onednn", "openvino", "tensorrt")
 
 
 @dataclass
@@ -30,7 +32,7 @@ class PredictorSettings:
     device: str = "cpu"
     threads: Optional[int] = None  # CPU math library threads (Paddle's default: 1)
     ir_optim: bool = True
-    engine: str = "paddle"  # "paddle", "openvino" (CPU) or "tensorrt" (GPU)
+    engine: str = "paddle"  # "paddle", "onednn" / "openvino" (CPU) or "tensorrt" (GPU)
     gpu_id: int = 0
     gpu_memory_mb: int = 256  # initial GPU memory pool
     tensorrt_precision: str = "fp32"  # or "fp16"
@@ -44,8 +46,8 @@ class PredictorSettings:
             raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
         if self.threads is not None and (isinstance(self.threads, bool) or self.threads < 1):
             raise ValueError(f"threads must be >= 1, got {self.threads!r}")
-        if self.engine == "openvino" and self.device != "cpu":
-            raise ValueError("engine 'openvino' runs on the CPU only (device='cpu')")
+        if self.engine in ("onednn", "openvino") and self.device != "cpu":
+            raise ValueError(f"engine {self.engine!r} runs on the CPU only (device='cpu')")
         if self.engine == "tensorrt" and self.device != "gpu":
             raise ValueError("engine 'tensorrt' needs device='gpu'")
         if self.tensorrt_precision not in ("fp32", "fp16"):
@@ -76,7 +78,10 @@ class Program:
         config.switch_ir_optim(settings.ir_optim)
         if settings.device == "cpu":
             config.disable_gpu()
-            config.disable_onednn()
+            if settings.engine == "onednn":
+                config.enable_onednn()
+            else:
+                config.disable_onednn()
             if settings.threads:
                 config.set_cpu_math_library_num_threads(settings.threads)
             if settings.engine == "openvino":

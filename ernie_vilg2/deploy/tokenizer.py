@@ -30,6 +30,9 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
+# Prompts already reported as truncated (once per prompt and process, as the training tokenizer).
+_REPORTED_TRUNCATED: set = set()
+
 MAX_CHARS_PER_WORD = 100
 
 # CJK ranges of BERT's basic tokenizer (PaddleNLP 2.8.1), which puts spaces around them.
@@ -205,7 +208,9 @@ class WordPieceTokenizer:
         room = self.max_length - 2
         for row, text in enumerate(texts):
             tokens = self.tokenize(text)
-            if len(tokens) > room:
+            if len(tokens) > room and text not in _REPORTED_TRUNCATED:
+                if len(_REPORTED_TRUNCATED) < 10_000:
+                    _REPORTED_TRUNCATED.add(text)
                 logger.warning("prompt truncated to %d tokens (tokenizer.max_length): %.60s...", self.max_length, text)
             body = [self.vocab.get(t, self.unk_id) for t in tokens[:room]]
             ids[row, : len(body) + 2] = [self.cls_id, *body, self.sep_id]
