@@ -227,6 +227,18 @@ def test_cpp_follows_the_manifest_scheduler_config(cpp_runner, tiny_export, tmp_
     assert np.abs(_load(tmp_path / "cpp.png") - np.asarray(want, dtype=np.int16)).max() <= 1
 
 
+def test_cpp_onednn_engine_agrees_with_native_kernels(cpp_runner, tiny_export, tmp_path):
+    """--engine onednn (the exporter's oneDNN-safe programs): within 1 level of the native kernels."""
+    images = {}
+    for engine in ("paddle", "onednn"):
+        out = tmp_path / f"{engine}.png"
+        proc = _run([cpp_runner, "--model", tiny_export[1], "--prompt", "红苹果", "--steps", "3", "--engine", engine,
+                     "--out", str(out)])
+        assert proc.returncode == 0, _text(proc.stderr)
+        images[engine] = _load(out)
+    assert np.abs(images["paddle"] - images["onednn"]).max() <= 1
+
+
 def test_cpp_own_noise_is_reproducible(cpp_runner, tiny_export, tmp_path):
     def generate(seed, name):
         proc = _run([cpp_runner, "--model", tiny_export[1], "--prompt", "a frog", "--steps", "2", "--seed", str(seed),
@@ -254,6 +266,7 @@ BAD_INPUT = [
     (["--model", "{export}", "--prompt", "x", "--noise", "{missing}"], "--noise: file not found"),
     (["--model", "{export}", "--prompt", "x", "--sampler", "euler"], "--sampler: expected dpm or ddim, got 'euler'"),
     (["--model", "{export}", "--prompt", "x", "--bogus"], "unknown option --bogus"),
+    (["--model", "{export}", "--prompt", "x", "--engine", "onednn", "--device", "gpu"], "runs on the CPU only"),
     (["--model", "{export}"], "--prompt: no prompt given"),
     (["--prompt", "x"], "--model: required"),
 ]

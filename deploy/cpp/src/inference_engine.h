@@ -10,8 +10,9 @@
 namespace ernie_vilg2 {
 
 struct EngineOptions {
-  int threads = 1;    // CPU math library threads
-  int gpu_id = -1;    // -1: CPU; otherwise the GPU to run on (needs a GPU build of Paddle)
+  int threads = 1;                 // CPU math library threads
+  int gpu_id = -1;                 // -1: CPU; otherwise the GPU to run on (needs a GPU build of Paddle)
+  std::string cpu_engine = "paddle";  // CPU kernels: paddle (native) or onednn
 };
 
 class Program {

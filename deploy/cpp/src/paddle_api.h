@@ -34,6 +34,7 @@ class AnalysisConfig {
   AnalysisConfig& operator=(const AnalysisConfig&) = delete;
 
   void DisableONEDNN();
+  void EnableONEDNN();
   void SetCpuMathLibraryNumThreads(int num_threads);
   void SwitchIrOptim(int enable);
   void DisableGlogInfo();
