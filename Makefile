@@ -9,7 +9,13 @@ PADDLE ?= paddlepaddle==3.3.1
 DEMO_DIR ?= output/tiny
 NPROC ?= 1
 
-.PHONY: install test demo bench clean-demo
+# The demo grid's prompts (make demo samples them; make export runs them through the export).
+DEMO_PROMPTS = --prompt 红苹果 --prompt "red apple" --prompt 蓝心 --prompt "blue heart" \
+	--prompt 黄色方块 --prompt "yellow square" --prompt 紫色圆 --prompt "purple circle" \
+	--prompt 香蕉 --prompt "banana" --prompt 青蛙 --prompt "frog" \
+	--prompt 红苹果在猫脸的左边 --prompt "a red apple to the left of a cat face"
+
+.PHONY: install test demo export bench clean-demo cpp
 
 $(VENV)/.installed: requirements/lock.txt requirements/build-constraints.txt setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -26,15 +32,31 @@ install: $(VENV)/.installed
 test: install
 	GLOG_minloglevel=2 $(PY) -m pytest -q tests
 
+# Train the demo model, sample its grid, then export it and sample the same grid with both
+# Paddle Inference runners (make export).
 demo: install
 	GLOG_minloglevel=2 $(PY) -m paddle.distributed.launch --nproc_per_node $(NPROC) --log_dir $(DEMO_DIR)/launch_log \
 		tools/train.py --config configs/tiny.yaml -o train.output_dir=$(DEMO_DIR) --resume
 	GLOG_minloglevel=2 $(PY) tools/generate.py --model $(DEMO_DIR)/experts --sampler dpm --steps 25 --guidance 3.0 --seed 0 \
-		--prompt 红苹果 --prompt "red apple" --prompt 蓝心 --prompt "blue heart" \
-		--prompt 黄色方块 --prompt "yellow square" --prompt 紫色圆 --prompt "purple circle" \
-		--prompt 香蕉 --prompt "banana" --prompt 青蛙 --prompt "frog" \
-		--prompt 红苹果在猫脸的左边 --prompt "a red apple to the left of a cat face" \
-		--out $(DEMO_DIR)/demo/grid.png
+		$(DEMO_PROMPTS) --out $(DEMO_DIR)/demo/grid.png
+	$(MAKE) --no-print-directory export
+
+# Export the demo model to Paddle Inference and sample its grid with the Python runner and
+# the C++ runner (fed the Python runner's noise): the images of $(DEMO_DIR)/demo/grid.png.
+export: install cpp
+	GLOG_minloglevel=2 $(PY) tools/export_model.py --model $(DEMO_DIR)/experts --out $(DEMO_DIR)/export --overwrite
+	GLOG_minloglevel=2 $(PY) deploy/python/infer.py --model $(DEMO_DIR)/export --sampler dpm --steps 25 --guidance 3.0 \
+		--seed 0 $(DEMO_PROMPTS) --out $(DEMO_DIR)/deploy/python/grid.png --save-noise $(DEMO_DIR)/deploy/noise.npy
+	GLOG_minloglevel=2 $(CPP_BUILD)/ernie_vilg2_infer --model $(DEMO_DIR)/export --sampler dpm --steps 25 --guidance 3.0 \
+		--noise $(DEMO_DIR)/deploy/noise.npy $(DEMO_PROMPTS) --out $(DEMO_DIR)/deploy/cpp/grid.png
+
+# The C++ runner (deploy/cpp), built against the paddlepaddle wheel of .venv. Missing system
+# packages (cmake, g++, libpng/zlib/OpenSSL/nlohmann-json headers) are installed with apt-get.
+CPP_BUILD ?= deploy/cpp/build
+cpp: install
+	deploy/cpp/install_deps.sh
+	cmake -S deploy/cpp -B $(CPP_BUILD) -DPython3_EXECUTABLE=$(abspath $(PY))
+	cmake --build $(CPP_BUILD) -j 2
 
 bench: install
 	$(PY) benchmarks/mode_overhead.py

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Union
 
 import paddle
 from ppdiffusers import ModelMixin, UNet2DConditionModel  # noqa: F401  (ModelMixin: pipeline loading)
@@ -19,36 +19,7 @@ from ppdiffusers.configuration_utils import ConfigMixin, register_to_config
 from ppdiffusers.models.unet_2d_condition import UNet2DConditionOutput
 
 from ..utils.integrity import check_model_folder
-
-
-class TimestepRouter:
-    """Uniform timestep-to-expert routing: expert ``i`` owns ``[i*T/N, (i+1)*T/N)``."""
-
-    def __init__(self, num_experts: int, num_train_timesteps: int):
-        if num_experts < 1:
-            raise ValueError(f"num_experts must be >= 1, got {num_experts}")
-        if num_train_timesteps < 1 or num_train_timesteps % num_experts:
-            raise ValueError(
-                f"num_experts ({num_experts}) must divide num_train_timesteps ({num_train_timesteps}) "
-                "so that every expert owns an equal stage"
-            )
-        self.num_experts = num_experts
-        self.num_train_timesteps = num_train_timesteps
-        self.stage_length = num_train_timesteps // num_experts
-
-    def expert_index(self, timestep: Union[int, paddle.Tensor]):
-        """Expert of each timestep (int in, int out; tensor in, int64 tensor out)."""
-        if isinstance(timestep, paddle.Tensor):
-            t = timestep.astype("int64").clip(0, self.num_train_timesteps - 1)
-            return t // self.stage_length
-        t = min(max(int(timestep), 0), self.num_train_timesteps - 1)
-        return t // self.stage_length
-
-    def stage(self, expert: int) -> Tuple[int, int]:
-        """Half-open timestep range ``[lo, hi)`` that ``expert`` handles."""
-        if not 0 <= expert < self.num_experts:
-            raise IndexError(f"expert {expert} out of range 0..{self.num_experts - 1}")
-        return expert * self.stage_length, (expert + 1) * self.stage_length
+from .routing import TimestepRouter  # noqa: F401  (paddle-free, shared with ernie_vilg2.deploy; re-exported)
 
 
 def _take(value: Any, index: paddle.Tensor, batch: int):

@@ -1,14 +1,24 @@
-"""Pipelines: text-to-image sampling, loading, stage-2 branching and batch generation."""
-from .branching import branch_pipeline, branch_pipeline_folder
-from .generation import generate_images, save_generation
-from .loading import load_pipeline
-from .pipeline_ernie_vilg2 import ErnieViLG2Pipeline
+"""Pipelines: text-to-image sampling, loading, stage-2 branching and batch generation.
 
-__all__ = [
-    "ErnieViLG2Pipeline",
-    "branch_pipeline",
-    "branch_pipeline_folder",
-    "generate_images",
-    "load_pipeline",
-    "save_generation",
-]
+Names load lazily: ``generation`` (batches, grids and single PNGs) needs neither paddle
+nor ppdiffusers, so the deployment runner (``ernie_vilg2.deploy``) reuses it without
+importing the training stack.
+"""
+import importlib
+
+_LAZY = {
+    "ErnieViLG2Pipeline": "pipeline_ernie_vilg2",
+    "branch_pipeline": "branching",
+    "branch_pipeline_folder": "branching",
+    "generate_images": "generation",
+    "load_pipeline": "loading",
+    "save_generation": "generation",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

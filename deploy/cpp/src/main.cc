@@ -1,0 +1,366 @@
+// ernie_vilg2_infer: text-to-image with an exported ERNIE-ViLG 2.0 pipeline on Paddle
+// Inference. Usage: see kUsage below or deploy/README.md.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "image.h"
+#include "inference_engine.h"
+#include "manifest.h"
+#include "noise.h"
+#include "pipeline.h"
+#include "scheduler.h"
+#include "tokenizer.h"
+#include "unicode_text.h"
+
+namespace ernie_vilg2 {
+namespace {
+
+constexpr const char* kUsage = R"(usage: ernie_vilg2_infer --model EXPORT_DIR --prompt TEXT [--prompt TEXT ...] [options]
+       ernie_vilg2_infer --model EXPORT_DIR --tokenize-only [--prompt TEXT ...]
+
+Generates images with a pipeline exported by tools/export_model.py.
+
+  --model DIR             export folder (with manifest.json)
+  --prompt TEXT           a prompt (UTF-8, Chinese or English); repeat for several
+  --negative-prompt TEXT  negative prompt for every image (default: empty)
+  --seed N                seed of the runner's own noise generator (default 0)
+  --noise FILE.npy        initial noise [images, C, h, w] instead, e.g. from the Python
+                          runner's --save-noise (then both runners give the same images)
+  --steps N               sampling steps (default 25)
+  --guidance G            classifier-free guidance scale; 1 turns it off (default 2.1)
+  --sampler dpm|ddim      DPM-Solver++ (2nd order multistep) or DDIM (default dpm)
+  --batch-size N          prompts per run of the programs (default 4)
+  --out FILE.png          the image; with several prompts the grid, with the single
+                          images FILE_000.png ... and FILE.json beside it (default out.png)
+  --device cpu|gpu        where the programs run (default cpu; gpu needs a GPU build of Paddle)
+  --gpu-id N              which GPU with --device gpu (default 0)
+  --threads N             CPU math library threads (default 1)
+  --engine paddle|onednn  CPU kernels: Paddle's native ones (default; the dynamic graph's
+                          results bit for bit) or oneDNN (faster, about 1e-6 from them)
+  --verify-checksums      check the SHA-256 sums of the files (sizes are always checked)
+  --timing                print one JSON line of timings (milliseconds) per run
+  --repeat N              generate N times with the same inputs (warm timings; default 1)
+  --tokenize-only         print each prompt's token ids as a JSON list, one line per prompt;
+                          without --prompt, reads prompts from stdin, one JSON string a line
+  --version               print the versions and exit
+)";
+
+struct Options {
+  std::string model, out = "out.png", noise;
+  std::vector<std::string> prompts;
+  std::string negative_prompt;
+  std::uint64_t seed = 0;
+  int steps = 25, batch_size = 4, threads = 1, gpu_id = 0, repeat = 1;
+  std::string device = "cpu", sampler = "dpm", engine = "paddle";
+  double guidance = 2.1;
+  bool timing = false, tokenize_only = false, verify_checksums = false, version = false;
+};
+
+long long parse_integer(const std::string& flag, const std::string& text, long long minimum) {
+  std::size_t used = 0;
+  long long value = 0;
+  try {
+    value = std::stoll(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0 || used != text.size()) throw UserError(flag + ": expected an integer, got '" + text + "'");
+  if (value < minimum) throw UserError(flag + ": must be >= " + std::to_string(minimum) + ", got " + text);
+  return value;
+}
+
+double parse_number(const std::string& flag, const std::string& text) {
+  std::size_t used = 0;
+  double value = 0;
+  try {
+    value = std::stod(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0 || used != text.size() || !std::isfinite(value)) {
+    throw UserError(flag + ": expected a number, got '" + text + "'");
+  }
+  return value;
+}
+
+Options parse_args(int argc, char** argv) {
+  Options options;
+  const std::set<std::string> switches = {"--timing", "--tokenize-only", "--verify-checksums", "--version", "--help"};
+  const std::set<std::string> with_value = {"--model", "--prompt", "--negative-prompt", "--seed", "--noise",
+                                            "--steps", "--guidance", "--out", "--threads", "--sampler",
+                                            "--batch-size", "--device", "--gpu-id", "--repeat",
+                                            "--engine"};
+  for (int i = 1; i < argc; ++i) {
+    std::string flag = argv[i], value;
+    const auto equals = flag.find('=');
+    const bool inline_value = flag.rfind("--", 0) == 0 && equals != std::string::npos;
+    if (inline_value) {
+      value = flag.substr(equals + 1);
+      flag = flag.substr(0, equals);
+    }
+    if (switches.count(flag)) {
+      if (inline_value) throw UserError(flag + ": takes no value");
+      if (flag == "--help") {
+        std::cout << kUsage;
+        std::exit(0);
+      }
+      (flag == "--timing" ? options.timing
+       : flag == "--tokenize-only" ? options.tokenize_only
+       : flag == "--verify-checksums" ? options.verify_checksums
+                                      : options.version) = true;
+      continue;
+    }
+    if (!with_value.count(flag)) throw UserError("unknown option " + flag + " (see --help)");
+    if (!inline_value) {
+      if (i + 1 >= argc) throw UserError(flag + ": expected a value (see --help)");
+      value = argv[++i];
+    }
+    if (flag == "--model") {
+      options.model = value;
+    } else if (flag == "--prompt") {
+      options.prompts.push_back(value);
+    } else if (flag == "--negative-prompt") {
+      options.negative_prompt = value;
+    } else if (flag == "--seed") {
+      options.seed = static_cast<std::uint64_t>(parse_integer(flag, value, 0));
+    } else if (flag == "--noise") {
+      options.noise = value;
+    } else if (flag == "--steps") {
+      options.steps = static_cast<int>(parse_integer(flag, value, 1));
+    } else if (flag == "--guidance") {
+      options.guidance = parse_number(flag, value);
+      if (options.guidance < 0) throw UserError("--guidance: must be >= 0, got " + value);
+    } else if (flag == "--out") {
+      options.out = value;
+    } else if (flag == "--threads") {
+      options.threads = static_cast<int>(parse_integer(flag, value, 1));
+    } else if (flag == "--sampler") {
+      if (value != "ddim" && value != "dpm") throw UserError("--sampler: expected dpm or ddim, got '" + value + "'");
+      options.sampler = value;
+    } else if (flag == "--repeat") {
+      options.repeat = static_cast<int>(parse_integer(flag, value, 1));
+    } else if (flag == "--batch-size") {
+      options.batch_size = static_cast<int>(parse_integer(flag, value, 1));
+    } else if (flag == "--device") {
+      if (value != "cpu" && value != "gpu") throw UserError("--device: expected cpu or gpu, got '" + value + "'");
+      options.device = value;
+    } else if (flag == "--engine") {
+      if (value != "paddle" && value != "onednn") throw UserError("--engine: expected paddle or onednn, got '" + value + "'");
+      options.engine = value;
+    } else if (flag == "--gpu-id") {
+      options.gpu_id = static_cast<int>(parse_integer(flag, value, 0));
+    }
+  }
+  if (options.version) return options;
+  if (options.device == "gpu" && options.engine != "paddle") {
+    throw UserError("--engine " + options.engine + ": runs on the CPU only (--device cpu)");
+  }
+  if (options.model.empty()) throw UserError("--model: required (the export folder)");
+  if (!options.tokenize_only) {
+    if (options.prompts.empty()) throw UserError("--prompt: no prompt given");
+    const std::string& out = options.out;
+    if (out.size() < 5 || out.compare(out.size() - 4, 4, ".png") != 0) {
+      throw UserError("--out: must be a .png file name, got '" + out + "'");
+    }
+  }
+  return options;
+}
+
+std::u32string decode_prompt(const std::string& flag, const std::string& text) {
+  std::u32string decoded;
+  std::size_t bad = 0;
+  if (!decode_utf8(text, &decoded, &bad)) {
+    throw UserError(flag + ": not valid UTF-8 (byte " + std::to_string(bad) + ")");
+  }
+  return decoded;
+}
+
+// The Python pipeline's check_prompts: a prompt of only whitespace is refused.
+void check_not_empty(const std::string& flag, const std::u32string& prompt) {
+  for (char32_t c : prompt) {
+    if (!has_flag(c, kPySpace)) return;
+  }
+  throw UserError(flag + ": the prompt is empty");
+}
+
+std::string prompt_flag(const Options& options, std::size_t index) {
+  return options.prompts.size() > 1 ? "--prompt #" + std::to_string(index + 1) : "--prompt";
+}
+
+int tokenize_only(const Options& options, const Manifest& manifest) {
+  verify_files(manifest, {manifest.vocab}, options.verify_checksums);
+  const Tokenizer tokenizer(manifest.tokenizer);
+  auto print = [&](const std::u32string& prompt) {
+    std::cout << nlohmann::json(tokenizer.encode(prompt).ids).dump() << '\n';
+  };
+  if (!options.prompts.empty()) {
+    for (std::size_t i = 0; i < options.prompts.size(); ++i) {
+      print(decode_prompt(prompt_flag(options, i), options.prompts[i]));
+    }
+    return 0;
+  }
+  std::string line;
+  for (int number = 1; std::getline(std::cin, line); ++number) {
+    const std::string where = "stdin line " + std::to_string(number);
+    nlohmann::json value;
+    try {
+      value = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::parse_error&) {
+      throw UserError(where + ": expected a JSON string");
+    }
+    if (!value.is_string()) throw UserError(where + ": expected a JSON string");
+    print(decode_prompt(where, value.get<std::string>()));
+  }
+  return 0;
+}
+
+// Writes the image, or for several the grid, the singles beside it and a JSON caption
+// file, as tools/generate.py does.
+void save_images(const Options& options, const std::vector<RgbImage>& images) {
+  if (images.size() == 1) {
+    write_png(images[0], options.out);
+    std::cout << "wrote " << options.out << '\n';
+    return;
+  }
+  const std::string stem = options.out.substr(0, options.out.size() - 4);
+  const std::string base = stem.substr(stem.find_last_of('/') + 1);
+  nlohmann::json record = {{"model", options.model}, {"runner", "ernie_vilg2_infer (C++)"},
+                           {"sampler", options.sampler}, {"steps", options.steps},
+                           {"guidance", options.guidance}, {"negative_prompt", options.negative_prompt},
+                           {"grid", base + ".png"}};
+  record["seed"] = options.noise.empty() ? nlohmann::json(options.seed) : nlohmann::json(nullptr);
+  record["noise"] = options.noise.empty() ? nlohmann::json(nullptr) : nlohmann::json(options.noise);
+  for (std::size_t i = 0; i < images.size(); ++i) {
+    char suffix[32];
+    std::snprintf(suffix, sizeof suffix, "_%03zu.png", i);
+    write_png(images[i], stem + suffix);
+    record["images"][base + suffix] = options.prompts[i];
+  }
+  write_png(make_grid(images), options.out);
+  const std::string captions = stem + ".json", temporary = captions + ".tmp";
+  std::FILE* file = std::fopen(temporary.c_str(), "w");
+  const std::string text = record.dump(2);
+  if (!file || std::fputs(text.c_str(), file) < 0 || std::fclose(file) != 0 ||
+      std::rename(temporary.c_str(), captions.c_str()) != 0) {
+    throw UserError("--out: cannot write " + captions);
+  }
+  std::cout << "wrote grid " << options.out << " and " << images.size() << " images beside it (" << base
+            << "_000.png ...), captions " << captions << '\n';
+}
+
+int generate(const Options& options, const Manifest& manifest) {
+  std::vector<std::string> files = {manifest.vocab, manifest.text_encoder.model, manifest.text_encoder.params,
+                                    manifest.vae_decoder.model, manifest.vae_decoder.params};
+  std::unique_ptr<Scheduler> scheduler;
+  try {
+    scheduler = make_scheduler(options.sampler, manifest.scheduler);
+  } catch (const std::runtime_error& error) {
+    throw UserError(manifest.path("manifest.json") + ": " + error.what());
+  }
+  if (options.steps > manifest.num_train_timesteps) {
+    throw UserError("--steps: must be between 1 and " + std::to_string(manifest.num_train_timesteps) +
+                    " (the model's num_train_timesteps), got " + std::to_string(options.steps));
+  }
+  std::vector<int> timesteps;
+  try {
+    timesteps = scheduler->timesteps(options.steps);
+  } catch (const std::runtime_error& error) {
+    throw UserError(manifest.path("manifest.json") + ": " + error.what());
+  }
+  for (int t : timesteps) {
+    const ProgramFiles& expert = manifest.experts[manifest.expert_for_timestep(t)];
+    files.push_back(expert.model);
+    files.push_back(expert.params);
+  }
+  verify_files(manifest, files, options.verify_checksums);
+  const Tokenizer tokenizer(manifest.tokenizer);
+
+  GenerationRequest request;
+  for (std::size_t i = 0; i < options.prompts.size(); ++i) {
+    request.prompts.push_back(decode_prompt(prompt_flag(options, i), options.prompts[i]));
+    check_not_empty(prompt_flag(options, i), request.prompts.back());
+  }
+  request.negative_prompt = decode_prompt("--negative-prompt", options.negative_prompt);
+  request.steps = options.steps;
+  request.guidance = static_cast<float>(options.guidance);
+  const std::vector<std::int64_t> shape = {static_cast<std::int64_t>(request.prompts.size()), manifest.latent_channels,
+                                           manifest.latent_height, manifest.latent_width};
+  request.noise = options.noise.empty() ? generate_noise(options.seed, shape[0] * shape[1] * shape[2] * shape[3])
+                                        : read_noise(options.noise, shape);
+
+  const auto load_start = std::chrono::steady_clock::now();
+  EngineOptions engine;
+  engine.threads = options.threads;
+  engine.gpu_id = options.device == "gpu" ? options.gpu_id : -1;
+  engine.cpu_engine = options.engine;
+  Pipeline pipeline(manifest, tokenizer, *scheduler, timesteps, engine);
+  const double load_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - load_start).count();
+
+  // Batches of --batch-size prompts, each with its rows of the noise (as the Python
+  // runner's generate_images does); timings add up over the batches. The first run of each
+  // program includes Paddle's warm-up; --repeat shows the warm timings too.
+  std::vector<RgbImage> images;
+  std::vector<nlohmann::json> timing_lines;
+  const std::size_t row = static_cast<std::size_t>(shape[1] * shape[2] * shape[3]);
+  for (int run = 0; run < options.repeat; ++run) {
+    Timing timing;
+    timing.step_ms.assign(timesteps.size(), 0.0);
+    images.clear();
+    for (std::size_t first = 0; first < request.prompts.size(); first += options.batch_size) {
+      const std::size_t last = std::min(request.prompts.size(), first + options.batch_size);
+      GenerationRequest batch = request;
+      batch.prompts.assign(request.prompts.begin() + first, request.prompts.begin() + last);
+      batch.noise.assign(request.noise.begin() + first * row, request.noise.begin() + last * row);
+      Timing part;
+      for (RgbImage& image : pipeline.generate(batch, &part)) images.push_back(std::move(image));
+      timing.text_encoder_ms += part.text_encoder_ms;
+      timing.decoder_ms += part.decoder_ms;
+      timing.total_ms += part.total_ms;
+      for (std::size_t i = 0; i < part.step_ms.size(); ++i) timing.step_ms[i] += part.step_ms[i];
+    }
+    timing_lines.push_back({{"load_ms", load_ms},          {"text_encoder_ms", timing.text_encoder_ms},
+                            {"step_ms", timing.step_ms},   {"decoder_ms", timing.decoder_ms},
+                            {"total_ms", timing.total_ms}, {"batch", request.prompts.size()},
+                            {"steps", options.steps},      {"run", run + 1}});
+  }
+  save_images(options, images);
+  if (options.timing) {
+    for (const nlohmann::json& line : timing_lines) std::cout << line.dump() << '\n';
+    std::cout << std::flush;
+  }
+  return 0;
+}
+
+int run(int argc, char** argv) {
+  const Options options = parse_args(argc, argv);
+  if (options.version) {
+    std::cout << "ernie_vilg2_infer: " << paddle_description() << ", tokenizer tables Unicode " << unicode_version()
+              << '\n';
+    return 0;
+  }
+  const Manifest manifest = load_manifest(options.model);
+  return options.tokenize_only ? tokenize_only(options, manifest) : generate(options, manifest);
+}
+
+}  // namespace
+}  // namespace ernie_vilg2
+
+int main(int argc, char** argv) {
+  try {
+    return ernie_vilg2::run(argc, argv);
+  } catch (const ernie_vilg2::UserError& error) {
+    std::cerr << "error: " << error.what() << std::endl;
+    return 2;
+  } catch (const std::exception& error) {
+    std::cerr << "error: " << error.what() << std::endl;
+    return 1;
+  }
+}

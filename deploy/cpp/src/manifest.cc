@@ -1,0 +1,319 @@
+#include "manifest.h"
+
+#include <openssl/evp.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+#include <nlohmann/json.hpp>
+#include <type_traits>
+
+#include "unicode_text.h"
+
+namespace ernie_vilg2 {
+namespace {
+
+using nlohmann::json;
+
+constexpr const char* kFormat = "ernie-vilg2-inference";
+constexpr int kFormatVersion = 1;
+
+// Python's json module writes the non-standard literals NaN, Infinity and -Infinity (a
+// DPM-Solver++ config holds lambda_min_clipped = -inf); they become null before parsing.
+std::string python_literals_to_null(const std::string& text) {
+  std::string out;
+  out.reserve(text.size());
+  bool in_string = false;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      out += c;
+      if (c == '\\' && i + 1 < text.size()) {
+        out += text[++i];
+      } else if (c == '"') {
+        in_string = false;
+      }
+      continue;
+    }
+    if (c == '"') in_string = true;
+    bool replaced = false;
+    for (const char* literal : {"-Infinity", "Infinity", "NaN"}) {
+      const std::size_t length = std::char_traits<char>::length(literal);
+      if (text.compare(i, length, literal) == 0) {
+        out += "null";
+        i += length - 1;
+        replaced = true;
+        break;
+      }
+    }
+    if (!replaced) out += c;
+  }
+  return out;
+}
+
+bool is_directory(const std::string& path) {
+  struct stat info {};
+  return stat(path.c_str(), &info) == 0 && S_ISDIR(info.st_mode);
+}
+
+// Typed access to manifest fields; errors name the field by its dotted path.
+class Fields {
+ public:
+  explicit Fields(std::string file) : file_(std::move(file)) {}
+
+  [[noreturn]] void fail(const std::string& field, const std::string& reason) const {
+    throw UserError(file_ + ": field '" + field + "': " + reason);
+  }
+  const json& at(const json& parent, const std::string& key, const std::string& field) const {
+    if (!parent.is_object() || !parent.contains(key)) fail(field, "missing");
+    return parent.at(key);
+  }
+  const json& object(const json& parent, const std::string& key, const std::string& field) const {
+    const json& value = at(parent, key, field);
+    if (!value.is_object()) fail(field, "expected an object");
+    return value;
+  }
+  int integer(const json& parent, const std::string& key, const std::string& field, int minimum) const {
+    const json& value = at(parent, key, field);
+    if (!value.is_number_integer()) fail(field, "expected an integer");
+    const auto number = value.get<std::int64_t>();
+    if (number < minimum || number > 1000000000) fail(field, "must be >= " + std::to_string(minimum));
+    return static_cast<int>(number);
+  }
+  double number(const json& parent, const std::string& key, const std::string& field) const {
+    const json& value = at(parent, key, field);
+    if (!value.is_number()) fail(field, "expected a number");
+    return value.get<double>();
+  }
+  std::string string(const json& parent, const std::string& key, const std::string& field) const {
+    const json& value = at(parent, key, field);
+    if (!value.is_string()) fail(field, "expected a string");
+    return value.get<std::string>();
+  }
+  bool boolean(const json& parent, const std::string& key, const std::string& field) const {
+    const json& value = at(parent, key, field);
+    if (!value.is_boolean()) fail(field, "expected true or false");
+    return value.get<bool>();
+  }
+  // A relative path inside the export folder.
+  std::string relative_path(const json& parent, const std::string& key, const std::string& field) const {
+    std::string path = string(parent, key, field);
+    if (path.empty() || path[0] == '/' || path.find("..") != std::string::npos) {
+      fail(field, "expected a path inside the export folder, got '" + path + "'");
+    }
+    return path;
+  }
+  ProgramFiles program(const json& value, const std::string& field) const {
+    if (!value.is_object()) fail(field, "expected an object");
+    return {relative_path(value, "model", field + ".model"), relative_path(value, "params", field + ".params")};
+  }
+  ProgramFiles program(const json& parent, const std::string& key, const std::string& field) const {
+    return program(at(parent, key, field), field);
+  }
+
+ private:
+  std::string file_;
+};
+
+// Optional scheduler keys keep ppdiffusers' defaults when absent; null counts as absent.
+template <typename T>
+void optional_field(const json& scheduler, const char* key, const Fields& fields, T* target) {
+  if (!scheduler.contains(key) || scheduler.at(key).is_null()) return;
+  const std::string field = std::string("scheduler.") + key;
+  if constexpr (std::is_same_v<T, int>) {
+    *target = fields.integer(scheduler, key, field, 0);
+  } else if constexpr (std::is_same_v<T, bool>) {
+    *target = fields.boolean(scheduler, key, field);
+  } else if constexpr (std::is_same_v<T, double>) {
+    *target = fields.number(scheduler, key, field);
+  } else {
+    *target = fields.string(scheduler, key, field);
+  }
+}
+
+SchedulerConfig read_scheduler(const json& scheduler, const Fields& fields) {
+  SchedulerConfig config;
+  optional_field(scheduler, "num_train_timesteps", fields, &config.num_train_timesteps);
+  optional_field(scheduler, "beta_start", fields, &config.beta_start);
+  optional_field(scheduler, "beta_end", fields, &config.beta_end);
+  optional_field(scheduler, "beta_schedule", fields, &config.beta_schedule);
+  optional_field(scheduler, "steps_offset", fields, &config.steps_offset);
+  optional_field(scheduler, "prediction_type", fields, &config.prediction_type);
+  optional_field(scheduler, "timestep_spacing", fields, &config.timestep_spacing);
+  optional_field(scheduler, "solver_type", fields, &config.solver_type);
+  optional_field(scheduler, "lower_order_final", fields, &config.lower_order_final);
+  optional_field(scheduler, "euler_at_final", fields, &config.euler_at_final);
+  auto is_set = [&](const char* key) {
+    return scheduler.contains(key) && !scheduler.at(key).is_null() && scheduler.at(key) != false;
+  };
+  // Settings that change the arithmetic and that this runner does not implement. (Python's
+  // json writes lambda_min_clipped = -inf as -Infinity, read here as null: the default.)
+  for (const char* key : {"trained_betas", "rescale_betas_zero_snr", "thresholding"}) {
+    if (is_set(key)) fields.fail(std::string("scheduler.") + key, "is set, which the C++ runner does not support");
+  }
+  for (const char* key : {"use_karras_sigmas", "use_lu_lambdas", "variance_type", "lambda_min_clipped"}) {
+    if (is_set(key)) config.unsupported_by_dpm.push_back(key);
+  }
+  return config;
+}
+
+TokenizerConfig read_tokenizer(const json& section, const Fields& fields) {
+  TokenizerConfig config;
+  config.max_length = fields.integer(section, "max_length", "tokenizer.max_length", 2);
+  config.do_lower_case = fields.boolean(section, "do_lower_case", "tokenizer.do_lower_case");
+  config.unk_token = fields.string(section, "unk_token", "tokenizer.unk_token");
+  config.cls_token = fields.string(section, "cls_token", "tokenizer.cls_token");
+  config.sep_token = fields.string(section, "sep_token", "tokenizer.sep_token");
+  config.pad_token = fields.string(section, "pad_token", "tokenizer.pad_token");
+  const json& never_split = fields.at(section, "never_split", "tokenizer.never_split");
+  if (!never_split.is_array()) fields.fail("tokenizer.never_split", "expected a list of strings");
+  for (const json& token : never_split) {
+    if (!token.is_string() || token.get<std::string>().empty()) {
+      fields.fail("tokenizer.never_split", "expected a list of non-empty strings");
+    }
+    config.never_split.push_back(token.get<std::string>());
+  }
+  const json& normalization = fields.object(section, "normalization", "tokenizer.normalization");
+  for (const auto& [key, value] : normalization.items()) {
+    std::u32string from, to;
+    std::size_t bad = 0;
+    if (!value.is_string() || !decode_utf8(key, &from, &bad) || !decode_utf8(value.get<std::string>(), &to, &bad) ||
+        from.size() != 1 || to.size() != 1) {
+      fields.fail("tokenizer.normalization", "expected a map of one character to one character");
+    }
+    config.normalization[from[0]] = to[0];
+  }
+  return config;
+}
+
+std::string sha256_hex(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  EVP_MD_CTX* context = EVP_MD_CTX_new();
+  EVP_DigestInit_ex(context, EVP_sha256(), nullptr);
+  std::vector<char> block(1 << 20);
+  while (in) {
+    in.read(block.data(), static_cast<std::streamsize>(block.size()));
+    EVP_DigestUpdate(context, block.data(), static_cast<std::size_t>(in.gcount()));
+  }
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  EVP_DigestFinal_ex(context, digest, &length);
+  EVP_MD_CTX_free(context);
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string hex;
+  for (unsigned int i = 0; i < length; ++i) {
+    hex += kHex[digest[i] >> 4];
+    hex += kHex[digest[i] & 15];
+  }
+  return hex;
+}
+
+}  // namespace
+
+int Manifest::expert_for_timestep(int t) const {
+  const int clamped = std::min(std::max(t, 0), num_train_timesteps - 1);
+  return static_cast<int>(static_cast<std::int64_t>(clamped) * num_experts / num_train_timesteps);
+}
+
+Manifest load_manifest(const std::string& folder) {
+  if (!is_directory(folder)) throw UserError("--model: export folder not found: " + folder);
+  const std::string file = folder + "/manifest.json";
+  std::ifstream in(file, std::ios::binary);
+  if (!in) {
+    throw UserError(file + ": not found (is " + folder + " an export folder? tools/export_model.py writes one)");
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+  json root;
+  try {
+    root = json::parse(python_literals_to_null(text.str()));
+  } catch (const json::parse_error& error) {
+    throw UserError(file + ": not valid JSON (byte " + std::to_string(error.byte) + ")");
+  }
+  const Fields fields(file);
+  if (!root.is_object()) throw UserError(file + ": expected a JSON object");
+  if (fields.string(root, "format", "format") != kFormat) {
+    fields.fail("format", std::string("expected '") + kFormat + "' (not an ERNIE-ViLG 2.0 export)");
+  }
+  const int version = fields.integer(root, "format_version", "format_version", 0);
+  if (version != kFormatVersion) {
+    fields.fail("format_version", std::to_string(version) + " is not supported by this runner (it reads version " +
+                                      std::to_string(kFormatVersion) + ")");
+  }
+
+  Manifest manifest;
+  manifest.folder = folder;
+  const json& latent = fields.object(root, "latent", "latent");
+  manifest.latent_channels = fields.integer(latent, "channels", "latent.channels", 1);
+  manifest.latent_height = fields.integer(latent, "height", "latent.height", 1);
+  manifest.latent_width = fields.integer(latent, "width", "latent.width", 1);
+  manifest.scaling_factor = fields.number(latent, "scaling_factor", "latent.scaling_factor");
+  if (!(manifest.scaling_factor > 0)) fields.fail("latent.scaling_factor", "must be > 0");
+  const json& router = fields.object(root, "router", "router");
+  manifest.num_experts = fields.integer(router, "num_experts", "router.num_experts", 1);
+  manifest.num_train_timesteps = fields.integer(router, "num_train_timesteps", "router.num_train_timesteps", 1);
+
+  manifest.scheduler = read_scheduler(fields.object(root, "scheduler", "scheduler"), fields);
+  if (manifest.scheduler.num_train_timesteps != manifest.num_train_timesteps) {
+    fields.fail("scheduler.num_train_timesteps", "differs from router.num_train_timesteps");
+  }
+  const json& tokenizer = fields.object(root, "tokenizer", "tokenizer");
+  manifest.vocab = fields.relative_path(tokenizer, "vocab", "tokenizer.vocab");
+  manifest.tokenizer = read_tokenizer(tokenizer, fields);
+  manifest.tokenizer.vocab_file = manifest.path(manifest.vocab);
+
+  const json& programs = fields.object(root, "programs", "programs");
+  manifest.text_encoder = fields.program(programs, "text_encoder", "programs.text_encoder");
+  manifest.vae_decoder = fields.program(programs, "vae_decoder", "programs.vae_decoder");
+  const json& experts = fields.at(programs, "experts", "programs.experts");
+  if (!experts.is_array() || static_cast<int>(experts.size()) != manifest.num_experts) {
+    fields.fail("programs.experts", "expected a list of router.num_experts (" + std::to_string(manifest.num_experts) +
+                                        ") programs");
+  }
+  const int stage = manifest.num_train_timesteps / manifest.num_experts;
+  for (int i = 0; i < manifest.num_experts; ++i) {
+    const std::string field = "programs.experts[" + std::to_string(i) + "]";
+    manifest.experts.push_back(fields.program(experts[i], field));
+    if (experts[i].contains("timesteps")) {  // must agree with the router
+      const json& range = experts[i].at("timesteps");
+      if (!range.is_array() || range.size() != 2 || range[0] != i * stage || range[1] != (i + 1) * stage) {
+        fields.fail(field + ".timesteps", "expected [" + std::to_string(i * stage) + ", " +
+                                              std::to_string((i + 1) * stage) + "] (t * N // T routing)");
+      }
+    }
+  }
+
+  const json& files = fields.object(root, "files", "files");
+  for (const auto& [name, record] : files.items()) {
+    FileRecord entry;
+    entry.size = record.is_object() && record.contains("size") && record.at("size").is_number_integer()
+                     ? record.at("size").get<std::int64_t>()
+                     : -1;
+    if (entry.size < 0) fields.fail("files." + name + ".size", "expected a size in bytes");
+    if (record.contains("sha256") && record.at("sha256").is_string()) entry.sha256 = record.at("sha256");
+    manifest.files[name] = entry;
+  }
+  return manifest;
+}
+
+void verify_files(const Manifest& manifest, const std::vector<std::string>& names, bool sha256) {
+  for (const std::string& name : names) {
+    const std::string path = manifest.path(name);
+    struct stat info {};
+    if (stat(path.c_str(), &info) != 0 || !S_ISREG(info.st_mode)) throw UserError(path + ": file not found");
+    auto record = manifest.files.find(name);
+    if (record == manifest.files.end()) {
+      throw UserError(manifest.path("manifest.json") + ": field 'files': has no record of " + name);
+    }
+    if (info.st_size != record->second.size) {
+      throw UserError(path + ": damaged (expected " + std::to_string(record->second.size) + " bytes, found " +
+                      std::to_string(info.st_size) + ")");
+    }
+    if (sha256 && !record->second.sha256.empty() && sha256_hex(path) != record->second.sha256) {
+      throw UserError(path + ": damaged (SHA-256 checksum does not match the one written with it)");
+    }
+  }
+}
+
+}  // namespace ernie_vilg2

@@ -1,0 +1,50 @@
+// The export folder's manifest.json (the contract in deploy/README.md): read, check, and
+// verify the files it lists.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "errors.h"
+#include "scheduler.h"
+#include "tokenizer.h"
+
+namespace ernie_vilg2 {
+
+struct ProgramFiles {
+  std::string model;   // path relative to the export folder
+  std::string params;
+};
+
+struct FileRecord {
+  std::int64_t size = -1;
+  std::string sha256;  // empty when not recorded
+};
+
+struct Manifest {
+  std::string folder;
+  int latent_channels = 0, latent_height = 0, latent_width = 0;
+  double scaling_factor = 1.0;
+  int num_experts = 0, num_train_timesteps = 0;
+  SchedulerConfig scheduler;
+  std::string vocab;          // tokenizer vocab, relative to the folder
+  TokenizerConfig tokenizer;  // its vocab_file is path(vocab)
+  ProgramFiles text_encoder, vae_decoder;
+  std::vector<ProgramFiles> experts;  // expert i runs timesteps [i T / N, (i + 1) T / N)
+  std::map<std::string, FileRecord> files;
+
+  std::string path(const std::string& relative) const { return folder + "/" + relative; }
+  // The router: expert = min(max(t, 0), T - 1) * N // T.
+  int expert_for_timestep(int t) const;
+};
+
+// Reads FOLDER/manifest.json; throws UserError ("--model: ...", "FOLDER/manifest.json: ...").
+Manifest load_manifest(const std::string& folder);
+
+// Checks the sizes (and with `sha256`, the SHA-256 sums) that the manifest records for
+// the files `names` (paths relative to the folder); throws UserError naming the file.
+void verify_files(const Manifest& manifest, const std::vector<std::string>& names, bool sha256);
+
+}  // namespace ernie_vilg2

@@ -1,0 +1,149 @@
+"""The export folder's manifest (``manifest.json``): write, read and validate it.
+
+The manifest makes an export folder self-describing: the runners (Python and C++) need
+nothing else. Its layout is specified in deploy/README.md. Every other file of the folder
+is recorded with its size and SHA-256 (:func:`ernie_vilg2.utils.integrity.describe_files`)
+and checked when the folder is opened, so a missing, truncated or tampered file is
+reported by name before Paddle Inference sees it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, Mapping
+
+from ..utils.integrity import DamagedFileError, describe_files, verify_files
+from ..utils.io import atomic_write_text
+
+FORMAT = "ernie-vilg2-inference"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+VERIFY_MODES = ("sha256", "size")
+
+__all__ = [
+    "DamagedFileError",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "MANIFEST_NAME",
+    "ManifestError",
+    "VERIFY_MODES",
+    "read_manifest",
+    "write_manifest",
+]
+
+# field path -> accepted type(s); checked on load so that a hand-edited or foreign manifest
+# fails with the field's name instead of a KeyError deep in the runner.
+_REQUIRED = {
+    "image.height": int,
+    "image.width": int,
+    "latent.channels": int,
+    "latent.height": int,
+    "latent.width": int,
+    "latent.scaling_factor": (int, float),
+    "router.num_experts": int,
+    "router.num_train_timesteps": int,
+    "scheduler": dict,
+    "tokenizer.vocab": str,
+    "tokenizer.max_length": int,
+    "tokenizer.do_lower_case": bool,
+    "tokenizer.unk_token": str,
+    "tokenizer.cls_token": str,
+    "tokenizer.sep_token": str,
+    "tokenizer.pad_token": str,
+    "tokenizer.never_split": list,
+    "tokenizer.normalization": dict,
+    "programs.text_encoder.model": str,
+    "programs.text_encoder.params": str,
+    "programs.experts": list,
+    "programs.vae_decoder.model": str,
+    "programs.vae_decoder.params": str,
+    "files": dict,
+}
+
+
+class ManifestError(ValueError):
+    """The manifest is unreadable, from another format version, or a field is missing or
+    wrong. ``str()`` is one line naming the file and the field."""
+
+
+def write_manifest(folder: str, manifest: Mapping[str, Any]) -> Dict[str, Any]:
+    """Record size and SHA-256 of every file under ``folder`` in ``manifest["files"]`` and
+    write ``folder/manifest.json`` (atomically). Returns the written manifest."""
+    names = sorted(
+        os.path.relpath(os.path.join(root, f), folder).replace(os.sep, "/")
+        for root, _, files in os.walk(folder)
+        for f in files
+    )
+    names = [n for n in names if n != MANIFEST_NAME]
+    record = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest}
+    record["files"] = describe_files(folder, names)
+    atomic_write_text(os.path.join(folder, MANIFEST_NAME), json.dumps(record, ensure_ascii=False, indent=2) + "\n")
+    return record
+
+
+def _field(manifest: Mapping, path: str):
+    value: Any = manifest
+    for key in path.split("."):
+        if not isinstance(value, Mapping) or key not in value:
+            raise KeyError(path)
+        value = value[key]
+    return value
+
+
+def read_manifest(folder: str, verify: str = "sha256") -> Dict[str, Any]:
+    """Load and validate ``folder/manifest.json`` and check the folder's files against it.
+
+    ``verify="sha256"`` (default) hashes every file (a tiny 10-expert export: well under a
+    second; a real one: tens of seconds per 10 GB); ``"size"`` compares sizes only, which
+    still catches missing and truncated files. Raises ``FileNotFoundError`` (no folder, no
+    manifest), :class:`ManifestError` (bad JSON, other format or version, missing field)
+    or :class:`~ernie_vilg2.utils.integrity.DamagedFileError` (a file missing, truncated
+    or changed), each with a one-line message naming the file or field.
+    """
+    if verify not in VERIFY_MODES:
+        raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"export folder not found: {folder}")
+    path = os.path.join(folder, MANIFEST_NAME)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no manifest (not an export folder; make one with tools/export_model.py)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise ManifestError(f"{path}: expected a JSON object")
+    if manifest.get("format") != FORMAT:
+        raise ManifestError(f"{path}: field 'format': expected {FORMAT!r}, got {manifest.get('format')!r}")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ManifestError(
+            f"{path}: field 'format_version': this runner reads version {FORMAT_VERSION}, "
+            f"the export is version {version!r} (re-export with this version's tools/export_model.py)"
+        )
+    for name, kind in _REQUIRED.items():
+        try:
+            value = _field(manifest, name)
+        except KeyError:
+            raise ManifestError(f"{path}: field {name!r} is missing") from None
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ManifestError(f"{path}: field {name!r} has the wrong type ({type(value).__name__})")
+    for name in manifest["files"]:
+        parts = name.split("/")
+        if os.path.isabs(name) or ".." in parts or not all(parts):
+            raise ManifestError(f"{path}: field 'files': {name!r} is not a path inside the export folder")
+    experts = manifest["programs"]["experts"]
+    n = manifest["router"]["num_experts"]
+    if len(experts) != n:
+        raise ManifestError(f"{path}: field 'programs.experts' lists {len(experts)} experts, router.num_experts is {n}")
+    for i, expert in enumerate(experts):
+        if not (isinstance(expert, dict) and isinstance(expert.get("model"), str) and isinstance(expert.get("params"), str)):
+            raise ManifestError(f"{path}: field 'programs.experts[{i}]' needs 'model' and 'params' paths")
+    programs = [manifest["programs"]["text_encoder"], *experts, manifest["programs"]["vae_decoder"]]
+    listed = [p[k] for p in programs for k in ("model", "params")] + [manifest["tokenizer"]["vocab"]]
+    for name in listed:
+        if name not in manifest["files"]:
+            raise ManifestError(f"{path}: field 'files' has no record of {name}")
+    verify_files(folder, manifest["files"], checksum=verify == "sha256")
+    return manifest

@@ -1,0 +1,74 @@
+"""Export a saved ERNIE-ViLG 2.0 pipeline folder to Paddle Inference programs.
+
+    python tools/export_model.py --model output/tiny/experts --out output/tiny/export
+    python tools/export_model.py --model DIR --out DIR --height 64 --width 64 --overwrite
+
+Writes the text encoder, every expert U-Net and the VAE decoder as PIR programs
+(inference.json + inference.pdiparams), the tokenizer vocab and manifest.json with the
+router, scheduler, sizes and a SHA-256 of every file (layout: deploy/README.md). The
+folder is written beside --out and renamed when complete; experts are exported one at a
+time. Run the result with deploy/python/infer.py or the C++ runner.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+
+os.environ.setdefault("GLOG_minloglevel", "2")
+
+
+def fail(message: str) -> "NoReturn":
+    """One line on stderr and exit status 2 (as argparse does for a bad argument)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--model", required=True, help="saved pipeline folder (with model_index.json)")
+    p.add_argument("--out", required=True, help="export folder to write")
+    p.add_argument("--height", type=int, help="image height the programs are fixed to (default: the model's)")
+    p.add_argument("--width", type=int, help="image width the programs are fixed to (default: the model's)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not os.path.isdir(args.model):
+        fail(f"--model: model folder not found: {args.model}")
+    if os.path.exists(args.out) and not args.overwrite:
+        fail(f"--out: {args.out} already exists (pass --overwrite to replace it)")
+
+    from ernie_vilg2.cli_utils import quiet_third_party_logs
+
+    quiet_third_party_logs()
+    from ernie_vilg2.deploy.export import export_pipeline
+
+    started = time.time()
+    try:
+        manifest = export_pipeline(args.model, args.out, height=args.height, width=args.width,
+                                   overwrite=args.overwrite)
+    except ValueError as exc:  # ExportError, DamagedFileError, bad N/T: they name the file or field
+        fail(str(exc))
+    except FileNotFoundError as exc:
+        fail(f"--model: {exc}")
+    except FileExistsError as exc:
+        fail(f"--out: {exc}")
+    size = sum(record["size"] for record in manifest["files"].values())
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    image = manifest["image"]
+    n = manifest["router"]["num_experts"]
+    print(f"wrote {args.out}: text encoder, {n} expert{'s' if n > 1 else ''}, VAE decoder "
+          f"({image['height']}x{image['width']} px, dynamic batch; {size / 2**20:.1f} MiB) "
+          f"in {time.time() - started:.1f} s, peak RSS {peak:.0f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
