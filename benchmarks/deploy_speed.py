@@ -11,6 +11,7 @@ batch 1 and 8 (classifier-free guidance on, so the U-Net sees 2x the batch):
   openvino    the same with Paddle's OpenVINO engine (--openvino; CPU wheel)
   cpp         deploy/cpp/build/ernie_vilg2_infer --timing (or --cpp BINARY); skipped with a
               note when the binary is absent
+  cpp-onednn  the same with --engine onednn
 
 Each measurement runs in its own process (so peak RSS is that runner's alone, imports
 included), variants interleaved A B C A B C over --rounds. Step time: median time between
@@ -166,7 +167,7 @@ def main(argv=None):
         variants = ["dynamic", "python", "onednn"] + (["openvino"] if args.openvino else [])
         cpp = args.cpp if args.cpp and os.path.isfile(args.cpp) and os.access(args.cpp, os.X_OK) else None
         if cpp:
-            variants.append("cpp")
+            variants += ["cpp", "cpp-onednn"]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "GLOG_minloglevel": "2",
                "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
         cells = [(n, b) for n in args.experts for b in args.batches]
@@ -181,8 +182,9 @@ def main(argv=None):
                     np.save(noise_file, np.random.default_rng(0).standard_normal(shape).astype("float32"))
                 for variant in variants:
                     images = os.path.join(workdir, f"images-{variant}-n{n}-b{batch}.npy")
-                    if variant == "cpp":
-                        record = run_cpp(cpp, folders[n][1], batch, args, noise_file, images, env)
+                    if variant.startswith("cpp"):
+                        engine = "onednn" if variant == "cpp-onednn" else "paddle"
+                        record = run_cpp(cpp, folders[n][1], batch, args, noise_file, images, env, engine)
                     else:
                         folder = folders[n][0] if variant == "dynamic" else folders[n][1]
                         command = [sys.executable, os.path.abspath(__file__), "--worker", variant, folder, str(batch),
@@ -202,29 +204,28 @@ def main(argv=None):
     return 0
 
 
-def run_cpp(binary, export_dir, batch, args, noise_file, images_file, env):
-    """The C++ runner, --repeats runs (each loads the programs; its --timing excludes loading)."""
+def run_cpp(binary, export_dir, batch, args, noise_file, images_file, env, engine="paddle"):
+    """The C++ runner as the Python workers are timed: one process, a warm-up run (every
+    predictor's first run) then --repeats timed runs (``--repeat``; its --timing excludes loading)."""
     import numpy as np
     from PIL import Image
 
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(batch)]
-    steps, images, rss = [], [], 0.0
-    out_png = os.path.join(os.path.dirname(images_file), f"cpp-b{batch}.png")
+    out_png = os.path.join(os.path.dirname(images_file), f"cpp-{engine}-b{batch}.png")
     command = [binary, "--model", export_dir, *[a for p in prompts for a in ("--prompt", p)], "--noise", noise_file,
                "--steps", str(args.steps), "--sampler", args.sampler, "--guidance", "2.1", "--batch-size", str(batch),
-               "--threads", str(args.threads), "--out", out_png, "--timing"]
-    for _ in range(args.repeats + 1):  # the first run warms the page cache, as the Python warm-up call
-        out, err, code, peak = run_measured(command, env)
-        if code != 0:
-            raise SystemExit(f"error: C++ runner failed:\n{err[-2000:]}")
-        timing = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
-        steps += timing["step_ms"][1:]
-        images.append(timing["total_ms"] / batch)
-        rss = max(rss, peak)
+               "--threads", str(args.threads), "--engine", engine, "--out", out_png, "--timing",
+               "--repeat", str(args.repeats + 1)]
+    out, err, code, rss = run_measured(command, env)
+    if code != 0:
+        raise SystemExit(f"error: C++ runner failed:\n{err[-2000:]}")
+    timings = [json.loads(line) for line in out.splitlines() if line.startswith("{")][1:]  # warm-up dropped
+    steps = [ms for t in timings for ms in t["step_ms"][1:]]
+    images = [t["total_ms"] / batch for t in timings]
     stem = os.path.splitext(out_png)[0]
     singles = [f"{stem}_{i:03d}.png" for i in range(batch)] if batch > 1 else [out_png]
     np.save(images_file, np.stack([np.asarray(Image.open(p).convert("RGB")) for p in singles]))
-    return {"step_ms": statistics.median(steps), "image_ms": statistics.median(images[1:]), "rss": rss}
+    return {"step_ms": statistics.median(steps), "image_ms": statistics.median(images), "rss": rss}
 
 
 def print_table(args, cells, variants, results, workdir, cpp):
