@@ -27,3 +27,14 @@ def test_other_apostrophes_become_ascii_without_unk():
         text = f"the corgi{apostrophe}s hat"
         assert normalize_text(text) == "the corgi's hat"
         assert (tokenize(tok, [text], 16) == ascii_).all()
+
+
+def test_fresh_tokenizer_equals_the_saved_and_loaded_one(tmp_path):
+    from paddlenlp.transformers import ErnieTokenizer
+
+    fresh = build_tokenizer(max_length=16)
+    fresh.save_pretrained(str(tmp_path))
+    loaded = ErnieTokenizer.from_pretrained(str(tmp_path))
+    prompts = ["[CLS]x [MASK] [n]猫 [SEP]", "a [PAD] b [UNK]", "红苹果在猫脸的左边"]
+    assert len(fresh) == len(loaded)
+    assert (tokenize(fresh, prompts, 16) == tokenize(loaded, prompts, 16)).all()

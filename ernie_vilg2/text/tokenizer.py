@@ -53,6 +53,10 @@ def build_tokenizer(vocab_file: Optional[str] = None, max_length: int = 32):
         raise FileNotFoundError(f"model.text_encoder.vocab_file: no such file: {vocab_file}")
     tokenizer = ErnieTokenizer(vocab_file=vocab_file, model_max_length=max_length)
     add_pos_tokens(tokenizer)
+    # A tokenizer loaded from a saved pipeline never splits its special tokens ("[CLS]" typed
+    # in a prompt is the token [CLS]); a fresh one would split it into "[ cl ##s ]". Same rule
+    # here, so training tokenizes exactly as sampling and the exported runners do.
+    tokenizer.add_tokens(list(tokenizer.all_special_tokens), special_tokens=True)
     return tokenizer
 
 
