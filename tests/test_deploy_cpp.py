@@ -199,6 +199,7 @@ def test_cpp_images_match_the_python_runner(cpp_runner, tiny_export, tmp_path, s
     ("ddim", {"timestep_spacing": "trailing"}),
     ("dpm", {"timestep_spacing": "leading", "steps_offset": 1}),
     ("dpm", "saved DPM-Solver++"),  # its config has lambda_min_clipped -inf: -Infinity in the JSON
+    ("ddim", "saved DPM-Solver++"),  # another class's config: only its noise schedule is used
 ])
 def test_cpp_follows_the_manifest_scheduler_config(cpp_runner, tiny_export, tmp_path, sampler, scheduler):
     """Other scheduler configs (exports of pipelines saved with other schedulers): the C++
@@ -210,7 +211,8 @@ def test_cpp_follows_the_manifest_scheduler_config(cpp_runner, tiny_export, tmp_
     shutil.copytree(tiny_export[1], folder)
     manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     if scheduler == "saved DPM-Solver++":
-        manifest["scheduler"] = dict(build_sampler("dpm", manifest["scheduler"]).config)
+        manifest["scheduler"] = {**build_sampler("dpm", manifest["scheduler"]).config,
+                                 "_class_name": "DPMSolverMultistepScheduler", "timestep_spacing": "leading"}
     else:
         manifest["scheduler"].update(scheduler)
     (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")

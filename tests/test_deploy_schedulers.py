@@ -76,6 +76,17 @@ def test_saved_scheduler_used_as_saved_matches_ppdiffusers(config):
     assert _run_both(None, {**BASE, **config}, 6, seed=2) < 2e-6
 
 
+@pytest.mark.parametrize("saved", ["DDIMScheduler", "DPMSolverMultistepScheduler"])
+@pytest.mark.parametrize("name", ["ddim", "dpm"])
+def test_a_config_saved_by_either_class_gives_build_samplers_sampler(name, saved):
+    # Another class's config gives only its noise schedule; the same class's keeps its settings.
+    config = {**BASE, "_class_name": saved, "timestep_spacing": "trailing", "steps_offset": 1}
+    assert _run_both(name, config, 7, seed=4) < 2e-6
+    ours = build_scheduler(name, config)
+    same = {"ddim": "DDIMScheduler", "dpm": "DPMSolverMultistepScheduler"}[name] == saved
+    assert ours.timestep_spacing == ("trailing" if same else ours.default_spacing)
+
+
 @pytest.mark.parametrize(
     "name,overrides,field",
     [

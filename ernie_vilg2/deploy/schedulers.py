@@ -230,17 +230,24 @@ def max_inference_steps(scheduler) -> int:
 
 
 _SAVED_CLASSES = {"DDIMScheduler": DDIMScheduler, "DPMSolverMultistepScheduler": DPMSolverMultistepScheduler}
+_SAMPLER_CLASS_NAMES = {"ddim": "DDIMScheduler", "dpm": "DPMSolverMultistepScheduler"}
+# = ernie_vilg2.models.factory.NOISE_SCHEDULE_KEYS (that module imports PPDiffusers).
+NOISE_SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                       "prediction_type")
 
 
 def build_scheduler(name: Optional[str], config: Mapping):
     """A sampler from a saved scheduler config (the manifest's ``scheduler``): ``"ddim"`` or
-    ``"dpm"`` with the overrides of :func:`ernie_vilg2.models.factory.build_sampler`, or
-    ``None`` for the saved class with its saved settings."""
+    ``"dpm"`` as :func:`ernie_vilg2.models.factory.build_sampler` builds it (its overrides;
+    from a config of another class only the noise schedule), or ``None`` for the saved class
+    with its saved settings."""
     if name is None:
         saved = config.get("_class_name")
         if saved not in _SAVED_CLASSES:
             raise _config_error("_class_name", saved, ", ".join(_SAVED_CLASSES))
         return _SAVED_CLASSES[saved](config)
+    if config.get("_class_name", _SAMPLER_CLASS_NAMES.get(name)) != _SAMPLER_CLASS_NAMES.get(name):
+        config = {k: config[k] for k in NOISE_SCHEDULE_KEYS if k in config}
     if name == "ddim":
         return DDIMScheduler({**config, "clip_sample": False, "set_alpha_to_one": False})
     if name == "dpm":

@@ -85,15 +85,32 @@ def build_noise_scheduler(cfg: ModelConfig) -> DDPMScheduler:
     return DDPMScheduler(**_schedule_kwargs(cfg))
 
 
+# What a sampler takes from the config of another scheduler class: the noise schedule. Its
+# own settings (timestep_spacing, steps_offset, solver options) keep the sampler's defaults.
+# PPDiffusers does this in memory (``_use_default_values``) but a saved scheduler_config.json
+# loses that record, so without this rule DPM-Solver++ built from a reloaded DDIM config took
+# DDIM's "leading" timesteps, and from the same config in memory "linspace" ones.
+NOISE_SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                       "prediction_type")
+_SAMPLER_CLASSES = {"ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler}
+
+
 def build_sampler(name: str, config: Optional[dict] = None, model_cfg: Optional[ModelConfig] = None):
-    """A sampling scheduler by name, from a saved scheduler config or the model config."""
+    """A sampling scheduler by name, from a saved scheduler config or the model config.
+
+    A config of the same class keeps all its settings; one of another class gives only its
+    noise schedule (:data:`NOISE_SCHEDULE_KEYS`).
+    """
     if name not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {name!r}")
     if config is None:
         config = _schedule_kwargs(model_cfg or ModelConfig())
+    cls = _SAMPLER_CLASSES[name]
+    if config.get("_class_name", cls.__name__) != cls.__name__:
+        config = {k: config[k] for k in NOISE_SCHEDULE_KEYS if k in config}
     if name == "ddim":
-        return DDIMScheduler.from_config(config, clip_sample=False, set_alpha_to_one=False)
-    return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
+        return cls.from_config(config, clip_sample=False, set_alpha_to_one=False)
+    return cls.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
 
 
 def build_pipeline(cfg: ModelConfig, resolution: int, num_experts: int = 1, tokenizer=None, sampler: str = "ddim"):

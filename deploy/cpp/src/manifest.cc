@@ -134,6 +134,7 @@ void optional_field(const json& scheduler, const char* key, const Fields& fields
 
 SchedulerConfig read_scheduler(const json& scheduler, const Fields& fields) {
   SchedulerConfig config;
+  optional_field(scheduler, "_class_name", fields, &config.class_name);
   optional_field(scheduler, "num_train_timesteps", fields, &config.num_train_timesteps);
   optional_field(scheduler, "beta_start", fields, &config.beta_start);
   optional_field(scheduler, "beta_end", fields, &config.beta_end);

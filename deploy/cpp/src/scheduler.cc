@@ -271,9 +271,28 @@ Scheduler::Scheduler(const SchedulerConfig& config) : config_(config) {
   }
 }
 
+namespace {
+
+// The noise schedule alone (ernie_vilg2.models.factory.NOISE_SCHEDULE_KEYS).
+SchedulerConfig noise_schedule_of(const SchedulerConfig& config) {
+  SchedulerConfig schedule;
+  schedule.num_train_timesteps = config.num_train_timesteps;
+  schedule.beta_start = config.beta_start;
+  schedule.beta_end = config.beta_end;
+  schedule.beta_schedule = config.beta_schedule;
+  schedule.prediction_type = config.prediction_type;
+  return schedule;
+}
+
+SchedulerConfig for_class(const SchedulerConfig& config, const std::string& class_name) {
+  return config.class_name.empty() || config.class_name == class_name ? config : noise_schedule_of(config);
+}
+
+}  // namespace
+
 std::unique_ptr<Scheduler> make_scheduler(const std::string& sampler, const SchedulerConfig& config) {
-  if (sampler == "ddim") return std::make_unique<DDIM>(config);
-  if (sampler == "dpm") return std::make_unique<DPMSolverPlusPlus>(config);
+  if (sampler == "ddim") return std::make_unique<DDIM>(for_class(config, "DDIMScheduler"));
+  if (sampler == "dpm") return std::make_unique<DPMSolverPlusPlus>(for_class(config, "DPMSolverMultistepScheduler"));
   throw std::runtime_error("unknown sampler '" + sampler + "' (ddim, dpm)");
 }
 

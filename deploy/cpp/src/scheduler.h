@@ -17,6 +17,7 @@ namespace ernie_vilg2 {
 
 // The scheduler config of the manifest (ppdiffusers names).
 struct SchedulerConfig {
+  std::string class_name;                    // _class_name of the saved scheduler; empty: unknown
   int num_train_timesteps = 1000;
   double beta_start = 0.0001;
   double beta_end = 0.02;
@@ -50,7 +51,9 @@ class Scheduler {
 };
 
 // `sampler` is "ddim" or "dpm"; throws std::runtime_error naming the config field
-// ("scheduler.beta_schedule: ...") for settings this runner does not implement.
+// ("scheduler.beta_schedule: ...") for settings this runner does not implement. As in
+// build_sampler, a config saved by the other scheduler class gives only its noise schedule
+// (num_train_timesteps, betas, prediction_type); the sampler's own settings keep their defaults.
 std::unique_ptr<Scheduler> make_scheduler(const std::string& sampler, const SchedulerConfig& config);
 
 }  // namespace ernie_vilg2
