@@ -1,8 +1,24 @@
-"""Helpers for the command-line tools (tools/*.py): quieter third-party logging."""
+"""Helpers for the command-line tools (tools/*.py, deploy/python/infer.py): one-line errors,
+quieter third-party logging, and the prompt/sampling arguments that tools/generate.py and
+the Paddle Inference runner share (so both take and check the same flags the same way).
+
+Importing this module imports neither Paddle, PPDiffusers nor PaddleNLP.
+"""
 from __future__ import annotations
 
+import argparse
 import logging
+import os
+import re
+import sys
 import warnings
+from typing import Dict, List, NoReturn, Sequence
+
+
+def fail(message: str) -> NoReturn:
+    """One line ``error: ...`` on stderr and exit status 2 (as argparse does for a bad argument)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def quiet_third_party_logs(level: str = "WARNING") -> None:
@@ -17,3 +33,109 @@ def quiet_third_party_logs(level: str = "WARNING") -> None:
     nlp_logger.set_level(level)
     diffusers_logging.set_verbosity(getattr(logging, level))
     diffusers_logging.disable_progress_bar()  # "Loading pipeline components..." on every load
+
+
+# -- the generation arguments of tools/generate.py and deploy/python/infer.py ---------------------
+def add_generation_arguments(p: argparse.ArgumentParser, size_help: str = "default: the model's resolution") -> None:
+    """Prompts, sampling settings and outputs (``--model`` and runner options are the tool's)."""
+    src = p.add_argument_group("prompts (give --prompt and/or --prompt-file)")
+    src.add_argument("--prompt", action="append", default=[], help="a prompt; repeat for several")
+    src.add_argument("--prompt-file", help="a .csv or .tsv/.tab file (with a header row), "
+                                           "else a text file with one prompt per line")
+    src.add_argument("--column", help="CSV/TSV column with the prompts (default: 文本 if present, else Prompt)")
+    src.add_argument("--limit", type=int, help="use only the first N prompts of --prompt-file")
+    p.add_argument("--negative-prompt", default=None, help="negative prompt for all images (default: empty)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial noise (>= 0)")
+    p.add_argument("--steps", type=int, default=25,
+                   help="sampling steps (at most 999 for dpm, 1000 for ddim with the usual T = 1000)")
+    p.add_argument("--guidance", type=float, default=2.1, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--sampler", choices=("ddim", "dpm"), default="dpm", help="ddim or dpm (DPM-Solver++)")
+    p.add_argument("--num-images-per-prompt", type=int, default=1)
+    p.add_argument("--height", type=int, help=f"image height ({size_help})")
+    p.add_argument("--width", type=int, help=f"image width ({size_help})")
+    p.add_argument("--batch-size", type=int, default=4, help="prompts per pipeline call")
+    p.add_argument("--cols", type=int, help="grid columns (default: --num-images-per-prompt if > 1, else square)")
+    p.add_argument("--out", default="samples/grid.png", help="grid PNG path; singles go beside it")
+
+
+def check_generation_arguments(args: argparse.Namespace) -> None:
+    """Refuse impossible values of :func:`add_generation_arguments`' flags, naming the flag."""
+    for flag, value in (("--steps", args.steps), ("--num-images-per-prompt", args.num_images_per_prompt),
+                        ("--batch-size", args.batch_size), ("--limit", args.limit), ("--cols", args.cols)):
+        if value is not None and value < 1:
+            fail(f"{flag} must be >= 1, got {value}")
+    if args.seed < 0:
+        fail(f"--seed must be >= 0, got {args.seed}")
+    if args.guidance < 0:
+        fail(f"--guidance must be >= 0, got {args.guidance}")
+    if not args.out.lower().endswith(".png"):
+        fail(f"--out must be a .png file name, got {args.out}")
+
+
+def collect_prompts(args: argparse.Namespace) -> List[str]:
+    """``--prompt`` values, then those of ``--prompt-file``; errors name the flag."""
+    from .utils.prompts import PromptColumnError, read_prompts
+
+    prompts = list(args.prompt)
+    if args.prompt_file:
+        try:
+            prompts += read_prompts(args.prompt_file, column=args.column, limit=args.limit)
+        except PromptColumnError as exc:
+            fail(f"--column: {exc}")
+        except (FileNotFoundError, ValueError) as exc:
+            fail(f"--prompt-file: {exc}")
+    elif args.column or args.limit:
+        fail("--column/--limit need --prompt-file")
+    if not prompts:
+        fail("no prompt given: use --prompt TEXT or --prompt-file FILE")
+    return prompts
+
+
+# The pipelines' input errors start with the argument's name; the user typed the flag.
+PIPELINE_FLAGS = {"num_inference_steps": "--steps", "guidance_scale": "--guidance", "seed": "--seed",
+                  "num_images_per_prompt": "--num-images-per-prompt", "height": "--height", "width": "--width"}
+
+
+def flag_message(exc: Exception) -> str:
+    """``exc``'s message with a leading pipeline argument name replaced by its flag."""
+    message = str(exc)
+    name = re.match(r"\w+", message)
+    if name and name.group() in PIPELINE_FLAGS:
+        message = PIPELINE_FLAGS[name.group()] + message[name.end():]
+    return message
+
+
+def check_pipeline_inputs(pipe, args: argparse.Namespace) -> None:
+    """``pipe.check_inputs`` with the flags' values, before any work (the sampler's step
+    limit and the model's size are known once it is loaded)."""
+    try:
+        pipe.check_inputs(num_inference_steps=args.steps, guidance_scale=args.guidance, height=args.height,
+                          width=args.width, num_images_per_prompt=args.num_images_per_prompt, seed=args.seed)
+    except ValueError as exc:
+        fail(flag_message(exc))
+
+
+def generate_and_save(pipe, prompts: Sequence[str], args: argparse.Namespace, metadata: Dict, **call_kwargs) -> List:
+    """``generate_images`` with the flags' settings, then the grid, the single images and the
+    captions JSON at ``--out`` (reported on stdout). Returns the images."""
+    from .pipelines.generation import generate_images, save_generation
+
+    try:
+        images = generate_images(
+            pipe, prompts, batch_size=args.batch_size, seed=args.seed,
+            num_images_per_prompt=args.num_images_per_prompt, negative_prompt=args.negative_prompt,
+            num_inference_steps=args.steps, guidance_scale=args.guidance, height=args.height, width=args.width,
+            **call_kwargs,
+        )
+    except (ValueError, TypeError) as exc:  # the pipeline's input checks name the argument
+        fail(flag_message(exc))
+    captions = [p for p in prompts for _ in range(args.num_images_per_prompt)]
+    cols = args.cols or (args.num_images_per_prompt if args.num_images_per_prompt > 1 else None)
+    meta = {"model": os.path.abspath(args.model), **metadata, "sampler": args.sampler, "steps": args.steps,
+            "guidance": args.guidance, "seed": args.seed, "negative_prompt": args.negative_prompt}
+    written = save_generation(images, captions, args.out, cols=cols, metadata=meta)
+    print(f"wrote grid {written['grid']}")
+    print(f"wrote {len(written['images'])} images to {os.path.dirname(written['grid'])} "
+          f"({os.path.basename(written['images'][0])} ...)")
+    print(f"wrote captions {written['captions']}")
+    return images

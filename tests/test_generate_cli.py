@@ -116,7 +116,7 @@ def test_generate_errors_name_the_flag(tiny_pipeline_dir, tmp_path, args, expect
     names = dict(missing=str(tmp_path / "nope"), model=tiny_pipeline_dir, csv=str(csv_path), tsv=str(tsv_path),
                  out=str(tmp_path / "g.png"))
     proc = _run(GENERATE, *[a.format(**names) for a in args], check=False)
-    assert proc.returncode != 0
+    assert proc.returncode == 2  # as argparse and every other tool of the project
     assert "Traceback" not in proc.stderr, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, proc.stderr  # one line that says what is wrong
@@ -137,7 +137,7 @@ def test_generate_errors_name_the_flag(tiny_pipeline_dir, tmp_path, args, expect
 def test_branch_errors_name_the_flag(tiny_pipeline_dir, tmp_path, args, expected):
     names = dict(missing=str(tmp_path / "nope"), model=tiny_pipeline_dir, out=str(tmp_path / "out"))
     proc = _run(BRANCH, *[a.format(**names) for a in args], check=False)
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     for text in expected:
         assert text.format(**names) in proc.stderr, proc.stderr
     assert not (tmp_path / "out").exists()

@@ -98,7 +98,9 @@ def test_extract_tool_end_to_end(tmp_path):
     assert [t for t, m in zip(tokens[0], res["key_token_mask"][0]) if m] == ["红", "色"]
     assert [t for t, m in zip(tokens[1], res["key_token_mask"][1]) if m] == ["red", "color", "##ed"]
 
-    assert tool.main(["--data", str(tmp_path / "nowhere"), "--out", out, "--no-progress"]) == 2
+    with pytest.raises(SystemExit) as exit_:
+        tool.main(["--data", str(tmp_path / "nowhere"), "--out", out, "--no-progress"])
+    assert exit_.value.code == 2
 
 
 # -- bad sources, batched fsync, resume after a kill ----------------------------------------

@@ -12,6 +12,9 @@ import os
 import sys
 
 os.environ.setdefault("GLOG_minloglevel", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ernie_vilg2.cli_utils import fail  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -21,12 +24,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="output pipeline folder")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     return p.parse_args(argv)
-
-
-def fail(message: str):
-    """One line on stderr and exit status 2 (as argparse does for bad arguments)."""
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 def precheck(model_dir: str, num_experts: int) -> None:

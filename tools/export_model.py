@@ -18,12 +18,9 @@ import sys
 import time
 
 os.environ.setdefault("GLOG_minloglevel", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def fail(message: str) -> "NoReturn":
-    """One line on stderr and exit status 2 (as argparse does for a bad argument)."""
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+from ernie_vilg2.cli_utils import fail  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -19,6 +19,9 @@ import os
 import sys
 
 os.environ.setdefault("GLOG_minloglevel", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ernie_vilg2.cli_utils import fail  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -34,11 +37,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 2
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     from ernie_vilg2.cli_utils import quiet_third_party_logs
@@ -50,15 +48,15 @@ def main(argv=None) -> int:
     from ernie_vilg2.knowledge.textual import TextAnalyzer
 
     if args.batch_size < 1:
-        return fail("--batch-size must be >= 1")
+        fail("--batch-size must be >= 1")
     if args.detector_weights and not args.detector_config:
-        return fail("--detector-weights needs --detector-config")
+        fail("--detector-weights needs --detector-config")
     try:  # the source first: a wrong file fails fast, before LAC or a detector loads
         data_path = resolve_jsonl_path(args.data)
         # Missing images matter only when images are read (the visual step).
         records, skipped = read_jsonl_records(data_path, check_images=args.detector_config is not None)
     except (FileNotFoundError, ValueError) as exc:
-        return fail(f"--data: {exc}")
+        fail(f"--data: {exc}")
     try:
         visual_cfg = None
         if args.detector_config:
@@ -70,7 +68,7 @@ def main(argv=None) -> int:
         stats = annotate_records(records, args.out, analyzer, visual_cfg=visual_cfg,
                                  batch_size=args.batch_size, progress=not args.no_progress)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
-        return fail(str(exc))
+        fail(str(exc))
     lines = ", ".join(str(n) for n, _ in skipped[:10]) + (" ..." if len(skipped) > 10 else "")
     print(f"{args.out}: {stats['written']} records written, {stats['already_done']} already there, "
           f"{len(skipped)} bad source lines skipped{f' (lines {lines})' if skipped else ''}, "
