@@ -9,7 +9,7 @@ import pytest
 
 from ernie_vilg2.models.factory import build_sampler
 from ernie_vilg2.pipelines import ErnieViLG2Pipeline, generate_images
-from ernie_vilg2.pipelines.pipeline_ernie_vilg2 import max_inference_steps
+from ernie_vilg2.pipelines.checks import max_inference_steps
 from ernie_vilg2.text.tokenizer import report_truncation, tokenize
 
 

@@ -16,10 +16,11 @@ from typing import Callable, List, Optional, Sequence, Union
 import numpy as np
 
 from ..models.routing import TimestepRouter
+from ..pipelines.checks import check_sampling_settings
 from ..text.tokenizer import check_prompts
 from .manifest import read_manifest
 from .predictor import PredictorSettings, Program, program_inputs
-from .schedulers import build_scheduler, max_inference_steps
+from .schedulers import build_scheduler
 from .tokenizer import WordPieceTokenizer
 
 logger = logging.getLogger(__name__)
@@ -130,20 +131,8 @@ class InferencePipeline:
                      output_type: str = "pil"):
         """ErnieViLG2Pipeline's checks and messages (each names its argument), plus the export's
         fixed size; returns (height, width). ``__call__`` runs it first."""
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps <= 0:
-            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
-        limit = max_inference_steps(self.scheduler)
-        if num_inference_steps > limit:
-            raise ValueError(
-                f"num_inference_steps must be <= {limit} with {type(self.scheduler).__name__} "
-                f"(num_train_timesteps {self.scheduler.num_train_timesteps}), got {num_inference_steps}"
-            )
-        if guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
-        if num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
-            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+        check_sampling_settings(self.scheduler, num_inference_steps, guidance_scale, num_images_per_prompt, seed,
+                                output_type)
         for name, value in (("height", height), ("width", width)):
             built = self.manifest["image"][name]
             if value is not None and value != built:
@@ -152,8 +141,6 @@ class InferencePipeline:
                     f"(manifest field 'image.{name}'), got {value}; re-export with "
                     f"tools/export_model.py --{name} {value}"
                 )
-        if output_type not in ("pil", "np"):
-            raise ValueError(f"output_type must be 'pil' or 'np', got {output_type!r}")
         return self.image_size
 
     def __call__(

@@ -221,14 +221,6 @@ class DPMSolverMultistepScheduler(_Scheduler):
         return prev.astype(_F32)
 
 
-def max_inference_steps(scheduler) -> int:
-    """The most sampling steps ``scheduler`` can take (as in ErnieViLG2Pipeline): one per
-    training timestep; DPM-Solver++ one fewer (with n >= T its grid repeats a timestep and
-    the solver divides by a zero step)."""
-    steps = scheduler.num_train_timesteps
-    return steps - 1 if isinstance(scheduler, DPMSolverMultistepScheduler) else steps
-
-
 _SAVED_CLASSES = {"DDIMScheduler": DDIMScheduler, "DPMSolverMultistepScheduler": DPMSolverMultistepScheduler}
 _SAMPLER_CLASS_NAMES = {"ddim": "DDIMScheduler", "dpm": "DPMSolverMultistepScheduler"}
 # = ernie_vilg2.models.factory.NOISE_SCHEDULE_KEYS (that module imports PPDiffusers).

@@ -7,12 +7,13 @@ from typing import List, Optional, Union
 
 import numpy as np
 import paddle
-from ppdiffusers import AutoencoderKL, DiffusionPipeline, DPMSolverMultistepScheduler
+from ppdiffusers import AutoencoderKL, DiffusionPipeline
 from ppdiffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
 from ..models.mode import MixtureOfDenoisingExperts
 from ..models.text_encoder import encode_text
 from ..text.tokenizer import check_prompts, tokenize
+from .checks import check_sampling_settings
 
 logger = logging.getLogger(__name__)
 
@@ -22,25 +23,6 @@ def _as_list(value, n: int, field: str) -> List[str]:
     if len(values) != n:
         raise ValueError(f"{field}: expected 1 or {n} entries (one per prompt), got {len(values)}")
     return values
-
-
-def max_inference_steps(scheduler) -> int:
-    """The most sampling steps ``scheduler`` can take: one per training timestep.
-
-    DPM-Solver++ takes one fewer: its grid of n + 1 points over [0, T - 1] repeats a
-    timestep when n >= T, the solver's step size becomes zero and the images NaN (black),
-    and from n = 2T its last step indexes past its sigmas (IndexError after every step ran).
-    """
-    steps = int(scheduler.config.num_train_timesteps)
-    return steps - 1 if isinstance(scheduler, DPMSolverMultistepScheduler) else steps
-
-
-def check_seed(seed) -> None:
-    """``seed`` is None or an integer >= 0 (what ``numpy.random.default_rng`` accepts)."""
-    if seed is None:
-        return
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
 
 
 class ErnieViLG2Pipeline(DiffusionPipeline):
@@ -88,27 +70,14 @@ class ErnieViLG2Pipeline(DiffusionPipeline):
         """Validate the sampling settings (each error names its argument); return (height, width)
         with the model's resolution filled in. ``__call__`` runs it first; callers that loop
         over many batches run it once before the first."""
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps <= 0:
-            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
-        limit = max_inference_steps(self.scheduler)
-        if num_inference_steps > limit:
-            raise ValueError(
-                f"num_inference_steps must be <= {limit} with {type(self.scheduler).__name__} "
-                f"(num_train_timesteps {self.scheduler.config.num_train_timesteps}), got {num_inference_steps}"
-            )
-        if guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
-        if num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
-        check_seed(seed)
+        check_sampling_settings(self.scheduler, num_inference_steps, guidance_scale, num_images_per_prompt, seed,
+                                output_type)
         default_size = self.unet.sample_size * self.vae_scale_factor
         height = default_size if height is None else height
         width = default_size if width is None else width
         for name, value in (("height", height), ("width", width)):
             if value <= 0 or value % self.vae_scale_factor:
                 raise ValueError(f"{name} must be a positive multiple of {self.vae_scale_factor}, got {value}")
-        if output_type not in ("pil", "np"):
-            raise ValueError(f"output_type must be 'pil' or 'np', got {output_type!r}")
         return height, width
 
     @paddle.no_grad()
