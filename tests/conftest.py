@@ -127,3 +127,19 @@ def vilg300_csv():
     if not os.path.isfile(VILG300_CSV):
         pytest.skip(f"shared prompt set not found: {VILG300_CSV} (needs the ../shared checkout)")
     return VILG300_CSV
+
+
+# -- exports of the deploy tests (tests/deploy_exports.py makes each once per session) ------------
+@pytest.fixture(scope="session")
+def export_n1(tiny_pipeline_dir, tmp_path_factory):
+    import deploy_exports
+
+    return deploy_exports.n1_export(tiny_pipeline_dir, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def bank(make_tiny_pipeline, tmp_path_factory):
+    """The tiny 10-expert bank: (pipeline, saved folder, export folder, ...) of deploy_exports.n10."""
+    import deploy_exports
+
+    return deploy_exports.n10(make_tiny_pipeline, tmp_path_factory)

@@ -75,9 +75,9 @@ def cpp_runner():
 
 
 @pytest.fixture(scope="session")
-def tiny_export(make_tiny_pipeline, tmp_path_factory):
+def tiny_export(bank):
     """(saved folder, export folder) of the tiny 10-expert bank the deploy tests share."""
-    _, saved, export, _ = deploy_exports.n10(make_tiny_pipeline, tmp_path_factory)
+    _, saved, export, _ = bank
     return saved, export
 
 

@@ -23,16 +23,6 @@ EXPORT_TOOL = os.path.join(REPO_ROOT, "tools", "export_model.py")
 PROMPTS = ["红苹果在猫脸的左边", "a blue heart", ""]
 
 
-@pytest.fixture(scope="module")
-def export_n1(tiny_pipeline_dir, tmp_path_factory):
-    return deploy_exports.n1_export(tiny_pipeline_dir, tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def bank(make_tiny_pipeline, tmp_path_factory):
-    return deploy_exports.n10(make_tiny_pipeline, tmp_path_factory)
-
-
 def _program(folder, manifest, entry, kind, engine="paddle"):
     return Program(f"{folder}/{entry['model']}", f"{folder}/{entry['params']}", program_inputs(manifest)[kind],
                    PredictorSettings(engine=engine), kind)

@@ -31,16 +31,6 @@ ATOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def export_n1(tiny_pipeline_dir, tmp_path_factory):
-    return deploy_exports.n1_export(tiny_pipeline_dir, tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def bank(make_tiny_pipeline, tmp_path_factory):
-    return deploy_exports.n10(make_tiny_pipeline, tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
 def runners(export_n1, bank):
     return {1: InferencePipeline.from_export(export_n1), 10: InferencePipeline.from_export(bank[2]),
             "10-onednn": InferencePipeline.from_export(bank[2], engine="onednn")}
