@@ -15,7 +15,7 @@ DEMO_PROMPTS = --prompt 红苹果 --prompt "red apple" --prompt 蓝心 --prompt 
 	--prompt 香蕉 --prompt "banana" --prompt 青蛙 --prompt "frog" \
 	--prompt 红苹果在猫脸的左边 --prompt "a red apple to the left of a cat face"
 
-.PHONY: install test demo export bench clean-demo cpp
+.PHONY: install test demo export bench bench-deploy clean-demo cpp
 
 $(VENV)/.installed: requirements/lock.txt requirements/build-constraints.txt setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,10 @@ bench: install
 	$(PY) benchmarks/visual_knowledge.py
 	$(PY) benchmarks/knowledge_training_step.py
 	$(PY) benchmarks/annotation_writer.py
+
+# Dynamic graph vs the exported runners (Python, C++; native, oneDNN, OpenVINO): about 7 minutes.
+bench-deploy: install cpp
+	GLOG_minloglevel=2 $(PY) benchmarks/deploy_speed.py --openvino --cpp $(CPP_BUILD)/ernie_vilg2_infer --rounds 3
 
 clean-demo:
 	rm -rf $(DEMO_DIR)
