@@ -170,7 +170,7 @@ def main(argv=None):
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "GLOG_minloglevel": "2",
                "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
         cells = [(n, b) for n in args.experts for b in args.batches]
-        results = {}
+        results, cpp_failures = {}, []
         for r in range(args.rounds):
             for n, batch in cells:
                 manifest = json.load(open(os.path.join(folders[n][1], "manifest.json"), encoding="utf-8"))
@@ -183,6 +183,9 @@ def main(argv=None):
                     images = os.path.join(workdir, f"images-{variant}-n{n}-b{batch}.npy")
                     if variant == "cpp":
                         record = run_cpp(cpp, folders[n][1], batch, args, noise_file, images, env)
+                        if isinstance(record, str):  # the binary failed: report it, keep the other rows
+                            cpp_failures.append(f"N={n} batch={batch}: {record}")
+                            continue
                     else:
                         folder = folders[n][0] if variant == "dynamic" else folders[n][1]
                         command = [sys.executable, os.path.abspath(__file__), "--worker", variant, folder, str(batch),
@@ -196,6 +199,8 @@ def main(argv=None):
                     print(f"round {r + 1}: N={n} batch={batch} {variant}: step {record['step_ms']:.1f} ms, "
                           f"image {record['image_ms']:.1f} ms, RSS {record['rss']:.0f} MiB", file=sys.stderr)
         print_table(args, cells, variants, results, workdir, cpp)
+        for failure in cpp_failures:
+            print(f"C++ runner failed, {failure}")
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -203,7 +208,8 @@ def main(argv=None):
 
 
 def run_cpp(binary, export_dir, batch, args, noise_file, images_file, env):
-    """The C++ runner, --repeats runs (each loads the programs; its --timing excludes loading)."""
+    """The C++ runner, --repeats runs (each loads the programs; its --timing excludes loading).
+    Returns the timings, or the last line of the runner's error output if it failed."""
     import numpy as np
     from PIL import Image
 
@@ -216,7 +222,8 @@ def run_cpp(binary, export_dir, batch, args, noise_file, images_file, env):
     for _ in range(args.repeats + 1):  # the first run warms the page cache, as the Python warm-up call
         out, err, code, peak = run_measured(command, env)
         if code != 0:
-            raise SystemExit(f"error: C++ runner failed:\n{err[-2000:]}")
+            lines = [line for line in err.splitlines() if line.strip() and not line.startswith("PEAK_RSS_KB=")]
+            return lines[-1] if lines else f"exit status {code}"
         timing = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
         steps += timing["step_ms"][1:]
         images.append(timing["total_ms"] / batch)
@@ -239,7 +246,9 @@ def print_table(args, cells, variants, results, workdir, cpp):
         reference = np.load(os.path.join(workdir, f"images-dynamic-n{n}-b{batch}.npy")).astype(int)
         base = {k: statistics.median(r[k] for r in results[(n, batch, "dynamic")]) for k in ("step_ms", "image_ms")}
         for variant in variants:
-            rows = results[(n, batch, variant)]
+            rows = results.get((n, batch, variant))
+            if not rows:
+                continue
             step = statistics.median(r["step_ms"] for r in rows)
             image = statistics.median(r["image_ms"] for r in rows)
             rss = max(r["rss"] for r in rows)
