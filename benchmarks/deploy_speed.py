@@ -171,7 +171,7 @@ def main(argv=None):
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "GLOG_minloglevel": "2",
                "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
         cells = [(n, b) for n in args.experts for b in args.batches]
-        results = {}
+        results, cpp_failures = {}, []
         for r in range(args.rounds):
             for n, batch in cells:
                 manifest = json.load(open(os.path.join(folders[n][1], "manifest.json"), encoding="utf-8"))
@@ -185,6 +185,9 @@ def main(argv=None):
                     if variant.startswith("cpp"):
                         engine = "onednn" if variant == "cpp-onednn" else "paddle"
                         record = run_cpp(cpp, folders[n][1], batch, args, noise_file, images, env, engine)
+                        if isinstance(record, str):  # the binary failed: report it, keep the other rows
+                            cpp_failures.append(f"{variant} N={n} batch={batch}: {record}")
+                            continue
                     else:
                         folder = folders[n][0] if variant == "dynamic" else folders[n][1]
                         command = [sys.executable, os.path.abspath(__file__), "--worker", variant, folder, str(batch),
@@ -198,6 +201,8 @@ def main(argv=None):
                     print(f"round {r + 1}: N={n} batch={batch} {variant}: step {record['step_ms']:.1f} ms, "
                           f"image {record['image_ms']:.1f} ms, RSS {record['rss']:.0f} MiB", file=sys.stderr)
         print_table(args, cells, variants, results, workdir, cpp)
+        for failure in cpp_failures:
+            print(f"C++ runner failed, {failure}")
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -206,7 +211,8 @@ def main(argv=None):
 
 def run_cpp(binary, export_dir, batch, args, noise_file, images_file, env, engine="paddle"):
     """The C++ runner as the Python workers are timed: one process, a warm-up run (every
-    predictor's first run) then --repeats timed runs (``--repeat``; its --timing excludes loading)."""
+    predictor's first run) then --repeats timed runs (``--repeat``; its --timing excludes loading).
+    Returns the timings, or the last line of the runner's error output if it failed."""
     import numpy as np
     from PIL import Image
 
@@ -218,7 +224,8 @@ def run_cpp(binary, export_dir, batch, args, noise_file, images_file, env, engin
                "--repeat", str(args.repeats + 1)]
     out, err, code, rss = run_measured(command, env)
     if code != 0:
-        raise SystemExit(f"error: C++ runner failed:\n{err[-2000:]}")
+        lines = [line for line in err.splitlines() if line.strip() and not line.startswith("PEAK_RSS_KB=")]
+        return lines[-1] if lines else f"exit status {code}"
     timings = [json.loads(line) for line in out.splitlines() if line.startswith("{")][1:]  # warm-up dropped
     steps = [ms for t in timings for ms in t["step_ms"][1:]]
     images = [t["total_ms"] / batch for t in timings]
@@ -240,7 +247,9 @@ def print_table(args, cells, variants, results, workdir, cpp):
         reference = np.load(os.path.join(workdir, f"images-dynamic-n{n}-b{batch}.npy")).astype(int)
         base = {k: statistics.median(r[k] for r in results[(n, batch, "dynamic")]) for k in ("step_ms", "image_ms")}
         for variant in variants:
-            rows = results[(n, batch, variant)]
+            rows = results.get((n, batch, variant))
+            if not rows:
+                continue
             step = statistics.median(r["step_ms"] for r in rows)
             image = statistics.median(r["image_ms"] for r in rows)
             rss = max(r["rss"] for r in rows)

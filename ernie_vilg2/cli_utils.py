@@ -135,7 +135,8 @@ def generate_and_save(pipe, prompts: Sequence[str], args: argparse.Namespace, me
             "guidance": args.guidance, "seed": args.seed, "negative_prompt": args.negative_prompt}
     written = save_generation(images, captions, args.out, cols=cols, metadata=meta)
     print(f"wrote grid {written['grid']}")
-    print(f"wrote {len(written['images'])} images to {os.path.dirname(written['grid'])} "
+    count = len(written["images"])
+    print(f"wrote {count} image{'s' if count != 1 else ''} to {os.path.dirname(written['grid'])} "
           f"({os.path.basename(written['images'][0])} ...)")
     print(f"wrote captions {written['captions']}")
     return images

@@ -234,3 +234,7 @@ def test_cli_mirrors_the_arguments_of_generate():
 
     missing = options(GENERATE) - options(INFER) - {"--keyword-emphasis", "--user-dict"}
     assert not missing, f"deploy/python/infer.py lacks {sorted(missing)}"
+    from ernie_vilg2.deploy.predictor import ENGINES
+
+    usage = _run("--help").stdout
+    assert all(engine in usage for engine in ENGINES)

@@ -27,7 +27,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from .. import __version__
-from ..utils.integrity import DamagedFileError, check_safetensors
+from ..utils.integrity import check_safetensors
 from ..utils.io import atomic_directory, atomic_write_text
 from .manifest import write_manifest
 from .rewrites import rewrite_for_export
@@ -353,4 +353,4 @@ def export_pipeline(
     return manifest
 
 
-__all__ = ["DamagedFileError", "ExportError", "export_pipeline"]
+__all__ = ["ExportError", "export_pipeline"]

@@ -9,7 +9,7 @@ are the project's own small modules (:mod:`.tokenizer`, :mod:`.schedulers`,
 """
 from __future__ import annotations
 
-import logging
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Union
 
@@ -22,8 +22,6 @@ from .manifest import read_manifest
 from .predictor import PredictorSettings, Program, program_inputs
 from .schedulers import build_scheduler
 from .tokenizer import WordPieceTokenizer
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -87,11 +85,7 @@ class InferencePipeline:
         predictor per program. ``sampler``: ``"ddim"``, ``"dpm"`` or None for the saved
         scheduler. ``settings`` or keyword overrides (``device="gpu"``, ``threads=2``,
         ``engine="openvino"``, ...) choose how the programs run (:class:`PredictorSettings`)."""
-        settings = settings or PredictorSettings()
-        for key, value in setting_overrides.items():
-            if not hasattr(settings, key):
-                raise TypeError(f"unknown predictor setting {key!r}")
-            setattr(settings, key, value)
+        settings = dataclasses.replace(settings or PredictorSettings(), **setting_overrides)
         settings.check()
         manifest = read_manifest(folder, verify=verify)
         return cls(folder, manifest, settings, sampler)
