@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -81,9 +81,10 @@ def check_prompts(prompts: Sequence[str], field: str = "prompt") -> List[str]:
     return prompts
 
 
-# Truncated texts already reported in this process: training tokenizes the same captions
-# every epoch, generation every batch. Past the bound, truncations go to DEBUG only.
-_REPORTED_TRUNCATED: set = set()
+# Truncated texts already reported in this process, with their token counts: training
+# tokenizes the same captions every step, so a reported text is neither warned about nor
+# re-tokenized again. Past the bound, truncations go to DEBUG only.
+_REPORTED_TRUNCATED: Dict[str, int] = {}
 _MAX_REPORTED = 10_000
 
 
@@ -100,7 +101,7 @@ def report_truncation(tokenizer, texts: Sequence[str], max_length: int) -> int:
 def _report_truncated(tokenizer, texts: Sequence[str], max_length: int, candidates) -> int:
     lengths = {}  # distinct truncated text -> its token count with [CLS]/[SEP]
     for text in dict.fromkeys(texts[i] for i in candidates):  # distinct, in order
-        n = len(tokenizer.tokenize(text)) + 2
+        n = _REPORTED_TRUNCATED.get(text) or len(tokenizer.tokenize(text)) + 2
         if n > max_length:
             lengths[text] = n
     new = [t for t in lengths if t not in _REPORTED_TRUNCATED]
@@ -108,7 +109,7 @@ def _report_truncated(tokenizer, texts: Sequence[str], max_length: int, candidat
         return len(lengths)
     full = len(_REPORTED_TRUNCATED) >= _MAX_REPORTED
     if not full:
-        _REPORTED_TRUNCATED.update(new)
+        _REPORTED_TRUNCATED.update((t, lengths[t]) for t in new)
     for text in new:
         logger.debug("prompt truncated from %d to %d tokens: %s", lengths[text], max_length, text)
     logger.log(
