@@ -266,6 +266,51 @@ def test_oracle_judge_scores_one_and_mirror_images_break_left_right(scenes_dir):
                                           "flipped": {"above/below": 1.0, "left/right": 0.0}}
     classes = {name for r in records for name in r["labels"]}
     assert result["presence_by_class"] == {name: 1.0 for name in sorted(classes)}
+    assert result["false_presence"] == 0.0
+
+
+def test_captions_that_disagree_with_their_record_are_counted(scenes_dir):
+    from ernie_vilg2.knowledge.visual.labels import LabelMap
+
+    records = load_scene_records(scenes_dir)[:4]
+    oracle = OracleDetector(records, LabelMap.from_file(os.path.join(scenes_dir, "labels.json")))
+    other = next(r for r in RELATIONS if r != records[0]["relation"])
+    changed = [dict(records[0], relation=other), dict(records[1], labels=records[1]["labels"][::-1])] + records[2:]
+    assert judge_accuracy(oracle, changed, n_boot=10)["caption_mismatches"] == 2
+
+
+class EverythingDetector:
+    """Reports every class in every image: on one shared box, or each on its own box in a row
+    (class k at x = 10k, so "a left of b" holds exactly when a's id is lower)."""
+
+    def __init__(self, label_map, spread):
+        self.label_map, self.spread = label_map, spread
+
+    def predict(self, images, batch_size=16):
+        n = len(self.label_map.en)
+        x0 = np.arange(n, dtype=np.float32)[:, None] * (10 if self.spread else 0)
+        boxes = np.concatenate([x0, np.zeros_like(x0), x0 + 8, np.full_like(x0, 8)], axis=1)
+        return [SimpleNamespace(boxes=boxes, labels=list(self.label_map.en),
+                                scores=np.linspace(1.0, 0.5, n, dtype=np.float32)) for _ in images]
+
+
+def test_a_judge_that_sees_every_class_everywhere(scenes_dir):
+    from ernie_vilg2.knowledge.visual.labels import LabelMap
+
+    label_map = LabelMap.from_file(os.path.join(scenes_dir, "labels.json"))
+    records = load_scene_records(scenes_dir)
+    spread = judge_accuracy(EverythingDetector(label_map, spread=True), records, n_boot=50)
+    assert spread["judge"]["all"]["both_present"]["mean"] == 1.0 and spread["false_presence"] == 1.0
+    ids = [(label_map.id_of(r["labels"][0]), label_map.id_of(r["labels"][1]), r["relation"]) for r in records]
+    expected = np.mean([(rel == "left" and a < b) or (rel == "right" and a > b) for a, b, rel in ids])
+    assert 0 < expected < 1
+    assert spread["judge"]["all"]["relation_correct"]["mean"] == pytest.approx(expected, abs=1e-4)
+    # All classes on one box: one object, so only the better-scored of the two named classes is there.
+    shared = judge_accuracy(EverythingDetector(label_map, spread=False), records, n_boot=50)
+    first_wins = np.mean([a < b for a, b, _ in ids])
+    assert shared["judge"]["all"]["a_present"]["mean"] == pytest.approx(first_wins, abs=1e-4)
+    assert shared["judge"]["all"]["b_present"]["mean"] == pytest.approx(1 - first_wins, abs=1e-4)
+    assert shared["judge"]["all"]["both_present"]["mean"] == 0.0 and shared["false_presence"] == 0.5
 
 
 def test_judge_images_with_the_real_detector(scenes_dir):

@@ -60,7 +60,7 @@ SAME_OBJECT_IOU = 0.7  # two boxes overlapping more than this are one object
 POSITION_MARGIN = 0.1  # GenEval's POSITION_THRESHOLD
 METRICS = ("a_present", "b_present", "both_present", "relation_correct")
 
-# The phrases users type for each relation (the built-in templates first).
+# The phrases users type for each relation (the built-in templates among them).
 EN_RELATIONS = {
     "left": ("to the left of", "on the left of", "to the left side of", "on the left side of", "left of"),
     "right": ("to the right of", "on the right of", "to the right side of", "on the right side of", "right of"),
@@ -73,8 +73,8 @@ ZH_RELATIONS = {
     "above": ("上面", "上方", "上边", "之上"),
     "below": ("下面", "下方", "下边", "之下", "底下"),
 }
-_EN_ARTICLE = r"(?:(?:a|an|the|one)\s+)?"
-_EN_VERB = r"(?:(?:is|are|sits|stands)\s+)?"
+_EN_ARTICLE = "(?:(?:a|an|the|one) )?"
+_EN_VERB = "(?:(?:is|are|sits|stands) )?"
 _ZH_MEASURE = "(?:一[个只串根条颗朵片块])?"
 
 
@@ -99,27 +99,27 @@ class ImageScore:
 
 
 # ---------------------------------------------------------------------------- prompts
-def _alternation(phrases: Sequence[str], flexible_space: bool = False) -> str:
+def _alternation(phrases: Sequence[str]) -> str:
     """Regex alternation, longest first so that the longest name matches."""
-    escaped = [re.escape(p) for p in sorted(set(phrases), key=len, reverse=True)]
-    if flexible_space:
-        escaped = [e.replace(r"\ ", r"\s+") for e in escaped]
-    return "|".join(escaped)
+    return "|".join(re.escape(p) for p in sorted(set(phrases), key=len, reverse=True))
 
 
-def _relation_groups(table: Dict[str, Sequence[str]], flexible_space: bool) -> str:
-    return "|".join(f"(?P<{rel}>{_alternation(table[rel], flexible_space)})" for rel in RELATIONS)
+def _relation_groups(table: Dict[str, Sequence[str]]) -> str:
+    return "|".join(f"(?P<{rel}>{_alternation(table[rel])})" for rel in RELATIONS)
 
 
 @functools.lru_cache(maxsize=8)
 def _patterns(names_en: tuple, names_zh: tuple):
-    en_names = _alternation([n.lower() for n in names_en], flexible_space=True)
-    zh_names = _alternation(names_zh)
-    en = re.compile(rf"{_EN_ARTICLE}(?P<obj_a>{en_names})\s+{_EN_VERB}(?:{_relation_groups(EN_RELATIONS, True)})"
-                    rf"\s+{_EN_ARTICLE}(?P<obj_b>{en_names})")
+    """English and Chinese regexes, each with {name as matched: English label name}."""
+    # The English text is lower-cased with single spaces, the Chinese one has no spaces.
+    en_lookup = {" ".join(en.lower().split()): en for en in names_en}
+    zh_lookup = {"".join(zh.split()): en for en, zh in zip(names_en, names_zh)}
+    en_names, zh_names = _alternation(list(en_lookup)), _alternation(list(zh_lookup))
+    en = re.compile(rf"{_EN_ARTICLE}(?P<obj_a>{en_names}) {_EN_VERB}(?:{_relation_groups(EN_RELATIONS)})"
+                    rf" {_EN_ARTICLE}(?P<obj_b>{en_names})")
     zh = re.compile(rf"{_ZH_MEASURE}(?P<obj_a>{zh_names})是?在{_ZH_MEASURE}(?P<obj_b>{zh_names})的?"
-                    rf"(?:{_relation_groups(ZH_RELATIONS, False)})")
-    return en, zh
+                    rf"(?:{_relation_groups(ZH_RELATIONS)})")
+    return (en, en_lookup), (zh, zh_lookup)
 
 
 def parse_scene_prompt(prompt: str, labels) -> Optional[ScenePrompt]:
@@ -132,19 +132,19 @@ def parse_scene_prompt(prompt: str, labels) -> Optional[ScenePrompt]:
     if not isinstance(prompt, str):
         return None
     label_map = LabelMap.coerce(labels)
-    en_pattern, zh_pattern = _patterns(tuple(label_map.en), tuple(label_map.zh))
+    english, chinese = _patterns(tuple(label_map.en), tuple(label_map.zh))
     # NFKC: full-width letters and punctuation typed in Chinese input modes become ASCII.
     text = unicodedata.normalize("NFKC", prompt).strip().strip(".!?;,。！？；，").strip()
     lang = detect_lang(text)
     if lang == "zh":
-        match = zh_pattern.fullmatch(re.sub(r"\s+", "", text))
+        (pattern, lookup), text = chinese, re.sub(r"\s+", "", text)
     else:
-        match = en_pattern.fullmatch(re.sub(r"\s+", " ", text.lower()))
+        (pattern, lookup), text = english, re.sub(r"\s+", " ", text.lower())
+    match = pattern.fullmatch(text)
     if match is None:
         return None
     relation = next(rel for rel in RELATIONS if match.group(rel) is not None)
-    a, b = (label_map.en[label_map.id_of(match.group(k))] for k in ("obj_a", "obj_b"))
-    return ScenePrompt(a=a, b=b, relation=relation, lang=lang)
+    return ScenePrompt(a=lookup[match.group("obj_a")], b=lookup[match.group("obj_b")], relation=relation, lang=lang)
 
 
 # ---------------------------------------------------------------------------- one image
@@ -272,6 +272,15 @@ def _relation_axis(relation: str) -> str:
     return "left/right" if relation in ("left", "right") else "above/below"
 
 
+def _scenes_of_other_objects(scenes: Sequence[ScenePrompt]) -> List[Optional[ScenePrompt]]:
+    """For each scene the next one (cyclically) naming neither of its objects, or None."""
+    out = []
+    for k, scene in enumerate(scenes):
+        later = list(scenes[k + 1 :]) + list(scenes[:k])
+        out.append(next((s for s in later if not {s.a, s.b} & {scene.a, scene.b}), None))
+    return out
+
+
 def _rates(pairs) -> Dict[str, float]:
     """{key: share of True} over (key, bool) pairs, keys sorted."""
     hits: Dict[str, List[bool]] = {}
@@ -289,12 +298,15 @@ def judge_accuracy(detector, records: Sequence[dict], labels=None,
     and ``lang`` (e.g. :func:`load_scene_records`); records whose caption is not a scene
     prompt are counted and left out. ``labels``: default ``detector.label_map``. Each image
     is detected once (the Chinese and English captions of an image share it) and once
-    flipped left-right. Returns {"records", "images", "not_scenes", "caption_mismatches"
-    (parsed scene differs from the record's own labels/relation), "score_threshold",
-    "judge": summarize(...), "flipped": summarize(...), "presence_by_class": {name: share of
-    its appearances detected}, "relation_by_axis": {"original" | "flipped": {"above/below" |
-    "left/right": accuracy}}, "bootstrap": how}. Intervals resample images (both captions of
-    an image together).
+    flipped left-right. Returns a dict with
+      "records", "images", "not_scenes", "caption_mismatches" (parsed scene differs from the
+      record's own labels/relation), "score_threshold";
+      "judge", "flipped": :func:`summarize` of the images and of their mirror images;
+      "presence_by_class": {English name: share of its appearances detected};
+      "false_presence": share of objects reported present although absent (each image
+      judged against the caption of another scene naming two other classes);
+      "relation_by_axis": {"original" | "flipped": {"above/below" | "left/right": accuracy}};
+      "bootstrap": how the intervals were drawn (images resampled, both captions together).
     """
     from ernie_vilg2.data.jsonl import load_rgb
 
@@ -305,10 +317,9 @@ def judge_accuracy(detector, records: Sequence[dict], labels=None,
         scene = parse_scene_prompt(rec["caption"], label_map)
         if scene is None:
             continue
-        if rec.get("relation") and rec.get("labels") and len(rec["labels"]) == 2:
-            truth = ([label_map.en[label_map.id_of(n)] if label_map.id_of(n) is not None else n
-                      for n in rec["labels"]], rec["relation"])
-            mismatches += ([scene.a, scene.b], scene.relation) != truth
+        if rec.get("relation") and len(rec.get("labels") or []) == 2:  # the data's own truth
+            ids = label_map.ids_of(rec["labels"])
+            mismatches += (label_map.id_of(scene.a), label_map.id_of(scene.b), scene.relation) != (*ids, rec["relation"])
         scenes.append(scene)
         kept.append(rec)
     paths = [rec.get("image_path") or rec["image"] for rec in kept]
@@ -326,9 +337,15 @@ def judge_accuracy(detector, records: Sequence[dict], labels=None,
         result[name] = summarize(scores, langs, n_boot=n_boot, seed=seed, groups=paths)
         by_axis["original" if name == "judge" else name] = _rates(
             (_relation_axis(s.relation), sc.relation_correct) for s, sc in zip(scenes, scores))
-        if name == "judge":  # which objects the judge misses
+        if name == "judge":
+            # Which objects it misses, and how often it "finds" two objects that are not there
+            # (the caption of another scene with two other classes).
             result["presence_by_class"] = _rates(
                 [(s.a, sc.a_present) for s, sc in zip(scenes, scores)] + [(s.b, sc.b_present) for s, sc in zip(scenes, scores)])
+            wrong = [score_image(dets[row[p]], other, score_threshold)
+                     for p, other in zip(paths, _scenes_of_other_objects(scenes)) if other is not None]
+            result["false_presence"] = round(float(np.mean(
+                [sc.a_present for sc in wrong] + [sc.b_present for sc in wrong])), 4) if wrong else None
     result["relation_by_axis"] = by_axis
     result["bootstrap"] = f"percentile 95%, {n_boot} resamples of images (seed {seed})"
     return result
