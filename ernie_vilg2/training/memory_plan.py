@@ -118,13 +118,13 @@ class ModelSizes:
 
 def measure_models(cfg: ExperimentConfig) -> ModelSizes:
     """Build text encoder, one expert and the VAE without allocating; count their parameters."""
-    from ..models.factory import build_denoiser, build_text_encoder_from_config, build_vae
+    from ..models.factory import build_denoiser, build_vae
     from ..text.tokenizer import build_tokenizer
 
     m = cfg.model
     tokenizer = build_tokenizer(m.text_encoder.vocab_file, m.text_encoder.max_length)
     with lazy_init():
-        text_encoder = _lazy_text_encoder(m, tokenizer, build_text_encoder_from_config)
+        text_encoder = _lazy_text_encoder(m, tokenizer)
         unet = build_denoiser(m, cfg.data.resolution, num_experts=1).experts[0]
         vae = build_vae(m.vae, cfg.data.resolution)
     return ModelSizes(
@@ -140,11 +140,13 @@ def measure_models(cfg: ExperimentConfig) -> ModelSizes:
     )
 
 
-def _lazy_text_encoder(model_cfg, tokenizer, build):
+def _lazy_text_encoder(model_cfg, tokenizer):
     """The configured ERNIE; a pretrained folder is built from its config.json (weights unread)."""
+    from ..models.factory import build_text_encoder_from_config
+
     pretrained = model_cfg.text_encoder.pretrained
     if not pretrained:
-        return build(model_cfg, tokenizer)
+        return build_text_encoder_from_config(model_cfg, tokenizer)
     from paddlenlp.transformers import ErnieConfig, ErnieModel
 
     if not os.path.isfile(os.path.join(pretrained, "config.json")):  # never a model-hub name
