@@ -353,3 +353,35 @@ def test_evaluate_default_prompts_come_from_the_runs_held_out_data(tiny_pipeline
     generation = json.loads((tmp_path / "o" / "generation.json").read_text(encoding="utf-8"))
     assert generation["prompts"] == ["红苹果在猫脸的左边", "a frog"]
     assert generation["prompt_source"] == str(tmp_path / "data" / "val.jsonl")
+
+
+def test_evaluate_adds_the_composition_score_of_scene_prompts(tiny_pipeline_dir, fid_cache, tmp_path):
+    """--detector-weights: scene prompts are judged (others skipped), per image and summarised;
+    a judge with random weights finds nothing at the default threshold."""
+    from ernie_vilg2.data.scenes import SCENE_CLASSES
+    from ernie_vilg2.knowledge.visual.detector import Detector
+
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps([{"id": i, "en": n, "zh": n} for i, n in enumerate(SCENE_CLASSES)]), encoding="utf-8")
+    weights = tmp_path / "judge.safetensors"
+    Detector(os.path.join(REPO_ROOT, "configs", "detector", "picodet_lcnet_tiny.yml"), str(labels)).save_weights(
+        str(weights))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red apple to the left of a cat face\nred apple\na frog above a star\n", encoding="utf-8")
+    out = tmp_path / "eval"
+    args = ["--model", tiny_pipeline_dir, "--fid-ref", os.path.join(DATA, "a"), "--out", out, "--prompts", prompts,
+            "-k", 2, "--steps", 2, "--sampler", "ddim", "--seed", 1, "--labels", labels]
+    env = {"XDG_CACHE_HOME": fid_cache["dir"]}
+    proc = _run(EVALUATE, *args, "--detector-weights", weights, env=env)
+    composition = json.loads((out / "report.json").read_text(encoding="utf-8"))["composition"]
+    assert composition["num_images"] == 4 and composition["num_prompts"] == 2
+    assert [(r["image"], r["prompt"], r["lang"]) for r in composition["images"]] == [
+        ("00000.png", "a red apple to the left of a cat face", "en"),
+        ("00001.png", "a red apple to the left of a cat face", "en"),
+        ("00004.png", "a frog above a star", "en"), ("00005.png", "a frog above a star", "en")]
+    assert composition["summary"]["all"]["relation_correct"] == {"mean": 0.0, "low": 0.0, "high": 0.0, "n": 4}
+    assert composition["judge"]["score_threshold"] == 0.35 and "composition (4 images)" in proc.stdout
+
+    missing = _run(EVALUATE, *args, "--detector-weights", tmp_path / "nope.safetensors", env=env, check=False)
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines() == [f"error: --detector-weights: file not found: {tmp_path / 'nope.safetensors'}"]

