@@ -40,13 +40,13 @@ SOURCE_FILE = "default_1.pt"
 SOURCE_PREFIX = "net.layers."  # the archive's module path of the network body
 CACHE_NAME = "pt_inception-2015-12-05.safetensors"
 
-Padding = Union[int, Tuple[int, int]]
+IntOrPair = Union[int, Tuple[int, int]]
 
 
 class ConvBN(nn.Layer):
     """Convolution without bias, batch norm without scale (eps 1e-3, inference statistics), ReLU."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: Padding, stride: int = 1, padding: Padding = 0):
+    def __init__(self, in_channels: int, out_channels: int, kernel: IntOrPair, stride: int = 1, padding: IntOrPair = 0):
         super().__init__()
         kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
         self.stride, self.padding = stride, padding
@@ -182,7 +182,7 @@ class FIDInceptionV3(nn.Layer):
         return x.reshape([-1, FEATURE_DIM])
 
 
-def conv_settings(model: FIDInceptionV3) -> Dict[str, Tuple[int, Padding]]:
+def conv_settings(model: FIDInceptionV3) -> Dict[str, Tuple[int, IntOrPair]]:
     """``{layer name: (stride, padding)}`` of every ConvBN (to compare with the archive's)."""
     return {name: (layer.stride, layer.padding) for name, layer in model.named_sublayers() if isinstance(layer, ConvBN)}
 
