@@ -40,13 +40,13 @@ SOURCE_FILE = "default_1.pt"
 SOURCE_PREFIX = "net.layers."  # the archive's module path of the network body
 CACHE_NAME = "pt_inception-2015-12-05.safetensors"
 
-Padding = Union[int, Tuple[int, int]]
+IntOrPair = Union[int, Tuple[int, int]]
 
 
 class ConvBN(nn.Layer):
     """Convolution without bias, batch norm without scale (eps 1e-3, inference statistics), ReLU."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: Padding, stride: int = 1, padding: Padding = 0):
+    def __init__(self, in_channels: int, out_channels: int, kernel: IntOrPair, stride: int = 1, padding: IntOrPair = 0):
         super().__init__()
         kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
         self.stride, self.padding = stride, padding
@@ -177,12 +177,12 @@ class FIDInceptionV3(nn.Layer):
     def forward(self, x):
         if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != INPUT_SIZE or x.shape[3] != INPUT_SIZE:
             raise ValueError(f"expected input [N, 3, {INPUT_SIZE}, {INPUT_SIZE}], got {list(x.shape)}")
-        for layer in self.children():
+        for layer in self.children():  # in the order of __init__, the network's order
             x = layer(x)
         return x.reshape([-1, FEATURE_DIM])
 
 
-def conv_settings(model: FIDInceptionV3) -> Dict[str, Tuple[int, Padding]]:
+def conv_settings(model: FIDInceptionV3) -> Dict[str, Tuple[int, IntOrPair]]:
     """``{layer name: (stride, padding)}`` of every ConvBN (to compare with the archive's)."""
     return {name: (layer.stride, layer.padding) for name, layer in model.named_sublayers() if isinstance(layer, ConvBN)}
 
@@ -269,35 +269,34 @@ def convert_fid_inception(source: Optional[str] = None, dest: Optional[str] = No
     return dest
 
 
-def _read_weights(path: str) -> Dict[str, np.ndarray]:
+def _read_weights(path: str, model: FIDInceptionV3) -> Dict[str, np.ndarray]:
     from safetensors.numpy import load_file
 
     check_safetensors(path)  # a damaged file: one line naming it
-    return load_file(path)
+    state = load_file(path)
+    _check_state(state, model, path)
+    return state
 
 
 def load_fid_inception(weights: Optional[str] = None) -> FIDInceptionV3:
     """The FID network in eval mode. ``weights``: a safetensors file written by
     :func:`convert_fid_inception`; None: the cached conversion, made on first use (and
-    remade if the cached file is damaged)."""
+    made again if the cached file is damaged; a file you name is never replaced)."""
     model = FIDInceptionV3()
     if weights is None:
         weights = default_weights_path()
         try:
-            state = _read_weights(weights)
-            _check_state(state, model, weights)
+            state = _read_weights(weights, model)
         except (DamagedFileError, OSError) as exc:
             if os.path.exists(weights):
                 logger.warning("%s; converting the FID Inception weights again", exc)
             else:
                 logger.info("converting the FID Inception weights once to %s", weights)
-            convert_fid_inception(dest=weights)
-            state = _read_weights(weights)
+            state = _read_weights(convert_fid_inception(dest=weights), model)
+    elif not os.path.isfile(weights):
+        raise FileNotFoundError(f"FID Inception weights not found: {weights}")
     else:
-        if not os.path.isfile(weights):
-            raise FileNotFoundError(f"FID Inception weights not found: {weights}")
-        state = _read_weights(weights)
-    _check_state(state, model, weights)
+        state = _read_weights(weights, model)
     model.set_state_dict({k: paddle.to_tensor(v) for k, v in state.items()})
     for p in model.parameters():
         p.stop_gradient = True
