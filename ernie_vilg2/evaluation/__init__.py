@@ -1,0 +1,1 @@
+"""Evaluation: FID, the detector-judged composition score and side-by-side sheets."""
