@@ -15,7 +15,7 @@ DEMO_PROMPTS = --prompt 红苹果 --prompt "red apple" --prompt 蓝心 --prompt 
 	--prompt 香蕉 --prompt "banana" --prompt 青蛙 --prompt "frog" \
 	--prompt 红苹果在猫脸的左边 --prompt "a red apple to the left of a cat face"
 
-.PHONY: install test demo export bench bench-deploy clean-demo cpp
+.PHONY: install browser test demo export bench bench-deploy clean-demo cpp
 
 $(VENV)/.installed: requirements/lock.txt requirements/build-constraints.txt setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,11 @@ $(VENV)/.installed: requirements/lock.txt requirements/build-constraints.txt set
 
 install: $(VENV)/.installed
 
-test: install
+# Headless Chromium for the side-by-side sheet's browser test (apt-get; a no-op when present).
+browser:
+	scripts/install_browser.sh
+
+test: install browser
 	GLOG_minloglevel=2 $(PY) -m pytest -q tests
 
 # Train the demo model, sample its grid, then export it and sample the same grid with both

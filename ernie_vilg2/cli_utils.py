@@ -1,6 +1,7 @@
 """Helpers for the command-line tools (tools/*.py, deploy/python/infer.py): one-line errors,
-quieter third-party logging, and the prompt/sampling arguments that tools/generate.py and
-the Paddle Inference runner share (so both take and check the same flags the same way).
+quieter third-party logging, and the prompt/sampling arguments that tools/generate.py,
+tools/compare.py and the Paddle Inference runner share (so all take and check the same flags
+the same way).
 
 Importing this module imports neither Paddle, PPDiffusers nor PaddleNLP.
 """
@@ -35,7 +36,21 @@ def quiet_third_party_logs(level: str = "WARNING") -> None:
     diffusers_logging.disable_progress_bar()  # "Loading pipeline components..." on every load
 
 
-# -- the generation arguments of tools/generate.py and deploy/python/infer.py ---------------------
+# -- the generation arguments of tools/generate.py, tools/compare.py and deploy/python/infer.py ----
+def add_sampling_arguments(p: argparse.ArgumentParser, size_help: str = "default: the model's resolution") -> None:
+    """The sampler settings every generating tool takes (tools/generate.py, tools/compare.py,
+    deploy/python/infer.py): negative prompt, seed, steps, guidance, sampler, size, batch size."""
+    p.add_argument("--negative-prompt", default=None, help="negative prompt for all images (default: empty)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial noise (>= 0)")
+    p.add_argument("--steps", type=int, default=25,
+                   help="sampling steps (at most 999 for dpm, 1000 for ddim with the usual T = 1000)")
+    p.add_argument("--guidance", type=float, default=2.1, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--sampler", choices=("ddim", "dpm"), default="dpm", help="ddim or dpm (DPM-Solver++)")
+    p.add_argument("--height", type=int, help=f"image height ({size_help})")
+    p.add_argument("--width", type=int, help=f"image width ({size_help})")
+    p.add_argument("--batch-size", type=int, default=4, help="prompts per pipeline call")
+
+
 def add_generation_arguments(p: argparse.ArgumentParser, size_help: str = "default: the model's resolution") -> None:
     """Prompts, sampling settings and outputs (``--model`` and runner options are the tool's)."""
     src = p.add_argument_group("prompts (give --prompt and/or --prompt-file)")
@@ -44,30 +59,30 @@ def add_generation_arguments(p: argparse.ArgumentParser, size_help: str = "defau
                                            "else a text file with one prompt per line")
     src.add_argument("--column", help="CSV/TSV column with the prompts (default: 文本 if present, else Prompt)")
     src.add_argument("--limit", type=int, help="use only the first N prompts of --prompt-file")
-    p.add_argument("--negative-prompt", default=None, help="negative prompt for all images (default: empty)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the initial noise (>= 0)")
-    p.add_argument("--steps", type=int, default=25,
-                   help="sampling steps (at most 999 for dpm, 1000 for ddim with the usual T = 1000)")
-    p.add_argument("--guidance", type=float, default=2.1, help="classifier-free guidance scale (1 = off)")
-    p.add_argument("--sampler", choices=("ddim", "dpm"), default="dpm", help="ddim or dpm (DPM-Solver++)")
+    add_sampling_arguments(p, size_help)
     p.add_argument("--num-images-per-prompt", type=int, default=1)
-    p.add_argument("--height", type=int, help=f"image height ({size_help})")
-    p.add_argument("--width", type=int, help=f"image width ({size_help})")
-    p.add_argument("--batch-size", type=int, default=4, help="prompts per pipeline call")
     p.add_argument("--cols", type=int, help="grid columns (default: --num-images-per-prompt if > 1, else square)")
     p.add_argument("--out", default="samples/grid.png", help="grid PNG path; singles go beside it")
 
 
-def check_generation_arguments(args: argparse.Namespace) -> None:
-    """Refuse impossible values of :func:`add_generation_arguments`' flags, naming the flag."""
-    for flag, value in (("--steps", args.steps), ("--num-images-per-prompt", args.num_images_per_prompt),
-                        ("--batch-size", args.batch_size), ("--limit", args.limit), ("--cols", args.cols)):
-        if value is not None and value < 1:
+def check_sampling_arguments(args: argparse.Namespace) -> None:
+    """Refuse impossible values of :func:`add_sampling_arguments`' flags, naming the flag."""
+    for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size)):
+        if value < 1:
             fail(f"{flag} must be >= 1, got {value}")
     if args.seed < 0:
         fail(f"--seed must be >= 0, got {args.seed}")
     if args.guidance < 0:
         fail(f"--guidance must be >= 0, got {args.guidance}")
+
+
+def check_generation_arguments(args: argparse.Namespace) -> None:
+    """Refuse impossible values of :func:`add_generation_arguments`' flags, naming the flag."""
+    check_sampling_arguments(args)
+    for flag, value in (("--num-images-per-prompt", args.num_images_per_prompt), ("--limit", args.limit),
+                        ("--cols", args.cols)):
+        if value is not None and value < 1:
+            fail(f"{flag} must be >= 1, got {value}")
     if not args.out.lower().endswith(".png"):
         fail(f"--out must be a .png file name, got {args.out}")
 
@@ -115,13 +130,12 @@ def check_pipeline_inputs(pipe, args: argparse.Namespace) -> None:
         fail(flag_message(exc))
 
 
-def generate_and_save(pipe, prompts: Sequence[str], args: argparse.Namespace, metadata: Dict, **call_kwargs) -> List:
-    """``generate_images`` with the flags' settings, then the grid, the single images and the
-    captions JSON at ``--out`` (reported on stdout). Returns the images."""
-    from .pipelines.generation import generate_images, save_generation
+def generate_with_flags(pipe, prompts: Sequence[str], args: argparse.Namespace, **call_kwargs) -> List:
+    """``generate_images`` with the flags' sampling settings; an input error names the flag."""
+    from .pipelines.generation import generate_images
 
     try:
-        images = generate_images(
+        return generate_images(
             pipe, prompts, batch_size=args.batch_size, seed=args.seed,
             num_images_per_prompt=args.num_images_per_prompt, negative_prompt=args.negative_prompt,
             num_inference_steps=args.steps, guidance_scale=args.guidance, height=args.height, width=args.width,
@@ -129,6 +143,14 @@ def generate_and_save(pipe, prompts: Sequence[str], args: argparse.Namespace, me
         )
     except (ValueError, TypeError) as exc:  # the pipeline's input checks name the argument
         fail(flag_message(exc))
+
+
+def generate_and_save(pipe, prompts: Sequence[str], args: argparse.Namespace, metadata: Dict, **call_kwargs) -> List:
+    """``generate_images`` with the flags' settings, then the grid, the single images and the
+    captions JSON at ``--out`` (reported on stdout). Returns the images."""
+    from .pipelines.generation import save_generation
+
+    images = generate_with_flags(pipe, prompts, args, **call_kwargs)
     captions = [p for p in prompts for _ in range(args.num_images_per_prompt)]
     cols = args.cols or (args.num_images_per_prompt if args.num_images_per_prompt > 1 else None)
     meta = {"model": os.path.abspath(args.model), **metadata, "sampler": args.sampler, "steps": args.steps,
