@@ -32,9 +32,12 @@ class BrowserError(RuntimeError):
 class HeadlessChromium:
     """One browser with one page. Use as a context manager; ``timeout`` bounds each wait."""
 
-    def __init__(self, binary: str, timeout: float = 30.0, window_size=(1280, 900)):
+    def __init__(self, binary: str, timeout: float = 30.0, window_size=(1280, 900), profile: Optional[str] = None):
+        """``profile``: a user-data folder to keep (default: a temporary one, removed on close)."""
         self.timeout = timeout
-        self.profile = tempfile.mkdtemp(prefix="chromium-profile-")
+        self.keep_profile = profile is not None
+        self.profile = profile or tempfile.mkdtemp(prefix="chromium-profile-")
+        os.makedirs(self.profile, exist_ok=True)
         self.log = open(os.path.join(self.profile, "chromium.log"), "wb")
         to_browser_r, self._to_browser = os.pipe()
         self._from_browser, from_browser_w = os.pipe()
@@ -125,15 +128,37 @@ class HeadlessChromium:
             self.send(f"{domain}.enable")
 
     # -- what a test does ----------------------------------------------------------------------
+    # Navigation is awaited by asking the page, not by load events: an event of an earlier
+    # document (about:blank finishing late, a download) must not pass for the new one.
     def goto(self, url: str) -> None:
-        self.events.clear()
+        self._mark_document()
         self.send("Page.navigate", {"url": url})
-        self.wait_event("Page.loadEventFired")
+        self._wait_new_document()
 
     def reload(self) -> None:
-        self.events.clear()
+        self._mark_document()
         self.send("Page.reload", {"ignoreCache": True})
-        self.wait_event("Page.loadEventFired")
+        self._wait_new_document()
+
+    def _mark_document(self) -> None:
+        self.evaluate("window.__headless_old_document = true")
+
+    def _wait_new_document(self) -> None:
+        self.wait_for("!window.__headless_old_document && document.readyState === 'complete'")
+
+    def wait_for(self, expression: str, interval: float = 0.05) -> Any:
+        """Evaluate ``expression`` until it is truthy (a page being replaced counts as not yet)."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                value = self.evaluate(expression)
+            except BrowserError:  # no execution context while the document is replaced
+                value = None
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise BrowserError(f"still false after {self.timeout} s: {expression}{self._log_tail()}")
+            time.sleep(interval)
 
     def evaluate(self, expression: str) -> Any:
         """The JSON value of a JavaScript expression in the page (a JS exception is raised)."""
@@ -206,7 +231,8 @@ class HeadlessChromium:
                 except OSError:
                     pass
             self.log.close()
-            shutil.rmtree(self.profile, ignore_errors=True)
+            if not self.keep_profile:
+                shutil.rmtree(self.profile, ignore_errors=True)
 
     def __enter__(self) -> "HeadlessChromium":
         return self

@@ -182,6 +182,9 @@ def _sheet_items():
             for i, (p, c) in enumerate(zip(prompts, CATEGORIES))]
 
 
+READY = "document.body.dataset.ready === 'true'"  # the stored votes are loaded
+SAVED = "document.body.dataset.unsaved === '0'"  # every vote is stored (a reload aborts pending saves)
+NO_STORAGE_WARNING = "document.getElementById('storage-warning').hidden"
 PAGE_STATE = """(() => {
   const tally = {};
   document.querySelectorAll('#tally tbody tr').forEach(row => {
@@ -236,6 +239,7 @@ def test_sheet_in_headless_chromium(chromium, tmp_path):
     with HeadlessChromium(chromium, timeout=30) as browser:
         browser.allow_downloads(str(downloads))
         browser.goto(Path(written["html"]).as_uri())
+        browser.wait_for(READY)
         # Each side shows the images of the model the page records for it; names stay hidden.
         shown = browser.evaluate(SIDES)
         assert [s["left"]["red"] for s in shown] == [left == "A" for left in lefts]
@@ -288,12 +292,15 @@ def test_sheet_in_headless_chromium(chromium, tmp_path):
             assert s["left"]["shown"] and NAMES[left] in s["left"]["text"]
             assert NAMES["B" if left == "A" else "A"] in s["right"]["text"]
 
-        # A reload keeps the votes (localStorage, keyed by the sheet id).
+        # A reload after the download keeps the votes (stored under the sheet id).
+        browser.wait_for(SAVED)
         browser.reload()
+        browser.wait_for(READY)
         state = browser.evaluate(PAGE_STATE)
         assert state["tally"] == tally and state["progress"] == "6 / 7 voted"
         assert state["chosen"] == [[sides[i]] if i in sides else [] for i in range(7)]
         assert state["current"] == "6"  # the first unvoted prompt
+        assert browser.evaluate("localStorage.length") == 0  # IndexedDB holds them
         browser.click("#export")
         again = json.loads(browser.evaluate("document.getElementById('export-json').value"))
         assert again["votes"] == exported["votes"]
@@ -302,8 +309,32 @@ def test_sheet_in_headless_chromium(chromium, tmp_path):
         other = write_sheet(_sheet_items(), str(tmp_path / "other"), NAMES["A"], NAMES["B"], seed=4)
         assert other["id"] != written["id"]
         browser.goto(Path(other["html"]).as_uri())
+        browser.wait_for(READY)
         assert browser.evaluate(PAGE_STATE)["progress"] == "0 / 7 voted"
 
+        assert browser.evaluate(NO_STORAGE_WARNING)
         assert browser.errors == []  # no JavaScript error
         assert all(url.split(":", 1)[0] in ("file", "data", "blob", "about") for url in browser.requests), \
             browser.requests  # nothing from the network
+
+
+def test_sheet_keeps_votes_in_local_storage_without_indexeddb(chromium, tmp_path):
+    """Browsers without IndexedDB for files keep the votes in localStorage."""
+    from ernie_vilg2.evaluation.sheet import write_sheet
+
+    written = write_sheet(_sheet_items(), str(tmp_path / "sheet"), NAMES["A"], NAMES["B"], seed=3)
+    with HeadlessChromium(chromium, timeout=30) as browser:
+        browser.send("Page.addScriptToEvaluateOnNewDocument",
+                     {"source": "Object.defineProperty(window, 'indexedDB', {value: undefined})"})
+        browser.goto(Path(written["html"]).as_uri())
+        browser.wait_for(READY)
+        browser.click('#item-2 button[data-choice="left"]')
+        browser.click('#item-5 button[data-choice="tie"]')
+        browser.wait_for(SAVED)
+        browser.reload()
+        browser.wait_for(READY)
+        state = browser.evaluate(PAGE_STATE)
+        assert state["progress"] == "2 / 7 voted"
+        assert state["chosen"] == [[], [], ["left"], [], [], ["tie"], []]
+        assert browser.evaluate("Object.keys(localStorage)") == [f"ernie-vilg2-sheet:{written['id']}"]
+        assert browser.evaluate(NO_STORAGE_WARNING) and browser.errors == []

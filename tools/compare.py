@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ernie_vilg2.cli_utils import (  # noqa: E402
     add_sampling_arguments, check_pipeline_inputs, check_sampling_arguments, fail, generate_with_flags,
+    quiet_third_party_logs,
 )
 
 
@@ -87,8 +88,6 @@ def main(argv=None) -> int:
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         fail(f"--out: not a folder: {args.out}")
     name_a, name_b = model_names(args)
-
-    from ernie_vilg2.cli_utils import quiet_third_party_logs
 
     quiet_third_party_logs()
     from ernie_vilg2.evaluation.sheet import SheetItem, write_sheet

@@ -203,31 +203,54 @@ _JS = r"""
   "use strict";
   const data = JSON.parse(document.getElementById("sheet-data").textContent);
   const items = Array.from(document.querySelectorAll(".item"));
-  const key = "ernie-vilg2-sheet:" + data.sheet;
   const other = {A: "B", B: "A"};
   let votes = {};  // item index -> "A" | "B" | "tie" (model terms)
   let current = 0;
-  let storage = null;
-  try { storage = window.localStorage; storage.getItem(key); } catch (e) { storage = null; }
-  if (storage) {
+
+  // Votes are stored under the sheet id in IndexedDB, or in localStorage where there is no
+  // IndexedDB. Not localStorage first: Chromium can show a reloaded file:// page an empty
+  // localStorage after a download (the export), while IndexedDB reads what was stored.
+  const store = new Promise(resolve => {
+    let request;
+    try { request = indexedDB.open("ernie-vilg2-sheets", 1); } catch (e) { resolve(null); return; }
+    request.onupgradeneeded = () => request.result.createObjectStore("votes");
+    request.onsuccess = () => resolve(request.result);
+    request.onerror = request.onblocked = () => resolve(null);
+  }).then(db => {
+    if (db) {
+      const done = (r, ok, fail) => {  // r: a request or a transaction
+        r.onsuccess = r.oncomplete = () => ok(r.result);
+        r.onerror = r.onabort = () => fail(r.error);
+      };
+      return {
+        load: () => new Promise((ok, fail) =>
+          done(db.transaction("votes").objectStore("votes").get(data.sheet), ok, fail)),
+        save: value => new Promise((ok, fail) => {
+          const tx = db.transaction("votes", "readwrite");
+          tx.objectStore("votes").put(value, data.sheet);
+          done(tx, ok, fail);
+        }),
+      };
+    }
     try {
-      const saved = JSON.parse(storage.getItem(key) || "{}").votes || {};
-      for (const [i, choice] of Object.entries(saved)) {
-        if (data.items[i] && ["A", "B", "tie"].includes(choice)) votes[i] = choice;
-      }
-    } catch (e) { votes = {}; }
-  } else {
-    document.getElementById("storage-warning").hidden = false;
+      const ls = window.localStorage, key = "ernie-vilg2-sheet:" + data.sheet;
+      ls.getItem(key);
+      return {load: async () => JSON.parse(ls.getItem(key) || "null"),
+              save: async value => ls.setItem(key, JSON.stringify(value))};
+    } catch (e) { return null; }
+  });
+  function warnStorage() { document.getElementById("storage-warning").hidden = false; }
+  let unsaved = 0;  // saves not yet committed (shown as data-unsaved on <body>)
+  function save() {  // saves run in the order of the votes: each is one transaction, queued in turn
+    const value = {votes: Object.assign({}, votes)};
+    document.body.dataset.unsaved = ++unsaved;
+    store.then(s => s ? s.save(value) : Promise.reject(new Error("no storage"))).catch(warnStorage)
+      .finally(() => { document.body.dataset.unsaved = --unsaved; });
   }
 
   function sideOf(i, choice) {  // the button of a vote in model terms
     if (choice === "tie") return "tie";
     return data.items[i].left === choice ? "left" : "right";
-  }
-  function save() {
-    if (!storage) return;
-    try { storage.setItem(key, JSON.stringify({votes: votes})); }
-    catch (e) { document.getElementById("storage-warning").hidden = false; }
   }
   function render() {
     const counts = {};
@@ -322,7 +345,13 @@ _JS = r"""
     else return;
     ev.preventDefault();
   });
-  current = votes[0] === undefined ? 0 : nextUnvoted(0);
   render();
+  store.then(s => s ? s.load() : Promise.reject(new Error("no storage"))).then(saved => {
+    const early = Object.keys(votes).length;  // votes cast before the saved ones arrived win
+    for (const [i, choice] of Object.entries((saved && saved.votes) || {})) {
+      if (data.items[i] && ["A", "B", "tie"].includes(choice) && votes[i] === undefined) votes[i] = choice;
+    }
+    if (early) save(); else if (votes[0] !== undefined) current = nextUnvoted(0);
+  }).catch(warnStorage).finally(() => { render(); document.body.dataset.ready = "true"; });
 })();
 """
