@@ -17,24 +17,4 @@ if [ "${1:-}" = "--check" ]; then
     echo "missing: chromium (scripts/install_browser.sh installs it)" >&2
     exit 1
 fi
-if ! command -v apt-get >/dev/null 2>&1; then
-    echo "error: chromium is missing and there is no apt-get here: install Chromium with your package manager" >&2
-    exit 1
-fi
-SUDO=""
-if [ "$(id -u)" != 0 ]; then
-    if command -v sudo >/dev/null 2>&1; then SUDO=sudo; else
-        echo "error: chromium is missing; run as root: apt-get install -y chromium" >&2
-        exit 1
-    fi
-fi
-echo "installing system package: chromium"
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
-# apt's chatter goes to the log, shown only if the install fails.
-if ! { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq \
-        --no-install-recommends chromium; } >"$log" 2>&1; then
-    tail -n 20 "$log" >&2
-    echo "error: apt-get could not install chromium (output above)" >&2
-    exit 1
-fi
+exec "$(dirname "$0")/apt_install.sh" chromium

@@ -22,17 +22,4 @@ if [ "${1:-}" = "--check" ]; then
     echo "missing system packages: ${missing[*]}" >&2
     exit 1
 fi
-if ! command -v apt-get >/dev/null 2>&1; then
-    echo "error: missing system packages (${missing[*]}) and no apt-get here: install them with your package manager" >&2
-    exit 1
-fi
-SUDO=""
-if [ "$(id -u)" != 0 ]; then
-    if command -v sudo >/dev/null 2>&1; then SUDO=sudo; else
-        echo "error: missing system packages (${missing[*]}); run as root: apt-get install -y ${missing[*]}" >&2
-        exit 1
-    fi
-fi
-echo "installing system packages: ${missing[*]}"
-$SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+exec "$(dirname "$0")/../../scripts/apt_install.sh" "${missing[@]}"
