@@ -87,15 +87,6 @@ def _run(cmd, log_path: str, threads: int) -> float:
     return time.time() - start
 
 
-def _config_value(config: str, opts, key: str):
-    from ernie_vilg2.training.config import load_config
-
-    value = load_config(config, opts)
-    for part in key.split("."):
-        value = getattr(value, part)
-    return value
-
-
 def variant_overrides(name: str, base_steps: int, expert_steps: int, num_experts: int):
     """Config overrides of one variant: equal U-Net steps for all (batch size unchanged)."""
     _, experts, textual, visual = VARIANTS[name]
@@ -186,9 +177,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
-    steps = (_config_value(args.config, args.opt, "train.base.steps"),
-             _config_value(args.config, args.opt, "train.experts.steps"),
-             _config_value(args.config, args.opt, "model.num_experts"))
+    from ernie_vilg2.training.config import load_config
+
+    cfg = load_config(args.config, args.opt)
+    steps = (cfg.train.base.steps, cfg.train.experts.steps, cfg.model.num_experts)
     print(f"U-Net steps per run: {steps[0] + steps[1]} (MoDE: {steps[0]} base + {steps[1]} experts, "
           f"N={steps[2]})", flush=True)
     vae = train_vae(args, out)
