@@ -106,14 +106,13 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 def check_reference(path: str):
     """(kind, statistics or image paths) of --fid-ref; bad input ends here, before any model loads."""
-    from ernie_vilg2.data.jsonl import DatasetError
-    from ernie_vilg2.evaluation.fid import StatisticsError, load_statistics, reference_images
+    from ernie_vilg2.evaluation.fid import load_statistics, reference_images
 
     try:
         if path.lower().endswith(".npz") and not os.path.isdir(path):
             return "npz", load_statistics(path)
         paths = reference_images(path)
-    except (FileNotFoundError, StatisticsError, DatasetError) as exc:
+    except (FileNotFoundError, ValueError) as exc:  # ValueError: StatisticsError, DatasetError
         fail(f"--fid-ref: {exc}")
     if len(paths) < 2:
         fail(f"--fid-ref: FID needs at least 2 reference images, {path} has {len(paths)}")
@@ -142,7 +141,7 @@ def held_out_data(model_dir: str) -> str:
 
 def collect_prompts(args: argparse.Namespace):
     """(prompts, where they came from)."""
-    from ernie_vilg2.data.jsonl import DatasetError, read_jsonl_records
+    from ernie_vilg2.data.jsonl import read_jsonl_records
     from ernie_vilg2.utils.prompts import PromptColumnError, read_prompts
 
     source = args.prompts or held_out_data(args.model)
@@ -157,7 +156,7 @@ def collect_prompts(args: argparse.Namespace):
             prompts = read_prompts(source, column=args.column, limit=args.limit)
     except PromptColumnError as exc:
         fail(f"--column: {exc}")
-    except (FileNotFoundError, ValueError, DatasetError) as exc:
+    except (FileNotFoundError, ValueError) as exc:  # ValueError: also DatasetError
         fail(f"{flag}: {exc}")
     return prompts, source
 
@@ -180,8 +179,8 @@ def image_names(count: int):
     return [f"{i:0{digits}d}.png" for i in range(count)]
 
 
-def generate_missing(pipe, settings: dict, folder: str, batch_size: int) -> int:
-    """Generate the images of ``settings`` that ``folder`` lacks; return how many.
+def generate_missing(pipe, settings: dict, captions, names, folder: str, batch_size: int) -> int:
+    """Generate the images ``names`` (of ``captions``) that ``folder`` lacks; return how many.
 
     Image i (prompt-major, K per prompt) starts from row i of one NumPy stream seeded with
     the seed, drawn batch by batch in order also for batches already on disk, so a resumed
@@ -194,9 +193,6 @@ def generate_missing(pipe, settings: dict, folder: str, batch_size: int) -> int:
 
     from ernie_vilg2.utils.io import atomic_save_image
 
-    k = settings["num_images_per_prompt"]
-    captions = [p for p in settings["prompts"] for _ in range(k)]
-    names = image_names(len(captions))
     missing = [i for i, name in enumerate(names) if not os.path.isfile(os.path.join(folder, name))]
     factor = pipe.vae_scale_factor
     shape = [pipe.unet.in_channels, settings["height"] // factor, settings["width"] // factor]
@@ -256,13 +252,13 @@ def make_extractor(args):
 
 
 def reference_stats(args, kind, value, extractor):
-    from ernie_vilg2.evaluation.fid import StatisticsError, reference_statistics
+    from ernie_vilg2.evaluation.fid import reference_statistics
 
     if kind == "npz":
         return value
     try:
         return reference_statistics(args.fid_ref, extractor, cache=reference_cache(), progress=True)
-    except (ValueError, StatisticsError) as exc:  # an unreadable image, named
+    except ValueError as exc:  # an unreadable image, named
         fail(f"--fid-ref: {exc}")
 
 
@@ -350,7 +346,7 @@ def main(argv=None) -> int:
     captions = [p for p in prompts for _ in range(args.num_images_per_prompt)]
     names = image_names(len(captions))
     write_json(os.path.join(args.out, GENERATION_FILE), {**settings, "images": dict(zip(names, captions))})
-    generated = generate_missing(pipe, settings, images_dir, args.batch_size)
+    generated = generate_missing(pipe, settings, captions, names, images_dir, args.batch_size)
     print(f"{len(names) - generated} images already in {images_dir}, generated {generated}")
 
     extractor = make_extractor(args)
