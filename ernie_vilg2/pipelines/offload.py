@@ -237,6 +237,8 @@ class ExpertOffload:
             return
         start = time.perf_counter()
         if self.active is not None:
+            # Attention processors set through the mixture meanwhile reached the slot only: keep them.
+            self.experts[self.active].set_attn_processor(self.slot.attn_processors)
             self.unet.experts[self.active] = self.experts[self.active]
         source = self.experts[index]
         state = self.slot.state_dict()
