@@ -215,3 +215,24 @@ def test_disk_offload_names_a_weight_file_without_the_experts(make_tiny_pipeline
         ErnieViLG2Pipeline.from_pretrained(str(tmp_path), expert_offload="disk")
     message = str(info.value)
     assert os.path.join("unet", "diffusion_paddle_model.safetensors") in message and "'experts.2." in message
+
+
+def test_generate_cli_with_expert_offload_writes_the_same_grid(bank_dir, tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from conftest import REPO_ROOT
+
+    grids = []
+    for offload in ([], ["--expert-offload", "disk"]):
+        out = tmp_path / f"grid{len(grids)}.png"
+        proc = subprocess.run(
+            [sys.executable, os.path.join(REPO_ROOT, "tools", "generate.py"), "--model", bank_dir, "--prompt", "红苹果",
+             "--prompt", "a blue heart", "--steps", "4", "--seed", "0", "--out", str(out), *offload],
+            cwd=REPO_ROOT, env={**os.environ, "GLOG_minloglevel": "2"}, capture_output=True, text=True, timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr
+        grids.append(np.asarray(Image.open(out)))
+    np.testing.assert_array_equal(grids[0], grids[1])
