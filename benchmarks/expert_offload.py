@@ -75,10 +75,15 @@ def build_banks(workdir: str, experts: int, channels: Sequence[int], layers: int
     return folders[0], folders[1], per_expert
 
 
+def _peak_rss_mib() -> float:
+    """VmHWM: this process's own peak. (``ru_maxrss`` of a child keeps the RSS its parent had
+    when it forked, which here was the whole bank.)"""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
+
 def _child(args) -> None:
     """One measurement: load, sample ``--runs`` + 1 times (the first untimed), print JSON."""
-    import resource
-
     from ernie_vilg2.cli_utils import quiet_third_party_logs
 
     quiet_third_party_logs()
@@ -103,7 +108,7 @@ def _child(args) -> None:
     np.save(args.images, images)
     stats = pipe.expert_offload.run if pipe.expert_offload is not None else None
     print(json.dumps({
-        "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_mib": _peak_rss_mib(),
         "load_s": load_s, "run_s": statistics.median(times[1:]),
         "loads": stats.loads if stats else 0, "switches": stats.switches if stats else 0,
         "load_seconds": stats.load_seconds if stats else 0.0,
@@ -121,7 +126,7 @@ def _measure(variant: str, folder: str, steps: int, sampler: str, runs: int, ima
 
 
 def offload_rows(experts: int = 10, channels: Sequence[int] = (64, 128, 128), layers: int = 2,
-                 resolution: int = 64, steps: int = 50, sampler: str = "ddim", rounds: int = 2, runs: int = 2,
+                 resolution: int = 64, steps: int = 50, sampler: str = "ddim", rounds: int = 2, runs: int = 1,
                  workdir: Optional[str] = None, log=print) -> Dict:
     """Measure every variant ``rounds`` times, interleaved; return
     ``{"rows": [...], "settings": {...}}`` with medians and ratios to one expert."""
@@ -183,7 +188,7 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--sampler", choices=("ddim", "dpm"), default="ddim")
     p.add_argument("--rounds", type=int, default=2, help="processes per variant, interleaved")
-    p.add_argument("--runs", type=int, default=2, help="timed sampling calls per process (after one untimed)")
+    p.add_argument("--runs", type=int, default=1, help="timed sampling calls per process (after one untimed)")
     p.add_argument("--workdir", help="where the banks are saved meanwhile (default: the system's temp folder)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON after the table")
     p.add_argument("--child", help=argparse.SUPPRESS)

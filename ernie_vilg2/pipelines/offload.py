@@ -37,7 +37,7 @@ import numpy as np
 import paddle
 from ppdiffusers import UNet2DConditionModel
 
-from ..utils.integrity import DamagedFileError, check_safetensors
+from ..utils.integrity import DamagedFileError, check_safetensors, read_json_file
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +81,6 @@ class ExpertWeightsFile:
         if os.path.isfile(single):
             files = [single]
         elif os.path.isfile(index):
-            from ..utils.integrity import read_json_file
-
             weight_map = (read_json_file(index) or {}).get("weight_map")
             if not isinstance(weight_map, dict):
                 raise DamagedFileError(index, "not a safetensors index (expected a 'weight_map' object)")
@@ -92,6 +90,7 @@ class ExpertWeightsFile:
                 f"{self.folder}: expert_offload='disk' reads the experts from {WEIGHTS_NAME} (or its index); "
                 "neither is there"
             )
+        self.source = files[0] if len(files) == 1 else index  # what errors name
         # key -> (file, absolute byte offset, byte count, numpy dtype, shape)
         self.entries: Dict[str, Tuple[str, int, int, str, List[int]]] = {}
         for path in files:
@@ -112,7 +111,7 @@ class ExpertWeightsFile:
             for name, param in expert.state_dict().items():
                 key = f"experts.{i}.{name}"
                 if key not in self.entries:
-                    raise DamagedFileError(self._where(), f"tensor {key!r} not found (expected one per expert tensor)")
+                    raise DamagedFileError(self.source, f"tensor {key!r} not found (expected one per expert tensor)")
                 if self.entries[key][4] != list(param.shape):
                     raise DamagedFileError(self.entries[key][0],
                                            f"tensor {key!r}: shape {self.entries[key][4]}, the model expects "
@@ -130,9 +129,6 @@ class ExpertWeightsFile:
         finally:
             for f in handles.values():
                 f.close()
-
-    def _where(self) -> str:
-        return self.folder if len({e[0] for e in self.entries.values()}) > 1 else next(iter(self.entries.values()))[0]
 
 
 def _load_array(param, array: np.ndarray) -> None:
