@@ -280,7 +280,6 @@ class ModelCpuOffload:
         self.sequence = sequence
         self.device = execution_device()
         self.host = paddle.CPUPlace()
-        self.onloaded: List[str] = []  # names, in the order they were moved in (for inspection)
         self.offload_all()
 
     def _movable(self) -> List[str]:
@@ -288,7 +287,6 @@ class ModelCpuOffload:
         return [name for name in self.sequence if name not in skip]
 
     def onload(self, name: str) -> None:
-        self.onloaded.append(name)
         if is_host(self.device):
             return  # host and device are one: nothing to move
         for other in self._movable():
