@@ -171,7 +171,7 @@ def format_table(result: Dict) -> str:
         f"CPU time for the run (what the run itself costs when other jobs share the cores); every variant "
         f"gave {'the same images' if s['same_images'] else 'DIFFERENT images'}.",
         "",
-        "| variant | peak RSS (MiB) | vs 1 expert | wall per run (s) | vs 1 expert | CPU per run (s) | vs 1 expert "
+        "| variant | peak RSS (MiB) | vs 1 expert | CPU per run (s) | vs 1 expert | wall per run (s) | vs 1 expert "
         "| expert loads / switches per run | load time per run (s) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -179,8 +179,8 @@ def format_table(result: Dict) -> str:
         flags = {k: "" if row[k] <= target else " (above target)" for k, target in
                  (("memory_ratio", MEMORY_TARGET), ("time_ratio", TIME_TARGET), ("cpu_ratio", TIME_TARGET))}
         lines.append(f"| {row['variant']} | {row['peak_mib']:.0f} | {row['memory_ratio']:.2f}x{flags['memory_ratio']} "
-                     f"| {row['run_s']:.2f} | {row['time_ratio']:.2f}x{flags['time_ratio']} | {row['cpu_s']:.2f} | "
-                     f"{row['cpu_ratio']:.2f}x{flags['cpu_ratio']} | {row['loads']:.0f} / {row['switches']:.0f} | "
+                     f"| {row['cpu_s']:.2f} | {row['cpu_ratio']:.2f}x{flags['cpu_ratio']} | {row['run_s']:.2f} | "
+                     f"{row['time_ratio']:.2f}x{flags['time_ratio']} | {row['loads']:.0f} / {row['switches']:.0f} | "
                      f"{row['load_seconds']:.2f} |")
     lines.append(f"\nTargets: peak memory <= {MEMORY_TARGET}x and time <= {TIME_TARGET}x one expert.")
     return "\n".join(lines)
