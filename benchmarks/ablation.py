@@ -150,20 +150,21 @@ def _interval(stat: dict) -> str:
 
 def table(results, variants) -> str:
     """Markdown table: FID per seed and mean; composition accuracies pooled over seeds."""
-    rows = ["| variant | FID (per seed) | FID mean | both objects | relation | relation zh | relation en |",
-            "|---|---|---:|---|---|---|---|"]
+    from ernie_vilg2.evaluation.composition import summarize_records
+
+    rows = ["| variant | FID (per seed) | FID mean | A present | B present | both objects | relation | relation zh "
+            "| relation en |",
+            "|---|---|---:|---|---|---|---|---|---|"]
     for name in variants:
         mine = [r for r in results if r["variant"] == name]
         if not mine:
             continue
         fids = [r["report"]["fid"]["value"] for r in mine]
-        from ernie_vilg2.evaluation.composition import summarize_records
-
         pooled = summarize_records([rec for r in mine for rec in r["report"]["composition"]["images"]])
+        cells = [pooled["all"][m] for m in ("a_present", "b_present", "both_present", "relation_correct")]
+        cells += [pooled[lang]["relation_correct"] for lang in ("zh", "en")]
         rows.append(f"| {name}: {VARIANTS[name][0]} | {', '.join(f'{v:.1f}' for v in fids)} | "
-                    f"{sum(fids) / len(fids):.1f} | {_interval(pooled['all']['both_present'])} | "
-                    f"{_interval(pooled['all']['relation_correct'])} | "
-                    f"{_interval(pooled['zh']['relation_correct'])} | {_interval(pooled['en']['relation_correct'])} |")
+                    f"{sum(fids) / len(fids):.1f} | " + " | ".join(_interval(c) for c in cells) + " |")
     return "\n".join(rows)
 
 
