@@ -27,16 +27,23 @@ WORKER = os.path.join(REPO, "tests", "expert_parallel_worker.py")
 RANKS, GROUPS = 4, 2
 FOUR_RANKS = ExpertLayout(num_experts=2, world_size=RANKS, groups=GROUPS)
 LAUNCH_TIMEOUT = 600  # seconds per launch (a loaded 2-core machine needs minutes); a hang is killed and retried
-GROUP_FAILURE = ("expert groups failed", "TIMEOUT", "Connection refused", "Connection reset")
+# Gloo gives up on a peer after 30 s: group creation fails now and then, and on a CPU starved by
+# other jobs a collective can wait longer than that for a rank. Such a launch is retried (with
+# --resume it continues from its last checkpoint, which gives the same weights); a real
+# mismatch of collectives times out in every attempt and fails.
+GLOO_FAILURE = ("expert groups failed", "TIMEOUT")
+CRASHED = "EP-TEST: crashing after the checkpoint of step 2"  # tests/expert_parallel_worker.py
 
-# configs/tiny.yaml shrunk to a few hundred thousand parameters; 4 expert steps, checkpoints at 2 and 4.
+# configs/tiny.yaml shrunk to a few hundred thousand parameters; 4 expert steps, checkpoints at 2 and 4;
+# a gradient-norm limit that clips every step (the clipping must use the whole model's norm).
 OPTS = {
     "data.builtin.num_scenes": 6, "data.builtin.num_val_scenes": 2, "data.builtin.max_emoji": 6,
     "model.num_experts": 2, "model.text_encoder.hidden_size": 16, "model.text_encoder.intermediate_size": 32,
     "model.text_encoder.num_hidden_layers": 1, "model.text_encoder.max_length": 12,
     "model.unet.block_out_channels": "[16, 32]", "model.vae.block_out_channels": "[8, 16, 16]",
     "train.batch_size": 4, "train.vae.steps": 2, "train.base.steps": 2, "train.experts.steps": 4,
-    "train.experts.train_text_encoder": "true", "train.checkpoint_every": 2, "train.log_every": 1,
+    "train.experts.train_text_encoder": "true", "train.experts.max_grad_norm": 0.01,
+    "train.checkpoint_every": 2, "train.log_every": 1,
     "sample.steps": 2, "sample.prompts": "[红苹果, a blue heart]",
 }
 
@@ -63,15 +70,15 @@ def copy_stage1(stage1, name):
     return out
 
 
-def launch(stage1, out, env_extra=None, attempts=3):
-    """The experts stage of ``out`` on 4 ranks; group creation that fails or hangs (gloo now and
-    then) is retried. Returns (return code, the workers' logs)."""
+def launch(stage1, out, name, env_extra=None, attempts=3):
+    """The experts stage of ``out`` on 4 ranks, retried when gloo gave up (see GLOO_FAILURE) or
+    the launch hung (a run told to crash ends with its crash). Returns (return code, the logs)."""
     opts = []
     for o in overrides(out, stage1 / "data", **{"train.expert_parallel": "true"}):
         opts += ["-o", o]
     env = {**os.environ, "GLOG_minloglevel": "2", **(env_extra or {})}
     for attempt in range(attempts):
-        log_dir = out.parent / f"{out.name}-launch{attempt}"
+        log_dir = out.parent / f"{name}-launch{attempt}"
         proc = subprocess.Popen(
             [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(RANKS), "--log_dir",
              str(log_dir), WORKER, "--config", TINY_YAML, "--resume", *opts],
@@ -84,18 +91,17 @@ def launch(stage1, out, env_extra=None, attempts=3):
             proc.wait()
             rc = None
         logs = "\n".join(open(p, errors="replace").read() for p in sorted(glob.glob(str(log_dir / "workerlog.*"))))
-        started = "expert-parallel: 2 expert group(s)" in logs
-        if rc is not None and (started or not any(s in logs for s in GROUP_FAILURE)):
+        if rc is not None and (CRASHED in logs or not any(s in logs for s in GLOO_FAILURE)):
             return rc, logs
-        print(f"launch attempt {attempt + 1}: the ranks did not form their groups (rc {rc}); retrying")
-    pytest.fail(f"4 ranks did not form their expert groups in {attempts} attempts:\n{logs[-3000:]}")
+        print(f"launch attempt {attempt + 1}: gloo gave up or the launch hung (rc {rc}); retrying")
+    pytest.fail(f"4 ranks failed to communicate in {attempts} attempts:\n{logs[-3000:]}")
 
 
 @pytest.fixture(scope="module")
 def ep_run(stage1):
     """The experts stage on 4 ranks, uninterrupted; each rank's trained parameters dumped."""
     out = copy_stage1(stage1, "ep")
-    rc, logs = launch(stage1, out, {"EP_TEST_DUMP": str(stage1 / "ep-dump")})
+    rc, logs = launch(stage1, out, "ep", {"EP_TEST_DUMP": str(stage1 / "ep-dump")})
     assert rc == 0, logs[-3000:]
     return out
 
@@ -160,13 +166,13 @@ def test_equals_one_process_training_the_same_experts_on_the_same_samples(stage1
 
 def test_killed_run_resumes_to_the_same_weights(stage1, ep_run):
     out = copy_stage1(stage1, "killed")
-    rc, logs = launch(stage1, out, {"EP_TEST_CRASH_AFTER": "2"})
-    assert rc != 0 and "EP-TEST: crashing after the checkpoint of step 2" in logs, logs[-3000:]
+    rc, logs = launch(stage1, out, "killed", {"EP_TEST_CRASH_AFTER": "2"})
+    assert rc != 0 and CRASHED in logs, logs[-3000:]
     assert not (out / "experts").exists()
     ckpt = out / "checkpoints" / "experts" / "step-000002"
     assert sorted(os.listdir(ckpt)) == ["config.yaml", "expert-00", "expert-01", "model.safetensors",
                                         "optimizer.json", "optimizer.safetensors", "state.json"]
-    rc, logs = launch(stage1, out)
+    rc, logs = launch(stage1, out, "resumed")
     assert rc == 0, logs[-3000:]
     assert "resumed stage experts from" in logs
     for got, want in ((_unet(out), _unet(ep_run)), (_text_encoder(out), _text_encoder(ep_run))):
@@ -184,6 +190,32 @@ def test_one_process_loads_the_per_expert_checkpoint(ep_run):
     for k, v in final.items():
         np.testing.assert_array_equal(ckpt["model"][f"unet.{k}"].numpy(), v, err_msg=k)
     assert any(k.startswith("unet.experts.1.") for k in ckpt["optimizer"])
+
+
+# -- a bank of some experts, the layout and its errors (no processes) ---------------------------------
+def test_a_bank_holds_the_experts_it_is_given_by_id(tiny_unet_kwargs):
+    import paddle
+
+    from ernie_vilg2.models.mode import MixtureOfDenoisingExperts
+
+    full = MixtureOfDenoisingExperts(num_experts=4, unet=tiny_unet_kwargs)
+    part = MixtureOfDenoisingExperts(num_experts=4, unet=tiny_unet_kwargs, expert_ids=[3, 2])
+    assert part.expert_ids == [2, 3] and part.num_experts == 4 and part.is_partial and not full.is_partial
+    names = set(part.state_dict())
+    assert {k.split(".")[1] for k in names} == {"2", "3"} and names < set(full.state_dict())
+    assert sum(int(p.size) for p in part.parameters()) * 2 == sum(int(p.size) for p in full.parameters())
+    part.set_state_dict({k: v for k, v in full.state_dict().items() if k in names})
+    rng = np.random.default_rng(0)
+    x = paddle.to_tensor(rng.standard_normal([2, 4, 8, 8]).astype("float32"))
+    ctx = paddle.to_tensor(rng.standard_normal([2, 5, 32]).astype("float32"))
+    t = paddle.to_tensor([600, 990])  # experts 2 and 3
+    np.testing.assert_array_equal(part(x, t, ctx).sample.numpy(), full(x, t, ctx).sample.numpy())
+    with pytest.raises(KeyError, match="expert 0 is not in this bank"):
+        part(x, paddle.to_tensor([10]), ctx)
+    with pytest.raises(ValueError, match="holds experts"):
+        part.save_pretrained("unused")
+    with pytest.raises(ValueError, match="expert_ids"):
+        MixtureOfDenoisingExperts(num_experts=4, unet=tiny_unet_kwargs, expert_ids=[4])
 
 
 # -- the layout and its errors (no processes) ---------------------------------------------------------
@@ -249,5 +281,5 @@ def test_cli_names_the_field_in_one_line(tmp_path):
                          capture_output=True, text=True, env={**os.environ, "GLOG_minloglevel": "2"}, timeout=120)
     assert bad.returncode == 2, bad.stderr
     errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [line for line in bad.stderr.splitlines() if "train.expert_groups" in line], bad.stderr
+    assert len(errors) == 1 and "train.expert_groups" in errors[0], bad.stderr
     assert "Traceback" not in bad.stderr and not (tmp_path / "run").exists()

@@ -18,9 +18,9 @@ group only its own.
 """
 from __future__ import annotations
 
+import glob
 import json
 import logging
-import glob
 import os
 import re
 import shutil
@@ -87,7 +87,8 @@ def _join_state(tensors: Dict[str, paddle.Tensor], scalars: dict) -> dict:
 
 def _write_state_files(folder: str, model_state: Optional[Dict[str, paddle.Tensor]],
                        optimizer_tensors: Optional[Dict[str, paddle.Tensor]],
-                       ema_state: Optional[Dict[str, paddle.Tensor]], optimizer_file: str = "optimizer.safetensors") -> None:
+                       ema_state: Optional[Dict[str, paddle.Tensor]],
+                       optimizer_file: str = "optimizer.safetensors") -> None:
     if model_state is not None:
         save_file({k: v.detach() for k, v in model_state.items()}, os.path.join(folder, "model.safetensors"))
     if optimizer_tensors is not None:

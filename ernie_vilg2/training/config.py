@@ -85,7 +85,8 @@ class TrainConfig:
         check(self.mixed_precision in ("no", "bf16"), "train.mixed_precision", "use 'no' or 'bf16'")
         check(self.sharding_degree >= 1, "train.sharding_degree", "must be >= 1")
         check(self.expert_groups is None or self.expert_groups >= 1, "train.expert_groups", "must be >= 1 or null")
-        check(self.expert_groups is None or self.expert_parallel, "train.expert_groups", "needs train.expert_parallel: true")
+        check(self.expert_groups is None or self.expert_parallel, "train.expert_groups",
+              "needs train.expert_parallel: true")
         check(self.sharding_stage in (1, 2), "train.sharding_stage",
               "must be 1 or 2 (stage 3 shards the weights themselves, and the trainer's per-expert checkpoints "
               "need them whole on the group's first rank)")

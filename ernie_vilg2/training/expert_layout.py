@@ -128,8 +128,9 @@ def layout_from_config(cfg, world_size: int, rank: int, on_gpu: bool) -> ExpertL
                                                        "API (paddle.distributed.sharding.group_sharded_parallel), "
                                                        "which Paddle 3.3.1 runs only on GPU/XPU; set it to 1 on CPU")
         if t.sharding_degree != layout.ranks_per_group:
-            raise ConfigError("train.sharding_degree", f"with train.expert_parallel it must be 1 or the ranks of an "
-                                                       f"expert group ({layout.ranks_per_group}), got {t.sharding_degree}")
+            raise ConfigError("train.sharding_degree", f"with train.expert_parallel it must be 1 or the ranks of "
+                                                       f"an expert group ({layout.ranks_per_group}), "
+                                                       f"got {t.sharding_degree}")
         if t.experts.train_text_encoder:
             raise ConfigError("train.experts.train_text_encoder",
                               "must be false with sharding in expert-parallel training (the group-sharded API "

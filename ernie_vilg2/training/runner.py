@@ -287,12 +287,13 @@ class ExperimentRunner:
             scheduler=build_sampler(cfg.sample.sampler, model_cfg=cfg.model),
         )
 
-        if expert_parallel and unet.is_partial and self.ctx.is_main:
+        partial_bank = expert_parallel and unet.is_partial  # no rank holds all experts
+        if partial_bank and self.ctx.is_main:
             logger.info("expert-parallel: no rank holds all experts, so this stage writes no sample grids; "
                         "sample the saved pipeline with tools/generate.py")
 
         def sample_during_training(step: int) -> None:
-            if expert_parallel and unet.is_partial:
+            if partial_bank:
                 return
             if self.ctx.is_main and cfg.train.sample_every and step % cfg.train.sample_every == 0:
                 captions.install(unet, training=False)
@@ -304,7 +305,7 @@ class ExperimentRunner:
         trainer.train()
         trainer.finalize_weights()
         captions.install(unet, training=False)
-        if expert_parallel and unet.is_partial:
+        if partial_bank:
             self._save_expert_parallel(pipe)
         elif self.ctx.is_main:
             save_atomically(pipe.save_pretrained, stage_dir(cfg, stage))
