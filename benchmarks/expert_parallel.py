@@ -9,8 +9,8 @@ holds N / min(N, W) of them. Step time: median wall time between consecutive ste
 (all ranks wait for each other in the all-reduces). Memory: each rank's peak RSS at exit
 (``ru_maxrss``), which includes Paddle's import (about 0.5 GB) and the latent cache.
 
-    python benchmarks/expert_parallel.py                         # N=4, [64, 128] experts, batch 16
-    python benchmarks/expert_parallel.py --ranks 1 2 --rounds 2 --steps 8
+    python benchmarks/expert_parallel.py --rounds 2            # N=4, [128, 256] experts, batch 16
+    python benchmarks/expert_parallel.py --ranks 1 2 --channels 64 128 --steps 6
 
 On a 2-core machine 4 ranks share 2 cores: the rows show what each rank holds and how the
 job scales on this CPU, not GPU speed-ups.
@@ -41,10 +41,11 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4], help="world sizes to compare (default 1 2 4)")
     p.add_argument("--experts", type=int, default=4, help="model.num_experts (default 4)")
-    p.add_argument("--channels", type=int, nargs="+", default=[64, 128],
-                   help="U-Net block_out_channels of each expert (default 64 128)")
+    p.add_argument("--channels", type=int, nargs="+", default=[128, 256],
+                   help="U-Net block_out_channels of each expert (default 128 256: 12.5 M parameters)")
     p.add_argument("--batch", type=int, default=16, help="global batch per step (default 16)")
-    p.add_argument("--steps", type=int, default=6, help="experts-stage steps per run; the first is not timed")
+    p.add_argument("--steps", type=int, default=8,
+                   help="experts-stage steps per run (default 8); the first and the last (it saves) are not timed")
     p.add_argument("--rounds", type=int, default=1, help="runs per world size, interleaved (default 1)")
     p.add_argument("--timeout", type=int, default=900, help="seconds per launch (default 900)")
     p.add_argument("--no-plan", action="store_true", help="skip the 24B memory plan")

@@ -143,12 +143,15 @@ def save_checkpoint(
     return os.path.join(folder, name)
 
 
-def start_checkpoint(folder: str, step: int) -> str:
-    """An empty staging folder for a checkpoint several ranks write (:func:`write_checkpoint_part`)."""
-    staging = os.path.join(folder, f".step-{step:06d}.tmp")
+def staging_dir(folder: str, step: int) -> str:
+    """Where several ranks write checkpoint ``step`` before :func:`commit_checkpoint` (pruned if left)."""
+    return os.path.join(folder, f".step-{step:06d}.tmp")
+
+
+def start_checkpoint(staging: str) -> None:
+    """Create the empty staging folder (one rank, before the others write their parts)."""
     shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted save
     os.makedirs(staging)
-    return staging
 
 
 def write_checkpoint_part(staging: str, part: str, model_state: Optional[Dict[str, paddle.Tensor]],

@@ -10,7 +10,7 @@ Layout and its rules: :mod:`.expert_layout`. APIs and why:
 - No DataParallel wrapper in the experts stage: its reducer all-reduces over all ranks,
   but expert gradients must stay within their group. After ``backward`` the trainer calls
   :class:`GradientSync`: expert gradients are summed within the group, the others (the text
-  encoder, when trained) over all ranks, with PaddleNLP/Fleet's coalescing helper
+  encoder, when trained) over all ranks, with Fleet's coalescing helper
   ``fused_allreduce_gradients_with_group``, both divided by the number of ranks. That is
   exactly the gradient of the mean loss of the global batch, the gradient one process
   holding all experts would compute for the same rows and timesteps; it is then clipped by
@@ -36,7 +36,7 @@ from typing import Dict, List, Optional
 import paddle
 import paddle.distributed as dist
 
-from .checkpoint import commit_checkpoint, load_checkpoint, start_checkpoint, write_checkpoint_part
+from .checkpoint import commit_checkpoint, load_checkpoint, staging_dir, start_checkpoint, write_checkpoint_part
 from .expert_layout import ExpertLayout, expert_of, part_name
 from .loop import LoopHooks
 
@@ -164,28 +164,26 @@ class ExpertParallelHooks(LoopHooks):
 
     def save_checkpoint(self, folder: str, step: int, model_state, optimizer_state, ema_state, meta, keep, config):
         lay = self.layout
-        staging = start_checkpoint(folder, step) if lay.rank == 0 else None
+        staging = staging_dir(folder, step)
+        if lay.rank == 0:
+            start_checkpoint(staging)
         dist_barrier(lay)
-        staging = staging or os.path.join(folder, f".step-{step:06d}.tmp")
-        writes_optimizer = lay.is_group_leader or self.sharded
-        if writes_optimizer:
+        if lay.is_group_leader or self.sharded:  # sharded: every rank holds a slice of the optimizer state
+            optimizer_tensors = _flat_tensors(optimizer_state)
             for expert in lay.experts:
-                part = part_name(expert)
-                mine = lambda state: {k: v for k, v in (state or {}).items() if expert_of(k) == expert}  # noqa: E731
+                mine = lambda state: {k: v for k, v in state.items() if expert_of(k) == expert}  # noqa: E731
                 write_checkpoint_part(
-                    staging, part,
+                    staging, part_name(expert),
                     model_state=mine(model_state) if lay.is_group_leader else None,
-                    optimizer_tensors=mine(_flat_tensors(optimizer_state)) if writes_optimizer else None,
+                    optimizer_tensors=mine(optimizer_tensors),
                     ema_state=mine(ema_state) if lay.is_group_leader and ema_state is not None else None,
-                    writer=(lay.rank % lay.ranks_per_group) if self.sharded else 0,
+                    writer=lay.rank % lay.ranks_per_group if self.sharded else 0,
                 )
         dist_barrier(lay)
         path = os.path.join(folder, f"step-{step:06d}")
         if lay.rank == 0:
             shared = lambda state: {k: v for k, v in state.items() if expert_of(k) is None}  # noqa: E731
-            optimizer_shared = {k: v for k, v in optimizer_state.items()
-                                if not isinstance(v, paddle.Tensor) or expert_of(k) is None}
-            commit_checkpoint(folder, step, staging, shared(model_state), _drop_expert_tensors(optimizer_shared),
+            commit_checkpoint(folder, step, staging, shared(model_state), _drop_expert_tensors(optimizer_state),
                               None if ema_state is None else shared(ema_state),
                               meta={**(meta or {}), "expert_groups": lay.groups}, keep=keep, config=config)
         return path
