@@ -240,6 +240,19 @@ def test_timesteps_of_each_group_stay_in_its_experts_and_cover_t_uniformly():
     np.testing.assert_allclose(counts, 0.1, atol=0.01)
 
 
+def test_the_memory_plan_forms_the_trainers_groups():
+    from ernie_vilg2.training.memory_plan import PlanError, default_layout
+
+    cfg = load_config(os.path.join(REPO, "configs", "ernie_vilg2_24b.yaml"))  # train.expert_parallel: true
+    trainer = layout_from_config(cfg, world_size=320, rank=0, on_gpu=True)
+    assert default_layout(cfg, 320, 80).expert_groups == trainer.groups == 10  # 32 ranks per group
+    assert default_layout(cfg, 10, 80).expert_groups == 10  # one rank per group
+    off = load_config(os.path.join(REPO, "configs", "ernie_vilg2_24b.yaml"), ["train.expert_parallel=false"])
+    assert default_layout(off, 320, 80).expert_groups == 1  # every rank holds all experts
+    with pytest.raises(PlanError, match="--expert-groups"):
+        default_layout(cfg, 12, 80)  # 12 ranks cannot form 10 groups
+
+
 @pytest.mark.parametrize("experts, ranks, requested, field, needle", [
     (10, 4, None, "train.expert_parallel", "[1, 2]"),
     (4, 6, None, "train.expert_parallel", "[1, 2]"),

@@ -25,6 +25,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+from ..config import ConfigError
 from ..models.footprint import (ATTENTION_KINDS, count_parameters, lazy_init, text_encoder_activations,
                                 unet_activations)
 from ..utils.integrity import check_model_folder
@@ -89,8 +90,11 @@ def default_layout(cfg: ExperimentConfig, gpus: int, gpu_mem_gib: float, **given
     (:func:`~.expert_layout.expert_group_count`), without it one group (every rank holds all experts).
     """
     groups = 1
-    if cfg.train.expert_parallel and given.get("expert_groups") is None:
-        groups = expert_group_count(cfg.model.num_experts, gpus, cfg.train.expert_groups)
+    if cfg.train.expert_parallel and given.get("expert_groups") is None and gpus >= 1:
+        try:
+            groups = expert_group_count(cfg.model.num_experts, gpus, cfg.train.expert_groups)
+        except ConfigError as exc:
+            raise PlanError(f"--expert-groups (from the config): {exc}") from None
     implied = dict(
         expert_groups=groups,
         sharding_stage=cfg.train.sharding_stage if cfg.train.sharding_degree > 1 else 0,
