@@ -35,9 +35,9 @@ def expert_of(name: str) -> Optional[int]:
     return int(match.group(1)) if match else None
 
 
-def part_name(expert: Optional[int]) -> str:
-    """Checkpoint part of an expert's tensors (the shared ones live at the checkpoint's top)."""
-    return "" if expert is None else f"expert-{expert:02d}"
+def part_name(expert: int) -> str:
+    """Checkpoint part (folder) of an expert's tensors; the shared ones live at the checkpoint's top."""
+    return f"expert-{expert:02d}"
 
 
 def expert_group_count(num_experts: int, world_size: int, requested: Optional[int] = None) -> int:
