@@ -49,6 +49,8 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=1, help="runs per world size, interleaved (default 1)")
     p.add_argument("--timeout", type=int, default=900, help="seconds per launch (default 900)")
     p.add_argument("--no-plan", action="store_true", help="skip the 24B memory plan")
+    p.add_argument("--no-offload", action="store_true",
+                   help="skip the offloaded-sampling rows (benchmarks/expert_offload.py's defaults)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one launched rank
     args, rest = p.parse_known_args(argv)
     if args.worker:
@@ -147,12 +149,6 @@ def run_world(args, root: str, prepared: str, world: int, round_: int) -> list:
     return rows
 
 
-def offload_rows(args) -> str:
-    """HOOK (issue 10, part 3): the offloaded-sampling rows of benchmarks/expert_offload.py are
-    printed here; wired when that benchmark is merged."""
-    return "Offloaded sampling (benchmarks/expert_offload.py): not wired into this script yet."
-
-
 def main(argv=None) -> int:
     args, rest = parse_args(argv)
     if args.worker:
@@ -174,8 +170,12 @@ def main(argv=None) -> int:
     print_table(args, results)
     if not args.no_plan:
         print_plan()
-    print()
-    print(offload_rows(args))
+    if not args.no_offload:  # the sampling side of the same layout: one expert in memory
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from expert_offload import format_table, offload_rows
+
+        print("\nSampling the bank with expert offload (benchmarks/expert_offload.py):\n")
+        print(format_table(offload_rows(log=lambda line: print(line, file=sys.stderr))))
     return 0
 
 
