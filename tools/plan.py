@@ -32,12 +32,13 @@ def parse_args(argv=None):
     p.add_argument("--gpus", type=int, required=True, help="ranks (GPUs) of the job")
     p.add_argument("--gpu-mem", type=float, required=True, metavar="GiB",
                    help="memory of one GPU in GiB (an '80 GB' A100/H100: 80)")
-    p.add_argument("--expert-groups", type=int, default=1,
-                   help="equal groups of ranks; each owns num_experts / groups experts (default 1: every rank "
-                        "holds all experts, as the trainer does today)")
+    p.add_argument("--expert-groups", type=int,
+                   help="equal groups of ranks; each owns num_experts / groups experts (default: as the trainer "
+                        "forms them: with train.expert_parallel train.expert_groups or min(num_experts, gpus), "
+                        "else 1, every rank holding all experts)")
     p.add_argument("--sharding-stage", type=int, choices=(0, 1, 2, 3),
                    help="within a group: 1 shards the optimizer state, 2 also gradients, 3 also parameters "
-                        "(default: 1 if train.sharding_degree > 1, else 0)")
+                        "(default: train.sharding_stage if train.sharding_degree > 1, else 0)")
     p.add_argument("--micro-batch", type=int, help="samples per rank and step (default: the stage's batch size / gpus)")
     p.add_argument("--precision", choices=("bf16", "fp32"), help="default: train.mixed_precision")
     p.add_argument("--recompute", action=argparse.BooleanOptionalAction, default=None,

@@ -49,6 +49,7 @@ def main(argv=None) -> int:
     from ernie_vilg2.data.jsonl import DatasetError
     from ernie_vilg2.training.checkpoint import CheckpointMismatch
     from ernie_vilg2.training.config import load_config
+    from ernie_vilg2.training.expert_parallel import ExpertGroupError
     from ernie_vilg2.training.loop import TrainingDiverged
     from ernie_vilg2.training.resume import ResumeRefused
     from ernie_vilg2.training.run_folder import RunFolderLocked
@@ -61,7 +62,7 @@ def main(argv=None) -> int:
         model_dir = run_training(cfg, resume=args.resume, stages=args.stage,
                                  allow_config_change=args.allow_config_change)
     except (ConfigError, FileNotFoundError, FileExistsError, TrainingDiverged, ResumeRefused, RunFolderLocked,
-            DamagedFileError, CheckpointMismatch, DatasetError) as exc:
+            DamagedFileError, CheckpointMismatch, DatasetError, ExpertGroupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

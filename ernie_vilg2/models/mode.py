@@ -6,12 +6,17 @@ each stage its own U-Net. A fixed router sends timestep ``t`` to expert
 and the per-step compute equals one U-Net, while capacity grows N-fold. diffusers'
 Wan pipeline picks one of two experts by a timestep boundary; this generalises it
 to N equal stages. With N = 1 the model is a plain U-Net.
+
+A bank may hold only some of the N experts (``expert_ids``), e.g. the experts one group of
+ranks trains: the router still maps every ``t`` to its expert id, and the parameter names
+keep the ids (``experts.3.conv_in.weight``), so a full bank's state dict is the same as
+ever and the parts of several partial banks fit together.
 """
 from __future__ import annotations
 
 import copy
 import os
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 import paddle
 from ppdiffusers import ModelMixin, UNet2DConditionModel  # noqa: F401  (ModelMixin: pipeline loading)
@@ -29,20 +34,55 @@ def _take(value: Any, index: paddle.Tensor, batch: int):
     return value
 
 
+class ExpertBank(paddle.nn.Layer):
+    """Experts by id. Sublayers are named by their ids, so a full bank names its parameters
+    as a LayerList would (``0.conv_in.weight`` ...) and a partial one keeps the global ids.
+    Iterating yields the experts in id order; ``bank[i]`` is expert ``i``."""
+
+    def __init__(self, experts: Dict[int, paddle.nn.Layer]):
+        super().__init__()
+        for expert_id in sorted(experts):
+            self.add_sublayer(str(expert_id), experts[expert_id])
+
+    @property
+    def ids(self) -> List[int]:
+        return [int(name) for name in self._sub_layers]
+
+    def __getitem__(self, expert_id: int) -> paddle.nn.Layer:
+        try:
+            return self._sub_layers[str(int(expert_id))]
+        except KeyError:
+            raise KeyError(f"expert {expert_id} is not in this bank (it holds experts {self.ids})") from None
+
+    def __iter__(self) -> Iterator[paddle.nn.Layer]:
+        return iter(self._sub_layers.values())
+
+    def __len__(self) -> int:
+        return len(self._sub_layers)
+
+
 class MixtureOfDenoisingExperts(ModelMixin, ConfigMixin):
     """A bank of ``num_experts`` UNet2DConditionModel experts behind a timestep router.
 
     ``unet`` is the keyword config of each expert (all experts share it), so the model
     saves and loads like any PPDiffusers model (``config.json`` + safetensors).
+    ``expert_ids`` (not part of the config) builds only those experts of the N; such a
+    partial bank trains and runs the timesteps of its experts but cannot be saved as a model.
     """
 
     config_name = "config.json"
+    ignore_for_config = ["expert_ids"]
 
     @register_to_config
-    def __init__(self, num_experts: int = 1, num_train_timesteps: int = 1000, unet: Optional[Dict] = None):
+    def __init__(self, num_experts: int = 1, num_train_timesteps: int = 1000, unet: Optional[Dict] = None,
+                 expert_ids: Optional[Sequence[int]] = None):
         super().__init__()
         self.router = TimestepRouter(num_experts, num_train_timesteps)
-        self.experts = paddle.nn.LayerList([UNet2DConditionModel(**(unet or {})) for _ in range(num_experts)])
+        ids = range(num_experts) if expert_ids is None else sorted(set(int(i) for i in expert_ids))
+        for i in ids:
+            if not 0 <= i < num_experts:
+                raise ValueError(f"expert_ids: expert {i} out of range 0..{num_experts - 1}")
+        self.experts = ExpertBank({i: UNet2DConditionModel(**(unet or {})) for i in ids})
 
     # -- construction -------------------------------------------------------------
     @classmethod
@@ -54,35 +94,55 @@ class MixtureOfDenoisingExperts(ModelMixin, ConfigMixin):
             check_model_folder(folder)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        if self.is_partial:
+            raise ValueError(f"this bank holds experts {self.expert_ids} of {self.num_experts}; a saved model needs "
+                             "all of them (a saved folder loads as the whole bank)")
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     @classmethod
-    def from_unet(cls, unet: UNet2DConditionModel, num_experts: int, num_train_timesteps: int = 1000):
-        """Branch a trained U-Net into ``num_experts`` identical experts (stage 2 init)."""
+    def from_unet(cls, unet: UNet2DConditionModel, num_experts: int, num_train_timesteps: int = 1000,
+                  expert_ids: Optional[Sequence[int]] = None):
+        """Branch a trained U-Net into ``num_experts`` identical experts (stage 2 init);
+        ``expert_ids``: build only these of them."""
         unet_config = {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}
-        model = cls(num_experts=num_experts, num_train_timesteps=num_train_timesteps, unet=unet_config)
+        model = cls(num_experts=num_experts, num_train_timesteps=num_train_timesteps, unet=unet_config,
+                    expert_ids=expert_ids)
         state = unet.state_dict()
         for expert in model.experts:
             expert.set_state_dict(copy.deepcopy(state))
         return model
 
     @classmethod
-    def branch(cls, model: "MixtureOfDenoisingExperts", num_experts: int) -> "MixtureOfDenoisingExperts":
-        """Branch a single-expert model into ``num_experts`` experts."""
+    def branch(cls, model: "MixtureOfDenoisingExperts", num_experts: int,
+               expert_ids: Optional[Sequence[int]] = None) -> "MixtureOfDenoisingExperts":
+        """Branch a single-expert model into ``num_experts`` experts (or only ``expert_ids`` of them)."""
         if model.num_experts != 1:
             raise ValueError(f"can only branch a single-expert model, this one has {model.num_experts}")
-        return cls.from_unet(model.experts[0], num_experts, model.config.num_train_timesteps)
+        return cls.from_unet(model.experts[0], num_experts, model.config.num_train_timesteps, expert_ids)
 
     # -- properties -----------------------------------------------------------------
     @property
     def num_experts(self) -> int:
-        return len(self.experts)
+        """N, the experts the router divides the timesteps among (held or not)."""
+        return self.router.num_experts
+
+    @property
+    def expert_ids(self) -> List[int]:
+        """The experts this bank holds."""
+        return self.experts.ids
+
+    @property
+    def is_partial(self) -> bool:
+        return len(self.experts) < self.num_experts
 
     @property
     def in_channels(self) -> int:
-        return self.experts[0].config.in_channels
+        return next(iter(self.experts)).config.in_channels
 
     @property
     def sample_size(self) -> int:
-        return self.experts[0].config.sample_size
+        return next(iter(self.experts)).config.sample_size
 
     def expert_for_timestep(self, timestep) -> UNet2DConditionModel:
         return self.experts[self.router.expert_index(timestep)]

@@ -8,15 +8,23 @@ every other file). It is written to a temporary folder and renamed into place, a
 ``latest`` pointer is replaced atomically last, so an interrupted save never hides the
 previous good checkpoint. :func:`find_resume_checkpoint` verifies checkpoints newest
 first and returns the newest intact one with the damaged ones it passed over.
+
+Expert-parallel checkpoints (:mod:`.expert_parallel`) hold the shared tensors at the top
+and each expert's in a part folder ``expert-XX/`` (``model``, ``ema`` and one or more
+``optimizer*.safetensors``), written by several ranks into a staging folder that one rank
+then commits; ``state.json`` lists the parts and records their files as well. A loader
+reads the top and the parts it asks for, so one process can load all parts and an expert
+group only its own.
 """
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
 import re
 import shutil
-from typing import Dict, List, Optional, Tuple
+from typing import Collection, Dict, List, Optional, Tuple
 
 import paddle
 import yaml
@@ -77,6 +85,38 @@ def _join_state(tensors: Dict[str, paddle.Tensor], scalars: dict) -> dict:
     return state
 
 
+def _write_state_files(folder: str, model_state: Optional[Dict[str, paddle.Tensor]],
+                       optimizer_tensors: Optional[Dict[str, paddle.Tensor]],
+                       ema_state: Optional[Dict[str, paddle.Tensor]],
+                       optimizer_file: str = "optimizer.safetensors") -> None:
+    if model_state is not None:
+        save_file({k: v.detach() for k, v in model_state.items()}, os.path.join(folder, "model.safetensors"))
+    if optimizer_tensors is not None:
+        save_file(optimizer_tensors, os.path.join(folder, optimizer_file))
+    if ema_state is not None:
+        save_file({k: v.detach() for k, v in ema_state.items()}, os.path.join(folder, "ema.safetensors"))
+
+
+def _finish(tmp: str, step: int, optimizer_scalars: dict, meta: Optional[dict], config: Optional[dict],
+            parts: List[str]) -> None:
+    """Write optimizer.json, config.yaml and state.json (sizes and SHA-256 of every file; the
+    parts' records come from the ``files-*.json`` their writers left)."""
+    with open(os.path.join(tmp, "optimizer.json"), "w", encoding="utf-8") as f:
+        json.dump(optimizer_scalars, f)
+    if config is not None:
+        with open(os.path.join(tmp, CONFIG), "w", encoding="utf-8") as f:
+            yaml.safe_dump(config, f, allow_unicode=True, sort_keys=False)
+    files = describe_files(tmp, sorted(n for n in os.listdir(tmp) if os.path.isfile(os.path.join(tmp, n))))
+    for part in parts:
+        for record in sorted(glob.glob(os.path.join(tmp, part, "files-*.json"))):
+            with open(record, encoding="utf-8") as f:
+                files.update({f"{part}/{name}": r for name, r in json.load(f).items()})
+            os.remove(record)
+    extra = {"parts": parts} if parts else {}
+    with open(os.path.join(tmp, STATE), "w", encoding="utf-8") as f:
+        json.dump({"step": step, **(meta or {}), **extra, "files": files}, f, indent=1)
+
+
 def save_checkpoint(
     folder: str,
     step: int,
@@ -95,22 +135,62 @@ def save_checkpoint(
     os.makedirs(folder, exist_ok=True)
     name = f"step-{step:06d}"
     with atomic_directory(os.path.join(folder, name), overwrite=True) as tmp:
-        save_file({k: v.detach() for k, v in model_state.items()}, os.path.join(tmp, "model.safetensors"))
         opt_tensors, opt_scalars = _split_state(optimizer_state)
-        save_file(opt_tensors, os.path.join(tmp, "optimizer.safetensors"))
-        with open(os.path.join(tmp, "optimizer.json"), "w", encoding="utf-8") as f:
-            json.dump(opt_scalars, f)
-        if ema_state is not None:
-            save_file({k: v.detach() for k, v in ema_state.items()}, os.path.join(tmp, "ema.safetensors"))
-        if config is not None:
-            with open(os.path.join(tmp, CONFIG), "w", encoding="utf-8") as f:
-                yaml.safe_dump(config, f, allow_unicode=True, sort_keys=False)
-        files = describe_files(str(tmp), sorted(os.listdir(tmp)))
-        with open(os.path.join(tmp, STATE), "w", encoding="utf-8") as f:
-            json.dump({"step": step, **(meta or {}), "files": files}, f, indent=1)
+        _write_state_files(str(tmp), model_state, opt_tensors, ema_state)
+        _finish(str(tmp), step, opt_scalars, meta, config, parts=[])
     atomic_write_text(os.path.join(folder, LATEST), name)
     _prune(folder, keep, step)
     return os.path.join(folder, name)
+
+
+def staging_dir(folder: str, step: int) -> str:
+    """Where several ranks write checkpoint ``step`` before :func:`commit_checkpoint` (pruned if left)."""
+    return os.path.join(folder, f".step-{step:06d}.tmp")
+
+
+def start_checkpoint(staging: str) -> None:
+    """Create the empty staging folder (one rank, before the others write their parts)."""
+    shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted save
+    os.makedirs(staging)
+
+
+def write_checkpoint_part(staging: str, part: str, model_state: Optional[Dict[str, paddle.Tensor]],
+                          optimizer_tensors: Optional[Dict[str, paddle.Tensor]],
+                          ema_state: Optional[Dict[str, paddle.Tensor]], writer: int = 0) -> None:
+    """Write one part (e.g. an expert's tensors) into ``staging/part/``, with the sizes and
+    SHA-256 of its files in ``files-<writer>.json``. Writer ``k`` > 0 writes only optimizer
+    tensors, to ``optimizer-<k>.safetensors`` (a slice of a sharded optimizer's state)."""
+    folder = os.path.join(staging, part)
+    os.makedirs(folder, exist_ok=True)
+    optimizer_file = "optimizer.safetensors" if writer == 0 else f"optimizer-{writer}.safetensors"
+    _write_state_files(folder, model_state, optimizer_tensors, ema_state, optimizer_file)
+    names = [n for n, state in (("model.safetensors", model_state), (optimizer_file, optimizer_tensors),
+                                ("ema.safetensors", ema_state)) if state is not None]
+    atomic_write_text(os.path.join(folder, f"files-{writer}.json"), json.dumps(describe_files(folder, names)))
+
+
+def commit_checkpoint(folder: str, step: int, staging: str, model_state: Dict[str, paddle.Tensor],
+                      optimizer_state: dict, ema_state: Optional[Dict[str, paddle.Tensor]] = None,
+                      meta: Optional[dict] = None, keep: int = 2, config: Optional[dict] = None) -> str:
+    """Add the shared tensors and the records to the parts written into ``staging`` and move it
+    into place as ``folder/step-XXXXXX`` (replacing one of that step), then point ``latest`` at it."""
+    opt_tensors, opt_scalars = _split_state(optimizer_state)
+    _write_state_files(staging, model_state, opt_tensors, ema_state)
+    parts = sorted(d for d in os.listdir(staging) if os.path.isdir(os.path.join(staging, d)))
+    _finish(staging, step, opt_scalars, meta, config, parts)
+    name = f"step-{step:06d}"
+    target = os.path.join(folder, name)
+    if os.path.exists(target):
+        old = os.path.join(folder, f".{name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, target)
+    atomic_write_text(os.path.join(folder, LATEST), name)
+    _prune(folder, keep, step)
+    return target
 
 
 def checkpoint_step(path: str) -> int:
@@ -207,17 +287,28 @@ def read_checkpoint_config(path: str) -> Optional[dict]:
         return yaml.safe_load(f)
 
 
-def load_checkpoint(path: str, checksum: bool = True) -> dict:
+def load_checkpoint(path: str, checksum: bool = True, parts: Optional[Collection[str]] = None) -> dict:
     """Return {'step', 'meta', 'model', 'optimizer', 'ema' (or None)} from a checkpoint folder,
-    after :func:`verify_checkpoint` (``checksum=False``: sizes only, when already verified)."""
+    after :func:`verify_checkpoint` (``checksum=False``: sizes only, when already verified).
+
+    The tensors of the top and of the ``parts`` asked for (None: all parts) are merged.
+    """
     meta = verify_checkpoint(path, checksum=checksum)
+    folders = [path] + [os.path.join(path, p) for p in meta.get("parts", []) if parts is None or p in parts]
+    model, optimizer, ema = {}, {}, {}
+    for folder in folders:
+        if os.path.isfile(os.path.join(folder, "model.safetensors")):
+            model.update(load_file(os.path.join(folder, "model.safetensors")))
+        for name in sorted(glob.glob(os.path.join(folder, "optimizer*.safetensors"))):
+            optimizer.update(load_file(name))
+        if os.path.isfile(os.path.join(folder, "ema.safetensors")):
+            ema.update(load_file(os.path.join(folder, "ema.safetensors")))
     with open(os.path.join(path, "optimizer.json"), encoding="utf-8") as f:
         opt_scalars = json.load(f)
-    ema_file = os.path.join(path, "ema.safetensors")
     return {
         "step": int(meta["step"]),
         "meta": meta,
-        "model": load_file(os.path.join(path, "model.safetensors")),
-        "optimizer": _join_state(load_file(os.path.join(path, "optimizer.safetensors")), opt_scalars),
-        "ema": load_file(ema_file) if os.path.isfile(ema_file) else None,
+        "model": model,
+        "optimizer": _join_state(optimizer, opt_scalars),
+        "ema": ema if os.path.isfile(os.path.join(path, "ema.safetensors")) else None,
     }

@@ -52,8 +52,12 @@ class TrainConfig:
     base: StageConfig = field(default_factory=lambda: StageConfig(steps=1000, lr=1e-3))
     experts: StageConfig = field(default_factory=lambda: StageConfig(steps=500, lr=5e-4, train_text_encoder=False))
     # Stage-2 experts this process trains; None = all. A worker given one expert draws its
-    # timesteps from that expert's stage only (expert parallelism: no batch split).
+    # timesteps from that expert's stage only (one job per expert, by hand).
     expert_ids: Optional[List[int]] = None
+    # Stage 2 in one job on expert groups: the ranks split into equal groups, each building,
+    # training and synchronising only its experts (see training/expert_layout.py).
+    expert_parallel: bool = False
+    expert_groups: Optional[int] = None  # null: min(model.num_experts, number of ranks)
     # Stage 2: draw one expert per step and the whole batch from its timestep stage, so a
     # step runs one U-Net (false: per-sample timesteps; the batch is split across experts).
     one_expert_per_step: bool = True
@@ -64,7 +68,10 @@ class TrainConfig:
     sample_every: int = 0  # 0 = sample images to VisualDL only at the end of a stage
     mixed_precision: str = "no"  # "bf16": autocast the diffusion forward (GPU only)
     recompute: bool = False  # gradient checkpointing of the U-Net blocks (GPU memory)
-    sharding_degree: int = 1  # Fleet sharding stage 1 over data-parallel workers
+    sharding_degree: int = 1  # Fleet sharding stage 1 over data-parallel workers; with expert_parallel
+    # the ranks of an expert group (group-sharded API, GPU only)
+    sharding_stage: int = 1  # with sharding_degree > 1: 1 optimizer state, 2 also gradients (expert_parallel)
+    sharding_offload: bool = False  # expert_parallel sharding: optimizer state in host memory (GPU only)
 
     def __post_init__(self):
         check(self.batch_size > 0, "train.batch_size", "must be positive")
@@ -77,6 +84,16 @@ class TrainConfig:
         check(self.sample_every >= 0, "train.sample_every", "must be >= 0")
         check(self.mixed_precision in ("no", "bf16"), "train.mixed_precision", "use 'no' or 'bf16'")
         check(self.sharding_degree >= 1, "train.sharding_degree", "must be >= 1")
+        check(self.expert_groups is None or self.expert_groups >= 1, "train.expert_groups", "must be >= 1 or null")
+        check(self.expert_groups is None or self.expert_parallel, "train.expert_groups",
+              "needs train.expert_parallel: true")
+        check(self.sharding_stage in (1, 2), "train.sharding_stage",
+              "must be 1 or 2 (stage 3 shards the weights themselves, and the trainer's per-expert checkpoints "
+              "need them whole on the group's first rank)")
+        check(self.sharding_stage == 1 or self.expert_parallel, "train.sharding_stage",
+              "stage 2 needs train.expert_parallel: true (Fleet's data-parallel sharding here is stage 1)")
+        check(not self.sharding_offload or self.expert_parallel, "train.sharding_offload",
+              "needs train.expert_parallel: true")
         for stage in STAGES:
             getattr(self, stage).validate(f"train.{stage}")
 
@@ -113,6 +130,8 @@ class ExperimentConfig:
     def __post_init__(self):
         check(self.data.resolution % self.model.vae.scale_factor == 0, "data.resolution",
               f"must be a multiple of the VAE downsampling factor {self.model.vae.scale_factor}")
+        check(not (self.train.expert_parallel and self.train.expert_ids is not None), "train.expert_ids",
+              "must be null with train.expert_parallel: true (the expert groups are assigned their experts)")
         if self.train.expert_ids is not None:
             for i, e in enumerate(self.train.expert_ids):
                 check(0 <= e < self.model.num_experts, f"train.expert_ids[{i}]",

@@ -16,21 +16,39 @@ class TimestepSampler:
     from its stage: every expert still sees a uniform share of its own stage, but a
     step runs one U-Net on the whole batch instead of N U-Nets on slivers of it (what
     expert-parallel workers do at scale; on one CPU it makes stage 2 cost as stage 1).
+
+    With an expert ``layout`` (:class:`~.expert_layout.ExpertLayout`) the rows of each expert
+    group get timesteps of that group's experts only (one expert per group and step with
+    ``one_expert_per_step``); all groups are drawn in order, so every rank draws the same
+    global batch. Equal groups keep the timesteps of the whole batch uniform on [0, T).
     """
 
     def __init__(self, num_train_timesteps: int, num_experts: int, expert_ids: Optional[List[int]] = None,
-                 one_expert_per_step: bool = False):
+                 one_expert_per_step: bool = False, layout=None):
         self.T = num_train_timesteps
+        self.N = num_experts
         self.stage = num_train_timesteps // num_experts
         self.expert_ids = np.asarray(expert_ids if expert_ids else range(num_experts))
         self.restricted = bool(expert_ids)
         self.one_expert_per_step = one_expert_per_step
+        self.layout = layout
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        if self.layout is None:
+            return self._draw(n, self.expert_ids, self.restricted, rng)
+        t = np.empty(n, dtype="int64")
+        groups = self.layout.row_groups(n)
+        for g in range(self.layout.groups):
+            rows = np.flatnonzero(groups == g)
+            experts = self.layout.group_experts(g)
+            t[rows] = self._draw(len(rows), np.asarray(experts), len(experts) < self.N, rng)
+        return t
+
+    def _draw(self, n: int, expert_ids: np.ndarray, restricted: bool, rng: np.random.Generator) -> np.ndarray:
         if self.one_expert_per_step:
-            experts = np.full(n, rng.choice(self.expert_ids))
-        elif self.restricted:
-            experts = rng.choice(self.expert_ids, size=n)
+            experts = np.full(n, rng.choice(expert_ids))
+        elif restricted:
+            experts = rng.choice(expert_ids, size=n)
         else:
             return rng.integers(0, self.T, size=n).astype("int64")
         return (experts * self.stage + rng.integers(0, self.stage, size=n)).astype("int64")

@@ -3,14 +3,24 @@
 Data parallelism (optionally with Fleet sharding stage 1 of the optimizer state) via
 Fleet's hybrid strategy. On CPU Paddle uses gloo; model parallel and sharding stages
 2/3 are GPU-only. With one process nothing is wrapped.
+
+With ``train.expert_parallel`` (stage 2 on expert groups, :mod:`.expert_parallel`) the job
+joins through ``init_parallel_env`` and ``new_group`` instead of Fleet (4-rank Fleet setups
+fail to create their groups over gloo now and then; the earlier stages then use
+``paddle.DataParallel``). Only with sharding within the groups (GPU) is Fleet initialised,
+as dp = groups x sharding = ranks per group, whose sharding groups are then exactly the
+expert groups (consecutive ranks), handed to Paddle's group-sharded API.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any, Optional
 
 import paddle
 import paddle.distributed as dist
+
+from .expert_layout import ExpertLayout, layout_from_config
 
 logger = logging.getLogger(__name__)
 
@@ -20,36 +30,75 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     fleet: bool = False
+    experts: Optional[ExpertLayout] = None  # expert-parallel stage 2
+    expert_group: Any = None  # this rank's expert group (None when a group is one rank)
+    sharding: Optional[dict] = None  # group_sharded_parallel level/offload within the expert groups (GPU)
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def wrap_model(self, module: paddle.nn.Layer) -> paddle.nn.Layer:
-        if self.world_size == 1:
+    def expert_parallel(self, stage: str) -> bool:
+        return self.experts is not None and stage == "experts"
+
+    def wrap_model(self, module: paddle.nn.Layer, stage: str = "") -> paddle.nn.Layer:
+        """The data-parallel wrapper of ``module``; the module itself with one process and in
+        the expert-parallel stage (its gradients are synchronised by the loop's hooks)."""
+        if self.world_size == 1 or self.expert_parallel(stage):
             return module
-        from paddle.distributed import fleet
+        if self.fleet:
+            from paddle.distributed import fleet
 
-        return fleet.distributed_model(module)
+            return fleet.distributed_model(module)
+        return paddle.DataParallel(module, find_unused_parameters=True)
 
-    def wrap_optimizer(self, optimizer):
-        if self.world_size == 1:
+    def wrap_optimizer(self, optimizer, stage: str = ""):
+        if self.world_size == 1 or not self.fleet or self.expert_parallel(stage):
             return optimizer
         from paddle.distributed import fleet
 
         return fleet.distributed_optimizer(optimizer)
+
+    def shard(self, module: paddle.nn.Layer, optimizer):
+        """Module and optimizer sharded within the expert group (GPU; group_sharded_parallel
+        implements stage 1 'os' as stage 2 'os_g')."""
+        from paddle.distributed.sharding import group_sharded_parallel
+
+        model, optimizer, _ = group_sharded_parallel(module, optimizer, self.sharding["level"],
+                                                     group=self.expert_group, offload=self.sharding["offload"])
+        return model, optimizer
+
+    def loop_hooks(self, stage: str):
+        """The training loop's hooks for ``stage`` (None: the defaults)."""
+        if not self.expert_parallel(stage):
+            return None
+        from .expert_parallel import ExpertParallelHooks
+
+        return ExpertParallelHooks(self.experts, self.expert_group, sharded=self.sharding is not None)
 
     def barrier(self) -> None:
         if self.world_size > 1:
             dist.barrier()
 
 
-def init_distributed(sharding_degree: int = 1) -> DistContext:
-    world = dist.get_world_size()
+def _on_accelerator() -> bool:
+    return paddle.get_device().split(":")[0] in ("gpu", "xpu")
+
+
+def init_distributed(cfg) -> DistContext:
+    """Join the job described by ``cfg`` (an ExperimentConfig) on the launcher's ranks."""
+    t = cfg.train
+    world, rank = dist.get_world_size(), dist.get_rank()
+    layout = layout_from_config(cfg, world, rank, _on_accelerator()) if t.expert_parallel else None
+    if layout is not None and t.sharding_degree == 1:
+        from .expert_parallel import connect
+
+        return DistContext(rank=rank, world_size=world, experts=layout, expert_group=connect(layout))
     if world <= 1:
         return DistContext()
     from paddle.distributed import fleet
 
+    sharding_degree = t.sharding_degree
     if world % sharding_degree:
         raise ValueError(f"train.sharding_degree ({sharding_degree}) must divide the number of workers ({world})")
     strategy = fleet.DistributedStrategy()
@@ -64,4 +113,10 @@ def init_distributed(sharding_degree: int = 1) -> DistContext:
     fleet.init(is_collective=True, strategy=strategy)
     ctx = DistContext(rank=dist.get_rank(), world_size=world, fleet=True)
     logger.info("distributed: rank %d of %d (sharding degree %d)", ctx.rank, world, sharding_degree)
+    if layout is not None:  # sharding within the expert groups (GPU): Fleet's sharding groups are they
+        ctx.experts = layout
+        ctx.expert_group = fleet.get_hybrid_communicate_group().get_sharding_parallel_group()
+        ctx.sharding = {"level": "os_g" if t.sharding_stage == 2 else "os", "offload": t.sharding_offload}
+        logger.info("expert-parallel: %s; optimizer state%s sharded within the group", layout.describe(),
+                    " and gradients" if t.sharding_stage == 2 else "")
     return ctx

@@ -55,11 +55,39 @@ def trainable_parameters(module: paddle.nn.Layer) -> Dict[str, paddle.Tensor]:
     return {name: p for name, p in module.named_parameters() if not p.stop_gradient}
 
 
-def build_optimizer(params: Dict[str, paddle.Tensor], cfg: StageConfig):
+class LoopHooks:
+    """What a distributed layout changes in the loop. These defaults: one process, or Paddle's
+    wrappers that synchronise by themselves, and checkpoints written by the main process.
+    (Expert parallelism: :class:`~ernie_vilg2.training.expert_parallel.ExpertParallelHooks`.)"""
+
+    clips_gradients = False  # True: after_backward clips, the optimizer must not
+
+    def setup(self, params: Dict[str, paddle.Tensor], max_grad_norm: Optional[float]) -> None:
+        pass
+
+    def after_backward(self) -> None:
+        pass
+
+    def holds(self, name: str) -> bool:
+        """Whether this process trains parameter ``name`` (a checkpoint may hold more)."""
+        return True
+
+    def writes_checkpoints(self, is_main: bool) -> bool:
+        return is_main
+
+    def save_checkpoint(self, folder, step, model_state, optimizer_state, ema_state, meta, keep, config) -> str:
+        return save_checkpoint(folder, step, model_state, optimizer_state, ema_state, meta=meta, keep=keep,
+                               config=config)
+
+    def load_checkpoint(self, path: str) -> dict:
+        return load_checkpoint(path, checksum=False)  # verified by find_resume_checkpoint or the caller
+
+
+def build_optimizer(params: Dict[str, paddle.Tensor], cfg: StageConfig, clip: bool = True):
     schedule = paddle.optimizer.lr.LambdaDecay(
         cfg.lr, lambda step: min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
     )
-    clip = paddle.nn.ClipGradByGlobalNorm(cfg.max_grad_norm) if cfg.max_grad_norm else None
+    clip = paddle.nn.ClipGradByGlobalNorm(cfg.max_grad_norm) if cfg.max_grad_norm and clip else None
     optimizer = paddle.optimizer.AdamW(
         learning_rate=schedule,
         beta1=cfg.betas[0],
@@ -115,6 +143,7 @@ class Trainer:
         writer=None,
         on_step: Optional[Callable[[int], None]] = None,
         wrap_fn: Optional[Callable] = None,
+        hooks: Optional[LoopHooks] = None,
     ):
         self.module = module
         self.step_fn = step_fn
@@ -122,10 +151,12 @@ class Trainer:
         self.settings = settings
         self.writer = writer
         self.on_step = on_step  # called after every step with the step count (sample grids)
+        self.hooks = hooks or LoopHooks()
         self.params = trainable_parameters(module)
         if not self.params:
             raise ValueError(f"stage {settings.stage!r}: nothing to train (all parameters are frozen)")
-        self.optimizer, self.schedule = build_optimizer(self.params, cfg)
+        self.hooks.setup(self.params, cfg.max_grad_norm)
+        self.optimizer, self.schedule = build_optimizer(self.params, cfg, clip=not self.hooks.clips_gradients)
         if wrap_fn is not None:  # distributed wrappers (DataParallel / Fleet)
             self.optimizer = wrap_fn(self.optimizer)
         self.ema = ExponentialMovingAverage(self.params, cfg.ema_decay) if cfg.ema_decay else None
@@ -141,9 +172,9 @@ class Trainer:
                 set_aside_damaged(damaged, path)
             if path is None:
                 return False
-        ckpt = load_checkpoint(path, checksum=False)  # verified by find_resume_checkpoint or the caller
-        self._load_parameters(ckpt["model"], path)
-        self.optimizer.set_state_dict(restore_optimizer_state(ckpt["optimizer"], self.params))
+        ckpt = self.hooks.load_checkpoint(path)
+        self._load_parameters(self._held(ckpt["model"]), path)
+        self.optimizer.set_state_dict(restore_optimizer_state(self._held(ckpt["optimizer"]), self.params))
         # The schedule's lr from the config (base lr x warm-up factor of the restored step):
         # equal to the saved one unless train.<stage>.lr or warmup_steps was changed on resume.
         self.schedule.last_lr = self.schedule.get_lr()
@@ -153,10 +184,15 @@ class Trainer:
                                path)
                 self.ema = ExponentialMovingAverage(self.params, self.cfg.ema_decay)
             else:
-                self.ema.load_state_dict(ckpt["ema"])
+                self.ema.load_state_dict(self._held(ckpt["ema"]))
         self.step = ckpt["step"]
         logger.info("resumed stage %s from %s (step %d)", self.settings.stage, path, self.step)
         return True
+
+    def _held(self, state: dict) -> dict:
+        """``state`` without the tensors of parameters another process trains (expert parallelism)."""
+        return {k: (self._held(v) if isinstance(v, dict) else v) for k, v in state.items()
+                if isinstance(v, dict) or self.hooks.holds(k)}
 
     def _load_parameters(self, state: Dict[str, paddle.Tensor], path: str) -> None:
         """Set every parameter the checkpoint holds (frozen ones too); a missing trainable
@@ -173,7 +209,7 @@ class Trainer:
             own[name].set_value(value)
 
     def save(self) -> str:
-        return save_checkpoint(
+        return self.hooks.save_checkpoint(
             self.settings.checkpoint_dir,
             self.step,
             self.params,
@@ -201,6 +237,7 @@ class Trainer:
                     f"Last good checkpoint: {last or 'none'} (lower train.{s.stage}.lr or enable clipping)"
                 )
             loss.backward()
+            self.hooks.after_backward()
             self.optimizer.step()
             # set_to_zero=False: experts a batch did not reach keep grad None, so AdamW
             # (momentum, weight decay) leaves them untouched, as stage 2 requires.
@@ -218,7 +255,8 @@ class Trainer:
                         "samples_per_s": window_steps * s.samples_per_step / elapsed}
                 self._log(logs)
                 window_start, window_steps = time.time(), 0
-            if s.is_main and (self.step % s.checkpoint_every == 0 or self.step == self.cfg.steps):
+            if self.hooks.writes_checkpoints(s.is_main) and (
+                    self.step % s.checkpoint_every == 0 or self.step == self.cfg.steps):
                 self.save()
             if self.on_step is not None:
                 self.on_step(self.step)

@@ -25,10 +25,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+from ..config import ConfigError
 from ..models.footprint import (ATTENTION_KINDS, count_parameters, lazy_init, text_encoder_activations,
                                 unet_activations)
 from ..utils.integrity import check_model_folder
 from .config import ExperimentConfig
+from .expert_layout import expert_group_count
 
 GiB = 2 ** 30
 PLANNED_STAGES = ("base", "experts")  # the VAE stage trains 4 M-100 M parameters: not planned
@@ -81,9 +83,21 @@ class Layout:
 
 
 def default_layout(cfg: ExperimentConfig, gpus: int, gpu_mem_gib: float, **given) -> Layout:
-    """The layout the config implies; ``given`` (flags) override it (None = not given)."""
+    """The layout the config implies; ``given`` (flags) override it (None = not given).
+
+    Expert groups as the trainer forms them: with ``train.expert_parallel``
+    ``train.expert_groups`` or else ``min(num_experts, gpus)``
+    (:func:`~.expert_layout.expert_group_count`), without it one group (every rank holds all experts).
+    """
+    groups = 1
+    if cfg.train.expert_parallel and given.get("expert_groups") is None and gpus >= 1:
+        try:
+            groups = expert_group_count(cfg.model.num_experts, gpus, cfg.train.expert_groups)
+        except ConfigError as exc:
+            raise PlanError(f"--expert-groups (from the config): {exc}") from None
     implied = dict(
-        sharding_stage=1 if cfg.train.sharding_degree > 1 else 0,
+        expert_groups=groups,
+        sharding_stage=cfg.train.sharding_stage if cfg.train.sharding_degree > 1 else 0,
         precision="bf16" if cfg.train.mixed_precision == "bf16" else "fp32",
         recompute=cfg.train.recompute,
         # The trainer installs KnowledgeAttnProcessor with textual knowledge; its

@@ -7,7 +7,8 @@ Layout of ``train.output_dir``::
     config_changes.jsonl    config changes accepted on --resume --allow-config-change
     vae/                    trained AutoencoderKL (frozen afterwards)
     base/                   stage-1 pipeline (one U-Net), from_pretrained-ready
-    experts/                stage-2 pipeline (N experts): the final model
+    experts/                stage-2 pipeline (N experts): the final model (expert-parallel runs
+                            assemble it from checkpoints/experts/.final/expert-XX.safetensors)
     checkpoints/<stage>/    step-XXXXXX checkpoints (weights, optimizer, config.yaml, checksums)
                             and the `latest` pointer; damaged ones set aside as *.damaged
     samples/<stage>.png     sample grid at the end of each diffusion stage
@@ -95,7 +96,7 @@ class ExperimentRunner:
         self.cfg = cfg
         self.resume = resume
         self.allow_config_change = allow_config_change
-        self.ctx = ctx or init_distributed(cfg.train.sharding_degree)
+        self.ctx = ctx or init_distributed(cfg)
         self.writer = None
         self._dataset = None
         self.plan = ResumePlan()
@@ -120,6 +121,7 @@ class ExperimentRunner:
             if self.resume and not new_run:
                 self.plan = plan_resume(cfg.train.output_dir, to_dict(cfg), {s for s in STAGES if stage_done(cfg, s)},
                                         selected, self.allow_config_change)
+            self.ctx.barrier()  # every rank has read the checkpoints before the main one sets damaged ones aside
             if self.ctx.is_main:
                 self._prepare_run_folder(new_run)
             for index, stage in enumerate(STAGES):
@@ -176,8 +178,11 @@ class ExperimentRunner:
         stage_cfg = getattr(self.cfg.train, stage)
         trainer = Trainer(
             module, step_fn, stage_cfg, self._settings(stage, index, batch_size), writer=self.writer,
-            on_step=on_step, wrap_fn=self.ctx.wrap_optimizer,
+            on_step=on_step, wrap_fn=lambda optimizer: self.ctx.wrap_optimizer(optimizer, stage),
+            hooks=self.ctx.loop_hooks(stage),
         )
+        if self.ctx.expert_parallel(stage) and self.ctx.sharding:  # before resume: each rank loads its slice
+            step_fn.model, trainer.optimizer = self.ctx.shard(module, trainer.optimizer)
         if stage in self.plan.checkpoints:
             trainer.resume(self.plan.checkpoints[stage])
         return trainer
@@ -240,7 +245,8 @@ class ExperimentRunner:
         cfg = self.cfg
         self._require("base", "experts")
         base = load_pipeline(stage_dir(cfg, "base"))
-        unet = MixtureOfDenoisingExperts.branch(base.unet, cfg.model.num_experts)
+        held = self.ctx.experts.experts if self.ctx.experts else None  # expert parallel: the group's experts
+        unet = MixtureOfDenoisingExperts.branch(base.unet, cfg.model.num_experts, expert_ids=held)
         self._train_diffusion("experts", index, base.vae, base.text_encoder, base.tokenizer, unet)
 
     def _train_diffusion(self, stage: str, index: int, vae, text_encoder, tokenizer, unet) -> None:
@@ -260,14 +266,16 @@ class ExperimentRunner:
         module = DiffusionTrainingModule(
             text_encoder, unet, noise_scheduler.alphas_cumprod, cfg.model.prediction_type
         )
-        model = self.ctx.wrap_model(module)
+        model = self.ctx.wrap_model(module, stage)
         source = LatentSource(self.dataset, vae, vae.config.scaling_factor, cache=cfg.train.cache_latents,
                               show_progress=self.ctx.is_main)
+        expert_parallel = self.ctx.expert_parallel(stage)
         timesteps = TimestepSampler(
             cfg.model.num_train_timesteps,
             cfg.model.num_experts,
             cfg.train.expert_ids if stage == "experts" else None,
             one_expert_per_step=stage == "experts" and cfg.train.one_expert_per_step,
+            layout=self.ctx.experts if expert_parallel else None,
         )
         step_fn = DiffusionStep(cfg, source, captions, model, timesteps, batch_size,
                                 self.ctx.rank, self.ctx.world_size)
@@ -279,7 +287,14 @@ class ExperimentRunner:
             scheduler=build_sampler(cfg.sample.sampler, model_cfg=cfg.model),
         )
 
+        partial_bank = expert_parallel and unet.is_partial  # no rank holds all experts
+        if partial_bank and self.ctx.is_main:
+            logger.info("expert-parallel: no rank holds all experts, so this stage writes no sample grids; "
+                        "sample the saved pipeline with tools/generate.py")
+
         def sample_during_training(step: int) -> None:
+            if partial_bank:
+                return
             if self.ctx.is_main and cfg.train.sample_every and step % cfg.train.sample_every == 0:
                 captions.install(unet, training=False)
                 self.sample_grid(pipe, stage, step, name=f"{stage}-step{step:06d}")
@@ -290,9 +305,30 @@ class ExperimentRunner:
         trainer.train()
         trainer.finalize_weights()
         captions.install(unet, training=False)
-        if self.ctx.is_main:
+        if partial_bank:
+            self._save_expert_parallel(pipe)
+        elif self.ctx.is_main:
             save_atomically(pipe.save_pretrained, stage_dir(cfg, stage))
             self.sample_grid(pipe, stage, trainer.step)
+
+    def _save_expert_parallel(self, pipe) -> None:
+        """Each group's first rank writes its experts; after a barrier rank 0 assembles the whole
+        bank and saves the usual pipeline folder (the same format as one process writes)."""
+        from .expert_parallel import assemble_bank, remove_final_experts, write_final_experts
+
+        parts = os.path.join(checkpoint_dir(self.cfg.train.output_dir, "experts"), ".final")
+        if self.ctx.is_main:
+            remove_final_experts(parts)  # left by an interrupted run
+        self.ctx.barrier()
+        write_final_experts(pipe.unet, self.ctx.experts, parts)
+        self.ctx.barrier()
+        if self.ctx.is_main:
+            bank = assemble_bank(pipe.unet, parts)
+            whole = type(pipe)(**{**pipe.components, "unet": bank})
+            save_atomically(whole.save_pretrained, stage_dir(self.cfg, "experts"))
+            remove_final_experts(parts)
+            logger.info("expert-parallel: assembled %d experts into %s", bank.num_experts,
+                        stage_dir(self.cfg, "experts"))
 
     def sample_grid(self, pipe, stage: str, step: int, name: Optional[str] = None) -> str:
         """Sample ``sample.prompts``; log the grid to VisualDL and write samples/<name>.png."""
