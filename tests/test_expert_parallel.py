@@ -212,6 +212,10 @@ def test_a_bank_holds_the_experts_it_is_given_by_id(tiny_unet_kwargs):
     np.testing.assert_array_equal(part(x, t, ctx).sample.numpy(), full(x, t, ctx).sample.numpy())
     with pytest.raises(KeyError, match="expert 0 is not in this bank"):
         part(x, paddle.to_tensor([10]), ctx)
+    part.experts[3] = full.experts[0]  # a swap keeps the id (expert offload does it)
+    assert part.experts[3] is full.experts[0] and part.expert_ids == [2, 3]
+    with pytest.raises(KeyError, match="expert 1 is not in this bank"):
+        part.experts[1] = full.experts[1]
     with pytest.raises(ValueError, match="holds experts"):
         part.save_pretrained("unused")
     with pytest.raises(ValueError, match="expert_ids"):

@@ -54,6 +54,11 @@ class ExpertBank(paddle.nn.Layer):
         except KeyError:
             raise KeyError(f"expert {expert_id} is not in this bank (it holds experts {self.ids})") from None
 
+    def __setitem__(self, expert_id: int, expert: paddle.nn.Layer) -> None:
+        """Put another layer in expert ``expert_id``'s place (expert offload swaps them)."""
+        self[expert_id]  # only a held id: the KeyError above names the bank's ids
+        self._sub_layers[str(int(expert_id))] = expert
+
     def __iter__(self) -> Iterator[paddle.nn.Layer]:
         return iter(self._sub_layers.values())
 
