@@ -19,6 +19,7 @@ from ppdiffusers.configuration_utils import ConfigMixin, register_to_config
 from ppdiffusers.models.unet_2d_condition import UNet2DConditionOutput
 
 from ..utils.integrity import check_model_folder
+from .attention_processor import FastAttnProcessor
 from .routing import TimestepRouter  # noqa: F401  (paddle-free, shared with ernie_vilg2.deploy; re-exported)
 
 
@@ -43,6 +44,8 @@ class MixtureOfDenoisingExperts(ModelMixin, ConfigMixin):
         super().__init__()
         self.router = TimestepRouter(num_experts, num_train_timesteps)
         self.experts = paddle.nn.LayerList([UNet2DConditionModel(**(unet or {})) for _ in range(num_experts)])
+        # The stock attention's function with less time and memory (see attention_processor.py).
+        self.set_attn_processor(FastAttnProcessor())
 
     # -- construction -------------------------------------------------------------
     @classmethod
