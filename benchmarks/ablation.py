@@ -31,7 +31,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,16 +74,14 @@ def _env(threads: int) -> dict:
     return env
 
 
-def _run(cmd, log_path: str, threads: int) -> float:
-    """Run a command with its output in log_path; returns seconds; raises on failure."""
-    start = time.time()
+def _run(cmd, log_path: str, threads: int) -> None:
+    """Run a command with its output in log_path; raises on failure."""
     with open(log_path, "a") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
         rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(threads), cwd=ROOT)
     if rc != 0:
         raise RuntimeError(f"{' '.join(cmd[:3])} ... failed (exit {rc}); see {log_path}")
-    return time.time() - start
 
 
 def variant_overrides(name: str, base_steps: int, expert_steps: int, num_experts: int):
@@ -111,6 +108,11 @@ def train_vae(args, out: str) -> str:
     return os.path.join(run, "vae")
 
 
+def stages_finished(run: str, name: str) -> bool:
+    """Whether the run's last stage saved its model (then train.py would only reload it)."""
+    return os.path.isfile(os.path.join(run, "experts" if VARIANTS[name][1] else "base", "model_index.json"))
+
+
 def train_and_evaluate(args, out: str, vae: str, name: str, seed: int, steps) -> dict:
     run = os.path.join(out, f"{name}-seed{seed}")
     log = run + ".log"
@@ -119,17 +121,11 @@ def train_and_evaluate(args, out: str, vae: str, name: str, seed: int, steps) ->
         shutil.copytree(vae, os.path.join(run, "vae"))
     opts = [*args.opt, f"train.output_dir={run}", f"train.seed={seed}", *variant_overrides(name, *steps)]
     train_cmd = [sys.executable, "tools/train.py", "-c", args.config, "--resume", *sum((["-o", o] for o in opts), [])]
-    timing_file = os.path.join(run, "ablation_timing.json")
-    if os.path.exists(timing_file):
-        with open(timing_file) as f:
-            train_s = json.load(f)["train_s"]
-    else:
+    if not stages_finished(run, name):
         print(f"[{name} seed {seed}] training ...", flush=True)
-        train_s = _run(train_cmd, log, args.threads)
-        with open(timing_file, "w") as f:
-            json.dump({"train_s": train_s}, f)
+        _run(train_cmd, log, args.threads)
     if args.train_only:
-        return {"variant": name, "seed": seed, "train_s": train_s}
+        return {"variant": name, "seed": seed}
     model = os.path.join(run, "experts" if VARIANTS[name][1] else "base")
     eval_dir = os.path.join(run, "eval")
     eval_cmd = [sys.executable, "tools/evaluate.py", "--model", model, "--out", eval_dir, "--seed", str(seed),
@@ -144,8 +140,8 @@ def train_and_evaluate(args, out: str, vae: str, name: str, seed: int, steps) ->
     with open(os.path.join(eval_dir, "report.json")) as f:
         report = json.load(f)
     print(f"[{name} seed {seed}] FID {report['fid']['value']:.2f}, relation "
-          f"{report['composition']['summary']['all']['relation_correct']['mean']:.3f} (train {train_s / 60:.1f} min)", flush=True)
-    return {"variant": name, "seed": seed, "train_s": train_s, "report": report}
+          f"{report['composition']['summary']['all']['relation_correct']['mean']:.3f}", flush=True)
+    return {"variant": name, "seed": seed, "report": report}
 
 
 def _interval(stat: dict) -> str:
@@ -154,8 +150,8 @@ def _interval(stat: dict) -> str:
 
 def table(results, variants) -> str:
     """Markdown table: FID per seed and mean; composition accuracies pooled over seeds."""
-    rows = ["| variant | FID (per seed) | FID mean | both objects | relation | relation zh | relation en | train min |",
-            "|---|---|---:|---|---|---|---|---:|"]
+    rows = ["| variant | FID (per seed) | FID mean | both objects | relation | relation zh | relation en |",
+            "|---|---|---:|---|---|---|---|"]
     for name in variants:
         mine = [r for r in results if r["variant"] == name]
         if not mine:
@@ -164,12 +160,10 @@ def table(results, variants) -> str:
         from ernie_vilg2.evaluation.composition import summarize_records
 
         pooled = summarize_records([rec for r in mine for rec in r["report"]["composition"]["images"]])
-        minutes = sum(r["train_s"] for r in mine) / len(mine) / 60
         rows.append(f"| {name}: {VARIANTS[name][0]} | {', '.join(f'{v:.1f}' for v in fids)} | "
                     f"{sum(fids) / len(fids):.1f} | {_interval(pooled['all']['both_present'])} | "
                     f"{_interval(pooled['all']['relation_correct'])} | "
-                    f"{_interval(pooled['zh']['relation_correct'])} | {_interval(pooled['en']['relation_correct'])} | "
-                    f"{minutes:.1f} |")
+                    f"{_interval(pooled['zh']['relation_correct'])} | {_interval(pooled['en']['relation_correct'])} |")
     return "\n".join(rows)
 
 

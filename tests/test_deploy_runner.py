@@ -90,6 +90,42 @@ def test_batched_generation_reuses_generate_images(runners):
     np.testing.assert_allclose(one, three, atol=1e-5)
 
 
+def test_disk_offload_keeps_one_expert_predictor_and_the_same_images(runners, bank, monkeypatch):
+    """``expert_offload="disk"``: each routed expert's predictor is created when its steps come,
+    the previous one is dropped first, and the images are those of the all-in-memory runner."""
+    from ernie_vilg2.deploy import pipeline as deploy_pipeline
+
+    offloaded = InferencePipeline.from_export(bank[2], expert_offload="disk")
+    assert len(offloaded.experts) == 10
+    live, created = [], []
+    real_program = deploy_pipeline.Program
+
+    class CountingProgram(real_program):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            created.append(self.name)
+            live.append(self.name)
+            assert sum(n.startswith("expert") for n in live) == 1, live
+
+        def __del__(self):
+            live.remove(self.name)
+
+    monkeypatch.setattr(deploy_pipeline, "Program", CountingProgram)
+    reference = runners[10]
+    kw = dict(num_inference_steps=5, guidance_scale=3.0, seed=11, output_type="np")
+    for runner in (offloaded, reference):
+        runner.scheduler = build_scheduler("ddim", runner.scheduler_config)
+    ours = offloaded(PROMPTS, **kw).images
+    np.testing.assert_array_equal(ours, reference(PROMPTS, **kw).images)
+    routed = [f"expert_{offloaded.router.expert_index(int(t)):02d}" for t in offloaded.scheduler.timesteps]
+    assert created == list(dict.fromkeys(routed)) and len(created) == 5
+
+
+def test_unknown_expert_offload_is_refused(export_n1):
+    with pytest.raises(ValueError, match="expert_offload"):
+        InferencePipeline.from_export(export_n1, expert_offload="cpu")
+
+
 # -- bad input --------------------------------------------------------------------------------
 def test_missing_folder_and_missing_manifest(tmp_path):
     with pytest.raises(FileNotFoundError, match="export folder not found"):

@@ -18,6 +18,7 @@ TINY_YAML = os.path.join(REPO, "configs", "tiny.yaml")
 def _cfg(tmp_path, *overrides):
     return load_config(TINY_YAML, [f"data.builtin.out_dir={tmp_path / 'data'}", "data.builtin.num_scenes=4",
                                    "data.builtin.num_val_scenes=2", "model.text_encoder.max_length=16",
+                                   "textual_knowledge.enabled=false", "visual_knowledge.enabled=false",  # each test turns on its own
                                    *overrides])
 
 

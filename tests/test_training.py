@@ -42,6 +42,8 @@ def tiny_overrides(tmp_path, **extra):
         "train.log_every": 1,
         "sample.steps": 2,
         "sample.prompts": "[红苹果, a blue heart]",
+        "textual_knowledge.enabled": "false",  # knowledge has its own tests (test_knowledge_wiring)
+        "visual_knowledge.enabled": "false",
     }
     opts.update(extra)
     return [f"{k}={v}" for k, v in opts.items()]

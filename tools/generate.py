@@ -32,6 +32,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="textual knowledge at sampling: scale cross-attention scores of key words by 1 + W_T "
                         "(key words from LAC / the English tagger; off by default, as in the paper)")
     p.add_argument("--user-dict", help="user dictionary for --keyword-emphasis (forced words/tags)")
+    p.add_argument("--expert-offload", choices=("cpu", "disk"),
+                   help="keep one expert on the device: the others on the host (cpu) or read from the model "
+                        "folder when their timesteps come (disk: host memory of one expert)")
     return p.parse_args(argv)
 
 
@@ -73,7 +76,7 @@ def main(argv=None) -> int:
     from ernie_vilg2.pipelines import load_pipeline
 
     try:
-        pipe = load_pipeline(args.model, sampler=args.sampler)
+        pipe = load_pipeline(args.model, sampler=args.sampler, expert_offload=args.expert_offload)
     except (FileNotFoundError, ValueError) as exc:  # ValueError: a damaged file, named in one line
         fail(f"--model: {exc}")
     pipe.set_progress_bar_config(disable=True)

@@ -42,6 +42,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                           "about 1e-6 off), openvino (CPU) or tensorrt (GPU, optional)")
     run.add_argument("--verify", choices=("sha256", "size"), default="sha256",
                      help="check the export's files by SHA-256 (default) or by size only (fast, large exports)")
+    run.add_argument("--expert-offload", choices=("disk",),
+                     help="create an expert's predictor only when its timesteps come and drop the previous one "
+                          "(memory of one expert; the same images)")
     run.add_argument("--save-noise", metavar="FILE.npy", help="write the initial noise (for the C++ runner's --noise)")
     return p.parse_args(argv)
 
@@ -88,7 +91,8 @@ def main(argv=None) -> int:
 
     try:
         pipe = InferencePipeline.from_export(args.model, sampler=args.sampler, verify=args.verify,
-                                             device=args.device, threads=args.threads, engine=args.engine)
+                                             device=args.device, threads=args.threads, engine=args.engine,
+                                             expert_offload=args.expert_offload)
     except FileNotFoundError as exc:
         fail(f"--model: {exc}")
     except ValueError as exc:  # ManifestError, DamagedFileError, settings: they name the file or field

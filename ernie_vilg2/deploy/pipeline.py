@@ -10,6 +10,7 @@ are the project's own small modules (:mod:`.tokenizer`, :mod:`.schedulers`,
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Union
 
@@ -45,6 +46,25 @@ def numpy_to_pil(images: np.ndarray) -> list:
     return [Image.fromarray(image) for image in (images * 255).round().astype("uint8")]
 
 
+class _OnDemandExperts:
+    """Expert programs created when first asked for; only the last one asked for is kept."""
+
+    def __init__(self, makers: Sequence[Callable[[], Program]]):
+        self._makers = list(makers)
+        self._index: Optional[int] = None
+        self._program: Optional[Program] = None
+
+    def __len__(self) -> int:
+        return len(self._makers)
+
+    def __getitem__(self, index: int) -> Program:
+        if index != self._index:
+            self._program = None  # release the old predictor before creating the next
+            self._program = self._makers[index]()
+            self._index = index
+        return self._program
+
+
 class InferencePipeline:
     """Runs an export folder made by ``tools/export_model.py``.
 
@@ -53,7 +73,10 @@ class InferencePipeline:
     ``pipe.scheduler`` can be replaced: ``pipe.scheduler = build_scheduler("ddim", pipe.scheduler_config)``.
     """
 
-    def __init__(self, folder: str, manifest: dict, settings: PredictorSettings, sampler: Optional[str] = None):
+    def __init__(self, folder: str, manifest: dict, settings: PredictorSettings, sampler: Optional[str] = None,
+                 expert_offload: Optional[str] = None):
+        if expert_offload not in (None, "disk"):
+            raise ValueError(f"expert_offload must be None or 'disk', got {expert_offload!r}")
         self.folder = folder
         self.manifest = manifest
         self.settings = settings
@@ -68,7 +91,9 @@ class InferencePipeline:
             return Program(f"{folder}/{entry['model']}", f"{folder}/{entry['params']}", inputs[kind], settings, name)
 
         self.text_encoder = program(programs["text_encoder"], "text_encoder", "text_encoder")
-        self.experts = [program(e, "expert", f"expert_{i:02d}") for i, e in enumerate(programs["experts"])]
+        expert_programs = [functools.partial(program, e, "expert", f"expert_{i:02d}")
+                           for i, e in enumerate(programs["experts"])]
+        self.experts = _OnDemandExperts(expert_programs) if expert_offload else [make() for make in expert_programs]
         self.vae_decoder = program(programs["vae_decoder"], "vae_decoder", "vae_decoder")
 
     @classmethod
@@ -78,17 +103,20 @@ class InferencePipeline:
         sampler: Optional[str] = None,
         settings: Optional[PredictorSettings] = None,
         verify: str = "sha256",
+        expert_offload: Optional[str] = None,
         **setting_overrides,
     ) -> "InferencePipeline":
         """Open an export folder: check its manifest and files (``verify``: ``"sha256"`` or
         ``"size"``, see :func:`~ernie_vilg2.deploy.manifest.read_manifest`) and create one
         predictor per program. ``sampler``: ``"ddim"``, ``"dpm"`` or None for the saved
-        scheduler. ``settings`` or keyword overrides (``device="gpu"``, ``threads=2``,
+        scheduler. ``expert_offload="disk"`` creates an expert's predictor only when its timesteps
+        come and drops the previous one (memory of one expert; sampling visits each expert once).
+        ``settings`` or keyword overrides (``device="gpu"``, ``threads=2``,
         ``engine="openvino"``, ...) choose how the programs run (:class:`PredictorSettings`)."""
         settings = dataclasses.replace(settings or PredictorSettings(), **setting_overrides)
         settings.check()
         manifest = read_manifest(folder, verify=verify)
-        return cls(folder, manifest, settings, sampler)
+        return cls(folder, manifest, settings, sampler, expert_offload)
 
     # -- properties -----------------------------------------------------------------------
     @property

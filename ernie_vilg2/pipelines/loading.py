@@ -26,9 +26,9 @@ def check_pipeline_folder(model_dir: str) -> None:
         check_model_folder(folder)
 
 
-def load_pipeline(model_dir: str, sampler: Optional[str] = None):
-    """``ErnieViLG2Pipeline.from_pretrained(model_dir)``; ``sampler`` ("ddim" or "dpm")
-    replaces the saved scheduler with one built from the same noise-schedule config.
+def load_pipeline(model_dir: str, sampler: Optional[str] = None, expert_offload: Optional[str] = None):
+    """``ErnieViLG2Pipeline.from_pretrained(model_dir, expert_offload=expert_offload)``; ``sampler``
+    ("ddim" or "dpm") replaces the saved scheduler with one built from the same noise-schedule config.
 
     A missing folder is a FileNotFoundError; a damaged file in it a
     :class:`~ernie_vilg2.utils.integrity.DamagedFileError` (a ValueError) naming the file.
@@ -44,7 +44,7 @@ def load_pipeline(model_dir: str, sampler: Optional[str] = None):
         raise FileNotFoundError(
             f"not a saved pipeline folder (no {MODEL_INDEX}): {model_dir}"
         )
-    pipe = ErnieViLG2Pipeline.from_pretrained(model_dir)  # checks the folder's files first
+    pipe = ErnieViLG2Pipeline.from_pretrained(model_dir, expert_offload=expert_offload)  # checks the files first
     if sampler is not None:
         pipe.scheduler = build_sampler(sampler, dict(pipe.scheduler.config))
     return pipe

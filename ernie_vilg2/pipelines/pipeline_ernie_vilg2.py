@@ -1,6 +1,7 @@
 """Text-to-image sampling with the ERNIE text encoder and a mixture of denoising experts."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import List, Optional, Union
@@ -14,6 +15,7 @@ from ..models.mode import MixtureOfDenoisingExperts
 from ..models.text_encoder import encode_text
 from ..text.tokenizer import check_prompts, tokenize
 from .checks import check_sampling_settings
+from .offload import EXPERT_OFFLOADS, ExpertOffload, ExpertWeightsFile, ModelCpuOffload, lazy_mixture
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +25,22 @@ def _as_list(value, n: int, field: str) -> List[str]:
     if len(values) != n:
         raise ValueError(f"{field}: expected 1 or {n} entries (one per prompt), got {len(values)}")
     return values
+
+
+def _check_offload_name(value, field: str = "expert_offload") -> None:
+    if value is not None and value not in EXPERT_OFFLOADS:
+        raise ValueError(f"{field} must be one of {EXPERT_OFFLOADS} or None, got {value!r}")
+
+
+@contextlib.contextmanager
+def _host_device():
+    """Create tensors on the host meanwhile (Paddle's default device otherwise)."""
+    previous = paddle.get_device()
+    paddle.set_device("cpu")
+    try:
+        yield
+    finally:
+        paddle.set_device(previous)
 
 
 class ErnieViLG2Pipeline(DiffusionPipeline):
@@ -42,14 +60,101 @@ class ErnieViLG2Pipeline(DiffusionPipeline):
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, expert_offload: Optional[str] = None, **kwargs):
         """PPDiffusers' loading, after checking a local folder's JSON and weight files, so
-        that a damaged file is a one-line DamagedFileError naming it, not a library traceback."""
+        that a damaged file is a one-line DamagedFileError naming it, not a library traceback.
+
+        ``expert_offload`` keeps one expert on the device (see :meth:`enable_expert_offload`):
+        "cpu" loads the experts into host memory, "disk" loads none of them (each is read
+        from ``unet/diffusion_paddle_model.safetensors`` when sampling needs it), so host
+        memory holds one expert whatever the size of the bank.
+        """
         from .loading import check_pipeline_folder
 
-        if os.path.isdir(os.fspath(pretrained_model_name_or_path)):
-            check_pipeline_folder(os.fspath(pretrained_model_name_or_path))
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        path = os.fspath(pretrained_model_name_or_path)
+        _check_offload_name(expert_offload)
+        if expert_offload is not None and not os.path.isdir(path):
+            raise ValueError(f"expert_offload needs a local pipeline folder, got {path!r}")
+        if os.path.isdir(path):
+            check_pipeline_folder(path)
+        weights = None
+        if expert_offload == "disk":
+            weights = ExpertWeightsFile(os.path.join(path, "unet"))
+            kwargs["unet"] = lazy_mixture(os.path.join(path, "unet"))
+        elif expert_offload == "cpu":
+            with _host_device():  # never the whole bank on the device, not even while loading
+                kwargs["unet"] = MixtureOfDenoisingExperts.from_pretrained(path, subfolder="unet")
+        pipe = super().from_pretrained(path, **kwargs)
+        if expert_offload is not None:
+            pipe._start_expert_offload(ExpertOffload(pipe.unet, weights))
+        return pipe
+
+    # -- offloading (sampling a bank larger than memory) ---------------------------------------
+    @property
+    def expert_offload(self) -> Optional[ExpertOffload]:
+        """The expert offload state (``.offload``, ``.active``, ``.run`` = the last run's loads
+        and switches), or None when every expert is in memory."""
+        return getattr(self.unet, "_expert_offload", None)
+
+    def enable_expert_offload(self, offload: str = "cpu") -> None:
+        """Keep only the active expert on the device; the others stay on the host ("cpu",
+        pinned memory next to a GPU). An expert is copied in when the first step of its
+        timestep range runs, replacing the previous one: at most N loads and N - 1 switches
+        per sampling run. Costs one expert copy per switch; on a CPU, where host and device
+        are one, it copies nothing. "disk" (experts read from the saved file, not kept in
+        host memory) is chosen when loading: ``from_pretrained(folder, expert_offload="disk")``.
+        """
+        _check_offload_name(offload, "offload")
+        current = self.expert_offload
+        if current is not None:
+            if current.offload == offload:
+                return
+            raise ValueError(f"offload: expert offload is already on with {current.offload!r}; "
+                             "call disable_expert_offload() first")
+        if offload == "disk":
+            raise ValueError(
+                "offload='disk' reads the experts from their saved safetensors file: save the pipeline "
+                "(save_pretrained) and load it with ErnieViLG2Pipeline.from_pretrained(folder, expert_offload='disk')"
+            )
+        self._start_expert_offload(ExpertOffload(self.unet))
+
+    def disable_expert_offload(self) -> None:
+        """Put every expert back on the device (for "disk": reads all of them into memory)."""
+        offload = self.expert_offload
+        if offload is not None:
+            offload.remove()
+            self.unet._expert_offload = None
+
+    def _start_expert_offload(self, offload: ExpertOffload) -> None:
+        self.unet._expert_offload = offload
+        logger.info("expert offload (%s): %d experts, one on %s at a time", offload.offload,
+                    offload.num_experts, offload.device)
+
+    def enable_model_cpu_offload(self) -> None:
+        """diffusers' model CPU offload: the text encoder, the U-Net and the VAE live on the host
+        and each is moved to the device (Paddle's current one) only while it runs. With expert
+        offload on as well, the U-Net's experts are left to it. On a CPU: nothing to move."""
+        self._model_cpu_offload = ModelCpuOffload(self, self.model_cpu_offload_seq.split("->"))
+
+    def _onload(self, name: str) -> None:
+        offload = getattr(self, "_model_cpu_offload", None)
+        if offload is not None:
+            offload.onload(name)
+
+    def to(self, *args, **kwargs):
+        if self.expert_offload is not None:
+            raise ValueError("to(): the experts are offloaded (expert_offload); they follow Paddle's current "
+                             "device: call disable_expert_offload() before moving or casting the pipeline")
+        return super().to(*args, **kwargs)
+
+    def save_pretrained(self, save_directory, **kwargs):
+        offload = self.expert_offload
+        if offload is not None and offload.offload == "disk":
+            raise ValueError(
+                f"save_pretrained: the experts are not in memory (expert_offload='disk'); they are in "
+                f"{offload.weights.folder}: copy the model folder, or load it without expert_offload to save it"
+            )
+        return super().save_pretrained(save_directory, **kwargs)
 
     @property
     def max_length(self) -> int:
@@ -112,6 +217,7 @@ class ErnieViLG2Pipeline(DiffusionPipeline):
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
         batch = len(prompts)
         do_cfg = guidance_scale != 1.0
+        self._onload("text_encoder")
         context = self.encode_prompt(prompts)
         cross_attention_kwargs = None
         if key_token_mask is not None:
@@ -137,6 +243,9 @@ class ErnieViLG2Pipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps)
         latents = latents * self.scheduler.init_noise_sigma
 
+        self._onload("unet")
+        if self.expert_offload is not None:
+            self.expert_offload.begin_run()
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             model_input = paddle.concat([latents] * 2) if do_cfg else latents
             model_input = self.scheduler.scale_model_input(model_input, t)
@@ -148,7 +257,10 @@ class ErnieViLG2Pipeline(DiffusionPipeline):
             if callback is not None:
                 callback(i, t, latents)
 
+        self._onload("vae")
         images = self.decode_latents(latents)
+        if getattr(self, "_model_cpu_offload", None) is not None:
+            self._model_cpu_offload.offload_all()  # the device is free between calls
         if output_type == "pil":
             images = self.numpy_to_pil(images)
         if not return_dict:
