@@ -123,17 +123,6 @@ def test_emphasis_equals_formula(batch, mask_rows, masked, chunked):
     assert np.abs(got[0] - run(attn, AttnProcessor(), x, context, False)[0]).max() > 1e-3
 
 
-def test_inactive_emphasis_is_the_default_processor_bit_for_bit():
-    attn = make_layer(cross=True)
-    x, context = paddle.randn([2, 10, QUERY_DIM]), paddle.randn([2, 6, TEXT_DIM])
-    mask = np.ones((2, 6), dtype="float32")
-    plain = run(attn, FastAttnProcessor(), x, context, grad=False)[0]
-    for processor, kwargs in [(KnowledgeAttnProcessor(0.0), {"key_token_mask": mask}),
-                              (KnowledgeAttnProcessor(0.3), {}),
-                              (KnowledgeAttnProcessor(0.3), {"key_token_mask": None})]:
-        np.testing.assert_array_equal(run(attn, processor, x, context, grad=False, **kwargs)[0], plain)
-
-
 def test_a_mask_that_needs_gradients_is_refused():
     attn = make_layer(cross=False)
     mask = paddle.zeros([2, 1, 20])
@@ -142,10 +131,7 @@ def test_a_mask_that_needs_gradients_is_refused():
         run(attn, FastAttnProcessor(chunk_bytes=1), paddle.randn([2, 20, QUERY_DIM]), None, attention_mask=mask)
 
 
-def test_bad_arguments():
-    for bad in (-0.1, float("nan"), "1"):
-        with pytest.raises(ValueError, match="w_t"):
-            FastAttnProcessor(bad)
+def test_bad_chunk_bytes():  # bad w_t and masks: tests/test_textual_processor.py
     for bad in (0, -5, 1.5):
         with pytest.raises(ValueError, match="chunk_bytes"):
             FastAttnProcessor(chunk_bytes=bad)

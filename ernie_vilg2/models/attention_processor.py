@@ -119,10 +119,11 @@ def attention(q, k, v, mask, chunk_bytes: int):
     """softmax(q k^T + mask) v for scaled q; q, k, v [B, heads, N or L, d], mask additive.
 
     A static graph (export: the batch is dynamic) takes the whole-matrix path."""
+    blocks = None
     if paddle.in_dynamic_mode():
         row_bytes = q.shape[0] * q.shape[1] * k.shape[2] * q.element_size()
         blocks = _row_blocks(q.shape[2], row_bytes, chunk_bytes)
-    if not paddle.in_dynamic_mode() or len(blocks) == 1:
+    if blocks is None or len(blocks) == 1:
         # Scores fit in the cache: autograd's own backward is the cheapest.
         return paddle.matmul(_block_probs(q, k, mask), v)
     if paddle.is_grad_enabled() and not (q.stop_gradient and k.stop_gradient and v.stop_gradient):
