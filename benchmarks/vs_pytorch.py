@@ -151,13 +151,20 @@ def init_config(name, cfg, out, args):
 
 
 def run_cell(spec_path, mode, threads, steps, args, out):
-    workers = [Worker(sys.executable, spec_path, "paddle", mode, v, threads, out) for v in args.variants]
-    workers.append(Worker(args.peer_python, spec_path, "torch", mode, "default", threads, out))
-    ready = {w.label: w.expect("READY") for w in workers}
-    for _ in range(args.rounds):
+    workers = []
+    try:
+        for v in args.variants:
+            workers.append(Worker(sys.executable, spec_path, "paddle", mode, v, threads, out))
+        workers.append(Worker(args.peer_python, spec_path, "torch", mode, "default", threads, out))
+        ready = {w.label: w.expect("READY") for w in workers}
+        for _ in range(args.rounds):
+            for w in workers:
+                w.run(steps)
+        done = {w.label: w.finish() for w in workers}
+    finally:  # an error or Ctrl-C: no worker left warming up on the shared CPU
         for w in workers:
-            w.run(steps)
-    done = {w.label: w.finish() for w in workers}
+            if w.proc.poll() is None:
+                w.proc.kill()
     return workers, ready, done
 
 

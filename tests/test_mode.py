@@ -9,8 +9,8 @@ import paddle
 import pytest
 from ppdiffusers import UNet2DConditionModel
 
-from ernie_vilg2.models.attention_processor import FastAttnProcessor
 from ernie_vilg2.config import ConfigError
+from ernie_vilg2.models.attention_processor import FastAttnProcessor
 from ernie_vilg2.models.config import ModelConfig
 from ernie_vilg2.models.factory import build_sampler
 from ernie_vilg2.models.mode import MixtureOfDenoisingExperts, TimestepRouter
