@@ -15,7 +15,7 @@ DEMO_PROMPTS = --prompt 红苹果 --prompt "red apple" --prompt 蓝心 --prompt 
 	--prompt 香蕉 --prompt "banana" --prompt 青蛙 --prompt "frog" \
 	--prompt 红苹果在猫脸的左边 --prompt "a red apple to the left of a cat face"
 
-.PHONY: install browser test demo export bench bench-deploy clean-demo cpp
+.PHONY: install browser test demo export bench bench-deploy bench-peer clean-demo cpp
 
 $(VENV)/.installed: requirements/lock.txt requirements/build-constraints.txt setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +74,17 @@ bench: install
 # Dynamic graph vs the exported runners (Python, C++; native, oneDNN, OpenVINO): about 7 minutes.
 bench-deploy: install cpp
 	GLOG_minloglevel=2 $(PY) benchmarks/deploy_speed.py --openvino --cpp $(CPP_BUILD)/ernie_vilg2_infer --rounds 3
+
+# The same U-Net in PPDiffusers/Paddle and diffusers/PyTorch, side by side (about 15 minutes).
+# The peer lives in its own venv from requirements/peer.txt (the torch CPU wheel + diffusers).
+PEER_VENV ?= .venv-peer
+$(PEER_VENV)/.installed: requirements/peer.txt
+	$(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install -q -r requirements/peer.txt
+	touch $@
+
+bench-peer: install $(PEER_VENV)/.installed
+	GLOG_minloglevel=2 $(PY) benchmarks/vs_pytorch.py --peer-python $(PEER_VENV)/bin/python
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

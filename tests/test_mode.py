@@ -10,6 +10,7 @@ import pytest
 from ppdiffusers import UNet2DConditionModel
 
 from ernie_vilg2.config import ConfigError
+from ernie_vilg2.models.attention_processor import FastAttnProcessor
 from ernie_vilg2.models.config import ModelConfig
 from ernie_vilg2.models.factory import build_sampler
 from ernie_vilg2.models.mode import MixtureOfDenoisingExperts, TimestepRouter
@@ -113,6 +114,7 @@ def test_sampling_runs_exactly_the_routed_expert_once_per_step(tiny_mode_pipelin
 def test_single_expert_equals_plain_unet(tiny_unet_kwargs):
     paddle.seed(1)
     unet = UNet2DConditionModel(**tiny_unet_kwargs)
+    unet.set_attn_processor(FastAttnProcessor())  # what every expert carries
     unet.eval()
     mode = MixtureOfDenoisingExperts.from_unet(unet, 1, T)
     mode.eval()

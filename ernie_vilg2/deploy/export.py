@@ -308,8 +308,11 @@ def export_pipeline(
         # experts, one at a time through one traced U-Net
         from ppdiffusers import UNet2DConditionModel
 
+        from ..models.attention_processor import FastAttnProcessor
+
         t0 = time.time()
         unet = rewrite_for_export(UNet2DConditionModel(**expert_config), num_train_timesteps)
+        unet.set_attn_processor(FastAttnProcessor())  # the experts' processor: the dynamic graph's ops
         layer = _static(
             ExpertProgram(unet),
             [

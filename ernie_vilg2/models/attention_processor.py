@@ -1,27 +1,43 @@
-"""Cross-attention emphasis on key-word tokens (paper: textual knowledge, w_t).
+"""The project's attention processor: PPDiffusers' attention, faster, with key-word emphasis.
 
-:class:`KnowledgeAttnProcessor` is a PPDiffusers attention processor. In cross-attention
-it multiplies the pre-softmax score between every image query and text token j by
-``1 + w_t * key_token_mask[b, j]`` (mask 1 on key-word tokens gives the paper's
-``(1 + w_t)``; fractional mask values weight words individually):
+:class:`FastAttnProcessor` computes the function of PPDiffusers' stock ``AttnProcessor``
 
-    softmax(Q K^T / sqrt(d) * (1 + w_t m)) V
+    softmax(Q K^T / sqrt(d) + M) V                          (M: the additive attention mask)
 
-Usage::
+with less work and memory on CPU, and in cross-attention optionally the paper's key-word
+emphasis (textual knowledge, w_t): the pre-softmax score between every image query and
+text token j is multiplied by ``1 + w_t * key_token_mask[b, j]`` (mask 1 on key words
+gives the paper's ``(1 + w_t)``; fractional values weight words individually)
+
+    softmax(Q K^T / sqrt(d) * (1 + w_t m) + M) V
+
+Every U-Net of the project carries it (:class:`~ernie_vilg2.models.mode.MixtureOfDenoisingExperts`
+installs it); ``KnowledgeAttnProcessor(w_t)`` is the same class, named for the emphasis::
 
     unet.set_attn_processor(KnowledgeAttnProcessor(w_t=0.01))
     unet(x, t, encoder_hidden_states=h, cross_attention_kwargs={"key_token_mask": m})
 
-PPDiffusers 0.29 passes ``cross_attention_kwargs`` unfiltered to both ``attn1``
-(self-attention) and ``attn2`` (cross-attention) of every transformer block, so the
-processor receives the mask in both and uses it only where ``encoder_hidden_states``
-is given. In self-attention, without a mask, or with ``w_t == 0`` it calls the stock
-``AttnProcessor``, so its output is the stock one bit for bit.
+PPDiffusers 0.29 passes ``cross_attention_kwargs`` to both ``attn1`` (self-attention) and
+``attn2`` (cross-attention) of every transformer block; the mask is used only where
+``encoder_hidden_states`` is given.
 
-Op order of the emphasised path: the per-column factor (and the 1/sqrt(d) scale) is
-applied to the keys ([B, heads, L, d]) instead of the score matrix ([B, heads, N, L]):
-(q k_j) * s * f_j == q (k_j * s * f_j), with one multiply on the small tensor instead of
-two on the large one.
+Where the stock processor's time goes on CPU (benchmarks/profile_step.py): the score
+matrix [B, heads, N, L] is written by the matmul, read and written again by the ``* scale``,
+again by the softmax, kept for the backward pass, and each of those has a backward pass
+over the same matrix. Here instead:
+
+- the scale (and the emphasis factor) multiplies the keys [B, heads, L, d], never the
+  scores: (q k_j) * s * f_j == q (k_j * s * f_j);
+- when the score matrix is larger than ``chunk_bytes``, the queries are processed in row
+  blocks whose scores fit in the CPU caches, and training uses a custom backward
+  (:class:`_ChunkedAttention`, a ``PyLayer``) that keeps only q, k and v and
+  recomputes each block's probabilities (flash-attention style): no [B, heads, N, L]
+  matrix is stored, and every pass over a block hits the cache instead of memory;
+- on a CUDA device it calls Paddle's ``scaled_dot_product_attention`` (flash or
+  memory-efficient attention), as PPDiffusers' ``AttnProcessor2_5`` does.
+
+Non-float32 inputs on CPU and layers with ``upcast_attention``/``upcast_softmax`` take the
+stock step order (casts included), with the emphasis on the keys.
 """
 from __future__ import annotations
 
@@ -31,29 +47,115 @@ from typing import Optional
 import numpy as np
 import paddle
 import paddle.nn.functional as F
-from ppdiffusers.models.attention_processor import Attention, AttnProcessor
+from paddle import _C_ops
+from paddle.autograd import PyLayer
+from ppdiffusers.models.attention_processor import Attention
 from ppdiffusers.utils import USE_PEFT_BACKEND
 
+# Scores per query block (benchmarks/attention_chunks.py measures the choice).
+DEFAULT_CHUNK_BYTES = 4 << 20
 
-class KnowledgeAttnProcessor:
-    """AttnProcessor with key-word emphasis in cross-attention.
+
+def _row_blocks(rows: int, row_bytes: int, chunk_bytes: int):
+    """(start, stop) of query blocks whose scores take at most ``chunk_bytes`` (>= 1 row each)."""
+    step = max(1, chunk_bytes // max(1, row_bytes))
+    return [(i, min(i + step, rows)) for i in range(0, rows, step)]
+
+
+def _block_mask(mask, start, stop):
+    """The rows of an additive mask [B, heads, 1 or N, L] for queries start:stop."""
+    if mask is None or mask.shape[2] == 1:
+        return mask
+    return mask[:, :, start:stop]
+
+
+def _block_probs(q, k, mask):
+    scores = paddle.matmul(q, k, transpose_y=True)
+    if mask is not None:
+        scores = scores + mask
+    return F.softmax(scores, axis=-1)
+
+
+def _blockwise(q, k, v, mask, blocks):
+    # Contiguous inputs: a block of a strided view (head_to_batch_dim transposes) would be
+    # copied element by element in every block's matmul.
+    return paddle.concat([paddle.matmul(_block_probs(q[:, :, a:b], k, _block_mask(mask, a, b)), v)
+                          for a, b in blocks], axis=2)
+
+
+class _ChunkedAttention(PyLayer):
+    """softmax(q k^T + mask) v over query blocks; the backward recomputes each block.
+
+    q, k, v: [B, heads, N or L, d] (q already scaled); mask: additive, [B, heads, 1 or N, L],
+    or None; no gradient flows to the mask.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask, blocks):
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        mask = None if mask is None else mask.contiguous()
+        ctx.blocks = blocks
+        ctx.save_for_backward(q, k, v, mask)
+        return _blockwise(q, k, v, mask, blocks)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, mask = ctx.saved_tensor()
+        grad_out = grad_out.contiguous()
+        grad_k, grad_v, grad_q = paddle.zeros_like(k), paddle.zeros_like(v), []
+        for a, b in ctx.blocks:
+            q_b, g_b = q[:, :, a:b], grad_out[:, :, a:b]
+            probs = _block_probs(q_b, k, _block_mask(mask, a, b))
+            grad_v += paddle.matmul(probs, g_b, transpose_x=True)
+            # d scores = P * (dP - rowsum(P * dP)): the softmax backward kernel.
+            grad_scores = _C_ops.softmax_grad(probs, paddle.matmul(g_b, v, transpose_y=True), -1)
+            grad_q.append(paddle.matmul(grad_scores, k))
+            grad_k += paddle.matmul(grad_scores, q_b, transpose_x=True)
+        grads = [paddle.concat(grad_q, axis=2), grad_k, grad_v]
+        return tuple(grads) + ((None,) if mask is not None else ())
+
+
+def attention(q, k, v, mask, chunk_bytes: int):
+    """softmax(q k^T + mask) v for scaled q; q, k, v [B, heads, N or L, d], mask additive.
+
+    A static graph (export: the batch is dynamic) takes the whole-matrix path."""
+    blocks = None
+    if paddle.in_dynamic_mode():
+        row_bytes = q.shape[0] * q.shape[1] * k.shape[2] * q.element_size()
+        blocks = _row_blocks(q.shape[2], row_bytes, chunk_bytes)
+    if blocks is None or len(blocks) == 1:
+        # Scores fit in the cache: autograd's own backward is the cheapest.
+        return paddle.matmul(_block_probs(q, k, mask), v)
+    if paddle.is_grad_enabled() and not (q.stop_gradient and k.stop_gradient and v.stop_gradient):
+        if mask is not None and not mask.stop_gradient:
+            raise ValueError("attention_mask: a mask that needs gradients is not supported")
+        return _ChunkedAttention.apply(q, k, v, mask, blocks)
+    return _blockwise(q.contiguous(), k.contiguous(), v.contiguous(), mask, blocks)
+
+
+class FastAttnProcessor:
+    """PPDiffusers' ``AttnProcessor`` computed faster, with optional key-word emphasis.
 
     Args:
-        w_t: emphasis strength (paper: 0.01); 0 makes the processor the stock one.
+        w_t: emphasis strength in cross-attention (paper: 0.01); 0 disables it.
+        chunk_bytes: the largest score block [B, heads, rows, L] computed at once on CPU
+            (bytes); a larger score matrix is processed in query blocks.
 
     Call keyword ``key_token_mask``: float [B, L_text] (paddle Tensor or numpy), B equal
     to the batch of ``encoder_hidden_states`` or 1 (shared by all samples); None disables
     the emphasis.
     """
 
-    def __init__(self, w_t: float = 0.0):
+    def __init__(self, w_t: float = 0.0, chunk_bytes: int = DEFAULT_CHUNK_BYTES):
         if not (isinstance(w_t, (int, float)) and math.isfinite(w_t) and w_t >= 0):
             raise ValueError(f"w_t must be a finite number >= 0, got {w_t!r}")
+        if not (isinstance(chunk_bytes, int) and chunk_bytes > 0):
+            raise ValueError(f"chunk_bytes must be a positive int, got {chunk_bytes!r}")
         self.w_t = float(w_t)
-        self._stock = AttnProcessor()
+        self.chunk_bytes = chunk_bytes
 
     def __repr__(self) -> str:
-        return f"KnowledgeAttnProcessor(w_t={self.w_t})"
+        return f"{type(self).__name__}(w_t={self.w_t})"
 
     def __call__(
         self,
@@ -66,14 +168,48 @@ class KnowledgeAttnProcessor:
         key_token_mask=None,
         **kwargs,
     ) -> paddle.Tensor:
-        if key_token_mask is None or self.w_t == 0.0 or encoder_hidden_states is None:
-            return self._stock(attn, hidden_states, encoder_hidden_states=encoder_hidden_states,
-                               attention_mask=attention_mask, temb=temb, scale=scale, **kwargs)
-        return self._emphasised(attn, hidden_states, encoder_hidden_states, attention_mask, temb, scale,
-                                key_token_mask)
+        # The steps of the stock AttnProcessor around the attention itself.
+        residual = hidden_states
+        args = () if USE_PEFT_BACKEND else (scale,)
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch_size, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.reshape([batch_size, channel, height * width]).transpose([0, 2, 1])
+        batch_size, sequence_length, _ = (
+            hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+        )
+        attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose([0, 2, 1])).transpose([0, 2, 1])
 
-    def _column_factor(self, key_token_mask, batch_size: int, text_length: int, attn: Attention, dtype):
-        """[B or 1, 1, L, 1] factor attn.scale * (1 + w_t * mask) for keys of shape [B, heads, L, d]."""
+        emphasis = key_token_mask is not None and self.w_t != 0.0 and encoder_hidden_states is not None
+        query = attn.to_q(hidden_states, *args)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.to_k(encoder_hidden_states, *args)
+        value = attn.to_v(encoder_hidden_states, *args)
+        mask = self._key_token_mask(key_token_mask, batch_size, sequence_length, key.dtype) if emphasis else None
+
+        # Exported programs (static graph) keep the plain ops, which every inference engine runs.
+        if paddle.in_dynamic_mode() and query.place.is_gpu_place():
+            hidden_states = self._sdpa(attn, query, key, value, attention_mask, mask)
+        else:
+            hidden_states = self._cpu(attn, query, key, value, attention_mask, mask)
+
+        hidden_states = attn.to_out[0](hidden_states, *args)
+        hidden_states = attn.to_out[1](hidden_states)
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose([0, 2, 1]).reshape([batch_size, channel, height, width])
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+    def _key_token_mask(self, key_token_mask, batch_size: int, text_length: int, dtype):
+        """The checked mask, [B or 1, L] in the keys' dtype."""
         if isinstance(key_token_mask, np.ndarray):
             key_token_mask = paddle.to_tensor(key_token_mask)
         if not isinstance(key_token_mask, paddle.Tensor):
@@ -83,63 +219,60 @@ class KnowledgeAttnProcessor:
                 key_token_mask.shape[0] not in (1, batch_size):
             raise ValueError(f"key_token_mask: expected shape [{batch_size} or 1, {text_length}] "
                              f"(batch, text tokens), got {list(key_token_mask.shape)}")
-        mask = key_token_mask if key_token_mask.dtype == dtype else key_token_mask.astype(dtype)
-        # One op: mask * (w_t * s) + s == s * (1 + w_t * mask).
-        factor = paddle.scale(mask, scale=self.w_t * attn.scale, bias=attn.scale)
-        return factor.reshape([mask.shape[0], 1, text_length, 1])
+        return key_token_mask if key_token_mask.dtype == dtype else key_token_mask.astype(dtype)
 
-    def _emphasised(self, attn, hidden_states, encoder_hidden_states, attention_mask, temb, scale,
-                    key_token_mask):
-        # Same steps as the stock AttnProcessor; only the score computation differs.
-        residual = hidden_states
-        args = () if USE_PEFT_BACKEND else (scale,)
+    def _key_factor(self, mask, scale: float, shape):
+        """scale * (1 + w_t * mask) in one op, reshaped to broadcast over the keys."""
+        return paddle.scale(mask, scale=self.w_t * scale, bias=scale).reshape(shape)
 
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch_size, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.reshape([batch_size, channel, height * width]).transpose([0, 2, 1])
-
-        batch_size, sequence_length, _ = encoder_hidden_states.shape
-        attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
-
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose([0, 2, 1])).transpose([0, 2, 1])
-
-        query = attn.to_q(hidden_states, *args)
-        if attn.norm_cross:
-            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        key = attn.to_k(encoder_hidden_states, *args)
-        value = attn.to_v(encoder_hidden_states, *args)
-
+    def _cpu(self, attn, query, key, value, attention_mask, mask):
         query = attn.head_to_batch_dim(query)  # [B, heads, N, d]
         key = attn.head_to_batch_dim(key)  # [B, heads, L, d]
         value = attn.head_to_batch_dim(value)
+        if mask is not None:
+            key = key * self._key_factor(mask, attn.scale, [mask.shape[0], 1, mask.shape[1], 1])
+            scale_query = False
+        else:
+            scale_query = True
+        if query.dtype != paddle.float32 or attn.upcast_attention or attn.upcast_softmax:
+            out = self._stock_order(attn, query, key, value, attention_mask, scale_query)
+        else:
+            if scale_query:
+                query = query * attn.scale
+            out = attention(query, key, value, attention_mask, self.chunk_bytes)
+        return attn.batch_to_head_dim(out)
 
+    @staticmethod
+    def _stock_order(attn, query, key, value, attention_mask, scale_query):
+        """The stock get_attention_scores (casts and all), keys pre-scaled when emphasised."""
         dtype = query.dtype
         if attn.upcast_attention:
-            query = query.cast(paddle.float32)
-            key = key.cast(paddle.float32)
-        key = key * self._column_factor(key_token_mask, batch_size, sequence_length, attn, key.dtype)
+            query, key = query.cast(paddle.float32), key.cast(paddle.float32)
         scores = paddle.matmul(query, key, transpose_y=True)
+        if scale_query:
+            scores = scores * attn.scale
         if attention_mask is not None:
             scores = scores + attention_mask
         if attn.upcast_softmax:
             scores = scores.cast(paddle.float32)
-        attention_probs = F.softmax(scores, axis=-1)
+        probs = F.softmax(scores, axis=-1)
         if attn.upcast_softmax or attn.upcast_attention:
-            attention_probs = attention_probs.cast(dtype)
+            probs = probs.cast(dtype)
+        return paddle.matmul(probs, value)
 
-        hidden_states = paddle.matmul(attention_probs, value)
-        hidden_states = attn.batch_to_head_dim(hidden_states)
-        hidden_states = attn.to_out[0](hidden_states, *args)
-        hidden_states = attn.to_out[1](hidden_states)
+    def _sdpa(self, attn, query, key, value, attention_mask, mask):
+        """CUDA: Paddle's fused attention (flash / memory-efficient), layout [B, S, heads, d]."""
+        query = attn.head_to_batch_dim(query, transpose=False)
+        key = attn.head_to_batch_dim(key, transpose=False)
+        value = attn.head_to_batch_dim(value, transpose=False)
+        if mask is not None:
+            key = key * self._key_factor(mask, 1.0, [mask.shape[0], mask.shape[1], 1, 1])
+        if attention_mask is not None:
+            attention_mask = attention_mask.astype(query.dtype)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0,
+                                             is_causal=False, training=attn.training, scale=attn.scale)
+        return attn.batch_to_head_dim(out, transpose=False)
 
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose([0, 2, 1]).reshape([batch_size, channel, height, width])
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        hidden_states = hidden_states / attn.rescale_output_factor
-        return hidden_states
+
+# The same processor under the name the textual-knowledge code and configs use.
+KnowledgeAttnProcessor = FastAttnProcessor

@@ -15,11 +15,11 @@ piece of the forward pass, in elements of the activation dtype unless said other
   inputs (3 C n); self-attention: its input, q, k, v and the output (5 C n); cross-attention:
   its input, q and the output (3 C n) and k, v of the text (2 C L); feed-forward: its input
   and GEGLU's halves, GELU output and dropout output (C n + 4 F n). With F = 4C: 28 C n.
-- Unfused attention (PPDiffusers' ``AttnProcessor``, also the self-attention path of the
-  project's ``KnowledgeAttnProcessor``) also keeps the probabilities: h n m elements
-  (m = n for self-, L for cross-attention) at 4 bytes in fp32, 6 in bf16 (the fp32
+- Unfused attention (PPDiffusers' ``AttnProcessor``) also keeps the probabilities: h n m
+  elements (m = n for self-, L for cross-attention) at 4 bytes in fp32, 6 in bf16 (the fp32
   softmax output and its bf16 copy for the value product). Fused attention (flash /
-  memory-efficient, ``AttnProcessor2_5``) keeps only q, k, v, the output and a log-sum-exp.
+  memory-efficient: ``AttnProcessor2_5``, and the project's ``FastAttnProcessor`` on CUDA,
+  key-word emphasis included) keeps only q, k, v, the output and a log-sum-exp.
 - Transformer2DModel around the blocks: GroupNorm input, proj_in input, proj_out input (3 C n).
 - Down/upsampler: the convolution's input (C n; C 4n after a nearest upsample).
 - conv_out with its GroupNorm and SiLU: 3 C n at full resolution; conv_in: its input.

@@ -24,6 +24,7 @@ from ppdiffusers.configuration_utils import ConfigMixin, register_to_config
 from ppdiffusers.models.unet_2d_condition import UNet2DConditionOutput
 
 from ..utils.integrity import check_model_folder
+from .attention_processor import FastAttnProcessor
 from .routing import TimestepRouter  # noqa: F401  (paddle-free, shared with ernie_vilg2.deploy; re-exported)
 
 
@@ -88,6 +89,8 @@ class MixtureOfDenoisingExperts(ModelMixin, ConfigMixin):
             if not 0 <= i < num_experts:
                 raise ValueError(f"expert_ids: expert {i} out of range 0..{num_experts - 1}")
         self.experts = ExpertBank({i: UNet2DConditionModel(**(unet or {})) for i in ids})
+        # The stock attention's function with less time and memory (see attention_processor.py).
+        self.set_attn_processor(FastAttnProcessor())
 
     # -- construction -------------------------------------------------------------
     @classmethod

@@ -65,12 +65,10 @@ class CaptionProcessor:
         t = self.textual
         if not t.enabled:
             return
-        from ppdiffusers.models.attention_processor import AttnProcessor
-
         from ..models.attention_processor import KnowledgeAttnProcessor
 
         active = training or t.apply_at_sampling
-        unet.set_attn_processor(KnowledgeAttnProcessor(t.w_t) if active else AttnProcessor())
+        unet.set_attn_processor(KnowledgeAttnProcessor(t.w_t if active else 0.0))
 
     # -- batches ---------------------------------------------------------------------------------
     def training_batch(self, metas: List[dict], rng: np.random.Generator, weight_shape) -> dict:

@@ -1,0 +1,254 @@
+"""One timed U-Net in its own process, for benchmarks/vs_pytorch.py (not run by hand).
+
+The same file runs under the project's venv (``--framework paddle``: PPDiffusers) and
+under the peer venv (``--framework torch``: diffusers), so it imports nothing of either at
+module level and nothing of ernie_vilg2 unless a project processor is asked for.
+
+    python peer_worker.py init SPEC.json         # paddle: build the U-Net, write weights + inputs
+    python peer_worker.py run SPEC.json --framework F --mode train|sample --variant V --out DIR
+
+``run`` builds the model from ``weights.npz`` (torch layout: Linear weights [out, in]),
+saves its check output to ``DIR/check-<framework>-<variant>-<mode>.npy``, runs the warm-up
+steps, prints ``READY {json}`` and then answers stdin lines: ``run K`` times K steps and
+prints ``TIMES [seconds, ...]``; ``quit`` prints ``DONE {"peak_rss_mib": ...}`` and exits.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+# ppdiffusers' Attention processors by variant name (paddle only).
+PADDLE_VARIANTS = ("stock", "fast")
+
+
+def rss_mib(field: str) -> float:
+    """VmHWM (peak) or VmRSS (now) of this process, MiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def read_spec(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+# -- Paddle ------------------------------------------------------------------------------------
+class PaddleSide:
+    name = "paddle"
+
+    def __init__(self, spec: dict, variant: str):
+        import paddle
+        from ppdiffusers import DDIMScheduler, UNet2DConditionModel
+
+        self.paddle = paddle
+        paddle.seed(spec["seed"])
+        self.unet = UNet2DConditionModel(**spec["unet"])
+        if variant not in PADDLE_VARIANTS:
+            raise SystemExit(f"error: --variant must be one of {PADDLE_VARIANTS}, got {variant!r}")
+        if variant == "stock":
+            from ppdiffusers.models.attention_processor import AttnProcessor
+            self.unet.set_attn_processor(AttnProcessor())
+        else:
+            from ernie_vilg2.models.attention_processor import FastAttnProcessor
+            self.unet.set_attn_processor(FastAttnProcessor())
+        self.scheduler = DDIMScheduler(**spec["scheduler"])
+        self.optimizer = None
+
+    def linear_weights(self):
+        """Names of parameters stored [in, out] here and [out, in] in torch."""
+        return {f"{n}.weight" for n, m in self.unet.named_sublayers() if isinstance(m, self.paddle.nn.Linear)}
+
+    def state_numpy(self) -> dict:
+        linear = self.linear_weights()
+        return {k: (v.numpy().T if k in linear else v.numpy()) for k, v in self.unet.state_dict().items()}
+
+    def load_numpy(self, arrays: dict) -> None:
+        linear = self.linear_weights()
+        state = {k: (np.ascontiguousarray(arrays[k].T) if k in linear else arrays[k]) for k in arrays}
+        missing, unexpected = self.unet.set_state_dict({k: self.paddle.to_tensor(v) for k, v in state.items()})
+        if missing or unexpected:
+            raise SystemExit(f"error: weights do not fit: missing {missing}, unexpected {unexpected}")
+
+    def tensor(self, a):
+        return self.paddle.to_tensor(a)
+
+    def setup_train(self, lr, weight_decay):
+        self.unet.train()
+        self.optimizer = self.paddle.optimizer.AdamW(learning_rate=lr, parameters=self.unet.parameters(),
+                                                     weight_decay=weight_decay)
+
+    def train_step(self, noisy, t, context, target):
+        import paddle.nn.functional as F
+
+        pred = self.unet(noisy, t, context).sample
+        loss = F.mse_loss(pred, target)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.clear_grad(set_to_zero=False)
+        return float(loss)
+
+    def forward(self, x, t, context):
+        self.unet.eval()
+        with self.paddle.no_grad():
+            return self.unet(x, t, context).sample.numpy()
+
+    def sample_step(self, x, t, context, guidance):
+        with self.paddle.no_grad():
+            eps = self.unet(self.paddle.concat([x, x]), t, context).sample
+            uncond, cond = eps.chunk(2)
+            eps = uncond + guidance * (cond - uncond)
+            return self.scheduler.step(eps, t, x).prev_sample
+
+
+# -- PyTorch (diffusers) -------------------------------------------------------------------------
+class TorchSide:
+    name = "torch"
+
+    def __init__(self, spec: dict, variant: str):
+        import torch
+        from diffusers import DDIMScheduler, UNet2DConditionModel
+
+        self.torch = torch
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+        self.unet = UNet2DConditionModel(**spec["unet"])
+        if variant != "default":
+            raise SystemExit(f"error: torch runs diffusers' default attention only (--variant default), got {variant!r}")
+        self.scheduler = DDIMScheduler(**spec["scheduler"])
+        self.optimizer = None
+
+    def load_numpy(self, arrays: dict) -> None:
+        state = {k: self.torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+        self.unet.load_state_dict(state, strict=True)
+
+    def tensor(self, a):
+        return self.torch.from_numpy(np.ascontiguousarray(a))
+
+    def setup_train(self, lr, weight_decay):
+        self.unet.train()
+        self.optimizer = self.torch.optim.AdamW(self.unet.parameters(), lr=lr, weight_decay=weight_decay)
+
+    def train_step(self, noisy, t, context, target):
+        pred = self.unet(noisy, t, context).sample
+        loss = self.torch.nn.functional.mse_loss(pred, target)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(loss)
+
+    def forward(self, x, t, context):
+        self.unet.eval()
+        with self.torch.no_grad():
+            return self.unet(x, t, context).sample.numpy()
+
+    def sample_step(self, x, t, context, guidance):
+        with self.torch.no_grad():
+            eps = self.unet(self.torch.cat([x, x]), t, context).sample
+            uncond, cond = eps.chunk(2)
+            eps = uncond + guidance * (cond - uncond)
+            return self.scheduler.step(eps, t, x).prev_sample
+
+
+def side(framework: str, spec: dict, variant: str):
+    return {"paddle": PaddleSide, "torch": TorchSide}[framework](spec, variant)
+
+
+# -- commands ----------------------------------------------------------------------------------
+def init(spec_path: str) -> None:
+    """Build the U-Net once (Paddle, seeded) and write its weights and the inputs."""
+    spec = read_spec(spec_path)
+    model = PaddleSide(spec, "stock")
+    np.savez(spec["weights"], **model.state_numpy())
+    rng = np.random.default_rng(spec["seed"])
+    b, s, c = spec["batch"], spec["unet"]["sample_size"], spec["unet"]["in_channels"]
+    ctx = (spec["text_length"], spec["unet"]["cross_attention_dim"])
+    np.savez(
+        spec["inputs"],
+        noisy=rng.standard_normal((b, c, s, s)).astype("float32"),
+        target=rng.standard_normal((b, c, s, s)).astype("float32"),
+        t=rng.integers(0, spec["scheduler"]["num_train_timesteps"], b).astype("int64"),
+        context=rng.standard_normal((b,) + ctx).astype("float32"),
+        latents=rng.standard_normal((spec["sample_batch"], c, s, s)).astype("float32"),
+        sample_context=rng.standard_normal((2 * spec["sample_batch"],) + ctx).astype("float32"),
+    )
+
+
+def run(spec_path: str, framework: str, mode: str, variant: str, out: str) -> None:
+    spec = read_spec(spec_path)
+    if framework == "paddle":
+        import paddle, ppdiffusers  # noqa: F401,E401
+    else:
+        import diffusers, torch  # noqa: F401,E401
+    import_rss = rss_mib("VmRSS")
+    model = side(framework, spec, variant)
+    with np.load(spec["weights"]) as w:
+        model.load_numpy({k: w[k] for k in w.files})
+    with np.load(spec["inputs"]) as f:
+        inputs = {k: f[k] for k in f.files}
+    T = model.tensor
+    tag = f"{framework}-{variant}-{mode}"
+    if mode == "train":
+        noisy, t, context, target = T(inputs["noisy"]), T(inputs["t"]), T(inputs["context"]), T(inputs["target"])
+        check = model.forward(noisy, t, context)
+        model.setup_train(spec["lr"], spec["weight_decay"])
+
+        def step():
+            return model.train_step(noisy, t, context, target)
+    elif mode == "sample":
+        x, context = T(inputs["latents"]), T(inputs["sample_context"])
+        model.scheduler.set_timesteps(spec["sample_steps"])
+        timesteps = list(model.scheduler.timesteps)
+        check = model.sample_step(x, timesteps[0], context, spec["guidance"]).numpy()
+        state = {"i": 0, "x": x}
+
+        def step():
+            # Walk the schedule like a sampler; restart from the same latents at its end.
+            i = state["i"] % len(timesteps)
+            state["x"] = model.sample_step(x if i == 0 else state["x"], timesteps[i], context, spec["guidance"])
+            state["i"] += 1
+    else:
+        raise SystemExit(f"error: --mode must be train or sample, got {mode!r}")
+    np.save(os.path.join(out, f"check-{tag}.npy"), check)
+    first_loss = step() if mode == "train" else None
+    for _ in range(spec["warmup"] - (mode == "train")):
+        step()
+    print("READY " + json.dumps({"first_loss": first_loss, "import_rss_mib": import_rss}), flush=True)
+    for line in sys.stdin:
+        cmd = line.split()
+        if cmd and cmd[0] == "run":
+            times = []
+            for _ in range(int(cmd[1])):
+                start = time.perf_counter()
+                step()
+                times.append(time.perf_counter() - start)
+            print("TIMES " + json.dumps(times), flush=True)
+        elif cmd and cmd[0] == "quit":
+            break
+    print("DONE " + json.dumps({"peak_rss_mib": rss_mib("VmHWM")}), flush=True)
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("command", choices=("init", "run"))
+    p.add_argument("spec")
+    p.add_argument("--framework", choices=("paddle", "torch"), default="paddle")
+    p.add_argument("--mode", default="train")
+    p.add_argument("--variant", default="stock")
+    p.add_argument("--out", default=".")
+    a = p.parse_args(argv)
+    if a.command == "init":
+        init(a.spec)
+    else:
+        run(a.spec, a.framework, a.mode, a.variant, a.out)
+
+
+if __name__ == "__main__":
+    main()

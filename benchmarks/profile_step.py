@@ -1,0 +1,126 @@
+"""Where a Paddle training step spends its time: paddle.profiler's operator table, top rows.
+
+The U-Net, inputs and step of benchmarks/vs_pytorch.py (forward + MSE + backward + AdamW),
+profiled after warm-up steps; prints a markdown table of the operators with the most CPU
+time per step (forward and backward ops listed apart: ``Global_...GradNode`` rows are the
+backward; the recomputing backward of FastAttnProcessor's query blocks runs plain ops, listed
+under their forward names) and their share, then the same time grouped by kind.
+
+    python benchmarks/profile_step.py                        # 32x32 U-Net, stock attention
+    python benchmarks/profile_step.py --variant fast --threads 2 --top 20
+
+The Chrome trace (open in chrome://tracing or Perfetto) is written under --trace-dir.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.dirname(HERE), HERE]  # this checkout's ernie_vilg2, then vs_pytorch / peer_worker
+os.environ.setdefault("GLOG_minloglevel", "2")
+
+# What each operator counts as in the grouped table: keys are matched in the lower-cased name
+# without underscores (group_norm dygraph, Global_GroupNormGradNode); first match wins.
+KINDS = (
+    ("softmax and score scaling (attention only)", ("softmax", "scale dygraph", "scalegradnode", "flash", "sdpa")),
+    ("convolution", ("conv2d", "depthwise")),
+    ("matmul (attention products and linear layers)", ("matmul", "linear", "fc")),
+    ("normalisation", ("groupnorm", "layernorm")),
+    ("optimizer (AdamW)", ("adam",)),
+    ("layout copies (transpose, reshape, concat, split, slice)",
+     ("transpose", "reshape", "concat", "split", "slice", "flatten", "stack", "squeeze", "tile", "expand")),
+)
+
+
+def parse_args(argv=None):
+    from vs_pytorch import CONFIGS
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default="32x32", choices=sorted(CONFIGS))
+    p.add_argument("--variant", default="stock", choices=("stock", "fast"),
+                   help="attention processor: PPDiffusers' AttnProcessor or the project's FastAttnProcessor")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--steps", type=int, default=2, help="profiled steps (after --warmup)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--top", type=int, default=15, help="operator rows to print")
+    p.add_argument("--trace-dir", default=os.path.join("output", "profile_step"),
+                   help="where the Chrome trace goes (git-ignored output/ by default)")
+    args = p.parse_args(argv)
+    if args.steps < 1 or args.warmup < 1 or args.top < 1 or args.threads < 1:
+        p.error("--steps, --warmup, --top and --threads must be >= 1")
+    return args
+
+
+def kind_of(name: str) -> str:
+    low = name.lower().replace("_", "")
+    for kind, keys in KINDS:
+        if any(k in low for k in keys):
+            return kind
+    return "other (elementwise, activations, casts, ...)"
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
+    import numpy as np
+    import paddle.profiler as profiler
+    from paddle.profiler.profiler_statistic import StatisticData
+
+    import peer_worker
+    from vs_pytorch import CONFIGS, init_config
+
+    with tempfile.TemporaryDirectory(prefix="profile_step_") as out:
+        spec_path, n_params = init_config(args.config, CONFIGS[args.config], out,
+                                          argparse.Namespace(warmup=args.warmup))
+        spec = peer_worker.read_spec(spec_path)
+        model = peer_worker.PaddleSide(spec, args.variant)
+        with np.load(spec["weights"]) as w:
+            model.load_numpy({k: w[k] for k in w.files})
+        with np.load(spec["inputs"]) as f:
+            noisy, t, context, target = (model.tensor(f[k]) for k in ("noisy", "t", "context", "target"))
+    model.setup_train(spec["lr"], spec["weight_decay"])
+    for _ in range(args.warmup):
+        model.train_step(noisy, t, context, target)
+
+    # Without on_trace_ready Paddle writes its trace to ./profiler_log/ of the working directory.
+    prof = profiler.Profiler(targets=[profiler.ProfilerTarget.CPU], timer_only=False,
+                             on_trace_ready=profiler.export_chrome_tracing(args.trace_dir))
+    prof.start()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        model.train_step(noisy, t, context, target)
+        prof.step()
+    wall = (time.perf_counter() - start) / args.steps * 1e3
+    prof.stop()
+    stats = StatisticData(prof.profiler_result.get_data(), prof.profiler_result.get_extra_info())
+    # A PyLayer's backward node contains the ops it runs, which have their own rows: skip it.
+    items = {name: it for name, it in stats.event_summary.items.items() if "PyLayer" not in name}
+    per_step = {name: (it.cpu_time / args.steps / 1e6, it.call / args.steps) for name, it in items.items()}
+    total = sum(ms for ms, _ in per_step.values())
+
+    print(f"{args.config} U-Net ({n_params:,} parameters), batch {spec['batch']}, training step, "
+          f"{args.threads} thread(s), {args.variant} attention: {wall:,.0f} ms per profiled step, "
+          f"{total:,.0f} ms of it in operators")
+    print()
+    print("| operator | calls/step | ms/step | share |")
+    print("|---|---:|---:|---:|")
+    for name, (ms, calls) in sorted(per_step.items(), key=lambda kv: -kv[1][0])[:args.top]:
+        print(f"| {name} | {calls:g} | {ms:,.1f} | {ms / total:.1%} |")
+    grouped = {}
+    for name, (ms, _) in per_step.items():
+        grouped[kind_of(name)] = grouped.get(kind_of(name), 0.0) + ms
+    print()
+    print("| kind (forward + backward) | ms/step | share |")
+    print("|---|---:|---:|")
+    for kind, ms in sorted(grouped.items(), key=lambda kv: -kv[1]):
+        print(f"| {kind} | {ms:,.0f} | {ms / total:.1%} |")
+    print(json.dumps({"total_op_ms_per_step": round(total, 1)}), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

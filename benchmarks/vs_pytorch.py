@@ -1,0 +1,223 @@
+"""Peer benchmark: the same UNet2DConditionModel in PPDiffusers/Paddle and diffusers/PyTorch.
+
+Builds one U-Net config in both (Paddle initialises it, the weights are copied across),
+prints how far their outputs are apart, then times, in separate processes that take turns
+(A B C, A B C, ...): a training step (forward + MSE loss + backward + AdamW) and a sampling
+step with classifier-free guidance (U-Net on the doubled batch + guidance + DDIM step).
+Paddle runs twice: with PPDiffusers' stock ``AttnProcessor`` (before) and with the
+project's ``FastAttnProcessor`` (after). Peak memory is each process's VmHWM; its import
+alone is in the "import" column.
+
+    make bench-peer                                     # creates .venv-peer, runs the defaults
+    python benchmarks/vs_pytorch.py --configs tiny --threads 1 --rounds 3
+    python benchmarks/vs_pytorch.py --peer-python .venv-peer/bin/python --configs 32x32
+
+Configs: ``tiny`` is configs/tiny.yaml's expert U-Net (8x8 latents, train batch 16,
+sampling batch 32 = 64 U-Net rows with CFG); ``32x32`` is a 3-level U-Net at 32x32
+latents (64/128/128 channels, 2 layers per block, 8 heads; train batch 8, sampling batch
+4). The peer venv holds requirements/peer.txt (torch CPU wheel + diffusers), never the
+project's venv.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(ROOT, "benchmarks", "peer_worker.py")
+DEFAULT_PEER = os.path.join(ROOT, ".venv-peer", "bin", "python")
+
+SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
+                 clip_sample=False, set_alpha_to_one=False)
+CONFIGS = {
+    "tiny": dict(config=os.path.join(ROOT, "configs", "tiny.yaml"), batch=16, sample_batch=32, steps=5),
+    "32x32": dict(
+        unet=dict(sample_size=32, in_channels=4, out_channels=4,
+                  down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+                  up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+                  block_out_channels=[64, 128, 128], layers_per_block=2, attention_head_dim=8,
+                  norm_num_groups=32, cross_attention_dim=64),
+        text_length=24, batch=8, sample_batch=4, steps=1),
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--configs", nargs="+", default=["tiny", "32x32"], choices=sorted(CONFIGS))
+    p.add_argument("--modes", nargs="+", default=["train", "sample"], choices=("train", "sample"))
+    p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--variants", nargs="+", default=["stock", "fast"], choices=("stock", "fast"),
+                   help="Paddle attention processors to time (stock: PPDiffusers' AttnProcessor)")
+    p.add_argument("--rounds", type=int, default=3, help="turns per process (A B C x rounds)")
+    p.add_argument("--steps", type=int, help="timed steps per turn (default: 5 tiny, 1 32x32)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per process first")
+    p.add_argument("--peer-python", default=DEFAULT_PEER,
+                   help="python of the peer venv (torch + diffusers; default .venv-peer/bin/python)")
+    p.add_argument("--keep", help="folder for weights, inputs, outputs and worker logs (default: a temp dir)")
+    args = p.parse_args(argv)
+    for name in ("rounds", "steps"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1")
+    if args.warmup < 1:
+        p.error("--warmup must be >= 1 (the first step builds caches)")
+    if any(t < 1 for t in args.threads):
+        p.error("--threads must be >= 1")
+    if not os.path.isfile(args.peer_python):
+        p.error(f"--peer-python: {args.peer_python} not found; `make bench-peer` creates .venv-peer "
+                f"from requirements/peer.txt")
+    return args
+
+
+def resolve_unet(cfg: dict) -> tuple:
+    """UNet kwargs and text length: from a project YAML (the expert U-Net) or given."""
+    if "unet" in cfg:
+        return cfg["unet"], cfg["text_length"]
+    sys.path.insert(0, ROOT)
+    from ernie_vilg2.config import from_dict, read_yaml
+    from ernie_vilg2.models.config import ModelConfig
+
+    raw = read_yaml(cfg["config"])
+    model = from_dict(ModelConfig, raw["model"], "model")
+    latent = raw["data"]["resolution"] // model.vae.scale_factor
+    u = model.unet
+    # The keyword set of ernie_vilg2.models.factory.unet_kwargs (which needs ppdiffusers).
+    unet = dict(sample_size=latent, in_channels=model.vae.latent_channels, out_channels=model.vae.latent_channels,
+                down_block_types=list(u.down_block_types), up_block_types=list(u.up_block_types),
+                block_out_channels=list(u.block_out_channels), layers_per_block=u.layers_per_block,
+                attention_head_dim=u.attention_head_dim, norm_num_groups=u.norm_num_groups,
+                cross_attention_dim=model.text_encoder.hidden_size)
+    return unet, model.text_encoder.max_length
+
+
+class Worker:
+    """One benchmark process: started, then driven over stdin/stdout."""
+
+    def __init__(self, python, spec_path, framework, mode, variant, threads, out):
+        self.label = "torch" if framework == "torch" else f"paddle-{variant}"
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), GLOG_minloglevel="2",
+                   PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.log_path = os.path.join(out, f"log-{self.label}-{mode}-{threads}.txt")
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [python, WORKER, "run", spec_path, "--framework", framework, "--mode", mode, "--variant", variant,
+             "--out", out],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env, cwd=ROOT)
+        self.times = []
+
+    def expect(self, word):
+        for line in self.proc.stdout:
+            if line.startswith(word + " "):
+                return json.loads(line[len(word) + 1:])
+        self.log.flush()
+        with open(self.log_path) as f:
+            tail = f.read()[-3000:]
+        raise SystemExit(f"error: {self.label} worker exited (status {self.proc.wait()}); log {self.log_path}:\n{tail}")
+
+    def run(self, steps):
+        self.proc.stdin.write(f"run {steps}\n")
+        self.proc.stdin.flush()
+        self.times += self.expect("TIMES")
+
+    def finish(self):
+        self.proc.stdin.write("quit\n")
+        self.proc.stdin.flush()
+        done = self.expect("DONE")
+        self.proc.wait()
+        self.log.close()
+        return done
+
+
+def init_config(name, cfg, out, args):
+    unet, text_length = resolve_unet(cfg)
+    spec = dict(unet=unet, text_length=text_length, batch=cfg["batch"], sample_batch=cfg["sample_batch"],
+                scheduler=SCHEDULER, seed=0, lr=1e-4, weight_decay=0.01, sample_steps=25, guidance=3.0,
+                warmup=args.warmup, weights=os.path.join(out, f"{name}-weights.npz"),
+                inputs=os.path.join(out, f"{name}-inputs.npz"))
+    spec_path = os.path.join(out, f"{name}-spec.json")
+    with open(spec_path, "w") as f:
+        json.dump(spec, f)
+    env = dict(os.environ, GLOG_minloglevel="2", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    subprocess.run([sys.executable, WORKER, "init", spec_path], check=True, env=env, cwd=ROOT,
+                   stderr=subprocess.DEVNULL)
+    n_params = sum(v.size for v in np.load(spec["weights"]).values())
+    return spec_path, n_params
+
+
+def run_cell(spec_path, mode, threads, steps, args, out):
+    workers = []
+    try:
+        for v in args.variants:
+            workers.append(Worker(sys.executable, spec_path, "paddle", mode, v, threads, out))
+        workers.append(Worker(args.peer_python, spec_path, "torch", mode, "default", threads, out))
+        ready = {w.label: w.expect("READY") for w in workers}
+        for _ in range(args.rounds):
+            for w in workers:
+                w.run(steps)
+        done = {w.label: w.finish() for w in workers}
+    finally:  # an error or Ctrl-C: no worker left warming up on the shared CPU
+        for w in workers:
+            if w.proc.poll() is None:
+                w.proc.kill()
+    return workers, ready, done
+
+
+def fmt_ms(seconds):
+    return f"{seconds * 1e3:,.0f}" if seconds >= 0.1 else f"{seconds * 1e3:.1f}"
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    out = args.keep or tempfile.mkdtemp(prefix="vs_pytorch_")
+    os.makedirs(out, exist_ok=True)
+    labels = [f"paddle-{v}" for v in args.variants]
+    rows, checks = [], []
+    for name in args.configs:
+        cfg = CONFIGS[name]
+        spec_path, n_params = init_config(name, cfg, out, args)
+        print(f"# {name}: {n_params:,} parameters", file=sys.stderr, flush=True)
+        steps = args.steps or cfg["steps"]
+        for mode in args.modes:
+            for threads in args.threads:
+                workers, ready, done = run_cell(spec_path, mode, threads, steps, args, out)
+                med = {w.label: statistics.median(w.times) for w in workers}
+                peak = {k: v["peak_rss_mib"] for k, v in done.items()}
+                ref = np.load(os.path.join(out, f"check-torch-default-{mode}.npy"))
+                diffs = {lab: float(np.abs(np.load(os.path.join(out, f"check-{lab}-{mode}.npy")) - ref).max())
+                         for lab in labels}
+                rows.append((name, mode, threads, med, peak, ready))
+                checks.append((name, mode, threads, diffs, ready))
+                print(f"# {name} {mode} {threads} thread(s): " + ", ".join(
+                    f"{k} {fmt_ms(v)} ms" for k, v in med.items()), file=sys.stderr, flush=True)
+
+    head = ["config", "step", "threads"] + [f"{lab} (ms)" for lab in labels] + ["torch (ms)"]
+    head += [f"{lab}/torch" for lab in labels]
+    head += [f"peak MiB {lab}" for lab in labels] + ["peak MiB torch"] + [f"mem {lab}/torch" for lab in labels]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * 3 + "---:|" * (len(head) - 3))
+    for name, mode, threads, med, peak, ready in rows:
+        cells = [name, mode, str(threads)] + [fmt_ms(med[lab]) for lab in labels] + [fmt_ms(med["torch"])]
+        cells += [f"**{med[lab] / med['torch']:.2f}**" for lab in labels]
+        cells += [f"{peak[lab]:,.0f}" for lab in labels] + [f"{peak['torch']:,.0f}"]
+        cells += [f"{peak[lab] / peak['torch']:.2f}" for lab in labels]
+        print("| " + " | ".join(cells) + " |")
+    print()
+    print("Agreement with diffusers on the same weights and inputs (max |Δ| of the U-Net output for train, "
+          "of one CFG + DDIM step for sample; first training loss):")
+    for name, mode, threads, diffs, ready in checks:
+        loss = {k: v["first_loss"] for k, v in ready.items()}
+        extra = "" if mode != "train" else "; first loss " + ", ".join(f"{k} {v:.6f}" for k, v in loss.items())
+        print(f"- {name} {mode} {threads}t: " + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()) + extra)
+    imports = {k: v["import_rss_mib"] for k, v in rows[0][5].items()} if rows else {}
+    print("RSS after import (MiB, included in the peaks): " + ", ".join(f"{k} {v:,.0f}" for k, v in imports.items()))
+    print(f"(worker logs, weights and outputs: {out})")
+
+
+if __name__ == "__main__":
+    main()
