@@ -60,6 +60,26 @@ def test_batched_generation_does_not_depend_on_batch_size(tiny_pipeline):
     np.testing.assert_allclose(one, three, atol=1e-5)
 
 
+def test_wanted_images_are_those_of_a_full_run(tiny_pipeline):
+    """iter_images with ``wanted`` makes only those images, each from its own noise row (as
+    tools/evaluate.py resumes), and skips the pipeline for batches without wanted images."""
+    from ernie_vilg2.pipelines import iter_images
+
+    prompts = ["一只猫", "a dog", "红色的汽车"]
+    kw = dict(seed=5, num_images_per_prompt=2, num_inference_steps=1, guidance_scale=3.0, output_type="np")
+    full = generate_images(tiny_pipeline, prompts, batch_size=1, **kw)
+    calls = []
+    some = list(iter_images(tiny_pipeline, prompts, images_per_batch=2, wanted={4, 1},
+                            callback=lambda *a: calls.append(a), **kw))
+    assert [i for i, _ in some] == [1, 4] and len(calls) == 2  # batch [2, 3]: no call
+    for i, image in some:
+        np.testing.assert_allclose(image, full[i], atol=1e-5)
+    assert np.abs(some[0][1] - full[0]).max() > 1e-3  # its own row, not its batch's first
+    assert list(iter_images(tiny_pipeline, prompts, wanted=[], **kw)) == []
+    with pytest.raises(ValueError, match=r"^wanted: image indices must be in \[0, 6\), got \[6\]"):
+        list(iter_images(tiny_pipeline, prompts, wanted={0, 6}, **kw))
+
+
 @pytest.mark.parametrize(
     "prompt,per_prompt,height,width",
     [("一只猫", 3, None, None), (PROMPTS, 2, 16, 48), (PROMPTS + ["a dog"], 1, 32, 32)],

@@ -132,6 +132,18 @@ def test_sharding_stages_split_what_they_name(models_24b):
         assert p.params == pytest.approx(trained * 2 / split[2] + frozen * 2)
 
 
+@pytest.mark.parametrize("textual", [True, False])
+def test_default_layout_is_fused_attention_with_or_without_textual_knowledge(textual):
+    """Every expert carries FastAttnProcessor, which takes Paddle's fused attention on CUDA with
+    the key-word emphasis too; --attention unfused stays a user's override."""
+    from ernie_vilg2.training.config import load_config
+    from ernie_vilg2.training.memory_plan import default_layout
+
+    cfg = load_config(CONFIG_24B, [f"textual_knowledge.enabled={str(textual).lower()}"])
+    assert default_layout(cfg, gpus=320, gpu_mem_gib=80).attention == "fused"
+    assert default_layout(cfg, gpus=320, gpu_mem_gib=80, attention="unfused").attention == "unfused"
+
+
 @pytest.mark.parametrize("args,flag", [
     (["--gpus", "320", "--expert-groups", "3"], "--gpus"),  # 320 ranks into 3 groups
     (["--gpus", "12", "--expert-groups", "4"], "--expert-groups"),  # 4 groups cannot share 10 experts

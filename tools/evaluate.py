@@ -179,38 +179,22 @@ def image_names(count: int):
     return [f"{i:0{digits}d}.png" for i in range(count)]
 
 
-def generate_missing(pipe, settings: dict, captions, names, folder: str, batch_size: int) -> int:
-    """Generate the images ``names`` (of ``captions``) that ``folder`` lacks; return how many.
-
-    Image i (prompt-major, K per prompt) starts from row i of one NumPy stream seeded with
-    the seed, drawn batch by batch in order also for batches already on disk, so a resumed
-    run gives the images an uninterrupted one would (and tools/generate.py's for the same
-    prompts, K and seed).
-    """
-    import numpy as np
-    import paddle
+def generate_missing(pipe, settings: dict, names, folder: str, batch_size: int) -> int:
+    """Generate the images ``names`` (prompt-major, K per prompt) that ``folder`` lacks; return
+    how many. ``iter_images`` gives each its own noise row, so a resumed run makes the images an
+    uninterrupted one would (and tools/generate.py's for the same prompts, K and seed)."""
     from tqdm import tqdm
 
+    from ernie_vilg2.pipelines.generation import iter_images
     from ernie_vilg2.utils.io import atomic_save_image
 
     missing = [i for i, name in enumerate(names) if not os.path.isfile(os.path.join(folder, name))]
-    factor = pipe.vae_scale_factor
-    shape = [pipe.unet.in_channels, settings["height"] // factor, settings["width"] // factor]
-    rng = np.random.default_rng(settings["seed"])
-    todo = set(missing)
-    with tqdm(total=len(missing), desc="generating", unit="img", disable=not missing) as bar:
-        for start in range(0, len(captions), batch_size):
-            rows = list(range(start, min(start + batch_size, len(captions))))
-            noise = rng.standard_normal([len(rows), *shape]).astype("float32")
-            wanted = [j for j, i in enumerate(rows) if i in todo]
-            if not wanted:
-                continue
-            images = pipe([captions[rows[j]] for j in wanted], num_inference_steps=settings["steps"],
-                          guidance_scale=settings["guidance"], height=settings["height"], width=settings["width"],
-                          latents=paddle.to_tensor(noise[wanted])).images
-            for j, image in zip(wanted, images):
-                atomic_save_image(image, os.path.join(folder, names[rows[j]]))
-            bar.update(len(wanted))
+    images = iter_images(pipe, settings["prompts"], images_per_batch=batch_size, seed=settings["seed"],
+                         num_images_per_prompt=settings["num_images_per_prompt"], wanted=missing,
+                         num_inference_steps=settings["steps"], guidance_scale=settings["guidance"],
+                         height=settings["height"], width=settings["width"])
+    for i, image in tqdm(images, total=len(missing), desc="generating", unit="img", disable=not missing):
+        atomic_save_image(image, os.path.join(folder, names[i]))
     return len(missing)
 
 
@@ -338,15 +322,12 @@ def main(argv=None) -> int:
     check_pipeline_inputs(pipe, args)
     settings["height"], settings["width"] = pipe.check_inputs(num_inference_steps=args.steps,
                                                               guidance_scale=args.guidance)
-    from ernie_vilg2.text.tokenizer import report_truncation
-
-    report_truncation(pipe.tokenizer, prompts, pipe.max_length)  # once here, not per batch
     images_dir = os.path.join(args.out, "images")
     os.makedirs(images_dir, exist_ok=True)
     captions = [p for p in prompts for _ in range(args.num_images_per_prompt)]
     names = image_names(len(captions))
     write_json(os.path.join(args.out, GENERATION_FILE), {**settings, "images": dict(zip(names, captions))})
-    generated = generate_missing(pipe, settings, captions, names, images_dir, args.batch_size)
+    generated = generate_missing(pipe, settings, names, images_dir, args.batch_size)
     print(f"{len(names) - generated} images already in {images_dir}, generated {generated}")
 
     extractor = make_extractor(args)

@@ -44,8 +44,8 @@ def parse_args(argv=None):
     p.add_argument("--recompute", action=argparse.BooleanOptionalAction, default=None,
                    help="U-Net gradient checkpointing (default: train.recompute)")
     p.add_argument("--attention", choices=("fused", "unfused"),
-                   help="attention kernels (default: unfused with textual knowledge, whose processor takes "
-                        "PPDiffusers' unfused path; fused otherwise)")
+                   help="attention kernels (default: fused, as the experts' FastAttnProcessor runs on CUDA; "
+                        "unfused: a stock processor that keeps the probabilities)")
     p.add_argument("--margin", type=float, default=0.1,
                    help="fraction of GPU memory kept free for the CUDA context, allocator and buffers (default 0.1)")
     p.add_argument("--json", action="store_true",

@@ -11,6 +11,7 @@ _LAZY = {
     "branch_pipeline": "branching",
     "branch_pipeline_folder": "branching",
     "generate_images": "generation",
+    "iter_images": "generation",
     "load_pipeline": "loading",
     "save_generation": "generation",
 }

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Collection, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -31,27 +31,87 @@ def generate_images(
     Everything is checked before the first batch runs, and prompts cut to the text
     encoder's length get one summary warning for the whole run.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    _check_batch_size("batch_size", batch_size)
+    return [image for _, image in iter_images(
+        pipe, prompts, images_per_batch=batch_size * num_images_per_prompt, seed=seed,
+        num_images_per_prompt=num_images_per_prompt, negative_prompt=negative_prompt,
+        key_token_mask=key_token_mask, **call_kwargs)]
+
+
+def iter_images(
+    pipe,
+    prompts: Sequence[str],
+    images_per_batch: int = 4,
+    seed: Optional[int] = 0,
+    num_images_per_prompt: int = 1,
+    wanted: Optional[Collection[int]] = None,
+    negative_prompt: Optional[str] = None,
+    key_token_mask: Optional[np.ndarray] = None,
+    **call_kwargs,
+) -> Iterator[Tuple[int, object]]:
+    """Yield ``(i, image)`` as each batch of ``images_per_batch`` images finishes; image ``i``
+    is prompt-major (prompt ``i // num_images_per_prompt``) and starts from row ``i`` of one
+    NumPy stream seeded with ``seed``: the images of :func:`generate_images`.
+
+    ``wanted`` (image indices; default all) makes only those, each from its own noise row, so
+    a run that skips the images it already has gives those of an uninterrupted run; a batch
+    without wanted images calls ``pipe`` not at all. Checked before the first batch runs.
+    """
     prompts = check_prompts(prompts)
     checked = {k: call_kwargs[k] for k in ("num_inference_steps", "guidance_scale", "height", "width", "output_type")
                if k in call_kwargs}
     pipe.check_inputs(num_images_per_prompt=num_images_per_prompt, seed=seed, **checked)
+    _check_batch_size("images_per_batch", images_per_batch)
     report_truncation(pipe.tokenizer, prompts, pipe.max_length)  # the batches then stay silent
-    rng = np.random.default_rng(seed)
-    images: List = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start : start + batch_size]
+    count = len(prompts) * num_images_per_prompt
+    wanted = range(count) if wanted is None else set(wanted)
+    outside = sorted(i for i in wanted if not 0 <= i < count)
+    if outside:
+        raise ValueError(f"wanted: image indices must be in [0, {count}), got {outside}")
+    noise = _NoiseRows(seed)
+    for start in range(0, count, images_per_batch):
+        rows = [i for i in range(start, min(start + images_per_batch, count)) if i in wanted]
+        if not rows:
+            continue
+        noise.rows = rows
+        of_prompt = [i // num_images_per_prompt for i in rows]
         out = pipe(
-            chunk,
+            [prompts[p] for p in of_prompt],  # one image per row: as pipe(prompt, num_images_per_prompt=K)
             negative_prompt=negative_prompt,
-            generator=rng,
-            num_images_per_prompt=num_images_per_prompt,
-            key_token_mask=None if key_token_mask is None else key_token_mask[start : start + batch_size],
+            generator=noise,
+            key_token_mask=None if key_token_mask is None else np.asarray(key_token_mask)[of_prompt],
             **call_kwargs,
         )
-        images.extend(out.images)
-    return images
+        yield from zip(rows, out.images)
+
+
+class _NoiseRows:
+    """The generator a pipeline draws its initial noise from, giving it rows ``rows`` of one
+    stream: ``standard_normal([len(rows), C, h, w])`` returns the ``rows`` of
+    ``default_rng(seed).standard_normal([n, C, h, w])``. NumPy fills in row order, so the rows
+    before them are drawn (and dropped) only when a later row needs them, a batch's span at a time."""
+
+    def __init__(self, seed: Optional[int]):
+        self._rng = np.random.default_rng(seed)
+        self._next = 0  # the stream's first row not drawn yet
+        self.rows: List[int] = []  # ascending, >= _next
+
+    def standard_normal(self, shape):
+        if not self.rows or shape[0] != len(self.rows):  # one draw per pipeline call, a row per image
+            raise ValueError(f"noise of shape {list(shape)} asked for rows {self.rows}")
+        first, end = self.rows[0], self.rows[-1] + 1
+        while self._next < first:
+            skipped = min(first - self._next, end - first)
+            self._rng.standard_normal([skipped, *shape[1:]])
+            self._next += skipped
+        block = self._rng.standard_normal([end - first, *shape[1:]])
+        self._next, rows, self.rows = end, self.rows, []
+        return block[[i - first for i in rows]]
+
+
+def _check_batch_size(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def save_generation(

@@ -100,9 +100,9 @@ def default_layout(cfg: ExperimentConfig, gpus: int, gpu_mem_gib: float, **given
         sharding_stage=cfg.train.sharding_stage if cfg.train.sharding_degree > 1 else 0,
         precision="bf16" if cfg.train.mixed_precision == "bf16" else "fp32",
         recompute=cfg.train.recompute,
-        # The trainer installs KnowledgeAttnProcessor with textual knowledge; its
-        # self-attention path is PPDiffusers' unfused AttnProcessor.
-        attention="unfused" if cfg.textual_knowledge.enabled else "fused",
+        # Every expert carries FastAttnProcessor: on CUDA it calls Paddle's fused attention
+        # (flash / memory-efficient), with the key-word emphasis of textual knowledge too.
+        attention="fused",
     )
     implied.update({k: v for k, v in given.items() if v is not None})
     return Layout(gpus=gpus, gpu_mem_gib=gpu_mem_gib, **implied)
@@ -269,8 +269,8 @@ def suggest(models: ModelSizes, cfg: ExperimentConfig, layout: Layout, stage: st
             out.append(f"--gpus {gpus} ({gpus // layout.expert_groups} ranks per group, "
                        f"{_gib(total(gpus=gpus))} GiB)")
     if layout.attention == "unfused" and ok(attention="fused"):
-        out.append(f"--attention fused ({_gib(total(attention='fused'))} GiB; the trainer has it only with "
-                   f"textual knowledge off)")
+        out.append(f"--attention fused ({_gib(total(attention='fused'))} GiB; the trainer's FastAttnProcessor "
+                   f"on CUDA)")
     if not out:  # the structural changes together, then the largest micro batch that fits
         together = {"recompute": True}
         if layout.ranks_per_group > 1:
