@@ -1,16 +1,18 @@
-"""One timed U-Net in its own process, for benchmarks/vs_pytorch.py (not run by hand).
+"""One timed U-Net (or whole model) in its own process, for benchmarks/vs_pytorch.py (not run by hand).
 
 The same file runs under the project's venv (``--framework paddle``: PPDiffusers) and
 under the peer venv (``--framework torch``: diffusers), so it imports nothing of either at
-module level and nothing of ernie_vilg2 unless a project processor is asked for.
+module level and nothing of ernie_vilg2 unless a project processor is asked for. A spec
+with a ``pipeline`` entry times the whole model instead (peer_pipeline.py).
 
-    python peer_worker.py init SPEC.json         # paddle: build the U-Net, write weights + inputs
+    python peer_worker.py init SPEC.json         # paddle: build the model, write weights + inputs
     python peer_worker.py run SPEC.json --framework F --mode train|sample --variant V --out DIR
 
-``run`` builds the model from ``weights.npz`` (torch layout: Linear weights [out, in]),
-saves its check output to ``DIR/check-<framework>-<variant>-<mode>.npy``, runs the warm-up
-steps, prints ``READY {json}`` and then answers stdin lines: ``run K`` times K steps and
-prints ``TIMES [seconds, ...]``; ``quit`` prints ``DONE {"peak_rss_mib": ...}`` and exits.
+``run`` builds the model from ``weights.npz`` (torch layout: Linear weights [out, in]; the
+Paddle side of a pipeline spec loads the saved pipeline folder instead), saves its check
+output to ``DIR/check-<framework>-<variant>-<mode>.npy``, runs the warm-up steps, prints
+``READY {json}`` and then answers stdin lines: ``run K`` times K steps and prints
+``TIMES [seconds, ...]``; ``quit`` prints ``DONE {"peak_rss_mib": ...}`` and exits.
 """
 from __future__ import annotations
 
@@ -39,6 +41,31 @@ def read_spec(path: str) -> dict:
         return json.load(f)
 
 
+def linear_weights(layer) -> set:
+    """Names of a Paddle layer's parameters stored [in, out] there and [out, in] in torch."""
+    import paddle
+
+    return {f"{n}.weight" for n, m in layer.named_sublayers() if isinstance(m, paddle.nn.Linear)}
+
+
+def torch_layout(layer) -> dict:
+    """A Paddle layer's state as NumPy arrays named and shaped as in torch."""
+    linear = linear_weights(layer)
+    return {k: (v.numpy().T if k in linear else v.numpy()) for k, v in layer.state_dict().items()}
+
+
+def paddle_variant(variant: str):
+    """``set_variant(unet)``: install the attention processor of ``variant`` (stock: PPDiffusers'
+    ``AttnProcessor``; fast: the project's ``FastAttnProcessor``)."""
+    if variant not in PADDLE_VARIANTS:
+        raise SystemExit(f"error: --variant must be one of {PADDLE_VARIANTS}, got {variant!r}")
+    if variant == "stock":
+        from ppdiffusers.models.attention_processor import AttnProcessor as processor
+    else:
+        from ernie_vilg2.models.attention_processor import FastAttnProcessor as processor
+    return lambda unet: unet.set_attn_processor(processor())
+
+
 # -- Paddle ------------------------------------------------------------------------------------
 class PaddleSide:
     name = "paddle"
@@ -50,27 +77,12 @@ class PaddleSide:
         self.paddle = paddle
         paddle.seed(spec["seed"])
         self.unet = UNet2DConditionModel(**spec["unet"])
-        if variant not in PADDLE_VARIANTS:
-            raise SystemExit(f"error: --variant must be one of {PADDLE_VARIANTS}, got {variant!r}")
-        if variant == "stock":
-            from ppdiffusers.models.attention_processor import AttnProcessor
-            self.unet.set_attn_processor(AttnProcessor())
-        else:
-            from ernie_vilg2.models.attention_processor import FastAttnProcessor
-            self.unet.set_attn_processor(FastAttnProcessor())
+        paddle_variant(variant)(self.unet)
         self.scheduler = DDIMScheduler(**spec["scheduler"])
         self.optimizer = None
 
-    def linear_weights(self):
-        """Names of parameters stored [in, out] here and [out, in] in torch."""
-        return {f"{n}.weight" for n, m in self.unet.named_sublayers() if isinstance(m, self.paddle.nn.Linear)}
-
-    def state_numpy(self) -> dict:
-        linear = self.linear_weights()
-        return {k: (v.numpy().T if k in linear else v.numpy()) for k, v in self.unet.state_dict().items()}
-
     def load_numpy(self, arrays: dict) -> None:
-        linear = self.linear_weights()
+        linear = linear_weights(self.unet)
         state = {k: (np.ascontiguousarray(arrays[k].T) if k in linear else arrays[k]) for k in arrays}
         missing, unexpected = self.unet.set_state_dict({k: self.paddle.to_tensor(v) for k, v in state.items()})
         if missing or unexpected:
@@ -116,10 +128,7 @@ class TorchSide:
         from diffusers import DDIMScheduler, UNet2DConditionModel
 
         self.torch = torch
-        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
         self.unet = UNet2DConditionModel(**spec["unet"])
-        if variant != "default":
-            raise SystemExit(f"error: torch runs diffusers' default attention only (--variant default), got {variant!r}")
         self.scheduler = DDIMScheduler(**spec["scheduler"])
         self.optimizer = None
 
@@ -161,10 +170,17 @@ def side(framework: str, spec: dict, variant: str):
 
 # -- commands ----------------------------------------------------------------------------------
 def init(spec_path: str) -> None:
-    """Build the U-Net once (Paddle, seeded) and write its weights and the inputs."""
+    """Build the model once (Paddle, seeded) and write its weights and the inputs."""
     spec = read_spec(spec_path)
+    if "pipeline" in spec:
+        import peer_pipeline
+
+        spec.update(peer_pipeline.init(spec, torch_layout))
+        with open(spec_path, "w") as f:  # the sizes and settings the workers build from
+            json.dump(spec, f)
+        return
     model = PaddleSide(spec, "stock")
-    np.savez(spec["weights"], **model.state_numpy())
+    np.savez(spec["weights"], **torch_layout(model.unet))
     rng = np.random.default_rng(spec["seed"])
     b, s, c = spec["batch"], spec["unet"]["sample_size"], spec["unet"]["in_channels"]
     ctx = (spec["text_length"], spec["unet"]["cross_attention_dim"])
@@ -179,20 +195,12 @@ def init(spec_path: str) -> None:
     )
 
 
-def run(spec_path: str, framework: str, mode: str, variant: str, out: str) -> None:
-    spec = read_spec(spec_path)
-    if framework == "paddle":
-        import paddle, ppdiffusers  # noqa: F401,E401
-    else:
-        import diffusers, torch  # noqa: F401,E401
-    import_rss = rss_mib("VmRSS")
+def prepare_unet(framework: str, mode: str, spec: dict, arrays: dict, inputs: dict, variant: str):
+    """(check output, step function): the U-Net's output and a training step for train, one
+    CFG + DDIM step and a step of a sampling run for sample."""
     model = side(framework, spec, variant)
-    with np.load(spec["weights"]) as w:
-        model.load_numpy({k: w[k] for k in w.files})
-    with np.load(spec["inputs"]) as f:
-        inputs = {k: f[k] for k in f.files}
+    model.load_numpy(arrays)
     T = model.tensor
-    tag = f"{framework}-{variant}-{mode}"
     if mode == "train":
         noisy, t, context, target = T(inputs["noisy"]), T(inputs["t"]), T(inputs["context"]), T(inputs["target"])
         check = model.forward(noisy, t, context)
@@ -214,7 +222,37 @@ def run(spec_path: str, framework: str, mode: str, variant: str, out: str) -> No
             state["i"] += 1
     else:
         raise SystemExit(f"error: --mode must be train or sample, got {mode!r}")
-    np.save(os.path.join(out, f"check-{tag}.npy"), check)
+    return check, step
+
+
+def run(spec_path: str, framework: str, mode: str, variant: str, out: str) -> None:
+    spec = read_spec(spec_path)
+    if framework == "paddle":
+        import paddle, ppdiffusers  # noqa: F401,E401
+    else:
+        import diffusers, torch  # noqa: F401,E401
+        if "pipeline" in spec:
+            import transformers  # noqa: F401
+        if variant != "default":
+            raise SystemExit(f"error: torch runs diffusers' default attention only (--variant default), "
+                             f"got {variant!r}")
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    import_rss = rss_mib("VmRSS")
+    arrays = {}
+    if framework == "torch" or "pipeline" not in spec:  # Paddle's whole model loads its saved folder
+        with np.load(spec["weights"]) as w:
+            arrays = {k: w[k] for k in w.files}
+    with np.load(spec["inputs"]) as f:
+        inputs = {k: f[k] for k in f.files}
+    if "pipeline" in spec:
+        import peer_pipeline
+
+        set_variant = paddle_variant(variant) if framework == "paddle" else None
+        check, step = peer_pipeline.prepare(framework, mode, spec, arrays, inputs, set_variant)
+    else:
+        check, step = prepare_unet(framework, mode, spec, arrays, inputs, variant)
+    arrays.clear()
+    np.save(os.path.join(out, f"check-{framework}-{variant}-{mode}.npy"), check)
     first_loss = step() if mode == "train" else None
     for _ in range(spec["warmup"] - (mode == "train")):
         step()

@@ -1,9 +1,13 @@
-"""Peer benchmark: the same UNet2DConditionModel in PPDiffusers/Paddle and diffusers/PyTorch.
+"""Peer benchmark: the same U-Net (or whole model) in PPDiffusers/Paddle and diffusers/PyTorch.
 
 Builds one U-Net config in both (Paddle initialises it, the weights are copied across),
 prints how far their outputs are apart, then times, in separate processes that take turns
 (A B C, A B C, ...): a training step (forward + MSE loss + backward + AdamW) and a sampling
 step with classifier-free guidance (U-Net on the doubled batch + guidance + DDIM step).
+The ``tiny-pipeline`` config times the whole model instead (benchmarks/peer_pipeline.py): our
+stage-1 training step (ERNIE + expert U-Net + clipped AdamW, as tools/train.py) against the same
+with transformers' BertModel holding ERNIE's weights, and ErnieViLG2Pipeline's 25-step DDIM
+sampling with CFG and VAE decode against that loop in diffusers.
 Paddle runs twice: with PPDiffusers' stock ``AttnProcessor`` (before) and with the
 project's ``FastAttnProcessor`` (after). Peak memory is each process's VmHWM; its import
 alone is in the "import" column.
@@ -11,12 +15,14 @@ alone is in the "import" column.
     make bench-peer                                     # creates .venv-peer, runs the defaults
     python benchmarks/vs_pytorch.py --configs tiny --threads 1 --rounds 3
     python benchmarks/vs_pytorch.py --peer-python .venv-peer/bin/python --configs 32x32
+    python benchmarks/vs_pytorch.py --configs tiny-pipeline --threads 1 --rounds 2
 
 Configs: ``tiny`` is configs/tiny.yaml's expert U-Net (8x8 latents, train batch 16,
 sampling batch 32 = 64 U-Net rows with CFG); ``32x32`` is a 3-level U-Net at 32x32
 latents (64/128/128 channels, 2 layers per block, 8 heads; train batch 8, sampling batch
-4). The peer venv holds requirements/peer.txt (torch CPU wheel + diffusers), never the
-project's venv.
+4); ``tiny-pipeline`` is configs/tiny.yaml's whole model, randomly initialised (ERNIE, VAE,
+10 experts; train batch 16, its 8 sample prompts). The peer venv holds requirements/peer.txt
+(torch CPU wheel + diffusers + transformers), never the project's venv.
 """
 from __future__ import annotations
 
@@ -45,21 +51,27 @@ CONFIGS = {
                   block_out_channels=[64, 128, 128], layers_per_block=2, attention_head_dim=8,
                   norm_num_groups=32, cross_attention_dim=64),
         text_length=24, batch=8, sample_batch=4, steps=1),
+    # Timed per turn: 5 training steps, or 1 whole sampling run (25 steps + decode).
+    "tiny-pipeline": dict(pipeline=os.path.join(ROOT, "configs", "tiny.yaml"), steps=dict(train=5, sample=1)),
 }
+# What each agreement line compares, by (U-Net or whole model, mode).
+CHECKED = {("unet", "train"): "U-Net output", ("unet", "sample"): "one CFG + DDIM step",
+           ("pipeline", "train"): "text-encoder output", ("pipeline", "sample"): "images, 25 steps + VAE decode"}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--configs", nargs="+", default=["tiny", "32x32"], choices=sorted(CONFIGS))
+    p.add_argument("--configs", nargs="+", default=["tiny", "32x32", "tiny-pipeline"], choices=sorted(CONFIGS))
     p.add_argument("--modes", nargs="+", default=["train", "sample"], choices=("train", "sample"))
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     p.add_argument("--variants", nargs="+", default=["stock", "fast"], choices=("stock", "fast"),
                    help="Paddle attention processors to time (stock: PPDiffusers' AttnProcessor)")
     p.add_argument("--rounds", type=int, default=3, help="turns per process (A B C x rounds)")
-    p.add_argument("--steps", type=int, help="timed steps per turn (default: 5 tiny, 1 32x32)")
+    p.add_argument("--steps", type=int, help="timed steps per turn (default: 5 tiny, 1 32x32; tiny-pipeline: "
+                                             "5 training steps, 1 sampling run)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per process first")
     p.add_argument("--peer-python", default=DEFAULT_PEER,
-                   help="python of the peer venv (torch + diffusers; default .venv-peer/bin/python)")
+                   help="python of the peer venv (torch + diffusers + transformers; default .venv-peer/bin/python)")
     p.add_argument("--keep", help="folder for weights, inputs, outputs and worker logs (default: a temp dir)")
     args = p.parse_args(argv)
     for name in ("rounds", "steps"):
@@ -72,7 +84,16 @@ def parse_args(argv=None):
     if not os.path.isfile(args.peer_python):
         p.error(f"--peer-python: {args.peer_python} not found; `make bench-peer` creates .venv-peer "
                 f"from requirements/peer.txt")
+    if any("pipeline" in CONFIGS[c] for c in args.configs) and not peer_has(args.peer_python, "transformers"):
+        p.error(f"--peer-python: {args.peer_python} has no transformers (the pipeline configs' BERT); "
+                f"install requirements/peer.txt into that venv")
     return args
+
+
+def peer_has(python: str, module: str) -> bool:
+    """Whether the peer venv can import ``module`` (found, not imported)."""
+    probe = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is None)"
+    return subprocess.run([python, "-c", probe], capture_output=True).returncode == 0
 
 
 def resolve_unet(cfg: dict) -> tuple:
@@ -135,19 +156,29 @@ class Worker:
 
 
 def init_config(name, cfg, out, args):
-    unet, text_length = resolve_unet(cfg)
-    spec = dict(unet=unet, text_length=text_length, batch=cfg["batch"], sample_batch=cfg["sample_batch"],
-                scheduler=SCHEDULER, seed=0, lr=1e-4, weight_decay=0.01, sample_steps=25, guidance=3.0,
-                warmup=args.warmup, weights=os.path.join(out, f"{name}-weights.npz"),
-                inputs=os.path.join(out, f"{name}-inputs.npz"))
+    common = dict(seed=0, warmup=args.warmup, weights=os.path.join(out, f"{name}-weights.npz"),
+                  inputs=os.path.join(out, f"{name}-inputs.npz"))
+    if "pipeline" in cfg:  # the worker's init adds the sizes and settings from the YAML
+        spec = dict(pipeline=dict(config=cfg["pipeline"], folder=os.path.join(out, f"{name}-pipeline"),
+                                  base_unet=os.path.join(out, f"{name}-base-unet")), **common)
+    else:
+        unet, text_length = resolve_unet(cfg)
+        spec = dict(unet=unet, text_length=text_length, batch=cfg["batch"], sample_batch=cfg["sample_batch"],
+                    scheduler=SCHEDULER, lr=1e-4, weight_decay=0.01, sample_steps=25, guidance=3.0, **common)
     spec_path = os.path.join(out, f"{name}-spec.json")
     with open(spec_path, "w") as f:
         json.dump(spec, f)
     env = dict(os.environ, GLOG_minloglevel="2", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    subprocess.run([sys.executable, WORKER, "init", spec_path], check=True, env=env, cwd=ROOT,
-                   stderr=subprocess.DEVNULL)
+    log_path = os.path.join(out, f"log-{name}-init.txt")
+    with open(log_path, "w") as log:
+        status = subprocess.run([sys.executable, WORKER, "init", spec_path], env=env, cwd=ROOT, stderr=log).returncode
+    if status:
+        with open(log_path) as f:
+            raise SystemExit(f"error: building {name} failed (status {status}); log {log_path}:\n{f.read()[-3000:]}")
+    with open(spec_path) as f:
+        spec = json.load(f)  # with what the init added
     n_params = sum(v.size for v in np.load(spec["weights"]).values())
-    return spec_path, n_params
+    return spec_path, spec, n_params
 
 
 def run_cell(spec_path, mode, threads, steps, args, out):
@@ -180,10 +211,13 @@ def main(argv=None):
     rows, checks = [], []
     for name in args.configs:
         cfg = CONFIGS[name]
-        spec_path, n_params = init_config(name, cfg, out, args)
+        spec_path, spec, n_params = init_config(name, cfg, out, args)
         print(f"# {name}: {n_params:,} parameters", file=sys.stderr, flush=True)
-        steps = args.steps or cfg["steps"]
+        kind = "pipeline" if "pipeline" in cfg else "unet"
         for mode in args.modes:
+            steps = args.steps or (cfg["steps"][mode] if isinstance(cfg["steps"], dict) else cfg["steps"])
+            # A pipeline's sampling "step" is a whole run.
+            step_name = f"sample {spec['sample_steps']} steps" if (kind, mode) == ("pipeline", "sample") else mode
             for threads in args.threads:
                 workers, ready, done = run_cell(spec_path, mode, threads, steps, args, out)
                 med = {w.label: statistics.median(w.times) for w in workers}
@@ -191,8 +225,8 @@ def main(argv=None):
                 ref = np.load(os.path.join(out, f"check-torch-default-{mode}.npy"))
                 diffs = {lab: float(np.abs(np.load(os.path.join(out, f"check-{lab}-{mode}.npy")) - ref).max())
                          for lab in labels}
-                rows.append((name, mode, threads, med, peak, ready))
-                checks.append((name, mode, threads, diffs, ready))
+                rows.append((name, step_name, threads, med, peak, ready))
+                checks.append((name, CHECKED[kind, mode], mode, threads, diffs, ready))
                 print(f"# {name} {mode} {threads} thread(s): " + ", ".join(
                     f"{k} {fmt_ms(v)} ms" for k, v in med.items()), file=sys.stderr, flush=True)
 
@@ -201,19 +235,20 @@ def main(argv=None):
     head += [f"peak MiB {lab}" for lab in labels] + ["peak MiB torch"] + [f"mem {lab}/torch" for lab in labels]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * 3 + "---:|" * (len(head) - 3))
-    for name, mode, threads, med, peak, ready in rows:
-        cells = [name, mode, str(threads)] + [fmt_ms(med[lab]) for lab in labels] + [fmt_ms(med["torch"])]
+    for name, step_name, threads, med, peak, ready in rows:
+        cells = [name, step_name, str(threads)] + [fmt_ms(med[lab]) for lab in labels] + [fmt_ms(med["torch"])]
         cells += [f"**{med[lab] / med['torch']:.2f}**" for lab in labels]
         cells += [f"{peak[lab]:,.0f}" for lab in labels] + [f"{peak['torch']:,.0f}"]
         cells += [f"{peak[lab] / peak['torch']:.2f}" for lab in labels]
         print("| " + " | ".join(cells) + " |")
     print()
-    print("Agreement with diffusers on the same weights and inputs (max |Δ| of the U-Net output for train, "
-          "of one CFG + DDIM step for sample; first training loss):")
-    for name, mode, threads, diffs, ready in checks:
+    print("Agreement with diffusers on the same weights and inputs (max |Δ| of what each line names; "
+          "first training loss):")
+    for name, checked, mode, threads, diffs, ready in checks:
         loss = {k: v["first_loss"] for k, v in ready.items()}
         extra = "" if mode != "train" else "; first loss " + ", ".join(f"{k} {v:.6f}" for k, v in loss.items())
-        print(f"- {name} {mode} {threads}t: " + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()) + extra)
+        print(f"- {name} {mode} {threads}t ({checked}): " + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items())
+              + extra)
     imports = {k: v["import_rss_mib"] for k, v in rows[0][5].items()} if rows else {}
     print("RSS after import (MiB, included in the peaks): " + ", ".join(f"{k} {v:,.0f}" for k, v in imports.items()))
     print(f"(worker logs, weights and outputs: {out})")

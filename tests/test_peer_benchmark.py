@@ -1,0 +1,95 @@
+"""The peer benchmark's pure parts (benchmarks/vs_pytorch.py and its workers), without torch:
+ERNIE's parameters map one to one onto a same-size BertModel's (the padding row as Paddle
+reads it), Linear weights are transposed into torch's layout, and a peer venv without
+transformers is one line naming requirements/peer.txt."""
+import os
+import re
+import stat
+import sys
+
+import pytest
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+sys.path.insert(0, BENCHMARKS)
+
+import peer_pipeline  # noqa: E402
+import peer_worker  # noqa: E402
+import vs_pytorch  # noqa: E402
+
+# Paddle's TransformerEncoderLayer (post-LN) part -> BERT's layer part that computes the same.
+LAYER_PARTS = {"self_attn.q_proj": "attention.self.query", "self_attn.k_proj": "attention.self.key",
+               "self_attn.v_proj": "attention.self.value", "self_attn.out_proj": "attention.output.dense",
+               "norm1": "attention.output.LayerNorm", "linear1": "intermediate.dense", "linear2": "output.dense",
+               "norm2": "output.LayerNorm"}
+# transformers 5.23 BertModel(BertConfig(num_hidden_layers=2)).state_dict() keys.
+BERT_KEYS = ["embeddings.word_embeddings.weight", "embeddings.position_embeddings.weight",
+             "embeddings.token_type_embeddings.weight", "embeddings.LayerNorm.weight", "embeddings.LayerNorm.bias"]
+BERT_KEYS += [f"encoder.layer.{n}.{part}.{kind}" for n in range(2) for part in LAYER_PARTS.values()
+              for kind in ("weight", "bias")]
+BERT_KEYS += ["pooler.dense.weight", "pooler.dense.bias"]
+
+
+@pytest.fixture(scope="module")
+def ernie():
+    from ernie_vilg2.models.text_encoder import build_text_encoder
+
+    return build_text_encoder(vocab_size=50, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+                              intermediate_size=16, max_position_embeddings=12)
+
+
+def test_ernie_parameters_map_one_to_one_onto_bert(ernie):
+    names = {k: peer_pipeline.bert_name(k) for k in ernie.state_dict()}
+    assert sorted(names.values()) == sorted(BERT_KEYS)
+    for ernie_part, bert_part in LAYER_PARTS.items():
+        for kind in ("weight", "bias"):
+            assert names[f"encoder.layers.1.{ernie_part}.{kind}"] == f"encoder.layer.1.{bert_part}.{kind}"
+    assert names["embeddings.layer_norm.weight"] == "embeddings.LayerNorm.weight"
+
+
+def test_bert_state_zeroes_the_padding_row_as_paddle_reads_it(ernie):
+    import paddle
+
+    words = ernie.embeddings.word_embeddings
+    assert words.weight.numpy()[0].any()  # initialised like any row ...
+    assert not words(paddle.to_tensor([0])).numpy().any()  # ... but Paddle's lookup of the padding id is zeros
+    state = peer_pipeline.bert_state(peer_worker.torch_layout(ernie), pad_token_id=0)
+    table = state["embeddings.word_embeddings.weight"]
+    assert not table[0].any() and (table[1:] == words.weight.numpy()[1:]).all()
+    assert (state["encoder.layer.0.attention.self.query.weight"] ==
+            ernie.encoder.layers[0].self_attn.q_proj.weight.numpy().T).all()
+
+
+def test_a_parameter_bert_lacks_is_named():
+    with pytest.raises(ValueError, match=re.escape("'embeddings.task_type_embeddings.weight'")):
+        peer_pipeline.bert_name("embeddings.task_type_embeddings.weight")
+
+
+def test_bert_config_copies_the_sizes(ernie):
+    config = peer_pipeline.bert_config(ernie.config.to_dict())
+    assert (config["vocab_size"], config["max_position_embeddings"], config["intermediate_size"]) == (50, 12, 16)
+    assert (config["type_vocab_size"], config["layer_norm_eps"], config["hidden_act"]) == (16, 1e-12, "gelu")
+    with pytest.raises(ValueError, match="use_task_id"):
+        peer_pipeline.bert_config({**ernie.config.to_dict(), "use_task_id": True})
+
+
+def test_torch_layout_transposes_linear_weights_only(ernie):
+    state = peer_worker.torch_layout(ernie)
+    q = ernie.encoder.layers[0].self_attn.q_proj.weight.numpy()
+    assert (state["encoder.layers.0.self_attn.q_proj.weight"] == q.T).all()
+    linear1 = ernie.encoder.layers[0].linear1.weight.numpy()  # [8, 16] in Paddle
+    assert state["encoder.layers.0.linear1.weight"].shape == (16, 8) == linear1.T.shape
+    words = ernie.embeddings.word_embeddings.weight.numpy()
+    assert (state["embeddings.word_embeddings.weight"] == words).all()
+
+
+def test_pipeline_config_without_transformers_is_one_line(tmp_path, capsys):
+    peer = tmp_path / "python"  # a "python" whose every import check fails
+    peer.write_text("#!/bin/sh\nexit 1\n")
+    peer.chmod(peer.stat().st_mode | stat.S_IEXEC)
+    with pytest.raises(SystemExit) as exc:
+        vs_pytorch.parse_args(["--configs", "tiny-pipeline", "--peer-python", str(peer)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "has no transformers" in err and "requirements/peer.txt" in err
+    # The U-Net configs do not need it.
+    assert vs_pytorch.parse_args(["--configs", "tiny", "--peer-python", str(peer)]).configs == ["tiny"]
