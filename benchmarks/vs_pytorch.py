@@ -4,8 +4,11 @@ Builds one U-Net config in both (Paddle initialises it, the weights are copied a
 prints how far their outputs are apart, then times, in separate processes that take turns
 (A B C, A B C, ...): a training step (forward + MSE loss + backward + AdamW) and a sampling
 step with classifier-free guidance (U-Net on the doubled batch + guidance + DDIM step).
-Paddle runs twice: with PPDiffusers' stock ``AttnProcessor`` (before) and with the
-project's ``FastAttnProcessor`` (after). Peak memory is each process's VmHWM; its import
+Paddle runs as PPDiffusers comes (``stock``: its ``AttnProcessor``, MKL's own CPU dispatch;
+before) and as the project runs it (``fast``: ``FastAttnProcessor`` with the C++ CPU
+attention operator, MKL's AVX2 path on AMD CPUs; after); ``--variants`` adds the steps in
+between (``stock-avx2``: only the MKL setting; ``fast-paddle``: the processor without the
+C++ operator). Peak memory is each process's VmHWM; its import
 alone is in the "import" column.
 
     make bench-peer                                     # creates .venv-peer, runs the defaults
@@ -53,8 +56,9 @@ def parse_args(argv=None):
     p.add_argument("--configs", nargs="+", default=["tiny", "32x32"], choices=sorted(CONFIGS))
     p.add_argument("--modes", nargs="+", default=["train", "sample"], choices=("train", "sample"))
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
-    p.add_argument("--variants", nargs="+", default=["stock", "fast"], choices=("stock", "fast"),
-                   help="Paddle attention processors to time (stock: PPDiffusers' AttnProcessor)")
+    p.add_argument("--variants", nargs="+", default=["stock", "fast"],
+                   choices=("stock", "stock-avx2", "fast-paddle", "fast"),
+                   help="Paddle variants to time (see above)")
     p.add_argument("--rounds", type=int, default=3, help="turns per process (A B C x rounds)")
     p.add_argument("--steps", type=int, help="timed steps per turn (default: 5 tiny, 1 32x32)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per process first")

@@ -52,8 +52,13 @@ from paddle.autograd import PyLayer
 from ppdiffusers.models.attention_processor import Attention
 from ppdiffusers.utils import USE_PEFT_BACKEND
 
+from ernie_vilg2.ops import cpu_attention
+
 # Scores per query block (benchmarks/attention_chunks.py measures the choice).
 DEFAULT_CHUNK_BYTES = 4 << 20
+# Scores per head from which the C++ operator beats Paddle's ops (below: the custom op's call
+# overhead is larger than the work; benchmarks/attention_chunks.py).
+CPU_OP_MIN_SCORES = 4096
 
 
 def _row_blocks(rows: int, row_bytes: int, chunk_bytes: int):
@@ -118,9 +123,15 @@ class _ChunkedAttention(PyLayer):
 def attention(q, k, v, mask, chunk_bytes: int):
     """softmax(q k^T + mask) v for scaled q; q, k, v [B, heads, N or L, d], mask additive.
 
-    A static graph (export: the batch is dynamic) takes the whole-matrix path."""
+    On CPU the C++ operator (:mod:`ernie_vilg2.ops`, where built) computes it without a mask;
+    a static graph (export: the batch is dynamic) takes the whole-matrix path."""
     blocks = None
     if paddle.in_dynamic_mode():
+        if mask is None and q.place.is_cpu_place() and q.dtype == paddle.float32 and \
+                q.shape[2] * k.shape[2] >= CPU_OP_MIN_SCORES:
+            out = cpu_attention(q.contiguous(), k.contiguous(), v.contiguous())
+            if out is not None:
+                return out
         row_bytes = q.shape[0] * q.shape[1] * k.shape[2] * q.element_size()
         blocks = _row_blocks(q.shape[2], row_bytes, chunk_bytes)
     if blocks is None or len(blocks) == 1:

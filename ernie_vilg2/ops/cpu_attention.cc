@@ -1,0 +1,187 @@
+// softmax(q k^T) v on CPU, flash-attention style, for FastAttnProcessor.
+//
+// q [B, H, N, d] (already scaled), k [B, H, L, d], v [B, H, L, e], float32, contiguous.
+// Each (batch, head) is processed in blocks of query rows whose scores [rows, L] stay in
+// the L2 cache; the forward keeps only the log-sum-exp of every query row, and the backward
+// recomputes each block's probabilities from it. Matrix products call the MKL that ships
+// with the Paddle wheel (the BLAS behind Paddle's own matmul), exponentials its vsExp.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "paddle/extension.h"
+
+extern "C" {
+// MKL (LP64), declared here: the wheel ships the library, not its headers.
+void cblas_sgemm(int layout, int trans_a, int trans_b, int m, int n, int k, float alpha,
+                 const float* a, int lda, const float* b, int ldb, float beta, float* c, int ldc);
+void vsExp(int n, const float* a, float* r);
+int MKL_Set_Num_Threads_Local(int n);
+}
+
+namespace {
+
+constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
+
+void gemm(bool ta, bool tb, int m, int n, int k, const float* a, int lda, const float* b, int ldb,
+          float beta, float* c, int ldc) {
+  cblas_sgemm(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, m, n, k, 1.0f, a, lda, b, ldb,
+              beta, c, ldc);
+}
+
+struct Dims {
+  int64_t heads_total, n, l, d, e;
+};
+
+Dims check(const paddle::Tensor& q, const paddle::Tensor& k, const paddle::Tensor& v) {
+  for (const auto* t : {&q, &k, &v}) {
+    PD_CHECK(t->is_cpu(), "cpu_attention: inputs must be CPU tensors");
+    PD_CHECK(t->dtype() == paddle::DataType::FLOAT32, "cpu_attention: inputs must be float32");
+    PD_CHECK(t->shape().size() == 4, "cpu_attention: inputs must be [batch, heads, tokens, dim]");
+    PD_CHECK(t->is_contiguous(), "cpu_attention: inputs must be contiguous");
+  }
+  auto qs = q.shape(), ks = k.shape(), vs = v.shape();
+  PD_CHECK(qs[0] == ks[0] && qs[1] == ks[1] && ks[0] == vs[0] && ks[1] == vs[1] && ks[2] == vs[2] &&
+               qs[3] == ks[3],
+           "cpu_attention: q, k, v shapes do not match");
+  return {qs[0] * qs[1], qs[2], ks[2], qs[3], vs[3]};
+}
+
+// Query rows per block: the block's scores take about 64 KiB.
+int64_t block_rows(int64_t l) { return std::max<int64_t>(8, std::min<int64_t>(256, 16384 / std::max<int64_t>(l, 1))); }
+
+// MKL runs single-threaded inside our OpenMP threads, and as configured outside them.
+struct SerialBlas {
+  int previous;
+  SerialBlas() : previous(MKL_Set_Num_Threads_Local(1)) {}
+  ~SerialBlas() { MKL_Set_Num_Threads_Local(previous); }
+};
+
+}  // namespace
+
+std::vector<paddle::Tensor> AttentionForward(const paddle::Tensor& q, const paddle::Tensor& k,
+                                             const paddle::Tensor& v) {
+  const Dims s = check(q, k, v);
+  auto out = paddle::empty({q.shape()[0], q.shape()[1], s.n, s.e}, paddle::DataType::FLOAT32, q.place());
+  auto lse = paddle::empty({q.shape()[0], q.shape()[1], s.n}, paddle::DataType::FLOAT32, q.place());
+  const float *qp = q.data<float>(), *kp = k.data<float>(), *vp = v.data<float>();
+  float *op = out.data<float>(), *lp = lse.data<float>();
+  const int64_t rows = block_rows(s.l);
+#pragma omp parallel
+  {
+    SerialBlas serial;
+    std::vector<float> scores(rows * s.l), inv_sum(rows);
+#pragma omp for schedule(static)
+    for (int64_t bh = 0; bh < s.heads_total; ++bh) {
+      const float* kb = kp + bh * s.l * s.d;
+      const float* vb = vp + bh * s.l * s.e;
+      for (int64_t r0 = 0; r0 < s.n; r0 += rows) {
+        const int64_t m = std::min(rows, s.n - r0);
+        const int64_t row = bh * s.n + r0;
+        gemm(false, true, m, s.l, s.d, qp + row * s.d, s.d, kb, s.d, 0.0f, scores.data(), s.l);
+        for (int64_t i = 0; i < m; ++i) {
+          float* si = scores.data() + i * s.l;
+          float mx = -INFINITY;
+#pragma omp simd reduction(max : mx)
+          for (int64_t j = 0; j < s.l; ++j) mx = std::max(mx, si[j]);
+#pragma omp simd
+          for (int64_t j = 0; j < s.l; ++j) si[j] -= mx;
+          vsExp(s.l, si, si);
+          float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+          for (int64_t j = 0; j < s.l; ++j) sum += si[j];
+          inv_sum[i] = 1.0f / sum;
+          lp[row + i] = mx + std::log(sum);
+        }
+        // O = exp(S - max) V, normalised afterwards: e values per row instead of L.
+        float* ob = op + row * s.e;
+        gemm(false, false, m, s.e, s.l, scores.data(), s.l, vb, s.e, 0.0f, ob, s.e);
+        for (int64_t i = 0; i < m; ++i)
+          for (int64_t c = 0; c < s.e; ++c) ob[i * s.e + c] *= inv_sum[i];
+      }
+    }
+  }
+  return {out, lse};
+}
+
+std::vector<paddle::Tensor> AttentionBackward(const paddle::Tensor& q, const paddle::Tensor& k,
+                                              const paddle::Tensor& v, const paddle::Tensor& out,
+                                              const paddle::Tensor& lse, const paddle::Tensor& grad_out) {
+  const Dims s = check(q, k, v);
+  auto gq = paddle::empty(q.shape(), paddle::DataType::FLOAT32, q.place());
+  auto gk = paddle::empty(k.shape(), paddle::DataType::FLOAT32, q.place());
+  auto gv = paddle::empty(v.shape(), paddle::DataType::FLOAT32, q.place());
+  const float *qp = q.data<float>(), *kp = k.data<float>(), *vp = v.data<float>();
+  const float *op = out.data<float>(), *lp = lse.data<float>(), *gop = grad_out.data<float>();
+  float *gqp = gq.data<float>(), *gkp = gk.data<float>(), *gvp = gv.data<float>();
+  const int64_t rows = block_rows(s.l);
+#pragma omp parallel
+  {
+    SerialBlas serial;
+    std::vector<float> probs(rows * s.l), grads(rows * s.l), delta(rows);
+#pragma omp for schedule(static)
+    for (int64_t bh = 0; bh < s.heads_total; ++bh) {
+      const float* kb = kp + bh * s.l * s.d;
+      const float* vb = vp + bh * s.l * s.e;
+      float* gkb = gkp + bh * s.l * s.d;
+      float* gvb = gvp + bh * s.l * s.e;
+      for (int64_t r0 = 0; r0 < s.n; r0 += rows) {
+        const int64_t m = std::min(rows, s.n - r0);
+        const int64_t row = bh * s.n + r0;
+        const float* qb = qp + row * s.d;
+        const float* gob = gop + row * s.e;
+        // P = exp(q k^T - lse): the forward's probabilities, recomputed.
+        gemm(false, true, m, s.l, s.d, qb, s.d, kb, s.d, 0.0f, probs.data(), s.l);
+        for (int64_t i = 0; i < m; ++i) {
+          float* pi = probs.data() + i * s.l;
+          const float li = lp[row + i];
+#pragma omp simd
+          for (int64_t j = 0; j < s.l; ++j) pi[j] -= li;
+          // delta_i = sum_j P_ij dP_ij = dO_i . O_i
+          float dot = 0.0f;
+          for (int64_t c = 0; c < s.e; ++c) dot += gob[i * s.e + c] * op[(row + i) * s.e + c];
+          delta[i] = dot;
+        }
+        vsExp(m * s.l, probs.data(), probs.data());
+        // dV += P^T dO;  dP = dO V^T;  dS = P (dP - delta)
+        gemm(true, false, s.l, s.e, m, probs.data(), s.l, gob, s.e, r0 == 0 ? 0.0f : 1.0f, gvb, s.e);
+        gemm(false, true, m, s.l, s.e, gob, s.e, vb, s.e, 0.0f, grads.data(), s.l);
+        for (int64_t i = 0; i < m; ++i) {
+          float* gi = grads.data() + i * s.l;
+          const float* pi = probs.data() + i * s.l;
+          const float di = delta[i];
+#pragma omp simd
+          for (int64_t j = 0; j < s.l; ++j) gi[j] = pi[j] * (gi[j] - di);
+        }
+        // dQ = dS K;  dK += dS^T Q
+        gemm(false, false, m, s.d, s.l, grads.data(), s.l, kb, s.d, 0.0f, gqp + row * s.d, s.d);
+        gemm(true, false, s.l, s.d, m, grads.data(), s.l, qb, s.d, r0 == 0 ? 0.0f : 1.0f, gkb, s.d);
+      }
+    }
+  }
+  return {gq, gk, gv};
+}
+
+std::vector<std::vector<int64_t>> AttentionInferShape(const std::vector<int64_t>& q, const std::vector<int64_t>& k,
+                                                      const std::vector<int64_t>& v) {
+  return {{q[0], q[1], q[2], v[3]}, {q[0], q[1], q[2]}};
+}
+
+std::vector<paddle::DataType> AttentionInferDtype(const paddle::DataType& q, const paddle::DataType& k,
+                                                  const paddle::DataType& v) {
+  return {q, q};
+}
+
+PD_BUILD_OP(ernie_vilg2_cpu_attention)
+    .Inputs({"Q", "K", "V"})
+    .Outputs({"Out", "Lse"})
+    .SetKernelFn(PD_KERNEL(AttentionForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(AttentionInferShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(AttentionInferDtype));
+
+PD_BUILD_GRAD_OP(ernie_vilg2_cpu_attention)
+    .Inputs({"Q", "K", "V", "Out", "Lse", paddle::Grad("Out")})
+    .Outputs({paddle::Grad("Q"), paddle::Grad("K"), paddle::Grad("V")})
+    .SetKernelFn(PD_KERNEL(AttentionBackward));
