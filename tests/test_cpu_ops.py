@@ -9,15 +9,16 @@ from ernie_vilg2.ops import build as ops_build
 from ernie_vilg2.utils import mkl_dispatch
 
 
-def reference(q, k, v, grad_out):
-    """softmax(q k^T) v and its gradients in float64 NumPy."""
+def reference(q, k, v, grad_out, scale):
+    """softmax(scale q k^T) v and its gradients in float64 NumPy."""
     q, k, v, grad_out = (x.astype("float64") for x in (q, k, v, grad_out))
-    scores = q @ k.swapaxes(-1, -2)
+    scores = scale * q @ k.swapaxes(-1, -2)
     probs = np.exp(scores - scores.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
     grad_probs = grad_out @ v.swapaxes(-1, -2)
     grad_scores = probs * (grad_probs - (grad_probs * probs).sum(-1, keepdims=True))
-    return probs @ v, grad_scores @ k, grad_scores.swapaxes(-1, -2) @ q, probs.swapaxes(-1, -2) @ grad_out
+    return (probs @ v, scale * grad_scores @ k, scale * grad_scores.swapaxes(-1, -2) @ q,
+            probs.swapaxes(-1, -2) @ grad_out)
 
 
 # (batch, heads, queries, keys, dim): one token; odd sizes; several query blocks with an odd
@@ -26,16 +27,17 @@ def reference(q, k, v, grad_out):
 @pytest.mark.parametrize("shape,spread", [((1, 1, 1, 1, 4), 1.0), ((2, 3, 37, 5, 8), 1.0),
                                           ((1, 2, 130, 300, 16), 1.0), ((2, 2, 64, 77, 8), 8.0),
                                           ((1, 2, 130, 300, 40), 1.0)])
-def test_equals_the_reference(shape, spread):
+@pytest.mark.parametrize("scale", [1.0, 0.35])
+def test_equals_the_reference(shape, spread, scale):
     require_cpu_attention_op()
     b, h, n, l, d = shape
     rng = np.random.default_rng(0)
     arrays = [rng.standard_normal(s).astype("float32") * f for s, f in
               (((b, h, n, d), spread), ((b, h, l, d), spread), ((b, h, l, d), 1.0), ((b, h, n, d), 1.0))]
     q, k, v = (paddle.to_tensor(a, stop_gradient=False) for a in arrays[:3])
-    out = ops.cpu_attention(q, k, v)
+    out = ops.cpu_attention(q, k, v, scale)
     (out * paddle.to_tensor(arrays[3])).sum().backward()
-    want = reference(*arrays)
+    want = reference(*arrays, scale)
     for name, got, ref in zip(("out", "grad q", "grad k", "grad v"), (out, q.grad, k.grad, v.grad), want):
         assert list(got.shape) == list(ref.shape)
         np.testing.assert_allclose(got.numpy(), ref, atol=2e-5 * spread**2, rtol=1e-4, err_msg=name)

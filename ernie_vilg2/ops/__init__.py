@@ -67,12 +67,12 @@ def _register():
     return _loaded[ATTENTION_OP]
 
 
-def cpu_attention(q, k, v):
-    """softmax(q k^T) v of contiguous float32 CPU tensors [B, heads, tokens, dim] (q scaled),
+def cpu_attention(q, k, v, scale: float = 1.0):
+    """softmax(scale * q k^T) v of contiguous float32 CPU tensors [B, heads, tokens, dim],
     with its backward; None when the operator is not built."""
     if _register() is None:
         return None
     from paddle import _C_ops
 
-    out, _ = _C_ops._run_custom_op(ATTENTION_OP, q, k, v)
+    out, _ = _C_ops._run_custom_op(ATTENTION_OP, q, k, v, float(scale))
     return out

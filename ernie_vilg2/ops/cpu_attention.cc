@@ -1,6 +1,7 @@
-// softmax(q k^T) v on CPU, flash-attention style, for FastAttnProcessor.
+// softmax(scale * q k^T) v on CPU, flash-attention style, for FastAttnProcessor.
 //
-// q [B, H, N, d] (already scaled), k [B, H, L, d], v [B, H, L, e], float32, contiguous.
+// q [B, H, N, d], k [B, H, L, d], v [B, H, L, e], float32, contiguous; the scale rides on the
+// matrix products (no pass over q).
 // Each (batch, head) is processed in blocks of query rows whose scores [rows, L] stay in
 // the L2 cache; the forward keeps only the log-sum-exp of every query row, and the backward
 // recomputes each block's probabilities from it. Matrix products call the MKL that ships
@@ -25,9 +26,9 @@ namespace {
 
 constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
 
-void gemm(bool ta, bool tb, int m, int n, int k, const float* a, int lda, const float* b, int ldb,
+void gemm(bool ta, bool tb, int m, int n, int k, float alpha, const float* a, int lda, const float* b, int ldb,
           float beta, float* c, int ldc) {
-  cblas_sgemm(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, m, n, k, 1.0f, a, lda, b, ldb,
+  cblas_sgemm(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, m, n, k, alpha, a, lda, b, ldb,
               beta, c, ldc);
 }
 
@@ -96,21 +97,21 @@ ROW_LOOP void row_scale(float* x, int64_t n, float c) {
 // gradient products P^T dO and dS^T Q, written transposed. For narrow heads (cols <= 32) this
 // beats MKL's transposed gemm 2x (45 -> 22 ms for dV of 64 heads of 1,024 tokens, 8 dims):
 // four rows of B per pass over a row of C, which stays in the L1 cache.
-ROW_LOOP void accumulate_at_b(float* c, const float* a, int64_t lda, const float* b, int64_t m, int64_t cols,
-                              int64_t n, bool first) {
+ROW_LOOP void accumulate_at_b(float* c, const float* a, int64_t lda, float alpha, const float* b, int64_t m,
+                              int64_t cols, int64_t n, bool first) {
   for (int64_t col = 0; col < cols; ++col) {
     float* cr = c + col * n;
     if (first) std::fill(cr, cr + n, 0.0f);
     int64_t i = 0;
     for (; i + 4 <= m; i += 4) {
-      const float a0 = a[i * lda + col], a1 = a[(i + 1) * lda + col], a2 = a[(i + 2) * lda + col],
-                  a3 = a[(i + 3) * lda + col];
+      const float a0 = alpha * a[i * lda + col], a1 = alpha * a[(i + 1) * lda + col],
+                  a2 = alpha * a[(i + 2) * lda + col], a3 = alpha * a[(i + 3) * lda + col];
       const float *b0 = b + i * n, *b1 = b0 + n, *b2 = b1 + n, *b3 = b2 + n;
 #pragma omp simd
       for (int64_t j = 0; j < n; ++j) cr[j] += a0 * b0[j] + a1 * b1[j] + a2 * b2[j] + a3 * b3[j];
     }
     for (; i < m; ++i) {
-      const float a0 = a[i * lda + col];
+      const float a0 = alpha * a[i * lda + col];
       const float* b0 = b + i * n;
 #pragma omp simd
       for (int64_t j = 0; j < n; ++j) cr[j] += a0 * b0[j];
@@ -142,7 +143,7 @@ struct SerialBlas {
 }  // namespace
 
 std::vector<paddle::Tensor> AttentionForward(const paddle::Tensor& q, const paddle::Tensor& k,
-                                             const paddle::Tensor& v) {
+                                             const paddle::Tensor& v, float scale) {
   const Dims s = check(q, k, v);
   auto out = paddle::empty({q.shape()[0], q.shape()[1], s.n, s.e}, paddle::DataType::FLOAT32, q.place());
   auto lse = paddle::empty({q.shape()[0], q.shape()[1], s.n}, paddle::DataType::FLOAT32, q.place());
@@ -160,7 +161,7 @@ std::vector<paddle::Tensor> AttentionForward(const paddle::Tensor& q, const padd
       for (int64_t r0 = 0; r0 < s.n; r0 += rows) {
         const int64_t m = std::min(rows, s.n - r0);
         const int64_t row = bh * s.n + r0;
-        gemm(false, true, m, s.l, s.d, qp + row * s.d, s.d, kb, s.d, 0.0f, scores.data(), s.l);
+        gemm(false, true, m, s.l, s.d, scale, qp + row * s.d, s.d, kb, s.d, 0.0f, scores.data(), s.l);
         for (int64_t i = 0; i < m; ++i) {
           float* si = scores.data() + i * s.l;
           const float mx = row_max(si, s.l);
@@ -172,7 +173,7 @@ std::vector<paddle::Tensor> AttentionForward(const paddle::Tensor& q, const padd
         }
         // O = exp(S - max) V, normalised afterwards: e values per row instead of L.
         float* ob = op + row * s.e;
-        gemm(false, false, m, s.e, s.l, scores.data(), s.l, vb, s.e, 0.0f, ob, s.e);
+        gemm(false, false, m, s.e, s.l, 1.0f, scores.data(), s.l, vb, s.e, 0.0f, ob, s.e);
         for (int64_t i = 0; i < m; ++i) row_scale(ob + i * s.e, s.e, inv_sum[i]);
       }
     }
@@ -182,7 +183,8 @@ std::vector<paddle::Tensor> AttentionForward(const paddle::Tensor& q, const padd
 
 std::vector<paddle::Tensor> AttentionBackward(const paddle::Tensor& q, const paddle::Tensor& k,
                                               const paddle::Tensor& v, const paddle::Tensor& out,
-                                              const paddle::Tensor& lse, const paddle::Tensor& grad_out) {
+                                              const paddle::Tensor& lse, const paddle::Tensor& grad_out,
+                                              float scale) {
   const Dims s = check(q, k, v);
   auto gq = paddle::empty(q.shape(), paddle::DataType::FLOAT32, q.place());
   auto gk = paddle::empty(k.shape(), paddle::DataType::FLOAT32, q.place());
@@ -208,8 +210,8 @@ std::vector<paddle::Tensor> AttentionBackward(const paddle::Tensor& q, const pad
         const int64_t row = bh * s.n + r0;
         const float* qb = qp + row * s.d;
         const float* gob = gop + row * s.e;
-        // P = exp(q k^T - lse): the forward's probabilities, recomputed.
-        gemm(false, true, m, s.l, s.d, qb, s.d, kb, s.d, 0.0f, probs.data(), s.l);
+        // P = exp(scale q k^T - lse): the forward's probabilities, recomputed.
+        gemm(false, true, m, s.l, s.d, scale, qb, s.d, kb, s.d, 0.0f, probs.data(), s.l);
         for (int64_t i = 0; i < m; ++i) {
           row_add(probs.data() + i * s.l, s.l, -lp[row + i]);
           // delta_i = sum_j P_ij dP_ij = dO_i . O_i
@@ -218,18 +220,18 @@ std::vector<paddle::Tensor> AttentionBackward(const paddle::Tensor& q, const pad
         vsExp(m * s.l, probs.data(), probs.data());
         // dV += P^T dO;  dP = dO V^T;  dS = P (dP - delta)
         if (narrow)
-          accumulate_at_b(gv_t.data(), gob, s.e, probs.data(), m, s.e, s.l, r0 == 0);
+          accumulate_at_b(gv_t.data(), gob, s.e, 1.0f, probs.data(), m, s.e, s.l, r0 == 0);
         else
-          gemm(true, false, s.l, s.e, m, probs.data(), s.l, gob, s.e, r0 == 0 ? 0.0f : 1.0f, gvb, s.e);
-        gemm(false, true, m, s.l, s.e, gob, s.e, vb, s.e, 0.0f, grads.data(), s.l);
+          gemm(true, false, s.l, s.e, m, 1.0f, probs.data(), s.l, gob, s.e, r0 == 0 ? 0.0f : 1.0f, gvb, s.e);
+        gemm(false, true, m, s.l, s.e, 1.0f, gob, s.e, vb, s.e, 0.0f, grads.data(), s.l);
         for (int64_t i = 0; i < m; ++i)
           row_softmax_grad(grads.data() + i * s.l, probs.data() + i * s.l, s.l, delta[i]);
-        // dQ = dS K;  dK += dS^T Q
-        gemm(false, false, m, s.d, s.l, grads.data(), s.l, kb, s.d, 0.0f, gqp + row * s.d, s.d);
+        // dQ = scale dS K;  dK += scale dS^T Q
+        gemm(false, false, m, s.d, s.l, scale, grads.data(), s.l, kb, s.d, 0.0f, gqp + row * s.d, s.d);
         if (narrow)
-          accumulate_at_b(gk_t.data(), qb, s.d, grads.data(), m, s.d, s.l, r0 == 0);
+          accumulate_at_b(gk_t.data(), qb, s.d, scale, grads.data(), m, s.d, s.l, r0 == 0);
         else
-          gemm(true, false, s.l, s.d, m, grads.data(), s.l, qb, s.d, r0 == 0 ? 0.0f : 1.0f, gkb, s.d);
+          gemm(true, false, s.l, s.d, m, scale, grads.data(), s.l, qb, s.d, r0 == 0 ? 0.0f : 1.0f, gkb, s.d);
       }
       if (narrow) {
         transpose_into(gkb, gk_t.data(), s.d, s.l);
@@ -253,6 +255,7 @@ std::vector<paddle::DataType> AttentionInferDtype(const paddle::DataType& q, con
 PD_BUILD_OP(ernie_vilg2_cpu_attention)
     .Inputs({"Q", "K", "V"})
     .Outputs({"Out", "Lse"})
+    .Attrs({"scale: float"})
     .SetKernelFn(PD_KERNEL(AttentionForward))
     .SetInferShapeFn(PD_INFER_SHAPE(AttentionInferShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(AttentionInferDtype));
@@ -260,4 +263,5 @@ PD_BUILD_OP(ernie_vilg2_cpu_attention)
 PD_BUILD_GRAD_OP(ernie_vilg2_cpu_attention)
     .Inputs({"Q", "K", "V", "Out", "Lse", paddle::Grad("Out")})
     .Outputs({paddle::Grad("Q"), paddle::Grad("K"), paddle::Grad("V")})
+    .Attrs({"scale: float"})
     .SetKernelFn(PD_KERNEL(AttentionBackward));
