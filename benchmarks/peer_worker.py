@@ -64,9 +64,11 @@ class PaddleSide:
         if processor == "stock":
             from ppdiffusers.models.attention_processor import AttnProcessor
             self.unet.set_attn_processor(AttnProcessor())
-        else:
+        else:  # what MixtureOfDenoisingExperts gives every expert
             from ernie_vilg2.models.attention_processor import FastAttnProcessor
+            from ernie_vilg2.models.fast_bias import use_fast_bias
             self.unet.set_attn_processor(FastAttnProcessor())
+            use_fast_bias(self.unet)
         self.scheduler = DDIMScheduler(**spec["scheduler"])
         self.optimizer = None
 
