@@ -6,7 +6,7 @@ setup(
     description="PaddlePaddle-native ERNIE-ViLG 2.0: knowledge-enhanced text-to-image diffusion "
     "with a mixture of denoising experts",
     packages=find_packages(include=["ernie_vilg2", "ernie_vilg2.*"]),
-    package_data={"ernie_vilg2": ["resources/*"]},
+    package_data={"ernie_vilg2": ["resources/*", "ops/*.cc"]},
     python_requires=">=3.9",
     # Pinned versions live in requirements/lock.txt (see README); these are the direct needs.
     # paddlepaddle itself is not listed: paddlepaddle (CPU) and paddlepaddle-gpu share one

@@ -1,4 +1,5 @@
-"""One attention layer, PPDiffusers' stock AttnProcessor vs FastAttnProcessor by chunk size.
+"""One attention layer, PPDiffusers' stock AttnProcessor vs FastAttnProcessor by chunk size,
+and FastAttnProcessor with the C++ CPU attention operator (ernie_vilg2/ops, where built).
 
 Self-attention at the first level of the 32x32 U-Net of benchmarks/vs_pytorch.py (1,024
 image tokens, 64 channels, 8 heads, batch 8) by default; forward + backward (train) and
@@ -44,6 +45,8 @@ def main(argv=None):
     import paddle
     from ppdiffusers.models.attention_processor import Attention, AttnProcessor
 
+    from ernie_vilg2 import ops
+    from ernie_vilg2.models import attention_processor
     from ernie_vilg2.models.attention_processor import FastAttnProcessor
 
     paddle.seed(0)
@@ -53,9 +56,13 @@ def main(argv=None):
     x = paddle.randn([args.batch, args.tokens, args.channels])
     x.stop_gradient = False
     context = paddle.randn([args.batch, args.text, args.channels]) if cross else None
-    variants = {"stock": AttnProcessor()}
+    # name: (processor, whether the C++ operator may run)
+    variants = {"stock": (AttnProcessor(), False)}
     variants.update({f"fast, {mib:g} MiB blocks" if mib else "fast, whole matrix":
-                     FastAttnProcessor(chunk_bytes=int(mib * 2**20) if mib else 2**62) for mib in args.chunks})
+                     (FastAttnProcessor(chunk_bytes=int(mib * 2**20) if mib else 2**62), False) for mib in args.chunks})
+    if ops.cpu_attention_available():
+        variants["fast, C++ operator"] = (FastAttnProcessor(), True)
+    op_min_scores = attention_processor.CPU_OP_MIN_SCORES
 
     def train():
         attn(x, context).sum().backward()
@@ -68,8 +75,9 @@ def main(argv=None):
 
     times = {(name, mode): [] for name in variants for mode in ("train", "forward")}
     for r in range(args.repeats + 1):  # the first round warms up
-        for name, proc in variants.items():
+        for name, (proc, cpu_op) in variants.items():
             attn.set_processor(proc)
+            attention_processor.CPU_OP_MIN_SCORES = op_min_scores if cpu_op else 2**62
             for mode, fn in (("train", train), ("forward", forward)):
                 start = time.perf_counter()
                 fn()
@@ -78,7 +86,8 @@ def main(argv=None):
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     kind = f"cross-attention to {args.text} tokens" if cross else "self-attention"
     print(f"{kind}: batch {args.batch}, {args.tokens} queries, {args.channels} channels, {args.heads} heads, "
-          f"{os.environ.get('OMP_NUM_THREADS', '1')} thread(s)")
+          f"{os.environ.get('OMP_NUM_THREADS', '1')} thread(s), MKL_DEBUG_CPU_TYPE="
+          f"{os.environ.get('MKL_DEBUG_CPU_TYPE', 'unset')}")
     print()
     print("| processor | train fwd+bwd (ms) | speed-up | forward (ms) | speed-up |")
     print("|---|---:|---:|---:|---:|")

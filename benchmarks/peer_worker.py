@@ -23,8 +23,10 @@ import time
 
 import numpy as np
 
-# ppdiffusers' Attention processors by variant name (paddle only).
-PADDLE_VARIANTS = ("stock", "fast")
+# Paddle variants: (attention processor, MKL's AVX2 path on AMD, the project's C++ CPU ops).
+# "stock" is PPDiffusers as it comes; "fast" what every expert of the project runs.
+PADDLE_VARIANTS = {"stock": ("stock", False, False), "stock-avx2": ("stock", True, False),
+                   "fast-paddle": ("fast", True, False), "fast": ("fast", True, True)}
 
 
 def rss_mib(field: str) -> float:
@@ -55,15 +57,37 @@ def torch_layout(layer) -> dict:
 
 
 def paddle_variant(variant: str):
-    """``set_variant(unet)``: install the attention processor of ``variant`` (stock: PPDiffusers'
-    ``AttnProcessor``; fast: the project's ``FastAttnProcessor``)."""
+    """Set this process up for ``variant`` (before Paddle's first MKL call: MKL reads its
+    dispatch variable then) and return ``set_variant(unet)``, which installs the variant's
+    attention processor and bias layers (stock: PPDiffusers' own, also on a loaded project
+    model; fast: what MixtureOfDenoisingExperts gives every expert)."""
     if variant not in PADDLE_VARIANTS:
-        raise SystemExit(f"error: --variant must be one of {PADDLE_VARIANTS}, got {variant!r}")
-    if variant == "stock":
-        from ppdiffusers.models.attention_processor import AttnProcessor as processor
-    else:
-        from ernie_vilg2.models.attention_processor import FastAttnProcessor as processor
-    return lambda unet: unet.set_attn_processor(processor())
+        raise SystemExit(f"error: --variant must be one of {sorted(PADDLE_VARIANTS)}, got {variant!r}")
+    processor, avx2, cpu_ops = PADDLE_VARIANTS[variant]
+    os.environ.pop("MKL_DEBUG_CPU_TYPE", None)
+    os.environ["ERNIE_VILG2_MKL_AVX2"] = "1" if avx2 else "0"
+    os.environ["ERNIE_VILG2_CPU_OPS"] = "1" if cpu_ops else "0"
+    if avx2:
+        from ernie_vilg2.utils.mkl_dispatch import prefer_avx2
+        prefer_avx2()
+    if processor == "fast":
+        from ernie_vilg2.models.attention_processor import FastAttnProcessor
+        from ernie_vilg2.models.fast_bias import use_fast_bias
+
+        def set_variant(unet):
+            unet.set_attn_processor(FastAttnProcessor())
+            use_fast_bias(unet)
+        return set_variant
+    from ppdiffusers.models.attention_processor import AttnProcessor
+    from ppdiffusers.models.lora import LoRACompatibleConv, LoRACompatibleLinear
+
+    def set_stock(unet):
+        unet.set_attn_processor(AttnProcessor())
+        for layer in unet.sublayers():
+            for base in (LoRACompatibleLinear, LoRACompatibleConv):
+                if isinstance(layer, base):
+                    layer.__class__ = base
+    return set_stock
 
 
 # -- Paddle ------------------------------------------------------------------------------------
@@ -71,13 +95,14 @@ class PaddleSide:
     name = "paddle"
 
     def __init__(self, spec: dict, variant: str):
+        set_variant = paddle_variant(variant)
         import paddle
         from ppdiffusers import DDIMScheduler, UNet2DConditionModel
 
         self.paddle = paddle
         paddle.seed(spec["seed"])
         self.unet = UNet2DConditionModel(**spec["unet"])
-        paddle_variant(variant)(self.unet)
+        set_variant(self.unet)
         self.scheduler = DDIMScheduler(**spec["scheduler"])
         self.optimizer = None
 

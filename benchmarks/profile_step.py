@@ -1,13 +1,15 @@
-"""Where a Paddle training step spends its time: paddle.profiler's operator table, top rows.
+"""Where a Paddle U-Net step spends its time: paddle.profiler's operator table, top rows.
 
-The U-Net, inputs and step of benchmarks/vs_pytorch.py (forward + MSE + backward + AdamW),
+The U-Net, inputs and step of benchmarks/vs_pytorch.py (forward + MSE + backward + AdamW,
+or with ``--mode sample`` a sampling step with guidance),
 profiled after warm-up steps; prints a markdown table of the operators with the most CPU
 time per step (forward and backward ops listed apart: ``Global_...GradNode`` rows are the
-backward; the recomputing backward of FastAttnProcessor's query blocks runs plain ops, listed
-under their forward names) and their share, then the same time grouped by kind.
+backward; in the ``fast-paddle`` variant the recomputing backward of FastAttnProcessor's
+query blocks runs plain ops, listed under their forward names) and their share, then the same time grouped by kind.
 
     python benchmarks/profile_step.py                        # 32x32 U-Net, stock attention
     python benchmarks/profile_step.py --variant fast --threads 2 --top 20
+    python benchmarks/profile_step.py --variant fast --mode sample
 
 The Chrome trace (open in chrome://tracing or Perfetto) is written under --trace-dir.
 """
@@ -27,7 +29,8 @@ os.environ.setdefault("GLOG_minloglevel", "2")
 # What each operator counts as in the grouped table: keys are matched in the lower-cased name
 # without underscores (group_norm dygraph, Global_GroupNormGradNode); first match wins.
 KINDS = (
-    ("softmax and score scaling (attention only)", ("softmax", "scale dygraph", "scalegradnode", "flash", "sdpa")),
+    ("attention: softmax, score scaling, fused or C++ attention",
+     ("softmax", "scale dygraph", "scalegradnode", "flash", "sdpa", "cpuattention")),
     ("convolution", ("conv2d", "depthwise")),
     ("matmul (attention products and linear layers)", ("matmul", "linear", "fc")),
     ("normalisation", ("groupnorm", "layernorm")),
@@ -42,8 +45,10 @@ def parse_args(argv=None):
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="32x32", choices=sorted(CONFIGS))
-    p.add_argument("--variant", default="stock", choices=("stock", "fast"),
-                   help="attention processor: PPDiffusers' AttnProcessor or the project's FastAttnProcessor")
+    p.add_argument("--variant", default="stock", choices=("stock", "stock-avx2", "fast-paddle", "fast"),
+                   help="as in benchmarks/vs_pytorch.py: PPDiffusers as it comes (stock) ... the project's (fast)")
+    p.add_argument("--mode", default="train", choices=("train", "sample"),
+                   help="a training step, or a sampling step with classifier-free guidance")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--steps", type=int, default=2, help="profiled steps (after --warmup)")
     p.add_argument("--warmup", type=int, default=1)
@@ -82,10 +87,21 @@ def main(argv=None):
         with np.load(spec["weights"]) as w:
             model.load_numpy({k: w[k] for k in w.files})
         with np.load(spec["inputs"]) as f:
-            noisy, t, context, target = (model.tensor(f[k]) for k in ("noisy", "t", "context", "target"))
-    model.setup_train(spec["lr"], spec["weight_decay"])
+            inputs = {k: model.tensor(f[k]) for k in f.files}
+    if args.mode == "train":
+        model.setup_train(spec["lr"], spec["weight_decay"])
+
+        def step():
+            model.train_step(inputs["noisy"], inputs["t"], inputs["context"], inputs["target"])
+    else:
+        model.unet.eval()
+        model.scheduler.set_timesteps(spec["sample_steps"])
+        t = model.scheduler.timesteps[0]
+
+        def step():
+            model.sample_step(inputs["latents"], t, inputs["sample_context"], spec["guidance"])
     for _ in range(args.warmup):
-        model.train_step(noisy, t, context, target)
+        step()
 
     # Without on_trace_ready Paddle writes its trace to ./profiler_log/ of the working directory.
     prof = profiler.Profiler(targets=[profiler.ProfilerTarget.CPU], timer_only=False,
@@ -93,7 +109,7 @@ def main(argv=None):
     prof.start()
     start = time.perf_counter()
     for _ in range(args.steps):
-        model.train_step(noisy, t, context, target)
+        step()
         prof.step()
     wall = (time.perf_counter() - start) / args.steps * 1e3
     prof.stop()
@@ -103,9 +119,14 @@ def main(argv=None):
     per_step = {name: (it.cpu_time / args.steps / 1e6, it.call / args.steps) for name, it in items.items()}
     total = sum(ms for ms, _ in per_step.values())
 
-    print(f"{args.config} U-Net ({n_params:,} parameters), batch {spec['batch']}, training step, "
-          f"{args.threads} thread(s), {args.variant} attention: {wall:,.0f} ms per profiled step, "
-          f"{total:,.0f} ms of it in operators")
+    what = f"batch {spec['batch']}, training step" if args.mode == "train" else \
+        f"batch {spec['sample_batch']} (x2 with guidance), sampling step"
+    # Paddle's profiler records a custom C++ operator's backward node but not its forward call:
+    # that call is in the rest, with Python and the dynamic graph's own work.
+    print(f"{args.config} U-Net ({n_params:,} parameters), {what}, "
+          f"{args.threads} thread(s), {args.variant}: {wall:,.0f} ms per profiled step, "
+          f"{total:,.0f} ms of it in recorded operators, {wall - total:,.0f} ms elsewhere (Python, dynamic graph, "
+          f"the forward of the C++ attention operator)")
     print()
     print("| operator | calls/step | ms/step | share |")
     print("|---|---:|---:|---:|")

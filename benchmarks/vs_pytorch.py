@@ -8,8 +8,11 @@ The ``tiny-pipeline`` config times the whole model instead (benchmarks/peer_pipe
 stage-1 training step (ERNIE + expert U-Net + clipped AdamW, as tools/train.py) against the same
 with transformers' BertModel holding ERNIE's weights, and ErnieViLG2Pipeline's 25-step DDIM
 sampling with CFG and VAE decode against that loop in diffusers.
-Paddle runs twice: with PPDiffusers' stock ``AttnProcessor`` (before) and with the
-project's ``FastAttnProcessor`` (after). Peak memory is each process's VmHWM; its import
+Paddle runs as PPDiffusers comes (``stock``: its ``AttnProcessor``, MKL's own CPU dispatch;
+before) and as the project runs it (``fast``: ``FastAttnProcessor`` with the C++ CPU
+attention operator, the cheaper bias layers of models/fast_bias.py, MKL's AVX2 path on AMD
+CPUs; after); ``--variants`` adds the steps in between (``stock-avx2``: only the MKL setting;
+``fast-paddle``: all but the C++ operator). Peak memory is each process's VmHWM; its import
 alone is in the "import" column.
 
     make bench-peer                                     # creates .venv-peer, runs the defaults
@@ -64,8 +67,9 @@ def parse_args(argv=None):
     p.add_argument("--configs", nargs="+", default=["tiny", "32x32", "tiny-pipeline"], choices=sorted(CONFIGS))
     p.add_argument("--modes", nargs="+", default=["train", "sample"], choices=("train", "sample"))
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
-    p.add_argument("--variants", nargs="+", default=["stock", "fast"], choices=("stock", "fast"),
-                   help="Paddle attention processors to time (stock: PPDiffusers' AttnProcessor)")
+    p.add_argument("--variants", nargs="+", default=["stock", "fast"],
+                   choices=("stock", "stock-avx2", "fast-paddle", "fast"),
+                   help="Paddle variants to time (see above)")
     p.add_argument("--rounds", type=int, default=3, help="turns per process (A B C x rounds)")
     p.add_argument("--steps", type=int, help="timed steps per turn (default: 5 tiny, 1 32x32; tiny-pipeline: "
                                              "5 training steps, 1 sampling run)")

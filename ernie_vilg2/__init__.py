@@ -6,6 +6,11 @@ start fast; ``ernie_vilg2.MixtureOfDenoisingExperts`` etc. still resolve on acce
 """
 import importlib
 
+from ernie_vilg2.utils.mkl_dispatch import prefer_avx2
+
+# Before any MKL call (Paddle's matmul): MKL's AVX2 path on AMD CPUs (see the module).
+prefer_avx2()
+
 __version__ = "0.1.0"
 
 _LAZY = {

@@ -1,17 +1,22 @@
 """FastAttnProcessor computes the stock attention (and the key-word emphasis) exactly.
 
-Each case runs the whole-matrix path (default chunk size) and the query-block path
-(``chunk_bytes`` small enough for blocks of a few rows, odd-sized last block included),
+Each case runs the whole-matrix path (default chunk size), the query-block path
+(``chunk_bytes`` small enough for blocks of a few rows, odd-sized last block included) and
+the C++ CPU operator (ernie_vilg2/ops; cases with an attention mask keep the Paddle paths),
 and compares forward outputs and the gradients of the input, the context and every
 parameter with PPDiffusers' AttnProcessor, or with the emphasis formula written out.
 """
+from types import SimpleNamespace
+
 import numpy as np
 import paddle
 import paddle.nn.functional as F
 import pytest
 from ppdiffusers import UNet2DConditionModel
+from cpu_ops import require_cpu_attention_op
 from ppdiffusers.models.attention_processor import Attention, AttnProcessor
 
+import ernie_vilg2.models.attention_processor as attention_processor
 from ernie_vilg2.models.attention_processor import FastAttnProcessor, KnowledgeAttnProcessor, _row_blocks
 
 HEADS, DIM_HEAD, QUERY_DIM, TEXT_DIM = 4, 8, 32, 24
@@ -73,6 +78,23 @@ def assert_same(a, b, atol=2e-5):
         np.testing.assert_allclose(a[1][name], b[1][name], atol=atol, rtol=1e-4, err_msg=name)
 
 
+PATHS = ["whole", "blocks", "cpp"]
+
+
+@pytest.fixture
+def path(request, monkeypatch):
+    """Which implementation runs: the C++ operator for every size (checked that it ran), or never."""
+    calls = []
+    if request.param == "cpp":
+        require_cpu_attention_op()
+        op = attention_processor.cpu_attention
+        monkeypatch.setattr(attention_processor, "cpu_attention", lambda *a: calls.append(1) or op(*a))
+    monkeypatch.setattr(attention_processor, "CPU_OP_MIN_SCORES", 0 if request.param == "cpp" else 2**62)
+    yield SimpleNamespace(name=request.param, calls=calls)
+    if request.param != "cpp":
+        assert not calls
+
+
 # Scores of one query row here: batch x heads x keys x 4 bytes; 3 rows per block leaves an odd last block.
 def block_bytes(batch, keys, rows=3):
     return batch * HEADS * keys * 4 * rows
@@ -81,8 +103,8 @@ def block_bytes(batch, keys, rows=3):
 @pytest.mark.parametrize("batch,tokens,text", [(2, 37, 7), (1, 25, 5), (3, 16, 77)])
 @pytest.mark.parametrize("cross", [False, True])
 @pytest.mark.parametrize("masked", [None, "keys", "rows"])
-@pytest.mark.parametrize("chunked", [False, True])
-def test_equals_stock_processor(batch, tokens, text, cross, masked, chunked):
+@pytest.mark.parametrize("path", PATHS, indirect=True)
+def test_equals_stock_processor(batch, tokens, text, cross, masked, path):
     attn = make_layer(cross)
     rng = np.random.default_rng(0)
     x = paddle.to_tensor(rng.standard_normal((batch, tokens, QUERY_DIM)).astype("float32"))
@@ -93,17 +115,19 @@ def test_equals_stock_processor(batch, tokens, text, cross, masked, chunked):
         keep = rng.random((batch, 1 if masked == "keys" else tokens, keys)) > 0.3
         keep[..., 0] = True
         kwargs["attention_mask"] = paddle.to_tensor(np.where(keep, 0.0, -10000.0).astype("float32"))
+    chunked = path.name == "blocks"
     fast = FastAttnProcessor(chunk_bytes=block_bytes(batch, keys)) if chunked else FastAttnProcessor()
     assert len(_row_blocks(tokens, block_bytes(batch, keys, 1), fast.chunk_bytes)) == \
         (-(-tokens // 3) if chunked else 1)
     for grad in (True, False):
         assert_same(run(attn, fast, x, context, grad, **kwargs), run(attn, AttnProcessor(), x, context, grad, **kwargs))
+    assert bool(path.calls) == (path.name == "cpp" and not masked)
 
 
 @pytest.mark.parametrize("batch,mask_rows", [(2, 2), (2, 1), (1, 1)])
 @pytest.mark.parametrize("masked", [False, True])
-@pytest.mark.parametrize("chunked", [False, True])
-def test_emphasis_equals_formula(batch, mask_rows, masked, chunked):
+@pytest.mark.parametrize("path", PATHS, indirect=True)
+def test_emphasis_equals_formula(batch, mask_rows, masked, path):
     attn = make_layer(cross=True)
     rng = np.random.default_rng(2)
     tokens, text = 29, 9
@@ -115,12 +139,14 @@ def test_emphasis_equals_formula(batch, mask_rows, masked, chunked):
     if masked:
         kwargs["attention_mask"] = paddle.to_tensor(
             np.where(rng.random((batch, 1, text)) > 0.3, 0.0, -10000.0).astype("float32"))
-    fast = KnowledgeAttnProcessor(0.5, chunk_bytes=block_bytes(batch, text)) if chunked else KnowledgeAttnProcessor(0.5)
+    fast = KnowledgeAttnProcessor(0.5, chunk_bytes=block_bytes(batch, text)) if path.name == "blocks" \
+        else KnowledgeAttnProcessor(0.5)
     for grad in (True, False):
         got = run(attn, fast, x, context, grad, **kwargs)
         assert_same(got, run(attn, EmphasisReference(0.5), x, context, grad, **kwargs))
     # and the emphasis is not a no-op
     assert np.abs(got[0] - run(attn, AttnProcessor(), x, context, False)[0]).max() > 1e-3
+    assert bool(path.calls) == (path.name == "cpp" and not masked)
 
 
 def test_a_mask_that_needs_gradients_is_refused():
@@ -164,11 +190,13 @@ def train_losses(processor, steps=12):
     return np.array(losses)
 
 
-def test_training_follows_the_stock_loss_curve():
+@pytest.mark.parametrize("path", PATHS, indirect=True)
+def test_training_follows_the_stock_loss_curve(path):
     stock = train_losses(AttnProcessor())
     # 4 KiB blocks: the 64-token self-attention runs in 4 blocks, its backward the recomputing one.
-    for processor in (FastAttnProcessor(), FastAttnProcessor(chunk_bytes=4096)):
-        np.testing.assert_allclose(train_losses(processor), stock, rtol=2e-4)
+    processor = FastAttnProcessor(chunk_bytes=4096) if path.name == "blocks" else FastAttnProcessor()
+    np.testing.assert_allclose(train_losses(processor), stock, rtol=2e-4)
+    assert bool(path.calls) == (path.name == "cpp")
     assert stock[-1] < 0.8 * stock[0]  # it did train
 
 

@@ -14,6 +14,7 @@ import pytest
 
 import deploy_exports
 from conftest import REPO_ROOT
+import ernie_vilg2.models.attention_processor as attention_processor
 from ernie_vilg2.deploy import ExportError, export_pipeline, read_manifest
 from ernie_vilg2.deploy.predictor import PredictorSettings, Program, program_inputs
 from ernie_vilg2.deploy.tokenizer import WordPieceTokenizer
@@ -62,9 +63,13 @@ def test_export_tool_replaces_an_old_folder_only_with_overwrite(export_n1, tiny_
 
 
 @pytest.mark.parametrize("engine,tolerance", [("paddle", 0.0), ("onednn", 1e-5)])
-def test_exported_programs_match_the_dynamic_graph(bank, record_property, engine, tolerance):
+def test_exported_programs_match_the_dynamic_graph(bank, record_property, monkeypatch, engine, tolerance):
     """Text encoder, each expert and the VAE decoder on the same inputs: bit-identical with
-    the native kernels, within 1e-5 of the output's magnitude with oneDNN (measured ~1e-6)."""
+    the native kernels, within 1e-5 of the output's magnitude with oneDNN (measured ~1e-6).
+
+    The dynamic graph computes attention with Paddle's ops here, as the exported programs do;
+    the C++ CPU operator it uses otherwise agrees to float rounding (tests/test_cpu_ops.py)."""
+    monkeypatch.setattr(attention_processor, "CPU_OP_MIN_SCORES", 2**62)
     pipe, _, folder, _ = bank
     manifest = read_manifest(folder, verify="size")
     programs = manifest["programs"]

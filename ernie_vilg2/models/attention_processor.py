@@ -26,7 +26,12 @@ matrix [B, heads, N, L] is written by the matmul, read and written again by the 
 again by the softmax, kept for the backward pass, and each of those has a backward pass
 over the same matrix. Here instead:
 
-- the scale (and the emphasis factor) multiplies the keys [B, heads, L, d], never the
+- on CPU without an attention mask, the C++ operator of :mod:`ernie_vilg2.ops` (where
+  built: ``make install``) does all of it in one call, flash-attention style: query blocks
+  whose scores stay in the L2 cache, the scale inside its matrix products, only the
+  log-sum-exp of each query kept for the backward, which recomputes the probabilities;
+  the steps below are the pure-Paddle path it replaces (masks, no compiler, static graphs);
+- the scale (and the emphasis factor) multiplies the queries or keys, never the
   scores: (q k_j) * s * f_j == q (k_j * s * f_j);
 - when the score matrix is larger than ``chunk_bytes``, the queries are processed in row
   blocks whose scores fit in the CPU caches, and training uses a custom backward
@@ -52,8 +57,13 @@ from paddle.autograd import PyLayer
 from ppdiffusers.models.attention_processor import Attention
 from ppdiffusers.utils import USE_PEFT_BACKEND
 
+from ernie_vilg2.ops import cpu_attention
+
 # Scores per query block (benchmarks/attention_chunks.py measures the choice).
 DEFAULT_CHUNK_BYTES = 4 << 20
+# Scores per head from which the C++ operator beats Paddle's ops (below: the custom op's call
+# overhead is larger than the work; benchmarks/attention_chunks.py).
+CPU_OP_MIN_SCORES = 4096
 
 
 def _row_blocks(rows: int, row_bytes: int, chunk_bytes: int):
@@ -115,10 +125,19 @@ class _ChunkedAttention(PyLayer):
         return tuple(grads) + ((None,) if mask is not None else ())
 
 
-def attention(q, k, v, mask, chunk_bytes: int):
-    """softmax(q k^T + mask) v for scaled q; q, k, v [B, heads, N or L, d], mask additive.
+def attention(q, k, v, mask, chunk_bytes: int, scale: float = 1.0):
+    """softmax(scale * q k^T + mask) v; q, k, v [B, heads, N or L, d], mask additive.
 
-    A static graph (export: the batch is dynamic) takes the whole-matrix path."""
+    On CPU the C++ operator (:mod:`ernie_vilg2.ops`, where built) computes it without a mask,
+    the scale inside its matrix products; a static graph (export: the batch is dynamic)
+    takes the whole-matrix path."""
+    if paddle.in_dynamic_mode() and mask is None and q.place.is_cpu_place() and q.dtype == paddle.float32 and \
+            q.shape[2] * k.shape[2] >= CPU_OP_MIN_SCORES:
+        out = cpu_attention(q.contiguous(), k.contiguous(), v.contiguous(), scale)
+        if out is not None:
+            return out
+    if scale != 1.0:
+        q = q * scale
     blocks = None
     if paddle.in_dynamic_mode():
         row_bytes = q.shape[0] * q.shape[1] * k.shape[2] * q.element_size()
@@ -237,9 +256,8 @@ class FastAttnProcessor:
         if query.dtype != paddle.float32 or attn.upcast_attention or attn.upcast_softmax:
             out = self._stock_order(attn, query, key, value, attention_mask, scale_query)
         else:
-            if scale_query:
-                query = query * attn.scale
-            out = attention(query, key, value, attention_mask, self.chunk_bytes)
+            out = attention(query, key, value, attention_mask, self.chunk_bytes,
+                            attn.scale if scale_query else 1.0)
         return attn.batch_to_head_dim(out)
 
     @staticmethod
