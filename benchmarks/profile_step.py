@@ -44,7 +44,8 @@ def parse_args(argv=None):
     from vs_pytorch import CONFIGS
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default="32x32", choices=sorted(CONFIGS))
+    p.add_argument("--config", default="32x32", choices=sorted(n for n, c in CONFIGS.items() if "pipeline" not in c),
+                   help="a U-Net config of benchmarks/vs_pytorch.py")
     p.add_argument("--variant", default="stock", choices=("stock", "stock-avx2", "fast-paddle", "fast"),
                    help="as in benchmarks/vs_pytorch.py: PPDiffusers as it comes (stock) ... the project's (fast)")
     p.add_argument("--mode", default="train", choices=("train", "sample"),
@@ -80,9 +81,8 @@ def main(argv=None):
     from vs_pytorch import CONFIGS, init_config
 
     with tempfile.TemporaryDirectory(prefix="profile_step_") as out:
-        spec_path, n_params = init_config(args.config, CONFIGS[args.config], out,
-                                          argparse.Namespace(warmup=args.warmup))
-        spec = peer_worker.read_spec(spec_path)
+        spec_path, spec, n_params = init_config(args.config, CONFIGS[args.config], out,
+                                                argparse.Namespace(warmup=args.warmup))
         model = peer_worker.PaddleSide(spec, args.variant)
         with np.load(spec["weights"]) as w:
             model.load_numpy({k: w[k] for k in w.files})
