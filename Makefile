@@ -82,7 +82,7 @@ bench-deploy: install cpp
 	GLOG_minloglevel=2 $(PY) benchmarks/deploy_speed.py --openvino --cpp $(CPP_BUILD)/ernie_vilg2_infer --rounds 3
 
 # The same U-Net, and the whole tiny model, in PPDiffusers/Paddle and diffusers/PyTorch, side by side
-# (about 17 minutes).
+# (about 10 minutes).
 # The peer lives in its own venv from requirements/peer.txt (the torch CPU wheel + diffusers + transformers).
 PEER_VENV ?= .venv-peer
 $(PEER_VENV)/.installed: requirements/peer.txt
