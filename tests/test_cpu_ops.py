@@ -78,6 +78,14 @@ def test_a_stale_build_is_not_used(tmp_path, monkeypatch):
         assert ops.cpu_attention(paddle.ones([1, 1, 2, 2]), paddle.ones([1, 1, 2, 2]), paddle.ones([1, 1, 2, 2])) is None
 
 
+def test_switched_off_by_the_environment(monkeypatch):
+    require_cpu_attention_op()
+    monkeypatch.setenv("ERNIE_VILG2_CPU_OPS", "0")
+    monkeypatch.setattr(ops, "_loaded", {})
+    assert not ops.cpu_attention_available()
+    assert ops.cpu_attention(paddle.ones([1, 1, 2, 2]), paddle.ones([1, 1, 2, 2]), paddle.ones([1, 1, 2, 2])) is None
+
+
 def test_build_without_a_compiler_says_so(monkeypatch, capsys):
     monkeypatch.setenv("CXX", "/nonexistent/g++")
     assert ops_build.main([]) == 1

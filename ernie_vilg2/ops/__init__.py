@@ -2,7 +2,7 @@
 
 ``make install`` (or ``python -m ernie_vilg2.ops.build``) compiles them into
 ``ernie_vilg2/ops/_build``. Where they are not built (no compiler, a Paddle wheel without
-MKL, a newer Paddle than the one they were built for), :func:`cpu_attention` returns None
+MKL, another Paddle than the one they were built for), :func:`cpu_attention` returns None
 and the callers take their pure-Paddle path, which computes the same function;
 ``ERNIE_VILG2_CPU_OPS=0`` in the environment makes them take it too (to compare).
 """
@@ -51,9 +51,7 @@ def _register():
     """Register the attention operator once; None where it is not built or out of date."""
     if ATTENTION_OP not in _loaded:
         op = None
-        if os.environ.get("ERNIE_VILG2_CPU_OPS", "1") == "0":
-            pass
-        elif os.path.isfile(library_path()):
+        if os.environ.get("ERNIE_VILG2_CPU_OPS", "1") != "0" and os.path.isfile(library_path()):
             if _stamp_matches():
                 with warnings.catch_warnings():  # the extension module's build-time warnings (ccache)
                     warnings.simplefilter("ignore")

@@ -48,16 +48,15 @@ def build(verbose: bool = False) -> str:
     os.makedirs(ops.BUILD_DIR, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         os.remove(ops.STAMP_FILE)
-    log = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(log if not verbose else sys.stdout):
+    try:  # quiet: Paddle's progress prints (the compiler's errors reach stderr anyway)
+        with contextlib.redirect_stdout(sys.stdout if verbose else io.StringIO()):
             load(name=ops.ATTENTION_OP, sources=[ops.ATTENTION_SOURCE], build_directory=ops.BUILD_DIR,
                  # OpenMP from MKL's runtime (libiomp5), not GCC's: one thread pool for our loops
                  # and MKL's calls; two runtimes fight over the cores (2 threads: 1.9x slower).
                  extra_cxx_cflags=["-O3", "-fopenmp"],
                  extra_ldflags=[f"-L{libs}", "-l:libmklml_intel.so", "-l:libiomp5.so", f"-Wl,-rpath,{libs}"],
                  verbose=verbose)
-    except Exception as exc:  # the compiler's own output says why
+    except Exception as exc:  # the compiler's own output above says why
         raise BuildError(f"compiling {ops.ATTENTION_SOURCE} failed ({exc}); rerun with --verbose") from None
     with open(ops.STAMP_FILE, "w", encoding="utf-8") as f:
         json.dump(ops.build_stamp(), f)
