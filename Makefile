@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PADDLE ?= paddlepaddle==3.3.1
 DEMO_DIR ?= output/tiny
 NPROC ?= 1
-OPS_LIB := ernie_vilg2/ops/_build/ernie_vilg2_cpu_attention/ernie_vilg2_cpu_attention.so
+OPS_LIB := ernie_vilg2/ops/_build/ernie_vilg2_cpu_ops/ernie_vilg2_cpu_ops.so
 
 # The demo grid's prompts (make demo samples them; make export runs them through the export).
 DEMO_PROMPTS = --prompt 红苹果 --prompt "red apple" --prompt 蓝心 --prompt "blue heart" \
@@ -32,9 +32,9 @@ $(VENV)/.installed: requirements/lock.txt requirements/build-constraints.txt set
 
 install: $(VENV)/.installed $(OPS_LIB)
 
-# The C++ CPU attention operator (ernie_vilg2/ops), compiled against the installed Paddle;
+# The C++ CPU operators (ernie_vilg2/ops: attention, convolution), built against the installed Paddle;
 # without a C++ compiler this stops with a one-line error (the package then runs without it).
-$(OPS_LIB): ernie_vilg2/ops/cpu_attention.cc ernie_vilg2/ops/build.py $(VENV)/.installed
+$(OPS_LIB): ernie_vilg2/ops/cpu_attention.cc ernie_vilg2/ops/cpu_conv.cc ernie_vilg2/ops/build.py $(VENV)/.installed
 	GLOG_minloglevel=2 $(PY) -m ernie_vilg2.ops.build
 
 # Headless Chromium for the side-by-side sheet's browser test (apt-get; a no-op when present).

@@ -60,7 +60,7 @@ def main(argv=None):
     variants = {"stock": (AttnProcessor(), False)}
     variants.update({f"fast, {mib:g} MiB blocks" if mib else "fast, whole matrix":
                      (FastAttnProcessor(chunk_bytes=int(mib * 2**20) if mib else 2**62), False) for mib in args.chunks})
-    if ops.cpu_attention_available():
+    if ops.cpu_ops_available():
         variants["fast, C++ operator"] = (FastAttnProcessor(), True)
     op_min_scores = attention_processor.CPU_OP_MIN_SCORES
 

@@ -23,10 +23,11 @@ import time
 
 import numpy as np
 
-# Paddle variants: (attention processor, MKL's AVX2 path on AMD, the project's C++ CPU ops).
-# "stock" is PPDiffusers as it comes; "fast" what every expert of the project runs.
-PADDLE_VARIANTS = {"stock": ("stock", False, False), "stock-avx2": ("stock", True, False),
-                   "fast-paddle": ("fast", True, False), "fast": ("fast", True, True)}
+# Paddle variants: (attention processor and layers, MKL's AVX2 path on AMD, the project's C++
+# CPU ops, glibc keeping freed memory). "stock" is PPDiffusers as it comes; "fast" what every
+# expert of the project runs.
+PADDLE_VARIANTS = {"stock": ("stock", False, False, False), "stock-avx2": ("stock", True, False, False),
+                   "fast-paddle": ("fast", True, False, True), "fast": ("fast", True, True, True)}
 
 
 def rss_mib(field: str) -> float:
@@ -59,34 +60,39 @@ def torch_layout(layer) -> dict:
 def paddle_variant(variant: str):
     """Set this process up for ``variant`` (before Paddle's first MKL call: MKL reads its
     dispatch variable then) and return ``set_variant(unet)``, which installs the variant's
-    attention processor and bias layers (stock: PPDiffusers' own, also on a loaded project
+    attention processor and layers (stock: PPDiffusers' own, also on a loaded project
     model; fast: what MixtureOfDenoisingExperts gives every expert)."""
     if variant not in PADDLE_VARIANTS:
         raise SystemExit(f"error: --variant must be one of {sorted(PADDLE_VARIANTS)}, got {variant!r}")
-    processor, avx2, cpu_ops = PADDLE_VARIANTS[variant]
+    processor, avx2, cpu_ops, malloc = PADDLE_VARIANTS[variant]
     os.environ.pop("MKL_DEBUG_CPU_TYPE", None)
     os.environ["ERNIE_VILG2_MKL_AVX2"] = "1" if avx2 else "0"
     os.environ["ERNIE_VILG2_CPU_OPS"] = "1" if cpu_ops else "0"
+    os.environ["ERNIE_VILG2_MALLOC_TUNING"] = "1" if malloc else "0"  # read when ernie_vilg2 is imported
     if avx2:
         from ernie_vilg2.utils.mkl_dispatch import prefer_avx2
         prefer_avx2()
     if processor == "fast":
         from ernie_vilg2.models.attention_processor import FastAttnProcessor
-        from ernie_vilg2.models.fast_bias import use_fast_bias
+        from ernie_vilg2.models.fast_layers import use_fast_layers
 
         def set_variant(unet):
             unet.set_attn_processor(FastAttnProcessor())
-            use_fast_bias(unet)
+            use_fast_layers(unet)
         return set_variant
+    import paddle
+    from ppdiffusers.models.activations import GEGLU
     from ppdiffusers.models.attention_processor import AttnProcessor
     from ppdiffusers.models.lora import LoRACompatibleConv, LoRACompatibleLinear
 
     def set_stock(unet):
         unet.set_attn_processor(AttnProcessor())
         for layer in unet.sublayers():
-            for base in (LoRACompatibleLinear, LoRACompatibleConv):
+            # Most derived first: LoRACompatibleConv is a Conv2D.
+            for base in (LoRACompatibleLinear, LoRACompatibleConv, GEGLU, paddle.nn.Conv2D):
                 if isinstance(layer, base):
                     layer.__class__ = base
+                    break
     return set_stock
 
 

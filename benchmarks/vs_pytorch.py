@@ -10,9 +10,10 @@ with transformers' BertModel holding ERNIE's weights, and ErnieViLG2Pipeline's 2
 sampling with CFG and VAE decode against that loop in diffusers.
 Paddle runs as PPDiffusers comes (``stock``: its ``AttnProcessor``, MKL's own CPU dispatch;
 before) and as the project runs it (``fast``: ``FastAttnProcessor`` with the C++ CPU
-attention operator, the cheaper bias layers of models/fast_bias.py, MKL's AVX2 path on AMD
-CPUs; after); ``--variants`` adds the steps in between (``stock-avx2``: only the MKL setting;
-``fast-paddle``: all but the C++ operator). Peak memory is each process's VmHWM; its import
+attention operator, the faster layers of models/fast_layers.py with the C++ convolution
+operator, MKL's AVX2 path on AMD CPUs, glibc keeping freed memory; after); ``--variants`` adds
+the steps in between (``stock-avx2``: only the MKL setting; ``fast-paddle``: all but the C++
+operators). Peak memory is each process's VmHWM; its import
 alone is in the "import" column.
 
     make bench-peer                                     # creates .venv-peer, runs the defaults

@@ -6,10 +6,13 @@ start fast; ``ernie_vilg2.MixtureOfDenoisingExperts`` etc. still resolve on acce
 """
 import importlib
 
+from ernie_vilg2.utils.malloc_tuning import keep_freed_memory
 from ernie_vilg2.utils.mkl_dispatch import prefer_avx2
 
 # Before any MKL call (Paddle's matmul): MKL's AVX2 path on AMD CPUs (see the module).
 prefer_avx2()
+# glibc keeps freed memory for Paddle's next tensors instead of page-faulting anew (see the module).
+keep_freed_memory()
 
 __version__ = "0.1.0"
 

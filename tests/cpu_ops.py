@@ -7,10 +7,10 @@ from ernie_vilg2 import ops
 from ernie_vilg2.ops.build import compiler
 
 
-def require_cpu_attention_op():
-    """Fail where the operator should have been built; skip only where it cannot be."""
-    if ops.cpu_attention_available():
+def require_cpu_ops():
+    """Fail where the operators should have been built; skip only where they cannot be."""
+    if ops.cpu_ops_available():
         return
     if shutil.which(compiler()) is None:
-        pytest.skip(f"no C++ compiler ({compiler()}): the CPU attention operator cannot be built")
-    pytest.fail("the CPU attention operator is not built: run `make install` or `python -m ernie_vilg2.ops.build`")
+        pytest.skip(f"no C++ compiler ({compiler()}): the CPU operators cannot be built")
+    pytest.fail("the CPU operators are not built: run `make install` or `python -m ernie_vilg2.ops.build`")

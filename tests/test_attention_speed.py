@@ -13,7 +13,7 @@ import paddle
 import paddle.nn.functional as F
 import pytest
 from ppdiffusers import UNet2DConditionModel
-from cpu_ops import require_cpu_attention_op
+from cpu_ops import require_cpu_ops
 from ppdiffusers.models.attention_processor import Attention, AttnProcessor
 
 import ernie_vilg2.models.attention_processor as attention_processor
@@ -86,7 +86,7 @@ def path(request, monkeypatch):
     """Which implementation runs: the C++ operator for every size (checked that it ran), or never."""
     calls = []
     if request.param == "cpp":
-        require_cpu_attention_op()
+        require_cpu_ops()
         op = attention_processor.cpu_attention
         monkeypatch.setattr(attention_processor, "cpu_attention", lambda *a: calls.append(1) or op(*a))
     monkeypatch.setattr(attention_processor, "CPU_OP_MIN_SCORES", 0 if request.param == "cpp" else 2**62)

@@ -15,6 +15,7 @@ import pytest
 import deploy_exports
 from conftest import REPO_ROOT
 import ernie_vilg2.models.attention_processor as attention_processor
+import ernie_vilg2.models.fast_layers as fast_layers
 from ernie_vilg2.deploy import ExportError, export_pipeline, read_manifest
 from ernie_vilg2.deploy.predictor import PredictorSettings, Program, program_inputs
 from ernie_vilg2.deploy.tokenizer import WordPieceTokenizer
@@ -67,9 +68,11 @@ def test_exported_programs_match_the_dynamic_graph(bank, record_property, monkey
     """Text encoder, each expert and the VAE decoder on the same inputs: bit-identical with
     the native kernels, within 1e-5 of the output's magnitude with oneDNN (measured ~1e-6).
 
-    The dynamic graph computes attention with Paddle's ops here, as the exported programs do;
-    the C++ CPU operator it uses otherwise agrees to float rounding (tests/test_cpu_ops.py)."""
+    The dynamic graph computes attention and the layers with Paddle's ops here, as the exported
+    programs do; the C++ CPU operators and the faster layers it uses otherwise agree to float
+    rounding (tests/test_cpu_ops.py, tests/test_fast_layers.py)."""
     monkeypatch.setattr(attention_processor, "CPU_OP_MIN_SCORES", 2**62)
+    monkeypatch.setattr(fast_layers, "_on_cpu", lambda layer, x: False)
     pipe, _, folder, _ = bank
     manifest = read_manifest(folder, verify="size")
     programs = manifest["programs"]

@@ -13,6 +13,7 @@ from ernie_vilg2.config import ConfigError
 from ernie_vilg2.models.attention_processor import FastAttnProcessor
 from ernie_vilg2.models.config import ModelConfig
 from ernie_vilg2.models.factory import build_sampler
+from ernie_vilg2.models.fast_layers import use_fast_layers
 from ernie_vilg2.models.mode import MixtureOfDenoisingExperts, TimestepRouter
 from ernie_vilg2.pipelines import ErnieViLG2Pipeline, branch_pipeline
 
@@ -115,6 +116,7 @@ def test_single_expert_equals_plain_unet(tiny_unet_kwargs):
     paddle.seed(1)
     unet = UNet2DConditionModel(**tiny_unet_kwargs)
     unet.set_attn_processor(FastAttnProcessor())  # what every expert carries
+    use_fast_layers(unet)
     unet.eval()
     mode = MixtureOfDenoisingExperts.from_unet(unet, 1, T)
     mode.eval()

@@ -29,7 +29,9 @@ over the same matrix. Here instead:
 - on CPU without an attention mask, the C++ operator of :mod:`ernie_vilg2.ops` (where
   built: ``make install``) does all of it in one call, flash-attention style: query blocks
   whose scores stay in the L2 cache, the scale inside its matrix products, only the
-  log-sum-exp of each query kept for the backward, which recomputes the probabilities;
+  log-sum-exp of each query kept for the backward, which recomputes the probabilities; it
+  reads q, k, v in the projections' [B, tokens, heads, d] layout and writes its output in
+  the layout of ``to_out``'s input, so no transposed copies are made around it;
   the steps below are the pure-Paddle path it replaces (masks, no compiler, static graphs);
 - the scale (and the emphasis factor) multiplies the queries or keys, never the
   scores: (q k_j) * s * f_j == q (k_j * s * f_j);
@@ -126,16 +128,8 @@ class _ChunkedAttention(PyLayer):
 
 
 def attention(q, k, v, mask, chunk_bytes: int, scale: float = 1.0):
-    """softmax(scale * q k^T + mask) v; q, k, v [B, heads, N or L, d], mask additive.
-
-    On CPU the C++ operator (:mod:`ernie_vilg2.ops`, where built) computes it without a mask,
-    the scale inside its matrix products; a static graph (export: the batch is dynamic)
-    takes the whole-matrix path."""
-    if paddle.in_dynamic_mode() and mask is None and q.place.is_cpu_place() and q.dtype == paddle.float32 and \
-            q.shape[2] * k.shape[2] >= CPU_OP_MIN_SCORES:
-        out = cpu_attention(q.contiguous(), k.contiguous(), v.contiguous(), scale)
-        if out is not None:
-            return out
+    """softmax(scale * q k^T + mask) v in Paddle's ops; q, k, v [B, heads, N or L, d], mask
+    additive. A static graph (export: the batch is dynamic) takes the whole-matrix path."""
     if scale != 1.0:
         q = q * scale
     blocks = None
@@ -244,7 +238,26 @@ class FastAttnProcessor:
         """scale * (1 + w_t * mask) in one op, reshaped to broadcast over the keys."""
         return paddle.scale(mask, scale=self.w_t * scale, bias=scale).reshape(shape)
 
+    @staticmethod
+    def _operator_applies(attn, query, key, attention_mask) -> bool:
+        return (paddle.in_dynamic_mode() and attention_mask is None and query.place.is_cpu_place()
+                and query.dtype == paddle.float32 and not (attn.upcast_attention or attn.upcast_softmax)
+                and query.shape[1] * key.shape[1] >= CPU_OP_MIN_SCORES)
+
+    def _tokens_heads(self, attn, query, key, value, mask, key_scale: float):
+        """q, k, v as [B, tokens, heads, d] views, the emphasis (times key_scale) on the keys."""
+        query, key, value = (attn.head_to_batch_dim(t, transpose=False) for t in (query, key, value))
+        if mask is not None:
+            key = key * self._key_factor(mask, key_scale, [mask.shape[0], mask.shape[1], 1, 1])
+        return query, key, value
+
     def _cpu(self, attn, query, key, value, attention_mask, mask):
+        if self._operator_applies(attn, query, key, attention_mask):
+            # The C++ operator takes the projections' [B, tokens, heads, d] layout: no copies.
+            q, k, v = self._tokens_heads(attn, query, key, value, mask, attn.scale)
+            out = cpu_attention(q.contiguous(), k.contiguous(), v.contiguous(), 1.0 if mask is not None else attn.scale)
+            if out is not None:
+                return out.reshape([out.shape[0], out.shape[1], -1])
         query = attn.head_to_batch_dim(query)  # [B, heads, N, d]
         key = attn.head_to_batch_dim(key)  # [B, heads, L, d]
         value = attn.head_to_batch_dim(value)
@@ -280,11 +293,7 @@ class FastAttnProcessor:
 
     def _sdpa(self, attn, query, key, value, attention_mask, mask):
         """CUDA: Paddle's fused attention (flash / memory-efficient), layout [B, S, heads, d]."""
-        query = attn.head_to_batch_dim(query, transpose=False)
-        key = attn.head_to_batch_dim(key, transpose=False)
-        value = attn.head_to_batch_dim(value, transpose=False)
-        if mask is not None:
-            key = key * self._key_factor(mask, 1.0, [mask.shape[0], mask.shape[1], 1, 1])
+        query, key, value = self._tokens_heads(attn, query, key, value, mask, 1.0)
         if attention_mask is not None:
             attention_mask = attention_mask.astype(query.dtype)
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0,

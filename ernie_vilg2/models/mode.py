@@ -25,7 +25,7 @@ from ppdiffusers.models.unet_2d_condition import UNet2DConditionOutput
 
 from ..utils.integrity import check_model_folder
 from .attention_processor import FastAttnProcessor
-from .fast_bias import use_fast_bias
+from .fast_layers import use_fast_layers
 from .routing import TimestepRouter  # noqa: F401  (paddle-free, shared with ernie_vilg2.deploy; re-exported)
 
 
@@ -91,10 +91,10 @@ class MixtureOfDenoisingExperts(ModelMixin, ConfigMixin):
                 raise ValueError(f"expert_ids: expert {i} out of range 0..{num_experts - 1}")
         self.experts = ExpertBank({i: UNet2DConditionModel(**(unet or {})) for i in ids})
         # The stock attention's function with less time and memory (see attention_processor.py),
-        # cheaper biases on CPU (fast_bias.py).
+        # cheaper convolutions and biases on CPU (fast_layers.py).
         self.set_attn_processor(FastAttnProcessor())
         for expert in self.experts:
-            use_fast_bias(expert)
+            use_fast_layers(expert)
 
     # -- construction -------------------------------------------------------------
     @classmethod

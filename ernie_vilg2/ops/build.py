@@ -2,8 +2,8 @@
 
     python -m ernie_vilg2.ops.build [--verbose]
 
-Needs a C++17 compiler and the MKL library that Paddle's CPU wheel ships
-(paddle/libs/libmklml_intel.so, the BLAS behind Paddle's own matmul).
+Needs a C++17 compiler and two libraries that Paddle's CPU wheel ships in paddle/libs: MKL
+(libmklml_intel.so, the BLAS behind Paddle's own matmul) and oneDNN (libdnnl.so.3).
 """
 from __future__ import annotations
 
@@ -36,13 +36,14 @@ def paddle_libs_dir() -> str:
 
 
 def build(verbose: bool = False) -> str:
-    """Compile the attention operator into ops.BUILD_DIR; return the library path."""
+    """Compile the operators into ops.BUILD_DIR; return the library path."""
     if shutil.which(compiler()) is None:
         raise BuildError(f"no C++ compiler: {compiler()!r} not found (install g++, or set CXX)")
     libs = paddle_libs_dir()
-    if not os.path.isfile(os.path.join(libs, "libmklml_intel.so")):
-        raise BuildError(f"{libs}/libmklml_intel.so not found: this Paddle wheel ships no MKL, "
-                         "which the CPU attention operator calls")
+    for lib, what in (("libmklml_intel.so", "MKL, which the attention operator calls"),
+                      ("libdnnl.so.3", "oneDNN, which the convolution operator calls")):
+        if not os.path.isfile(os.path.join(libs, lib)):
+            raise BuildError(f"{libs}/{lib} not found: this Paddle wheel ships no {what}")
     from paddle.utils.cpp_extension import load
 
     os.makedirs(ops.BUILD_DIR, exist_ok=True)
@@ -50,14 +51,15 @@ def build(verbose: bool = False) -> str:
         os.remove(ops.STAMP_FILE)
     try:  # quiet: Paddle's progress prints (the compiler's errors reach stderr anyway)
         with contextlib.redirect_stdout(sys.stdout if verbose else io.StringIO()):
-            load(name=ops.ATTENTION_OP, sources=[ops.ATTENTION_SOURCE], build_directory=ops.BUILD_DIR,
+            load(name=ops.LIBRARY, sources=ops.SOURCES, build_directory=ops.BUILD_DIR,
                  # OpenMP from MKL's runtime (libiomp5), not GCC's: one thread pool for our loops
                  # and MKL's calls; two runtimes fight over the cores (2 threads: 1.9x slower).
                  extra_cxx_cflags=["-O3", "-fopenmp"],
-                 extra_ldflags=[f"-L{libs}", "-l:libmklml_intel.so", "-l:libiomp5.so", f"-Wl,-rpath,{libs}"],
+                 extra_ldflags=[f"-L{libs}", "-l:libmklml_intel.so", "-l:libiomp5.so", "-l:libdnnl.so.3",
+                                f"-Wl,-rpath,{libs}"],
                  verbose=verbose)
     except Exception as exc:  # the compiler's own output above says why
-        raise BuildError(f"compiling {ops.ATTENTION_SOURCE} failed ({exc}); rerun with --verbose") from None
+        raise BuildError(f"compiling {', '.join(ops.SOURCES)} failed ({exc}); rerun with --verbose") from None
     with open(ops.STAMP_FILE, "w", encoding="utf-8") as f:
         json.dump(ops.build_stamp(), f)
     return ops.library_path()
@@ -70,7 +72,7 @@ def main(argv=None) -> int:
     try:
         path = build(args.verbose)
     except BuildError as exc:
-        print(f"error: CPU attention operator: {exc}", file=sys.stderr)
+        print(f"error: CPU operators: {exc}", file=sys.stderr)
         return 1
     print(f"built {path}")
     return 0

@@ -1,7 +1,8 @@
 // softmax(scale * q k^T) v on CPU, flash-attention style, for FastAttnProcessor.
 //
-// q [B, H, N, d], k [B, H, L, d], v [B, H, L, e], float32, contiguous; the scale rides on the
-// matrix products (no pass over q).
+// q [B, N, H, d], k [B, L, H, d], v [B, L, H, e] (tokens, then heads: the layout of the
+// projections' outputs, so no transposes around the call), float32, contiguous; out
+// [B, N, H, e]. The scale rides on the matrix products (no pass over q).
 // Each (batch, head) is processed in blocks of query rows whose scores [rows, L] stay in
 // the L2 cache; the forward keeps only the log-sum-exp of every query row, and the backward
 // recomputes each block's probabilities from it. Matrix products call the MKL that ships
@@ -33,21 +34,29 @@ void gemm(bool ta, bool tb, int m, int n, int k, float alpha, const float* a, in
 }
 
 struct Dims {
-  int64_t heads_total, n, l, d, e;
+  int64_t batch, heads, n, l, d, e;
+  int64_t heads_total() const { return batch * heads; }
+  // Row strides: one token's row holds every head.
+  int64_t ld_qk() const { return heads * d; }
+  int64_t ld_v() const { return heads * e; }
+  // The first row of (batch, head) bh, token t, in a tensor whose rows are `dim` wide per head.
+  int64_t at(int64_t bh, int64_t tokens, int64_t t, int64_t dim) const {
+    return ((bh / heads * tokens + t) * heads + bh % heads) * dim;
+  }
 };
 
 Dims check(const paddle::Tensor& q, const paddle::Tensor& k, const paddle::Tensor& v) {
   for (const auto* t : {&q, &k, &v}) {
     PD_CHECK(t->is_cpu(), "cpu_attention: inputs must be CPU tensors");
     PD_CHECK(t->dtype() == paddle::DataType::FLOAT32, "cpu_attention: inputs must be float32");
-    PD_CHECK(t->shape().size() == 4, "cpu_attention: inputs must be [batch, heads, tokens, dim]");
+    PD_CHECK(t->shape().size() == 4, "cpu_attention: inputs must be [batch, tokens, heads, dim]");
     PD_CHECK(t->is_contiguous(), "cpu_attention: inputs must be contiguous");
   }
   auto qs = q.shape(), ks = k.shape(), vs = v.shape();
-  PD_CHECK(qs[0] == ks[0] && qs[1] == ks[1] && ks[0] == vs[0] && ks[1] == vs[1] && ks[2] == vs[2] &&
+  PD_CHECK(qs[0] == ks[0] && qs[2] == ks[2] && ks[0] == vs[0] && ks[1] == vs[1] && ks[2] == vs[2] &&
                qs[3] == ks[3],
            "cpu_attention: q, k, v shapes do not match");
-  return {qs[0] * qs[1], qs[2], ks[2], qs[3], vs[3]};
+  return {qs[0], qs[2], qs[1], ks[1], qs[3], vs[3]};
 }
 
 // Query rows per block: the block's scores take about 128 KiB, which measured fastest on
@@ -121,10 +130,10 @@ ROW_LOOP void accumulate_at_b(float* c, const float* a, int64_t lda, float alpha
 
 constexpr int64_t kNarrowHead = 32;
 
-// out [n, cols] = in [cols, n]^T
-void transpose_into(float* out, const float* in, int64_t cols, int64_t n) {
+// out [n, cols] (row stride ld) = in [cols, n]^T
+void transpose_into(float* out, int64_t ld, const float* in, int64_t cols, int64_t n) {
   for (int64_t j = 0; j < n; ++j)
-    for (int64_t col = 0; col < cols; ++col) out[j * cols + col] = in[col * n + j];
+    for (int64_t col = 0; col < cols; ++col) out[j * ld + col] = in[col * n + j];
 }
 
 // g = p * (g - delta): the softmax backward of one row.
@@ -149,23 +158,24 @@ struct SerialBlas {
 std::vector<paddle::Tensor> AttentionForward(const paddle::Tensor& q, const paddle::Tensor& k,
                                              const paddle::Tensor& v, float scale) {
   const Dims s = check(q, k, v);
-  auto out = paddle::empty({q.shape()[0], q.shape()[1], s.n, s.e}, paddle::DataType::FLOAT32, q.place());
-  auto lse = paddle::empty({q.shape()[0], q.shape()[1], s.n}, paddle::DataType::FLOAT32, q.place());
+  auto out = paddle::empty({s.batch, s.n, s.heads, s.e}, paddle::DataType::FLOAT32, q.place());
+  auto lse = paddle::empty({s.batch, s.heads, s.n}, paddle::DataType::FLOAT32, q.place());
   const float *qp = q.data<float>(), *kp = k.data<float>(), *vp = v.data<float>();
   float *op = out.data<float>(), *lp = lse.data<float>();
   const int64_t rows = block_rows(s.l);
-#pragma omp parallel if (s.heads_total * s.n * s.l >= kParallelScores)
+  const int64_t ldqk = s.ld_qk(), ldv = s.ld_v();
+#pragma omp parallel if (s.heads_total() * s.n * s.l >= kParallelScores)
   {
     SerialBlas serial;
     std::vector<float> scores(rows * s.l), inv_sum(rows);
 #pragma omp for schedule(static)
-    for (int64_t bh = 0; bh < s.heads_total; ++bh) {
-      const float* kb = kp + bh * s.l * s.d;
-      const float* vb = vp + bh * s.l * s.e;
+    for (int64_t bh = 0; bh < s.heads_total(); ++bh) {
+      const float* kb = kp + s.at(bh, s.l, 0, s.d);
+      const float* vb = vp + s.at(bh, s.l, 0, s.e);
       for (int64_t r0 = 0; r0 < s.n; r0 += rows) {
         const int64_t m = std::min(rows, s.n - r0);
-        const int64_t row = bh * s.n + r0;
-        gemm(false, true, m, s.l, s.d, scale, qp + row * s.d, s.d, kb, s.d, 0.0f, scores.data(), s.l);
+        const int64_t row = bh * s.n + r0;  // in lse [B, H, N]
+        gemm(false, true, m, s.l, s.d, scale, qp + s.at(bh, s.n, r0, s.d), ldqk, kb, ldqk, 0.0f, scores.data(), s.l);
         for (int64_t i = 0; i < m; ++i) {
           float* si = scores.data() + i * s.l;
           const float mx = row_max(si, s.l);
@@ -176,9 +186,9 @@ std::vector<paddle::Tensor> AttentionForward(const paddle::Tensor& q, const padd
           lp[row + i] = mx + std::log(sum);
         }
         // O = exp(S - max) V, normalised afterwards: e values per row instead of L.
-        float* ob = op + row * s.e;
-        gemm(false, false, m, s.e, s.l, 1.0f, scores.data(), s.l, vb, s.e, 0.0f, ob, s.e);
-        for (int64_t i = 0; i < m; ++i) row_scale(ob + i * s.e, s.e, inv_sum[i]);
+        float* ob = op + s.at(bh, s.n, r0, s.e);
+        gemm(false, false, m, s.e, s.l, 1.0f, scores.data(), s.l, vb, ldv, 0.0f, ob, ldv);
+        for (int64_t i = 0; i < m; ++i) row_scale(ob + i * ldv, s.e, inv_sum[i]);
       }
     }
   }
@@ -197,49 +207,51 @@ std::vector<paddle::Tensor> AttentionBackward(const paddle::Tensor& q, const pad
   const float *op = out.data<float>(), *lp = lse.data<float>(), *gop = grad_out.data<float>();
   float *gqp = gq.data<float>(), *gkp = gk.data<float>(), *gvp = gv.data<float>();
   const int64_t rows = block_rows(s.l);
-#pragma omp parallel if (s.heads_total * s.n * s.l >= kParallelScores)
+  const int64_t ldqk = s.ld_qk(), ldv = s.ld_v();
+#pragma omp parallel if (s.heads_total() * s.n * s.l >= kParallelScores)
   {
     SerialBlas serial;
     std::vector<float> probs(rows * s.l), grads(rows * s.l), delta(rows);
     const bool narrow = s.d <= kNarrowHead && s.e <= kNarrowHead;
     std::vector<float> gk_t(narrow ? s.d * s.l : 0), gv_t(narrow ? s.e * s.l : 0);  // [dim, L]
 #pragma omp for schedule(static)
-    for (int64_t bh = 0; bh < s.heads_total; ++bh) {
-      const float* kb = kp + bh * s.l * s.d;
-      const float* vb = vp + bh * s.l * s.e;
-      float* gkb = gkp + bh * s.l * s.d;
-      float* gvb = gvp + bh * s.l * s.e;
+    for (int64_t bh = 0; bh < s.heads_total(); ++bh) {
+      const float* kb = kp + s.at(bh, s.l, 0, s.d);
+      const float* vb = vp + s.at(bh, s.l, 0, s.e);
+      float* gkb = gkp + s.at(bh, s.l, 0, s.d);
+      float* gvb = gvp + s.at(bh, s.l, 0, s.e);
       for (int64_t r0 = 0; r0 < s.n; r0 += rows) {
         const int64_t m = std::min(rows, s.n - r0);
-        const int64_t row = bh * s.n + r0;
-        const float* qb = qp + row * s.d;
-        const float* gob = gop + row * s.e;
+        const int64_t row = bh * s.n + r0;  // in lse [B, H, N]
+        const float* qb = qp + s.at(bh, s.n, r0, s.d);
+        const float* gob = gop + s.at(bh, s.n, r0, s.e);
+        const float* ob = op + s.at(bh, s.n, r0, s.e);
         // P = exp(scale q k^T - lse): the forward's probabilities, recomputed.
-        gemm(false, true, m, s.l, s.d, scale, qb, s.d, kb, s.d, 0.0f, probs.data(), s.l);
+        gemm(false, true, m, s.l, s.d, scale, qb, ldqk, kb, ldqk, 0.0f, probs.data(), s.l);
         for (int64_t i = 0; i < m; ++i) {
           row_add(probs.data() + i * s.l, s.l, -lp[row + i]);
           // delta_i = sum_j P_ij dP_ij = dO_i . O_i
-          delta[i] = row_dot(gob + i * s.e, op + (row + i) * s.e, s.e);
+          delta[i] = row_dot(gob + i * ldv, ob + i * ldv, s.e);
         }
         vsExp(m * s.l, probs.data(), probs.data());
         // dV += P^T dO;  dP = dO V^T;  dS = P (dP - delta)
         if (narrow)
-          accumulate_at_b(gv_t.data(), gob, s.e, 1.0f, probs.data(), m, s.e, s.l, r0 == 0);
+          accumulate_at_b(gv_t.data(), gob, ldv, 1.0f, probs.data(), m, s.e, s.l, r0 == 0);
         else
-          gemm(true, false, s.l, s.e, m, 1.0f, probs.data(), s.l, gob, s.e, r0 == 0 ? 0.0f : 1.0f, gvb, s.e);
-        gemm(false, true, m, s.l, s.e, 1.0f, gob, s.e, vb, s.e, 0.0f, grads.data(), s.l);
+          gemm(true, false, s.l, s.e, m, 1.0f, probs.data(), s.l, gob, ldv, r0 == 0 ? 0.0f : 1.0f, gvb, ldv);
+        gemm(false, true, m, s.l, s.e, 1.0f, gob, ldv, vb, ldv, 0.0f, grads.data(), s.l);
         for (int64_t i = 0; i < m; ++i)
           row_softmax_grad(grads.data() + i * s.l, probs.data() + i * s.l, s.l, delta[i]);
         // dQ = scale dS K;  dK += scale dS^T Q
-        gemm(false, false, m, s.d, s.l, scale, grads.data(), s.l, kb, s.d, 0.0f, gqp + row * s.d, s.d);
+        gemm(false, false, m, s.d, s.l, scale, grads.data(), s.l, kb, ldqk, 0.0f, gqp + s.at(bh, s.n, r0, s.d), ldqk);
         if (narrow)
-          accumulate_at_b(gk_t.data(), qb, s.d, scale, grads.data(), m, s.d, s.l, r0 == 0);
+          accumulate_at_b(gk_t.data(), qb, ldqk, scale, grads.data(), m, s.d, s.l, r0 == 0);
         else
-          gemm(true, false, s.l, s.d, m, scale, grads.data(), s.l, qb, s.d, r0 == 0 ? 0.0f : 1.0f, gkb, s.d);
+          gemm(true, false, s.l, s.d, m, scale, grads.data(), s.l, qb, ldqk, r0 == 0 ? 0.0f : 1.0f, gkb, ldqk);
       }
       if (narrow) {
-        transpose_into(gkb, gk_t.data(), s.d, s.l);
-        transpose_into(gvb, gv_t.data(), s.e, s.l);
+        transpose_into(gkb, ldqk, gk_t.data(), s.d, s.l);
+        transpose_into(gvb, ldv, gv_t.data(), s.e, s.l);
       }
     }
   }
@@ -248,7 +260,7 @@ std::vector<paddle::Tensor> AttentionBackward(const paddle::Tensor& q, const pad
 
 std::vector<std::vector<int64_t>> AttentionInferShape(const std::vector<int64_t>& q, const std::vector<int64_t>& k,
                                                       const std::vector<int64_t>& v) {
-  return {{q[0], q[1], q[2], v[3]}, {q[0], q[1], q[2]}};
+  return {{q[0], q[1], q[2], v[3]}, {q[0], q[2], q[1]}};
 }
 
 std::vector<paddle::DataType> AttentionInferDtype(const paddle::DataType& q, const paddle::DataType& k,

@@ -37,6 +37,7 @@ import numpy as np
 import paddle
 from ppdiffusers import UNet2DConditionModel
 
+from ..models.fast_layers import use_fast_layers
 from ..utils.integrity import DamagedFileError, check_safetensors, read_json_file
 
 logger = logging.getLogger(__name__)
@@ -159,6 +160,7 @@ def _lazy_copy(expert: UNet2DConditionModel) -> UNet2DConditionModel:
     """A module shaped like ``expert`` with no storage (filled by the first load)."""
     with paddle.LazyGuard():
         slot = UNet2DConditionModel.from_config(expert.config)
+    use_fast_layers(slot)  # the layers every expert carries (models/fast_layers.py)
     slot.train(expert.training)
     return slot
 

@@ -11,6 +11,7 @@ import paddle
 from ppdiffusers import AutoencoderKL, DiffusionPipeline
 from ppdiffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
+from ..models.fast_layers import use_fast_layers
 from ..models.mode import MixtureOfDenoisingExperts
 from ..models.text_encoder import encode_text
 from ..text.tokenizer import check_prompts, tokenize
@@ -57,6 +58,7 @@ class ErnieViLG2Pipeline(DiffusionPipeline):
     def __init__(self, vae: AutoencoderKL, text_encoder, tokenizer, unet: MixtureOfDenoisingExperts, scheduler):
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+        use_fast_layers(vae)  # its convolutions on CPU as the experts' (models/fast_layers.py)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @classmethod

@@ -1,0 +1,157 @@
+"""Linear and convolution layers that cost less on CPU.
+
+Convolutions: Paddle's CPU conv2d is im2col + GEMM; where the project's C++ operators are built
+(:mod:`ernie_vilg2.ops`), a float32 NCHW convolution with zero padding runs oneDNN's direct
+convolution instead (the library inside Paddle's wheel), bias included, forward and backward:
+2-3x faster on the U-Net's 3x3 layers (1 thread), the same function within float rounding.
+
+Biases: two of Paddle's CPU kernels are slow around a bias (measured on the 2-core CI CPU, 1 thread):
+- the backward of a broadcast add sums the gradient over the broadcast axes with a column
+  reduction: 20 ms for the bias of a [8, 1024, 512] linear output, where the same sum as
+  ``ones[1, 8192] @ grad[8192, 512]`` (MKL) takes 0.4 ms;
+- the add of a convolution's bias reshaped to [1, C, 1, 1] (what ``F.conv2d`` does) takes
+  3.1 ms on [8, 64, 32, 32], the same add with the bias as [C, 1, 1] 0.2 ms.
+:func:`use_fast_layers` gives a U-Net's linear and convolution layers (PPDiffusers'
+``LoRACompatibleLinear`` / ``LoRACompatibleConv``, Paddle's ``Conv2D``) subclasses:
+convolutions take the operator, or else compute the layer without its bias and add it
+themselves, as linear layers do when training, through :class:`_BiasAdd` (its backward is the
+matrix product). GEGLU (the feed-forward's gate) computes its two halves with two products
+instead of splitting one (the split copies). Same parameters and state dict, the same
+function; static graphs (export) and small outputs take the stock forward.
+"""
+from __future__ import annotations
+
+import paddle
+import paddle.nn.functional as F
+from paddle.autograd import PyLayer
+from ppdiffusers.models.activations import GEGLU
+from ppdiffusers.models.lora import LoRACompatibleConv, LoRACompatibleLinear
+
+from ..ops import cpu_conv2d
+
+# Outputs smaller than this (elements) keep the stock forward: the PyLayer's call costs more.
+MIN_ELEMENTS = 1 << 16
+
+
+def _add_bias(x, bias, axis):
+    # Channels last: the bias as it is; NCHW: [C, 1, 1] (see the module docstring).
+    return x + (bias if axis == -1 else bias.reshape([-1] + [1] * (x.ndim - 2)))
+
+
+class _BiasAdd(PyLayer):
+    """x + bias along ``axis`` (-1: channels last, 1: NCHW); the bias gradient by matmul."""
+
+    @staticmethod
+    def forward(ctx, x, bias, axis):
+        ctx.axis = axis
+        return _add_bias(x, bias, axis)
+
+    @staticmethod
+    def backward(ctx, grad):
+        channels = grad.shape[ctx.axis]
+        if ctx.axis == -1:  # [..., C]: ones[1, M] @ grad[M, C]
+            rows = grad.reshape([-1, channels])
+            grad_bias = paddle.matmul(paddle.ones([1, rows.shape[0]], grad.dtype), rows)
+        else:  # [B, C, H, W]: grad[B*C, HW] @ ones[HW, 1], then the batch
+            rows = grad.reshape([grad.shape[0] * channels, -1])
+            grad_bias = paddle.matmul(rows, paddle.ones([rows.shape[1], 1], grad.dtype))
+            grad_bias = grad_bias.reshape([grad.shape[0], channels]).sum(axis=0)
+        return grad, grad_bias.reshape([channels])
+
+
+def _bias_add(x, bias, axis):
+    training = paddle.is_grad_enabled() and not (x.stop_gradient and bias.stop_gradient)
+    return _BiasAdd.apply(x, bias, axis) if training else _add_bias(x, bias, axis)
+
+
+def _on_cpu(layer, x) -> bool:
+    return (getattr(layer, "lora_layer", None) is None and layer.bias is not None and paddle.in_dynamic_mode()
+            and x.place.is_cpu_place())
+
+
+def _applies(layer, x, out_elements) -> bool:
+    return _on_cpu(layer, x) and out_elements >= MIN_ELEMENTS
+
+
+def _conv_padding(layer):
+    """[pad_h, pad_w] of a convolution the operator computes (zero padding, the same on both
+    sides, groups 1, NCHW, float32); None otherwise."""
+    padding = layer._padding
+    if isinstance(padding, int):
+        padding = [padding, padding]
+    if not (isinstance(padding, (list, tuple)) and len(padding) == 2 and all(isinstance(p, int) for p in padding)):
+        return None
+    if layer._padding_mode != "zeros" or layer._groups != 1 or layer._data_format != "NCHW" or \
+            layer.weight.dtype != paddle.float32:
+        return None
+    return list(padding)
+
+
+def _linear(x, weight, bias):
+    # Inference keeps F.linear: its fused bias add is as fast as the separate one.
+    if paddle.is_grad_enabled() and x.size // max(1, x.shape[-1]) * weight.shape[1] >= MIN_ELEMENTS:
+        return _bias_add(F.linear(x, weight), bias, -1)
+    return F.linear(x, weight, bias)
+
+
+class FastLinear(LoRACompatibleLinear):
+    def forward(self, hidden_states, scale: float = 1.0):
+        if not _on_cpu(self, hidden_states):
+            return super().forward(hidden_states, scale)
+        return _linear(hidden_states, self.weight, self.bias)
+
+
+class FastGEGLU(GEGLU):
+    """GEGLU with its two halves from two products instead of one product split in two: the
+    split copies both halves (36 ms of a 32x32 sampling step at 2 threads)."""
+
+    def forward(self, hidden_states, scale: float = 1.0):
+        if not _on_cpu(self.proj, hidden_states):
+            return super().forward(hidden_states, scale)
+        half = self.proj.weight.shape[1] // 2
+        weight, bias = self.proj.weight, self.proj.bias
+        hidden = _linear(hidden_states, weight[:, :half], bias[:half])
+        return hidden * self.gelu(_linear(hidden_states, weight[:, half:], bias[half:]))
+
+
+def _operator_conv(layer, x):
+    """The convolution's output from the C++ operator; None where that does not apply."""
+    padding = _conv_padding(layer) if _on_cpu(layer, x) and x.dtype == paddle.float32 else None
+    if padding is None:
+        return None
+    return cpu_conv2d(x.contiguous(), layer.weight, layer.bias, layer._stride, padding, layer._dilation)
+
+
+class FastConv(LoRACompatibleConv):
+    def forward(self, hidden_states, scale: float = 1.0):
+        out = _operator_conv(self, hidden_states)
+        if out is not None:
+            return out
+        out_elements = hidden_states.size // max(1, hidden_states.shape[1]) * self.weight.shape[0]
+        if not (_applies(self, hidden_states, out_elements) and self.data_format == "NCHW"):
+            return super().forward(hidden_states, scale)
+        out = F.conv2d(hidden_states, self.weight, None, self._stride, self._padding, self._dilation,
+                       self._groups, data_format=self.data_format)
+        return _bias_add(out, self.bias, 1)
+
+
+class FastConv2D(paddle.nn.Conv2D):
+    """A plain ``Conv2D`` (a U-Net's conv_in and conv_out) through the C++ operator."""
+
+    def forward(self, x):
+        out = _operator_conv(self, x)
+        return super().forward(x) if out is None else out
+
+
+def use_fast_layers(model: paddle.nn.Layer) -> None:
+    """Switch ``model``'s LoRACompatibleLinear / LoRACompatibleConv / Conv2D / GEGLU layers to
+    the subclasses above, in place (their class only: parameters, buffers and state dict stay)."""
+    for layer in model.sublayers(include_self=True):
+        if type(layer) is LoRACompatibleLinear:
+            layer.__class__ = FastLinear
+        elif type(layer) is GEGLU:
+            layer.__class__ = FastGEGLU
+        elif type(layer) is LoRACompatibleConv:
+            layer.__class__ = FastConv
+        elif type(layer) is paddle.nn.Conv2D:
+            layer.__class__ = FastConv2D
