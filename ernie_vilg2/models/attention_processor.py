@@ -255,7 +255,8 @@ class FastAttnProcessor:
         if self._operator_applies(attn, query, key, attention_mask):
             # The C++ operator takes the projections' [B, tokens, heads, d] layout: no copies.
             q, k, v = self._tokens_heads(attn, query, key, value, mask, attn.scale)
-            out = cpu_attention(q.contiguous(), k.contiguous(), v.contiguous(), 1.0 if mask is not None else attn.scale)
+            scale = 1.0 if mask is not None else attn.scale  # with emphasis, the keys carry it
+            out = cpu_attention(q.contiguous(), k.contiguous(), v.contiguous(), scale)
             if out is not None:
                 return out.reshape([out.shape[0], out.shape[1], -1])
         query = attn.head_to_batch_dim(query)  # [B, heads, N, d]

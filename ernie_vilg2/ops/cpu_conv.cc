@@ -48,6 +48,7 @@ int dnnl_memory_desc_create_with_strides(dnnl_memory_desc_t* md, int ndims, cons
                                          const dnnl_dims_t strides);
 int dnnl_memory_desc_create_with_tag(dnnl_memory_desc_t* md, int ndims, const dnnl_dims_t dims, int data_type,
                                      int tag);
+int dnnl_memory_desc_destroy(dnnl_memory_desc_t md);
 int dnnl_memory_desc_equal(const_dnnl_memory_desc_t lhs, const_dnnl_memory_desc_t rhs);
 size_t dnnl_memory_desc_get_size(const_dnnl_memory_desc_t md);
 int dnnl_memory_create(dnnl_memory_t* memory, const_dnnl_memory_desc_t md, dnnl_engine_t engine, void* handle);
@@ -122,12 +123,21 @@ dnnl_memory_desc_t plain(const std::vector<int64_t>& shape) {
   return md;
 }
 
-dnnl_memory_desc_t any(const std::vector<int64_t>& shape) {
+// A descriptor used only while a primitive descriptor is created, destroyed after.
+struct Desc {
+  dnnl_memory_desc_t md;
+  explicit Desc(dnnl_memory_desc_t md_) : md(md_) {}
+  Desc(const Desc&) = delete;
+  ~Desc() { dnnl_memory_desc_destroy(md); }
+  operator const_dnnl_memory_desc_t() const { return md; }
+};
+
+Desc any(const std::vector<int64_t>& shape) {
   dnnl_dims_t dims = {};
   for (size_t i = 0; i < shape.size(); ++i) dims[i] = shape[i];
   dnnl_memory_desc_t md;
   ok(dnnl_memory_desc_create_with_tag(&md, static_cast<int>(shape.size()), dims, kF32, kFormatAny), "desc");
-  return md;
+  return Desc(md);
 }
 
 struct Buffer {  // 64-byte aligned scratch for a reordered tensor
@@ -211,6 +221,10 @@ struct Step {
   }
 };
 
+int64_t out_size(int64_t in, int k, int stride, int padding, int dilation) {
+  return (in + 2 * padding - dilation * (k - 1) - 1) / stride + 1;
+}
+
 struct Geometry {
   std::vector<int64_t> x, w, b, y;
   dnnl_dims_t strides = {}, dilates = {}, pad_l = {}, pad_r = {};
@@ -227,15 +241,14 @@ Geometry geometry(const std::vector<int64_t>& x, const std::vector<int64_t>& w, 
     g.strides[i] = strides[i];
     g.dilates[i] = dilations[i] - 1;  // oneDNN counts the gaps
     g.pad_l[i] = g.pad_r[i] = paddings[i];
-    g.y[2 + i] = (x[2 + i] + 2 * paddings[i] - dilations[i] * (w[2 + i] - 1) - 1) / strides[i] + 1;
+    g.y[2 + i] = out_size(x[2 + i], w[2 + i], strides[i], paddings[i], dilations[i]);
   }
   return g;
 }
 
 struct Conv {  // everything built for one geometry
   dnnl_primitive_desc_t forward_pd = nullptr;
-  Step forward, backward_data, backward_weights;
-  bool has_backward = false;
+  Step forward, backward_data, backward_weights;  // the backward ones built at the first backward
 };
 
 std::mutex cache_mutex;
@@ -252,7 +265,7 @@ const Conv& conv_for(const Geometry& g, bool backward) {
   auto& rt = runtime();
   if (c.forward_pd == nullptr) {
     ok(dnnl_convolution_forward_primitive_desc_create(&c.forward_pd, rt.engine, kForwardTraining, kConvolutionDirect,
-                                                       any(g.x), any(g.w), plain(g.b), any(g.y), g.strides,
+                                                       any(g.x), any(g.w), Desc(plain(g.b)), any(g.y), g.strides,
                                                        g.dilates, g.pad_l, g.pad_r, nullptr),
        "convolution desc");
     ok(dnnl_primitive_create(&c.forward.primitive, c.forward_pd), "convolution");
@@ -261,7 +274,7 @@ const Conv& conv_for(const Geometry& g, bool backward) {
                       Arg(kArgBias, false, g.b, c.forward_pd, kQueryWeights, 1),
                       Arg(kArgDst, true, g.y, c.forward_pd, kQueryDst)};
   }
-  if (backward && !c.has_backward) {
+  if (backward && c.backward_data.primitive == nullptr) {
     dnnl_primitive_desc_t data_pd, weights_pd;
     ok(dnnl_convolution_backward_data_primitive_desc_create(&data_pd, rt.engine, kConvolutionDirect, any(g.x),
                                                              any(g.w), any(g.y), g.strides, g.dilates, g.pad_l,
@@ -272,7 +285,7 @@ const Conv& conv_for(const Geometry& g, bool backward) {
                             Arg(kArgWeights, false, g.w, data_pd, kQueryWeights),
                             Arg(kArgDiffSrc, true, g.x, data_pd, kQueryDiffSrc)};
     ok(dnnl_convolution_backward_weights_primitive_desc_create(&weights_pd, rt.engine, kConvolutionDirect, any(g.x),
-                                                                any(g.w), plain(g.b), any(g.y), g.strides,
+                                                                any(g.w), Desc(plain(g.b)), any(g.y), g.strides,
                                                                 g.dilates, g.pad_l, g.pad_r, c.forward_pd, nullptr),
        "backward weights desc");
     ok(dnnl_primitive_create(&c.backward_weights.primitive, weights_pd), "backward weights");
@@ -280,7 +293,6 @@ const Conv& conv_for(const Geometry& g, bool backward) {
                                Arg(kArgDiffDst, false, g.y, weights_pd, kQueryDiffDst),
                                Arg(kArgDiffWeights, true, g.w, weights_pd, kQueryDiffWeights),
                                Arg(kArgDiffBias, true, g.b, weights_pd, kQueryDiffWeights, 1)};
-    c.has_backward = true;
   }
   return c;
 }
@@ -328,7 +340,7 @@ std::vector<std::vector<int64_t>> ConvInferShape(const std::vector<int64_t>& x, 
                                                  const std::vector<int>& paddings, const std::vector<int>& dilations) {
   std::vector<int64_t> y = {x[0], w[0], -1, -1};
   for (int i = 0; i < 2; ++i)
-    if (x[2 + i] >= 0) y[2 + i] = (x[2 + i] + 2 * paddings[i] - dilations[i] * (w[2 + i] - 1) - 1) / strides[i] + 1;
+    if (x[2 + i] >= 0) y[2 + i] = out_size(x[2 + i], w[2 + i], strides[i], paddings[i], dilations[i]);
   return {y};
 }
 
