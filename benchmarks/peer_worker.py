@@ -24,10 +24,20 @@ import time
 import numpy as np
 
 # Paddle variants: (attention processor and layers, MKL's AVX2 path on AMD, the project's C++
-# CPU ops, glibc keeping freed memory). "stock" is PPDiffusers as it comes; "fast" what every
-# expert of the project runs.
-PADDLE_VARIANTS = {"stock": ("stock", False, False, False), "stock-avx2": ("stock", True, False, False),
-                   "fast-paddle": ("fast", True, False, True), "fast": ("fast", True, True, True)}
+# CPU ops, glibc malloc: its defaults, "keep" (freed memory kept, as importing ernie_vilg2
+# sets it) or "lean" (each tensor of 128 KiB or more mapped from the OS and handed back when
+# freed, as a user sets it with MALLOC_MMAP_THRESHOLD_: least memory, page faults)). "stock" is
+# PPDiffusers as it comes; "fast" what every expert of the project runs.
+PADDLE_VARIANTS = {"stock": ("stock", False, False, "defaults"), "stock-avx2": ("stock", True, False, "defaults"),
+                   "fast-paddle": ("fast", True, False, "keep"), "fast": ("fast", True, True, "keep"),
+                   "fast-lean": ("fast", True, True, "lean")}
+# glibc reads these at process start, so the benchmark starts the variant's process with them.
+MALLOC_ENVIRONMENT = {"lean": {"MALLOC_MMAP_THRESHOLD_": "131072"}}
+
+
+def variant_environment(variant: str) -> dict:
+    """Environment variables a Paddle variant's process must start with."""
+    return MALLOC_ENVIRONMENT.get(PADDLE_VARIANTS[variant][3], {})
 
 
 def rss_mib(field: str) -> float:
@@ -64,11 +74,14 @@ def paddle_variant(variant: str):
     model; fast: what MixtureOfDenoisingExperts gives every expert)."""
     if variant not in PADDLE_VARIANTS:
         raise SystemExit(f"error: --variant must be one of {sorted(PADDLE_VARIANTS)}, got {variant!r}")
+    missing = {k: v for k, v in variant_environment(variant).items() if os.environ.get(k) != v}
+    if missing:
+        raise SystemExit(f"error: variant {variant} needs its process started with {missing}")
     processor, avx2, cpu_ops, malloc = PADDLE_VARIANTS[variant]
     os.environ.pop("MKL_DEBUG_CPU_TYPE", None)
     os.environ["ERNIE_VILG2_MKL_AVX2"] = "1" if avx2 else "0"
     os.environ["ERNIE_VILG2_CPU_OPS"] = "1" if cpu_ops else "0"
-    os.environ["ERNIE_VILG2_MALLOC_TUNING"] = "1" if malloc else "0"  # read when ernie_vilg2 is imported
+    os.environ["ERNIE_VILG2_MALLOC_TUNING"] = "1" if malloc == "keep" else "0"  # read when ernie_vilg2 is imported
     if avx2:
         from ernie_vilg2.utils.mkl_dispatch import prefer_avx2
         prefer_avx2()

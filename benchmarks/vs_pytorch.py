@@ -13,7 +13,8 @@ before) and as the project runs it (``fast``: ``FastAttnProcessor`` with the C++
 attention operator, the faster layers of models/fast_layers.py with the C++ convolution
 operator, MKL's AVX2 path on AMD CPUs, glibc keeping freed memory; after); ``--variants`` adds
 the steps in between (``stock-avx2``: only the MKL setting; ``fast-paddle``: all but the C++
-operators). Peak memory is each process's VmHWM; its import
+operators) and ``fast-lean`` (``fast`` with glibc mapping each tensor from the OS and handing
+it back when freed: least memory, slower). Peak memory is each process's VmHWM; its import
 alone is in the "import" column.
 
     make bench-peer                                     # creates .venv-peer, runs the defaults
@@ -39,6 +40,8 @@ import sys
 import tempfile
 
 import numpy as np
+
+from peer_worker import PADDLE_VARIANTS, variant_environment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "benchmarks", "peer_worker.py")
@@ -69,7 +72,7 @@ def parse_args(argv=None):
     p.add_argument("--modes", nargs="+", default=["train", "sample"], choices=("train", "sample"))
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     p.add_argument("--variants", nargs="+", default=["stock", "fast"],
-                   choices=("stock", "stock-avx2", "fast-paddle", "fast"),
+                   choices=list(PADDLE_VARIANTS),
                    help="Paddle variants to time (see above)")
     p.add_argument("--rounds", type=int, default=3, help="turns per process (A B C x rounds)")
     p.add_argument("--steps", type=int, help="timed steps per turn (default: 5 tiny, 1 32x32; tiny-pipeline: "
@@ -129,6 +132,8 @@ class Worker:
         self.label = "torch" if framework == "torch" else f"paddle-{variant}"
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), GLOG_minloglevel="2",
                    PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        if framework == "paddle":
+            env.update(variant_environment(variant))
         self.log_path = os.path.join(out, f"log-{self.label}-{mode}-{threads}.txt")
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(

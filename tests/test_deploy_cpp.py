@@ -12,6 +12,7 @@ import random
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from PIL import Image
 
 import deploy_exports
 from conftest import REPO_ROOT
+from ernie_vilg2.utils.mkl_dispatch import amd_with_avx2
 
 CPP_DIR = os.path.join(REPO_ROOT, "deploy", "cpp")
 BUILD_DIR = os.path.join(CPP_DIR, "build")
@@ -249,6 +251,25 @@ def test_cpp_own_noise_is_reproducible(cpp_runner, tiny_export, tmp_path):
     first, again, other = generate(1, "a.png"), generate(1, "b.png"), generate(2, "c.png")
     assert np.array_equal(first, again)
     assert not np.array_equal(first, other)
+
+
+def _version_line(cpp_runner, **environ):
+    """--version of a runner started with `environ` (this test process's MKL settings left out)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MKL_DEBUG_CPU_TYPE", "ERNIE_VILG2_MKL_AVX2")}
+    proc = subprocess.run([cpp_runner, "--version"], capture_output=True, timeout=60, env={**env, **environ})
+    assert proc.returncode == 0, _text(proc.stderr)
+    return _text(proc.stdout).strip()
+
+
+def test_cpp_runner_takes_mkls_avx2_path_on_amd_cpus(cpp_runner):
+    """As `import ernie_vilg2` does for Python: MKL_DEBUG_CPU_TYPE=5 on an AMD CPU with AVX2 and
+    FMA (MKL's AVX2 path), never over the user's value, not when opted out."""
+    amd = amd_with_avx2(Path("/proc/cpuinfo").read_text())
+    default = _version_line(cpp_runner)
+    assert default.endswith("MKL_DEBUG_CPU_TYPE=5 (set by the runner: AMD CPU with AVX2 and FMA)" if amd
+                            else "MKL picks its code path"), default
+    assert _version_line(cpp_runner, ERNIE_VILG2_MKL_AVX2="0").endswith("MKL picks its code path")
+    assert _version_line(cpp_runner, MKL_DEBUG_CPU_TYPE="2").endswith("MKL_DEBUG_CPU_TYPE=2 (from the environment)")
 
 
 BAD_INPUT = [

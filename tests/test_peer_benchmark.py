@@ -2,9 +2,11 @@
 ERNIE's parameters map one to one onto a same-size BertModel's (the padding row as Paddle
 reads it), Linear weights are transposed into torch's layout, and a peer venv without
 transformers is one line naming requirements/peer.txt."""
+import json
 import os
 import re
 import stat
+import subprocess
 import sys
 
 import pytest
@@ -93,3 +95,37 @@ def test_pipeline_config_without_transformers_is_one_line(tmp_path, capsys):
     assert "has no transformers" in err and "requirements/peer.txt" in err
     # The U-Net configs do not need it.
     assert vs_pytorch.parse_args(["--configs", "tiny", "--peer-python", str(peer)]).configs == ["tiny"]
+
+
+def test_variant_environment_reaches_the_worker_or_stops_it(monkeypatch):
+    """glibc reads MALLOC_MMAP_THRESHOLD_ at process start: the lean variant's process must be
+    started with it (vs_pytorch's Worker passes it), and a worker started without it refuses."""
+    assert peer_worker.variant_environment("fast-lean") == {"MALLOC_MMAP_THRESHOLD_": "131072"}
+    assert peer_worker.variant_environment("fast") == {}
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    environ = dict(os.environ)
+    with pytest.raises(SystemExit, match="MALLOC_MMAP_THRESHOLD_"):
+        peer_worker.paddle_variant("fast-lean")
+    assert dict(os.environ) == environ  # refused before changing anything
+
+
+def test_import_profile_charges_each_module_its_own_memory(tmp_path):
+    """A module that touches 48 MiB and imports one that touches 24 MiB: each is charged its
+    own share (not the nested module's), and the nested one is traced to its importer. In a
+    fresh process: here, freed memory kept by earlier tests would be reused without growing."""
+    import import_memory
+
+    (tmp_path / "outer_probe.py").write_text("import inner_probe\nkept = b'x' * (48 << 20)\n")
+    (tmp_path / "inner_probe.py").write_text("kept = b'x' * (24 << 20)\n")
+    script = (f"import json, sys; sys.path[:0] = [{str(tmp_path)!r}, {BENCHMARKS!r}]\n"
+              "import import_memory\nprofile = import_memory.ImportProfile()\nsys.meta_path.insert(0, profile)\n"
+              "import outer_probe\nprint(json.dumps([profile.exclusive, profile.importer]))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")})
+    assert done.returncode == 0, done.stderr
+    exclusive, importer = json.loads(done.stdout)
+    assert exclusive["outer_probe"] == pytest.approx(48, abs=4)
+    assert exclusive["inner_probe"] == pytest.approx(24, abs=4)
+    assert importer["inner_probe"] == "outer_probe"
+    assert import_memory.package_of("paddlenlp.taskflow.text") == "paddlenlp.taskflow"
+    assert import_memory.package_of("pyarrow.lib") == "pyarrow"

@@ -13,6 +13,7 @@
 #include "image.h"
 #include "inference_engine.h"
 #include "manifest.h"
+#include "mkl_dispatch.h"
 #include "noise.h"
 #include "pipeline.h"
 #include "scheduler.h"
@@ -341,9 +342,10 @@ int generate(const Options& options, const Manifest& manifest) {
 
 int run(int argc, char** argv) {
   const Options options = parse_args(argc, argv);
+  const bool avx2_set_here = prefer_mkl_avx2();  // before the programs make MKL's first call
   if (options.version) {
     std::cout << "ernie_vilg2_infer: " << paddle_description() << ", tokenizer tables Unicode " << unicode_version()
-              << '\n';
+              << ", " << mkl_dispatch_description(avx2_set_here) << '\n';
     return 0;
   }
   const Manifest manifest = load_manifest(options.model);
