@@ -79,11 +79,13 @@ def launch(stage1, out, name, env_extra=None, attempts=3):
     env = {**os.environ, "GLOG_minloglevel": "2", **(env_extra or {})}
     for attempt in range(attempts):
         log_dir = out.parent / f"{name}-launch{attempt}"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(RANKS), "--log_dir",
-             str(log_dir), WORKER, "--config", TINY_YAML, "--resume", *opts],
-            cwd=str(out.parent), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True)
+        launcher_log = out.parent / f"{name}-launcher{attempt}.txt"  # which rank failed, and how
+        with open(launcher_log, "wb") as launcher_out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(RANKS), "--log_dir",
+                 str(log_dir), WORKER, "--config", TINY_YAML, "--resume", *opts],
+                cwd=str(out.parent), env=env, stdout=launcher_out, stderr=subprocess.STDOUT,
+                start_new_session=True)
         try:
             rc = proc.wait(timeout=LAUNCH_TIMEOUT)
         except subprocess.TimeoutExpired:
@@ -91,6 +93,8 @@ def launch(stage1, out, name, env_extra=None, attempts=3):
             proc.wait()
             rc = None
         logs = "\n".join(open(p, errors="replace").read() for p in sorted(glob.glob(str(log_dir / "workerlog.*"))))
+        if rc:
+            logs += "\n--- launcher ---\n" + launcher_log.read_text(errors="replace")[-1500:]
         if rc is not None and (CRASHED in logs or not any(s in logs for s in GLOO_FAILURE)):
             return rc, logs
         print(f"launch attempt {attempt + 1}: gloo gave up or the launch hung (rc {rc}); retrying")
