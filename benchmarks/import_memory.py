@@ -55,9 +55,11 @@ class _MeasuredLoader:
 
 
 class ImportProfile(importlib.abc.MetaPathFinder):
+    """First on sys.meta_path: finds each module with the other finders and measures its loading."""
+
     def __init__(self):
         self.exclusive: dict[str, float] = {}
-        self.importer: dict[str, str] = {}  # module -> the module being loaded when it was
+        self.importer: dict[str, str] = {}  # module -> the module whose loading imported it
         self._loading: list[str] = []
         self._nested = [0.0]  # growth charged to the modules inside each open measurement
         self._finding = False
@@ -95,7 +97,6 @@ class ImportProfile(importlib.abc.MetaPathFinder):
             nested = self._nested.pop()
             self.exclusive[name] = self.exclusive.get(name, 0.0) + grown - nested
             self._nested[-1] += grown
-
 
     def framework_of(self, module: str) -> str:
         """The framework package whose import (directly or through others) loaded `module`."""
