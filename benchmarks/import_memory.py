@@ -30,6 +30,7 @@ FRAMEWORKS = {"paddle", "paddlenlp", "ppdiffusers", "torch", "diffusers"}
 
 
 def rss_mib() -> float:
+    # Not peer_worker.rss_mib: importing peer_worker imports NumPy, before the measurement starts.
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
