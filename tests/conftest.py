@@ -143,3 +143,26 @@ def bank(make_tiny_pipeline, tmp_path_factory):
     import deploy_exports
 
     return deploy_exports.n10(make_tiny_pipeline, tmp_path_factory)
+
+
+# -- the C++ runner (deploy/cpp), built once per session ---------------------------------------------
+CPP_DIR = os.path.join(REPO_ROOT, "deploy", "cpp")
+CPP_BUILD_DIR = os.path.join(CPP_DIR, "build")
+
+
+@pytest.fixture(scope="session")
+def cpp_runner():
+    """Install missing system packages, configure and build deploy/cpp (incremental) into
+    deploy/cpp/build (kept between runs), return the binary's path. Never skipped: CI must
+    build the runner."""
+    import subprocess
+
+    def run(args, timeout=600):
+        proc = subprocess.run(args, capture_output=True, timeout=timeout, env={**os.environ, "GLOG_minloglevel": "2"})
+        output = (proc.stdout + proc.stderr).decode("utf-8", "replace")[-8000:]
+        assert proc.returncode == 0, f"{' '.join(args[:3])} failed:\n{output}"
+
+    run([os.path.join(CPP_DIR, "install_deps.sh")])
+    run(["cmake", "-S", CPP_DIR, "-B", CPP_BUILD_DIR, f"-DPython3_EXECUTABLE={sys.executable}"])
+    run(["cmake", "--build", CPP_BUILD_DIR, "-j", "2"], timeout=1200)
+    return os.path.join(CPP_BUILD_DIR, "ernie_vilg2_infer")

@@ -14,11 +14,15 @@ from typing import Any, Dict, Mapping
 
 from ..utils.integrity import DamagedFileError, describe_files, verify_files
 from ..utils.io import atomic_write_text
+from .json_limits import JsonLimitError, check_json_text
+from .program_bounds import ManifestError, check_against_programs, check_values
 
 FORMAT = "ernie-vilg2-inference"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 VERIFY_MODES = ("sha256", "size")
+# A manifest is a few KB (a scheduler's trained_betas list of T numbers is the largest part).
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 
 __all__ = [
     "DamagedFileError",
@@ -61,11 +65,6 @@ _REQUIRED = {
 }
 
 
-class ManifestError(ValueError):
-    """The manifest is unreadable, from another format version, or a field is missing or
-    wrong. ``str()`` is one line naming the file and the field."""
-
-
 def write_manifest(folder: str, manifest: Mapping[str, Any]) -> Dict[str, Any]:
     """Record size and SHA-256 of every file under ``folder`` in ``manifest["files"]`` and
     write ``folder/manifest.json`` (atomically). Returns the written manifest."""
@@ -95,8 +94,11 @@ def read_manifest(folder: str, verify: str = "sha256") -> Dict[str, Any]:
 
     ``verify="sha256"`` (default) hashes every file (a tiny 10-expert export: well under a
     second; a real one: tens of seconds per 10 GB); ``"size"`` compares sizes only, which
-    still catches missing and truncated files. Raises ``FileNotFoundError`` (no folder, no
-    manifest), :class:`ManifestError` (bad JSON, other format or version, missing field)
+    still catches missing and truncated files. Every size the runners allocate by is bounded
+    here, before they do: the file's size and nesting, each field's range, and each size against
+    the program that fixes it (:mod:`.program_bounds`). Raises ``FileNotFoundError`` (no folder,
+    no manifest), :class:`ManifestError` (bad JSON, other format or version, a field missing,
+    out of range or disagreeing with the programs)
     or :class:`~ernie_vilg2.utils.integrity.DamagedFileError` (a file missing, truncated
     or changed), each with a one-line message naming the file or field.
     """
@@ -107,10 +109,15 @@ def read_manifest(folder: str, verify: str = "sha256") -> Dict[str, Any]:
     path = os.path.join(folder, MANIFEST_NAME)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no manifest (not an export folder; make one with tools/export_model.py)")
+    size = os.path.getsize(path)
+    if size > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{path}: {size} bytes, more than a manifest can be ({MAX_MANIFEST_BYTES // 2**20} MiB)")
     try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8")
+        check_json_text(text)
+        manifest = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError, JsonLimitError) as exc:
         raise ManifestError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(manifest, dict):
         raise ManifestError(f"{path}: expected a JSON object")
@@ -140,10 +147,12 @@ def read_manifest(folder: str, verify: str = "sha256") -> Dict[str, Any]:
     for i, expert in enumerate(experts):
         if not (isinstance(expert, dict) and isinstance(expert.get("model"), str) and isinstance(expert.get("params"), str)):
             raise ManifestError(f"{path}: field 'programs.experts[{i}]' needs 'model' and 'params' paths")
+    check_values(path, manifest)
     programs = [manifest["programs"]["text_encoder"], *experts, manifest["programs"]["vae_decoder"]]
     listed = [p[k] for p in programs for k in ("model", "params")] + [manifest["tokenizer"]["vocab"]]
     for name in listed:
         if name not in manifest["files"]:
             raise ManifestError(f"{path}: field 'files' has no record of {name}")
     verify_files(folder, manifest["files"], checksum=verify == "sha256")
+    check_against_programs(path, manifest, folder)
     return manifest

@@ -20,6 +20,9 @@ from typing import List, Mapping, Optional
 import numpy as np
 
 SAMPLERS = ("ddim", "dpm")
+# Bounds the arrays of T numbers a config can ask for; the manifest's T also equals its
+# programs' timestep tables (program_bounds).
+MAX_TRAIN_TIMESTEPS = 100_000
 _F32 = np.float32
 
 
@@ -27,13 +30,27 @@ def _config_error(field: str, value, supported) -> ValueError:
     return ValueError(f"scheduler.{field}: {value!r} is not supported by the deploy runner (supported: {supported})")
 
 
-def _betas(config: Mapping) -> np.ndarray:
-    steps = int(config.get("num_train_timesteps", 1000))
+def _number(config: Mapping, field: str, default, low: float, high: float, integer: bool = False):
+    """``config[field]`` (or ``default``), a finite number in [low, high] (an integer if asked)."""
+    value = config.get(field, default)
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not (math.isfinite(value) and low <= value <= high):
+        kind = "an integer" if integer else "a finite number"
+        raise ValueError(f"scheduler.{field}: must be {kind} in [{low}, {high}], got {value!r}")
+    return value
+
+
+def _betas(config: Mapping, steps: int) -> np.ndarray:
     trained = config.get("trained_betas")
     if trained is not None:
+        if not (isinstance(trained, list) and len(trained) == steps):
+            raise ValueError(f"scheduler.trained_betas: expected a list of num_train_timesteps ({steps}) numbers")
+        for i in range(steps):
+            _number({"trained_betas": trained[i]}, "trained_betas", None, 0.0, 1.0)
         return np.asarray(trained, dtype=_F32)
     schedule = config.get("beta_schedule", "linear")
-    start, end = config.get("beta_start", 0.0001), config.get("beta_end", 0.02)
+    start = _number(config, "beta_start", 0.0001, 0.0, 1.0)
+    end = _number(config, "beta_end", 0.02, 0.0, 1.0)
     if schedule == "linear":
         return np.linspace(start, end, steps, dtype=_F32)
     if schedule == "scaled_linear":
@@ -58,13 +75,13 @@ def _require(config: Mapping, field: str, allowed, default):
 class _Scheduler:
     def __init__(self, config: Mapping):
         self.config = dict(config)
-        self.num_train_timesteps = int(config.get("num_train_timesteps", 1000))
+        self.num_train_timesteps = _number(config, "num_train_timesteps", 1000, 1, MAX_TRAIN_TIMESTEPS, integer=True)
         self.prediction_type = _require(config, "prediction_type", ("epsilon", "v_prediction", "sample"), "epsilon")
         _require(config, "thresholding", (False,), False)
         self.timestep_spacing = _require(config, "timestep_spacing", ("linspace", "leading", "trailing"),
                                          self.default_spacing)
-        self.steps_offset = int(config.get("steps_offset", 0))
-        self.alphas_cumprod = np.cumprod(1.0 - _betas(config), dtype=_F32)
+        self.steps_offset = _number(config, "steps_offset", 0, 0, self.num_train_timesteps - 1, integer=True)
+        self.alphas_cumprod = np.cumprod(1.0 - _betas(config, self.num_train_timesteps), dtype=_F32)
         self.init_noise_sigma = 1.0
         self.timesteps = np.zeros(0, dtype=np.int64)
 
@@ -83,7 +100,7 @@ class DDIMScheduler(_Scheduler):
         super().__init__(config)
         _require(config, "rescale_betas_zero_snr", (False,), False)
         self.clip_sample = bool(config.get("clip_sample", True))
-        self.clip_sample_range = _F32(config.get("clip_sample_range", 1.0))
+        self.clip_sample_range = _F32(_number(config, "clip_sample_range", 1.0, 0.0, math.inf))
         self.final_alpha_cumprod = _F32(1.0) if config.get("set_alpha_to_one", True) else self.alphas_cumprod[0]
         self.num_inference_steps: Optional[int] = None
 
@@ -142,7 +159,9 @@ class DPMSolverMultistepScheduler(_Scheduler):
         self.solver_type = "heun" if solver_type == "heun" else "midpoint"  # PPDiffusers maps the others so
         self.lower_order_final = bool(config.get("lower_order_final", True))
         self.euler_at_final = bool(config.get("euler_at_final", False))
-        self.lambda_min_clipped = float(config.get("lambda_min_clipped", -float("inf")))
+        clipped = config.get("lambda_min_clipped")  # -inf (no clipping) is how it is saved
+        self.lambda_min_clipped = -math.inf if clipped in (None, -math.inf) else float(
+            _number(config, "lambda_min_clipped", None, -math.inf, math.inf))
         alpha_t = np.sqrt(self.alphas_cumprod)
         sigma_t = np.sqrt(_F32(1) - self.alphas_cumprod)
         self.lambda_t = (np.log(alpha_t) - np.log(sigma_t)).astype(_F32)

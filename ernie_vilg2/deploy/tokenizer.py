@@ -20,7 +20,6 @@ in PaddleNLP's order (the C++ runner implements the same ones):
 """
 from __future__ import annotations
 
-import logging
 import os
 import re
 import unicodedata
@@ -28,10 +27,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
-
-# Prompts already reported as truncated (once per prompt and process, as the training tokenizer).
-_REPORTED_TRUNCATED: set = set()
+from ..text.tokenizer import report_truncation
 
 MAX_CHARS_PER_WORD = 100
 
@@ -203,15 +199,16 @@ class WordPieceTokenizer:
 
     # -- tokens to ids ----------------------------------------------------------------
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        """``input_ids`` int64 [len(texts), max_length]; warns when a prompt is cut."""
+        """``input_ids`` int64 [len(texts), max_length]; prompts cut to fit get one summary
+        warning per call, as in training and tools/generate.py (:func:`report_truncation`)."""
         ids = np.full((len(texts), self.max_length), self.pad_id, dtype="int64")
         room = self.max_length - 2
+        cut = False
         for row, text in enumerate(texts):
             tokens = self.tokenize(text)
-            if len(tokens) > room and text not in _REPORTED_TRUNCATED:
-                if len(_REPORTED_TRUNCATED) < 10_000:
-                    _REPORTED_TRUNCATED.add(text)
-                logger.warning("prompt truncated to %d tokens (tokenizer.max_length): %.60s...", self.max_length, text)
+            cut = cut or len(tokens) > room
             body = [self.vocab.get(t, self.unk_id) for t in tokens[:room]]
             ids[row, : len(body) + 2] = [self.cls_id, *body, self.sep_id]
+        if cut:
+            report_truncation(self, texts, self.max_length)
         return ids

@@ -4,9 +4,13 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <filesystem>
+#include <iomanip>
 #include <iostream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -50,30 +54,47 @@ Generates images with a pipeline exported by tools/export_model.py.
   --repeat N              generate N times with the same inputs (warm timings; default 1)
   --tokenize-only         print each prompt's token ids as a JSON list, one line per prompt;
                           without --prompt, reads prompts from stdin, one JSON string a line
+  --max-length N          with --tokenize-only: pad/cut to N tokens instead of the model's
   --version               print the versions and exit
 )";
+
+// --max-length's bound: the longest a text encoder's position table is in practice.
+constexpr int kMaxTokenizeLength = 65536;
 
 struct Options {
   std::string model, out = "out.png", noise;
   std::vector<std::string> prompts;
   std::string negative_prompt;
   std::uint64_t seed = 0;
-  int steps = 25, batch_size = 4, threads = 1, gpu_id = 0, repeat = 1;
+  int steps = 25, batch_size = 4, threads = 1, gpu_id = 0, repeat = 1, max_length = 0;
   std::string device = "cpu", sampler = "dpm", engine = "paddle";
   double guidance = 2.1;
   bool timing = false, tokenize_only = false, verify_checksums = false, version = false;
 };
 
-long long parse_integer(const std::string& flag, const std::string& text, long long minimum) {
+// An integer flag in [minimum, maximum]; the default maximum is what an int holds.
+long long parse_integer(const std::string& flag, const std::string& text, long long minimum,
+                        long long maximum = std::numeric_limits<int>::max()) {
   std::size_t used = 0;
   long long value = 0;
+  bool out_of_range = false;
   try {
     value = std::stoll(text, &used);
+  } catch (const std::out_of_range&) {
+    out_of_range = true;
   } catch (const std::exception&) {
     used = 0;
   }
-  if (used == 0 || used != text.size()) throw UserError(flag + ": expected an integer, got '" + text + "'");
-  if (value < minimum) throw UserError(flag + ": must be >= " + std::to_string(minimum) + ", got " + text);
+  if (!out_of_range && (used == 0 || used != text.size())) {
+    throw UserError(flag + ": expected an integer, got '" + text + "'");
+  }
+  if (!out_of_range && value < minimum) {
+    throw UserError(flag + ": must be >= " + std::to_string(minimum) + ", got " + text);
+  }
+  if (out_of_range || value > maximum) {
+    throw UserError(flag + ": must be between " + std::to_string(minimum) + " and " + std::to_string(maximum) +
+                    ", got " + text);
+  }
   return value;
 }
 
@@ -97,7 +118,7 @@ Options parse_args(int argc, char** argv) {
   const std::set<std::string> with_value = {"--model", "--prompt", "--negative-prompt", "--seed", "--noise",
                                             "--steps", "--guidance", "--out", "--threads", "--sampler",
                                             "--batch-size", "--device", "--gpu-id", "--repeat",
-                                            "--engine"};
+                                            "--engine", "--max-length"};
   for (int i = 1; i < argc; ++i) {
     std::string flag = argv[i], value;
     const auto equals = flag.find('=');
@@ -130,7 +151,8 @@ Options parse_args(int argc, char** argv) {
     } else if (flag == "--negative-prompt") {
       options.negative_prompt = value;
     } else if (flag == "--seed") {
-      options.seed = static_cast<std::uint64_t>(parse_integer(flag, value, 0));
+      // The seeds the Python runner takes (NumPy's generators): [0, 2**63 - 1].
+      options.seed = static_cast<std::uint64_t>(parse_integer(flag, value, 0, std::numeric_limits<long long>::max()));
     } else if (flag == "--noise") {
       options.noise = value;
     } else if (flag == "--steps") {
@@ -155,6 +177,8 @@ Options parse_args(int argc, char** argv) {
     } else if (flag == "--engine") {
       if (value != "paddle" && value != "onednn") throw UserError("--engine: expected paddle or onednn, got '" + value + "'");
       options.engine = value;
+    } else if (flag == "--max-length") {
+      options.max_length = static_cast<int>(parse_integer(flag, value, 3, kMaxTokenizeLength));
     } else if (flag == "--gpu-id") {
       options.gpu_id = static_cast<int>(parse_integer(flag, value, 0));
     }
@@ -164,6 +188,7 @@ Options parse_args(int argc, char** argv) {
     throw UserError("--engine " + options.engine + ": runs on the CPU only (--device cpu)");
   }
   if (options.model.empty()) throw UserError("--model: required (the export folder)");
+  if (options.max_length && !options.tokenize_only) throw UserError("--max-length: only with --tokenize-only");
   if (!options.tokenize_only) {
     if (options.prompts.empty()) throw UserError("--prompt: no prompt given");
     const std::string& out = options.out;
@@ -196,8 +221,11 @@ std::string prompt_flag(const Options& options, std::size_t index) {
 }
 
 int tokenize_only(const Options& options, const Manifest& manifest) {
-  verify_files(manifest, {manifest.vocab}, options.verify_checksums);
-  const Tokenizer tokenizer(manifest.tokenizer);
+  verify_files(manifest, {manifest.vocab, manifest.text_encoder.model}, options.verify_checksums);
+  check_program_sizes(manifest, {}, false);
+  TokenizerConfig config = manifest.tokenizer;
+  if (options.max_length) config.max_length = options.max_length;
+  const Tokenizer tokenizer(config);
   auto print = [&](const std::u32string& prompt) {
     std::cout << nlohmann::json(tokenizer.encode(prompt).ids).dump() << '\n';
   };
@@ -213,7 +241,10 @@ int tokenize_only(const Options& options, const Manifest& manifest) {
     nlohmann::json value;
     try {
       value = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::parse_error&) {
+    } catch (const nlohmann::json::parse_error& error) {
+      if (std::string(error.what()).find("surrogate") != std::string::npos) {
+        throw UserError(where + ": a lone UTF-16 surrogate escape (\\ud800-\\udfff) is not a character");
+      }
       throw UserError(where + ": expected a JSON string");
     }
     if (!value.is_string()) throw UserError(where + ": expected a JSON string");
@@ -222,14 +253,30 @@ int tokenize_only(const Options& options, const Manifest& manifest) {
   return 0;
 }
 
-// Writes the image, or for several the grid, the singles beside it and a JSON caption
-// file, as tools/generate.py does.
-void save_images(const Options& options, const std::vector<RgbImage>& images) {
-  if (images.size() == 1) {
-    write_png(images[0], options.out);
-    std::cout << "wrote " << options.out << '\n';
-    return;
+// Removes numbered outputs of an earlier run with the same stem (STEM_<digits>.png) that
+// this run did not write, so the folder holds what the captions file lists.
+void remove_stale_outputs(const std::string& stem, const std::set<std::string>& written) {
+  namespace fs = std::filesystem;
+  const fs::path base(stem);
+  const fs::path folder = base.has_parent_path() ? base.parent_path() : fs::path(".");
+  const std::string prefix = base.filename().string() + "_";
+  std::error_code error;
+  for (const fs::directory_entry& entry : fs::directory_iterator(folder, error)) {
+    const std::string name = entry.path().filename().string();
+    if (name.size() <= prefix.size() + 4 || name.compare(0, prefix.size(), prefix) != 0 ||
+        name.compare(name.size() - 4, 4, ".png") != 0 || written.count(name)) {
+      continue;
+    }
+    const std::string digits = name.substr(prefix.size(), name.size() - prefix.size() - 4);
+    if (std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+      fs::remove(entry.path(), error);
+    }
   }
+}
+
+// Writes the grid, the single images beside it and a JSON caption file, as tools/generate.py
+// does (the index has as many digits as the image count, at least 3).
+void save_images(const Options& options, const std::vector<RgbImage>& images) {
   const std::string stem = options.out.substr(0, options.out.size() - 4);
   const std::string base = stem.substr(stem.find_last_of('/') + 1);
   nlohmann::json record = {{"model", options.model}, {"runner", "ernie_vilg2_infer (C++)"},
@@ -238,11 +285,15 @@ void save_images(const Options& options, const std::vector<RgbImage>& images) {
                            {"grid", base + ".png"}};
   record["seed"] = options.noise.empty() ? nlohmann::json(options.seed) : nlohmann::json(nullptr);
   record["noise"] = options.noise.empty() ? nlohmann::json(nullptr) : nlohmann::json(options.noise);
+  const int digits = std::max<int>(3, static_cast<int>(std::to_string(images.size()).size()));
+  std::set<std::string> written;
   for (std::size_t i = 0; i < images.size(); ++i) {
-    char suffix[32];
-    std::snprintf(suffix, sizeof suffix, "_%03zu.png", i);
+    std::ostringstream number;
+    number << std::setw(digits) << std::setfill('0') << i;
+    const std::string suffix = "_" + number.str() + ".png";
     write_png(images[i], stem + suffix);
     record["images"][base + suffix] = options.prompts[i];
+    written.insert(base + suffix);
   }
   write_png(make_grid(images), options.out);
   const std::string captions = stem + ".json", temporary = captions + ".tmp";
@@ -252,8 +303,28 @@ void save_images(const Options& options, const std::vector<RgbImage>& images) {
       std::rename(temporary.c_str(), captions.c_str()) != 0) {
     throw UserError("--out: cannot write " + captions);
   }
-  std::cout << "wrote grid " << options.out << " and " << images.size() << " images beside it (" << base
-            << "_000.png ...), captions " << captions << '\n';
+  remove_stale_outputs(stem, written);
+  std::cout << "wrote grid " << options.out << " and " << images.size() << " image" << (images.size() > 1 ? "s" : "")
+            << " beside it (" << base << "_" << std::string(digits - 1, '0') << "0.png ...), captions " << captions
+            << '\n';
+}
+
+// One warning for all prompts cut to the tokenizer's length, as the Python runners give.
+void report_truncation(const Tokenizer& tokenizer, const std::vector<std::u32string>& prompts) {
+  const std::set<std::u32string> distinct(prompts.begin(), prompts.end());
+  std::size_t cut = 0, longest = 0;
+  for (const std::u32string& prompt : distinct) {
+    const std::size_t length = tokenizer.tokenize(prompt).size() + 2;  // with [CLS] and [SEP]
+    if (length > static_cast<std::size_t>(tokenizer.config().max_length)) {
+      ++cut;
+      longest = std::max(longest, length);
+    }
+  }
+  if (cut) {
+    std::cerr << "warning: " << cut << " of " << distinct.size() << " prompts were truncated to "
+              << tokenizer.config().max_length << " tokens (tokenizer.max_length); longest: " << longest
+              << " tokens\n";
+  }
 }
 
 int generate(const Options& options, const Manifest& manifest) {
@@ -265,9 +336,13 @@ int generate(const Options& options, const Manifest& manifest) {
   } catch (const std::runtime_error& error) {
     throw UserError(manifest.path("manifest.json") + ": " + error.what());
   }
-  if (options.steps > manifest.num_train_timesteps) {
-    throw UserError("--steps: must be between 1 and " + std::to_string(manifest.num_train_timesteps) +
-                    " (the model's num_train_timesteps), got " + std::to_string(options.steps));
+  // One timestep per step; DPM-Solver++ takes one fewer (its grid of steps + 1 points repeats
+  // a timestep from steps = T on: a zero step size and NaN images), as in the Python pipelines.
+  const int limit = manifest.num_train_timesteps - (options.sampler == "dpm" ? 1 : 0);
+  if (options.steps > limit) {
+    throw UserError("--steps: must be <= " + std::to_string(limit) + " with " + options.sampler +
+                    " (num_train_timesteps " + std::to_string(manifest.num_train_timesteps) + "), got " +
+                    std::to_string(options.steps));
   }
   std::vector<int> timesteps;
   try {
@@ -275,12 +350,14 @@ int generate(const Options& options, const Manifest& manifest) {
   } catch (const std::runtime_error& error) {
     throw UserError(manifest.path("manifest.json") + ": " + error.what());
   }
-  for (int t : timesteps) {
-    const ProgramFiles& expert = manifest.experts[manifest.expert_for_timestep(t)];
-    files.push_back(expert.model);
-    files.push_back(expert.params);
+  std::set<int> experts;
+  for (int t : timesteps) experts.insert(manifest.expert_for_timestep(t));
+  for (int expert : experts) {
+    files.push_back(manifest.experts[expert].model);
+    files.push_back(manifest.experts[expert].params);
   }
   verify_files(manifest, files, options.verify_checksums);
+  check_program_sizes(manifest, experts, true);  // before anything is sized by the manifest
   const Tokenizer tokenizer(manifest.tokenizer);
 
   GenerationRequest request;
@@ -289,6 +366,7 @@ int generate(const Options& options, const Manifest& manifest) {
     check_not_empty(prompt_flag(options, i), request.prompts.back());
   }
   request.negative_prompt = decode_prompt("--negative-prompt", options.negative_prompt);
+  report_truncation(tokenizer, request.prompts);
   request.steps = options.steps;
   request.guidance = static_cast<float>(options.guidance);
   const std::vector<std::int64_t> shape = {static_cast<std::int64_t>(request.prompts.size()), manifest.latent_channels,

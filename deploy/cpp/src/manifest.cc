@@ -4,11 +4,13 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
-#include <sstream>
 #include <nlohmann/json.hpp>
 #include <type_traits>
 
+#include "json_limits.h"
+#include "program_info.h"
 #include "unicode_text.h"
 
 namespace ernie_vilg2 {
@@ -18,39 +20,11 @@ using nlohmann::json;
 
 constexpr const char* kFormat = "ernie-vilg2-inference";
 constexpr int kFormatVersion = 1;
-
-// Python's json module writes the non-standard literals NaN, Infinity and -Infinity (a
-// DPM-Solver++ config holds lambda_min_clipped = -inf); they become null before parsing.
-std::string python_literals_to_null(const std::string& text) {
-  std::string out;
-  out.reserve(text.size());
-  bool in_string = false;
-  for (std::size_t i = 0; i < text.size(); ++i) {
-    const char c = text[i];
-    if (in_string) {
-      out += c;
-      if (c == '\\' && i + 1 < text.size()) {
-        out += text[++i];
-      } else if (c == '"') {
-        in_string = false;
-      }
-      continue;
-    }
-    if (c == '"') in_string = true;
-    bool replaced = false;
-    for (const char* literal : {"-Infinity", "Infinity", "NaN"}) {
-      const std::size_t length = std::char_traits<char>::length(literal);
-      if (text.compare(i, length, literal) == 0) {
-        out += "null";
-        i += length - 1;
-        replaced = true;
-        break;
-      }
-    }
-    if (!replaced) out += c;
-  }
-  return out;
-}
+constexpr std::int64_t kMaxInteger = 1000000000;
+// A manifest is a few KB (a scheduler's trained_betas list of T numbers is the largest part).
+constexpr std::int64_t kMaxManifestBytes = 4ll << 20;
+// The vocab is read whole: a real one is a few hundred KB.
+constexpr std::int64_t kMaxVocabBytes = 64ll << 20;
 
 bool is_directory(const std::string& path) {
   struct stat info {};
@@ -78,7 +52,10 @@ class Fields {
     const json& value = at(parent, key, field);
     if (!value.is_number_integer()) fail(field, "expected an integer");
     const auto number = value.get<std::int64_t>();
-    if (number < minimum || number > 1000000000) fail(field, "must be >= " + std::to_string(minimum));
+    if (number < minimum || number > kMaxInteger) {
+      fail(field, "must be between " + std::to_string(minimum) + " and " + std::to_string(kMaxInteger) + ", got " +
+                      value.dump());
+    }
     return static_cast<int>(number);
   }
   double number(const json& parent, const std::string& key, const std::string& field) const {
@@ -145,6 +122,10 @@ SchedulerConfig read_scheduler(const json& scheduler, const Fields& fields) {
   optional_field(scheduler, "solver_type", fields, &config.solver_type);
   optional_field(scheduler, "lower_order_final", fields, &config.lower_order_final);
   optional_field(scheduler, "euler_at_final", fields, &config.euler_at_final);
+  for (const auto& [key, beta] : {std::pair<const char*, double>{"beta_start", config.beta_start},
+                                  std::pair<const char*, double>{"beta_end", config.beta_end}}) {
+    if (!(beta >= 0 && beta <= 1)) fields.fail(std::string("scheduler.") + key, "must be a number in [0, 1]");
+  }
   auto is_set = [&](const char* key) {
     return scheduler.contains(key) && !scheduler.at(key).is_null() && scheduler.at(key) != false;
   };
@@ -220,18 +201,11 @@ int Manifest::expert_for_timestep(int t) const {
 Manifest load_manifest(const std::string& folder) {
   if (!is_directory(folder)) throw UserError("--model: export folder not found: " + folder);
   const std::string file = folder + "/manifest.json";
-  std::ifstream in(file, std::ios::binary);
-  if (!in) {
+  struct stat info {};
+  if (stat(file.c_str(), &info) != 0) {
     throw UserError(file + ": not found (is " + folder + " an export folder? tools/export_model.py writes one)");
   }
-  std::stringstream text;
-  text << in.rdbuf();
-  json root;
-  try {
-    root = json::parse(python_literals_to_null(text.str()));
-  } catch (const json::parse_error& error) {
-    throw UserError(file + ": not valid JSON (byte " + std::to_string(error.byte) + ")");
-  }
+  const json root = read_json_file(file, kMaxManifestBytes, "a manifest");
   const Fields fields(file);
   if (!root.is_object()) throw UserError(file + ": expected a JSON object");
   if (fields.string(root, "format", "format") != kFormat) {
@@ -250,7 +224,12 @@ Manifest load_manifest(const std::string& folder) {
   manifest.latent_height = fields.integer(latent, "height", "latent.height", 1);
   manifest.latent_width = fields.integer(latent, "width", "latent.width", 1);
   manifest.scaling_factor = fields.number(latent, "scaling_factor", "latent.scaling_factor");
-  if (!(manifest.scaling_factor > 0)) fields.fail("latent.scaling_factor", "must be > 0");
+  if (!(std::isfinite(manifest.scaling_factor) && manifest.scaling_factor > 0)) {
+    fields.fail("latent.scaling_factor", "must be a finite number > 0");
+  }
+  const json& image = fields.object(root, "image", "image");
+  manifest.image_height = fields.integer(image, "height", "image.height", 1);
+  manifest.image_width = fields.integer(image, "width", "image.width", 1);
   const json& router = fields.object(root, "router", "router");
   manifest.num_experts = fields.integer(router, "num_experts", "router.num_experts", 1);
   manifest.num_train_timesteps = fields.integer(router, "num_train_timesteps", "router.num_train_timesteps", 1);
@@ -266,11 +245,18 @@ Manifest load_manifest(const std::string& folder) {
 
   const json& programs = fields.object(root, "programs", "programs");
   manifest.text_encoder = fields.program(programs, "text_encoder", "programs.text_encoder");
+  if (programs.at("text_encoder").contains("hidden_size")) {
+    manifest.hidden_size = fields.integer(programs.at("text_encoder"), "hidden_size", "programs.text_encoder.hidden_size", 1);
+  }
   manifest.vae_decoder = fields.program(programs, "vae_decoder", "programs.vae_decoder");
   const json& experts = fields.at(programs, "experts", "programs.experts");
   if (!experts.is_array() || static_cast<int>(experts.size()) != manifest.num_experts) {
     fields.fail("programs.experts", "expected a list of router.num_experts (" + std::to_string(manifest.num_experts) +
                                         ") programs");
+  }
+  if (manifest.num_train_timesteps % manifest.num_experts != 0) {
+    fields.fail("router.num_experts", "must divide router.num_train_timesteps (" +
+                                          std::to_string(manifest.num_train_timesteps) + ")");
   }
   const int stage = manifest.num_train_timesteps / manifest.num_experts;
   for (int i = 0; i < manifest.num_experts; ++i) {
@@ -296,6 +282,88 @@ Manifest load_manifest(const std::string& folder) {
     manifest.files[name] = entry;
   }
   return manifest;
+}
+
+namespace {
+
+// The program dimension `dim` of `shape` (rank `rank`), or UserError naming the field.
+std::int64_t dimension(const Manifest& manifest, const ProgramInfo& info, const std::string& name,
+                       const Shape& shape, std::size_t rank, std::size_t dim, const std::string& field) {
+  if (shape.size() != rank) {
+    throw UserError(manifest.path("manifest.json") + ": field '" + field + "': " + info.path + " has no " + name +
+                    " of rank " + std::to_string(rank) + "; not a program of this export format");
+  }
+  return shape[dim];
+}
+
+void agree(const Manifest& manifest, const std::string& field, std::int64_t value, const std::string& relative,
+           const std::string& what, std::int64_t expected) {
+  if (value != expected) {
+    throw UserError(manifest.path("manifest.json") + ": field '" + field + "': " + std::to_string(value) +
+                    " does not match the program: " + relative + " has " + what + " " + std::to_string(expected));
+  }
+}
+
+Shape input_shape(const ProgramInfo& info, const std::string& name) {
+  auto found = info.inputs.find(name);
+  return found == info.inputs.end() ? Shape() : found->second;
+}
+
+}  // namespace
+
+void check_program_sizes(const Manifest& manifest, const std::set<int>& experts, bool decoder) {
+  struct stat vocab {};
+  if (stat(manifest.path(manifest.vocab).c_str(), &vocab) == 0 && vocab.st_size > kMaxVocabBytes) {
+    throw UserError(manifest.path("manifest.json") + ": field 'tokenizer.vocab': " + manifest.path(manifest.vocab) +
+                    " is larger than " + std::to_string(kMaxVocabBytes >> 20) + " MiB (a vocab is a few hundred KB)");
+  }
+  const ProgramInfo text = read_program_info(manifest.path(manifest.text_encoder.model));
+  const std::string& text_name = manifest.text_encoder.model;
+  const std::int64_t length = manifest.tokenizer.max_length;
+  agree(manifest, "tokenizer.max_length", length, text_name, "input_ids length",
+        dimension(manifest, text, "input 'input_ids'", input_shape(text, "input_ids"), 2, 1,
+                  "tokenizer.max_length"));
+  const std::int64_t hidden =
+      dimension(manifest, text, "output", text.output, 3, 2, "programs.text_encoder.hidden_size");
+  if (manifest.hidden_size > 0) {
+    agree(manifest, "programs.text_encoder.hidden_size", manifest.hidden_size, text_name, "hidden size", hidden);
+  }
+  auto check_latents = [&](const ProgramInfo& info, const std::string& relative, const std::string& name) {
+    const Shape shape = input_shape(info, name);
+    const std::string input = "input '" + name + "'";
+    agree(manifest, "latent.channels", manifest.latent_channels, relative, name + " channels",
+          dimension(manifest, info, input, shape, 4, 1, "latent"));
+    agree(manifest, "latent.height", manifest.latent_height, relative, name + " height",
+          dimension(manifest, info, input, shape, 4, 2, "latent"));
+    agree(manifest, "latent.width", manifest.latent_width, relative, name + " width",
+          dimension(manifest, info, input, shape, 4, 3, "latent"));
+  };
+  for (int i : experts) {
+    const std::string& relative = manifest.experts[i].model;
+    const ProgramInfo expert = read_program_info(manifest.path(relative));
+    check_latents(expert, relative, "sample");
+    const std::string field = "programs.experts[" + std::to_string(i) + "]";
+    const Shape states = input_shape(expert, "encoder_hidden_states");
+    agree(manifest, "tokenizer.max_length", length, relative, "encoder_hidden_states length",
+          dimension(manifest, expert, "input 'encoder_hidden_states'", states, 3, 1, field));
+    agree(manifest, field, hidden, relative, "encoder_hidden_states width",
+          dimension(manifest, expert, "input 'encoder_hidden_states'", states, 3, 2, field));
+    if (expert.tables.empty() || expert.tables[0].empty()) {
+      throw UserError(manifest.path("manifest.json") + ": field 'router.num_train_timesteps': " + expert.path +
+                      " has no timestep table (not exported by tools/export_model.py)");
+    }
+    agree(manifest, "router.num_train_timesteps", manifest.num_train_timesteps, relative, "timestep table rows",
+          expert.tables[0][0]);
+  }
+  if (decoder) {
+    const std::string& relative = manifest.vae_decoder.model;
+    const ProgramInfo info = read_program_info(manifest.path(relative));
+    check_latents(info, relative, "latents");
+    agree(manifest, "image.height", manifest.image_height, relative, "output height",
+          dimension(manifest, info, "output", info.output, 4, 2, "image"));
+    agree(manifest, "image.width", manifest.image_width, relative, "output width",
+          dimension(manifest, info, "output", info.output, 4, 3, "image"));
+  }
 }
 
 void verify_files(const Manifest& manifest, const std::vector<std::string>& names, bool sha256) {

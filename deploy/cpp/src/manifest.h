@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -25,7 +26,9 @@ struct FileRecord {
 
 struct Manifest {
   std::string folder;
+  int image_height = 0, image_width = 0;
   int latent_channels = 0, latent_height = 0, latent_width = 0;
+  int hidden_size = 0;  // programs.text_encoder.hidden_size; 0 when not recorded
   double scaling_factor = 1.0;
   int num_experts = 0, num_train_timesteps = 0;
   SchedulerConfig scheduler;
@@ -42,6 +45,13 @@ struct Manifest {
 
 // Reads FOLDER/manifest.json; throws UserError ("--model: ...", "FOLDER/manifest.json: ...").
 Manifest load_manifest(const std::string& folder);
+
+// Checks every size of the manifest against the program that fixes it (tokenizer.max_length
+// against the text encoder's input_ids, the latent size against the experts' and the VAE
+// decoder's inputs, the image size against the decoder's output, T against the experts'
+// timestep tables), for the text encoder, the experts `experts` and, with `decoder`, the VAE
+// decoder; throws UserError naming the field. Call it after verify_files, before allocating.
+void check_program_sizes(const Manifest& manifest, const std::set<int>& experts, bool decoder);
 
 // Checks the sizes (and with `sha256`, the SHA-256 sums) that the manifest records for
 // the files `names` (paths relative to the folder); throws UserError naming the file.

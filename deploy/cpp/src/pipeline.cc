@@ -1,11 +1,13 @@
 #include "pipeline.h"
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <iostream>
 #include <set>
 #include <stdexcept>
 
-#include "unicode_text.h"
+#include "errors.h"
 
 namespace ernie_vilg2 {
 namespace {
@@ -40,11 +42,7 @@ std::vector<float> Pipeline::encode_text(const std::vector<std::u32string>& text
   const int length = tokenizer_.config().max_length;
   std::vector<std::int64_t> ids;
   for (std::size_t i = 0; i < texts.size(); ++i) {
-    Encoding encoding = tokenizer_.encode(texts[i]);
-    if (encoding.truncated) {
-      std::cerr << "warning: prompt truncated to " << length << " tokens (tokenizer.max_length): "
-                << encode_utf8(texts[i].substr(0, 60)) << "...\n";
-    }
+    const Encoding encoding = tokenizer_.encode(texts[i]);  // truncation is reported once by the caller
     ids.insert(ids.end(), encoding.ids.begin(), encoding.ids.end());
   }
   text_encoder_->set_input("input_ids", {static_cast<int>(texts.size()), length}, ids.data());
@@ -97,6 +95,12 @@ std::vector<RgbImage> Pipeline::generate(const GenerationRequest& request, Timin
       eps.resize(per_batch);
     }
     scheduler_.step(eps, t, &latents);
+    // NaN or inf stays so to the end and would be written as a black image (the Python rule).
+    if (!std::all_of(latents.begin(), latents.end(), [](float v) { return std::isfinite(v); })) {
+      throw UserError("sampling produced non-finite latents (NaN/inf) at step " +
+                      std::to_string(timing->step_ms.size() + 1) + " of " + std::to_string(request.steps) +
+                      "; check the guidance scale, the number of steps and the model weights");
+    }
     timing->step_ms.push_back(elapsed_ms(phase));
   }
 

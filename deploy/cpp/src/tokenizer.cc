@@ -64,7 +64,7 @@ Tokenizer::Tokenizer(TokenizerConfig config) : config_(std::move(config)) {
   auto required = [&](const std::string& token, const char* field) {
     auto it = vocab_.find(token);
     if (it == vocab_.end()) {
-      throw UserError(config_.vocab_file + ": the " + field + " '" + token + "' is not in the vocab");
+      throw UserError(std::string("field 'tokenizer.") + field + "': '" + token + "' is not in the vocabulary (" + config_.vocab_file + ")");
     }
     return it->second;
   };
