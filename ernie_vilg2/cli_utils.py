@@ -65,16 +65,15 @@ def add_generation_arguments(p: argparse.ArgumentParser, size_help: str = "defau
     p.add_argument("--out", default="samples/grid.png", help="grid PNG path; singles go beside it")
 
 
-NEWLINE = b"\n"
-
-
 def utf8_error(raw: bytes, with_line: bool = False) -> Optional[str]:
     """None if ``raw`` is valid UTF-8, else where it is not (and on which line)."""
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = f", line {raw.count(NEWLINE, 0, exc.start) + 1}" if with_line else ""
-        return f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start}{line})"
+        where = f"byte 0x{raw[exc.start]:02x} at offset {exc.start}"
+        if with_line:
+            where += ", line %d" % (raw.count(b"\n", 0, exc.start) + 1)
+        return f"not valid UTF-8 ({where})"
     return None
 
 

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import deploy_exports
 from conftest import REPO_ROOT
 
 GENERATE = os.path.join(REPO_ROOT, "tools", "generate.py")
@@ -160,11 +159,12 @@ INFER = os.path.join(REPO_ROOT, "deploy", "python", "infer.py")
 @pytest.mark.parametrize("args,expected", [
     ([b"--prompt", b"ok", b"--prompt", b"red \xff apple"], "--prompt #2: not valid UTF-8 (byte 0xff at offset 4)"),
     ([b"--prompt", "红苹".encode("utf-8")[:-1]], "--prompt #1: not valid UTF-8 (byte 0xe8 at offset 3)"),  # cut
-    ([b"--prompt", b"ok", b"--negative-prompt", b"\xc3("], "--negative-prompt: not valid UTF-8 (byte 0xc3 at offset 0)"),
+    ([b"--prompt", b"ok", b"--negative-prompt", b"\xc3("],
+     "--negative-prompt: not valid UTF-8 (byte 0xc3 at offset 0)"),
     ([b"--prompt-file", b"{prompts}"], "--prompt-file: {prompts}: not valid UTF-8 (byte 0xfe at offset 19, line 2)"),
     ([b"--prompt", b"ok", b"--out", b"{tmp}/g\xff.png"], "--out: not valid UTF-8 (byte 0xff at offset "),  # a name
 ])
-def test_prompts_that_are_not_utf8_are_refused_before_any_image(tiny_pipeline_dir, tmp_path, script, args, expected):
+def test_text_that_is_not_utf8_is_refused_before_any_image(tiny_pipeline_dir, tmp_path, script, args, expected):
     """Undecodable argument bytes (Python keeps them as lone surrogates) and file bytes: one line
     naming the flag, exit 2, nothing written (not images first, then a failing captions JSON)."""
     prompts = tmp_path / "prompts.txt"
@@ -197,12 +197,15 @@ def test_nan_weights_are_an_error_not_black_images(make_tiny_pipeline, tmp_path)
 
 
 def test_seed_boundary_of_the_cli_checks():
-    from ernie_vilg2.cli_utils import check_generation_arguments
+    import argparse
 
-    generate = deploy_exports.load_tool("tools/generate.py")
-    check_generation_arguments(generate.parse_args(["--model", "m", "--prompt", "x", "--seed", str(2**63 - 1)]))
+    from ernie_vilg2.cli_utils import add_generation_arguments, check_generation_arguments
+
+    parser = argparse.ArgumentParser()
+    add_generation_arguments(parser)
+    check_generation_arguments(parser.parse_args(["--prompt", "x", "--seed", str(2**63 - 1)]))
     with pytest.raises(SystemExit) as exc:
-        check_generation_arguments(generate.parse_args(["--model", "m", "--prompt", "x", "--seed", str(2**63)]))
+        check_generation_arguments(parser.parse_args(["--prompt", "x", "--seed", str(2**63)]))
     assert exc.value.code == 2
 
 

@@ -90,8 +90,8 @@ MAX_LINE_WARNINGS = 20
 # Kinds of skipped records, as the reasons start (anything else is an invalid record).
 MALFORMED_JSON, MISSING_IMAGE, UNDECODABLE_IMAGE, OVERSIZED_IMAGE, INVALID_RECORD = (
     "malformed JSON", "missing image", "undecodable image", "oversized image", "invalid record")
-# Large images are decoded or reduced to at least this many times the side they are resized
-# to (as Pillow's thumbnail does): the resize from there looks as from the full image.
+# Large images are decoded or reduced to no less than this many times the side they are
+# resized to (Pillow's reducing_gap): the resize from there looks as from the full image.
 REDUCING_GAP = 3
 # Files that are certainly not JSON Lines (the content decides for any other name).
 TABULAR_SUFFIXES = (".csv", ".tsv", ".tab")
