@@ -13,7 +13,7 @@ import os
 import re
 import sys
 import warnings
-from typing import Dict, List, NoReturn, Sequence
+from typing import Dict, List, NoReturn, Optional, Sequence
 
 
 def fail(message: str) -> NoReturn:
@@ -65,15 +65,47 @@ def add_generation_arguments(p: argparse.ArgumentParser, size_help: str = "defau
     p.add_argument("--out", default="samples/grid.png", help="grid PNG path; singles go beside it")
 
 
+def utf8_error(raw: bytes, with_line: bool = False) -> Optional[str]:
+    """None if ``raw`` is valid UTF-8, else where it is not (and on which line)."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        where = f"byte 0x{raw[exc.start]:02x} at offset {exc.start}"
+        if with_line:
+            where += ", line %d" % (raw.count(b"\n", 0, exc.start) + 1)
+        return f"not valid UTF-8 ({where})"
+    return None
+
+
+def argument_text_error(text: str) -> Optional[str]:
+    """None if the command-line value ``text`` is valid text, else why not. Python keeps
+    argument bytes that are not UTF-8 as lone surrogates (surrogateescape): images would be
+    made, then writing the prompt to the captions JSON would fail."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")  # the bytes as typed
+    except UnicodeEncodeError:  # a surrogate that stands for no byte
+        from .text.tokenizer import lone_surrogate
+
+        return f"not valid Unicode text ({lone_surrogate(text)})"
+    return utf8_error(raw)
+
+
 def check_sampling_arguments(args: argparse.Namespace) -> None:
-    """Refuse impossible values of :func:`add_sampling_arguments`' flags, naming the flag."""
+    """Refuse impossible values of :func:`add_sampling_arguments`' flags, naming the flag:
+    the pipelines' own rules (:mod:`ernie_vilg2.pipelines.checks`), checked before loading."""
+    from .pipelines.checks import check_guidance_scale, check_seed
+
     for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size)):
         if value < 1:
             fail(f"{flag} must be >= 1, got {value}")
-    if args.seed < 0:
-        fail(f"--seed must be >= 0, got {args.seed}")
-    if args.guidance < 0:
-        fail(f"--guidance must be >= 0, got {args.guidance}")
+    try:
+        check_seed(args.seed)
+        check_guidance_scale(args.guidance)
+    except ValueError as exc:
+        fail(flag_message(exc))
+    problem = argument_text_error(args.negative_prompt or "")
+    if problem:
+        fail(f"--negative-prompt: {problem}")
 
 
 def check_generation_arguments(args: argparse.Namespace) -> None:
@@ -85,6 +117,10 @@ def check_generation_arguments(args: argparse.Namespace) -> None:
             fail(f"{flag} must be >= 1, got {value}")
     if not args.out.lower().endswith(".png"):
         fail(f"--out must be a .png file name, got {args.out}")
+    for flag, path in (("--out", args.out), ("--model", getattr(args, "model", None))):
+        problem = path and argument_text_error(path)  # both are written to the captions JSON
+        if problem:
+            fail(f"{flag}: {problem}")
 
 
 def collect_prompts(args: argparse.Namespace) -> List[str]:
@@ -92,11 +128,18 @@ def collect_prompts(args: argparse.Namespace) -> List[str]:
     from .utils.prompts import PromptColumnError, read_prompts
 
     prompts = list(args.prompt)
+    for number, prompt in enumerate(prompts, 1):
+        problem = argument_text_error(prompt)
+        if problem:
+            fail(f"--prompt #{number}: {problem}")
     if args.prompt_file:
         try:
             prompts += read_prompts(args.prompt_file, column=args.column, limit=args.limit)
         except PromptColumnError as exc:
             fail(f"--column: {exc}")
+        except UnicodeDecodeError:  # its position is within a read buffer: find it in the file
+            with open(args.prompt_file, "rb") as f:
+                fail(f"--prompt-file: {args.prompt_file}: {utf8_error(f.read(), with_line=True)}")
         except (FileNotFoundError, ValueError) as exc:
             fail(f"--prompt-file: {exc}")
     elif args.column or args.limit:

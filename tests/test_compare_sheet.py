@@ -169,7 +169,7 @@ CATEGORIES = ["颜色", "颜色", "位置", "位置", "计数", "", "颜色"]
 NAMES = {"A": "model-one", "B": "model-two"}
 
 
-def _sheet_items():
+def _sheet_items(categories=CATEGORIES):
     """Model A's images are red, model B's blue (K = 2 per prompt, 32 px)."""
     from ernie_vilg2.evaluation.sheet import SheetItem
 
@@ -179,21 +179,21 @@ def _sheet_items():
     prompts = ["红苹果", "a blue heart", "猫在狗的左边", "</script><b>not bold</b>", "三只猫", "一只青蛙", "黄色方块"]
     return [SheetItem(p, [image((220, 20 + 10 * i, 20)), image((200, 20, 40))],
                       [image((20, 20 + 10 * i, 220)), image((40, 20, 200))], c, "zh")
-            for i, (p, c) in enumerate(zip(prompts, CATEGORIES))]
+            for i, (p, c) in enumerate(zip(prompts, categories))]
 
 
 READY = "document.body.dataset.ready === 'true'"  # the stored votes are loaded
 SAVED = "document.body.dataset.unsaved === '0'"  # every vote is stored (a reload aborts pending saves)
 NO_STORAGE_WARNING = "document.getElementById('storage-warning').hidden"
 PAGE_STATE = """(() => {
-  const tally = {};
+  const tally = [];  // [category, counts] pairs: a category may be named "__proto__"
   document.querySelectorAll('#tally tbody tr').forEach(row => {
     const c = {}; row.querySelectorAll('td').forEach(td => { c[td.dataset.count] = +td.textContent; });
-    tally[row.dataset.category || 'all'] = c;
+    tally.push([row.dataset.category || 'all', c]);
   });
   const chosen = Array.from(document.querySelectorAll('.item')).map(item =>
     Array.from(item.querySelectorAll('button.chosen')).map(b => b.dataset.choice));
-  return {tally: tally, chosen: chosen, progress: document.getElementById('progress').textContent,
+  return {tally: Object.fromEntries(tally), chosen: chosen, progress: document.getElementById('progress').textContent,
           bar: document.getElementById('progress-bar').value,
           current: document.querySelector('.item.current').dataset.index};
 })()"""
@@ -213,13 +213,13 @@ SIDES = """Array.from(document.querySelectorAll('.item')).map(item => {
 })"""
 
 
-def _expected(sides, lefts):
+def _expected(sides, lefts, categories=CATEGORIES):
     """Votes in model terms and the tally the page must show, from the sides clicked."""
     other = {"A": "B", "B": "A"}
     choices = {i: "tie" if s == "tie" else lefts[i] if s == "left" else other[lefts[i]] for i, s in sides.items()}
-    tally = {c or "all": {"A": 0, "B": 0, "tie": 0, "voted": 0} for c in [""] + CATEGORIES}
+    tally = {c or "all": {"A": 0, "B": 0, "tie": 0, "voted": 0} for c in [""] + categories}
     for i, choice in choices.items():
-        for cat in {"all", CATEGORIES[i] or "all"}:
+        for cat in {"all", categories[i] or "all"}:
             tally[cat][choice] += 1
             tally[cat]["voted"] += 1
     return choices, tally
@@ -338,3 +338,29 @@ def test_sheet_keeps_votes_in_local_storage_without_indexeddb(chromium, tmp_path
         assert state["chosen"] == [[], [], ["left"], [], [], ["tie"], []]
         assert browser.evaluate("Object.keys(localStorage)") == [f"ernie-vilg2-sheet:{written['id']}"]
         assert browser.evaluate(NO_STORAGE_WARNING) and browser.errors == []
+
+
+def test_sheet_tally_of_categories_named_like_object_properties(chromium, tmp_path):
+    """Category names are data: "__proto__" or "constructor" count like any other."""
+    from ernie_vilg2.evaluation.sheet import write_sheet
+
+    categories = ["__proto__", "constructor", "__proto__", "toString", "hasOwnProperty", "", "constructor"]
+    written = write_sheet(_sheet_items(categories), str(tmp_path / "sheet"), NAMES["A"], NAMES["B"], seed=3)
+    lefts = [item["left"] for item in json.loads(Path(written["json"]).read_text(encoding="utf-8"))["items"]]
+    sides = {0: "left", 1: "right", 2: "tie", 3: "left", 4: "right", 5: "tie", 6: "left"}
+    choices, tally = _expected(sides, lefts, categories)
+    with HeadlessChromium(chromium, timeout=30) as browser:
+        browser.goto(Path(written["html"]).as_uri())
+        browser.wait_for(READY)
+        for i, side in sides.items():
+            browser.click(f'#item-{i} button[data-choice="{side}"]')
+        assert browser.evaluate(PAGE_STATE)["tally"] == tally
+        browser.click("#export")
+        exported = json.loads(browser.evaluate("document.getElementById('export-json').value"))
+        assert exported["tally"]["categories"] == {
+            c: {k: v for k, v in t.items() if k != "voted"} for c, t in tally.items() if c != "all"}
+        assert exported["tally"]["overall"] == {k: tally["all"][k] for k in ("A", "B", "tie")}
+        # the page left the built-in objects alone
+        assert browser.evaluate("[({}).A, ({}).voted, Object.A, Object.getPrototypeOf({}) === Object.prototype]") \
+            == [None, None, None, True]
+        assert browser.errors == []

@@ -285,6 +285,78 @@ def test_jsonl_corrupt_image_returns_another_item(user_data, caplog):
     assert batch["index"] == [0, 6, 6] and len(batch["boxes"]) == 3
 
 
+def test_jsonl_image_that_is_not_a_regular_file_is_named(tmp_path, caplog):
+    """A link to /dev/zero or a folder exists: "file not found" would send the user looking for it."""
+    from ernie_vilg2.data.jsonl import JsonlDataset
+
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "ok.png")
+    os.symlink("/dev/zero", tmp_path / "images" / "zero.png")
+    (tmp_path / "images" / "folder.png").mkdir()
+    os.symlink(tmp_path / "images" / "gone.png", tmp_path / "images" / "broken.png")
+    _write_jsonl(tmp_path / "train.jsonl", [{"image": f"images/{name}.png", "caption": name}
+                                            for name in ("ok", "zero", "folder", "broken")])
+    with caplog.at_level(logging.WARNING):
+        ds = JsonlDataset(tmp_path, 8)
+    images = tmp_path / "images"
+    assert len(ds) == 1 and ds.skipped == [
+        (2, f"missing image: not a regular file: {images / 'zero.png'} -> /dev/zero (a character device)"),
+        (3, f"missing image: not a regular file: {images / 'folder.png'} (a directory)"),
+        (4, f"missing image: file not found: {images / 'broken.png'}"),
+    ]
+    assert f"{ds.path}:2: missing image: not a regular file: {images / 'zero.png'}" in caplog.text
+
+
+def _picture(width, height):
+    """A white image with a red rectangle over [w/4, h/4, w/2, h/2] and a soft gradient."""
+    x = np.linspace(0, 60, width, dtype=np.float32)[None, :, None]
+    img = np.broadcast_to(195 + x, (height, width, 3)).astype(np.uint8).copy()
+    img[height // 4: height // 2, width // 4: width // 2] = (220, 30, 30)
+    return Image.fromarray(img), [width / 4, height / 4, width / 2, height / 2]
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+@pytest.mark.parametrize("image_fit", ["center_crop", "squash"])
+def test_jsonl_large_image_is_decoded_near_the_target_size(tmp_path, monkeypatch, suffix, image_fit):
+    from ernie_vilg2.data import jsonl
+
+    picture, box = _picture(2403, 1801)  # not a multiple of the reduction: partial blocks at the edges
+    picture.save(tmp_path / f"big{suffix}", quality=95)
+    _write_jsonl(tmp_path / "train.jsonl", [{"image": f"big{suffix}", "caption": "a red box", "boxes": [box]}])
+    resized_from = []
+    fit_image = jsonl.fit_image
+    monkeypatch.setattr(jsonl, "fit_image", lambda img, *a: resized_from.append(img.size) or fit_image(img, *a))
+    item = jsonl.JsonlDataset(tmp_path, 32, image_fit=image_fit)[0]
+    (width, height), = resized_from
+    assert 3 * 32 <= min(width, height) < 2 * 3 * 32  # not 2403x1801
+    # The same image and box as resizing the full image, within a fraction of a pixel.
+    full, full_boxes, _ = fit_image(jsonl.load_rgb(str(tmp_path / f"big{suffix}")), np.float32([box]), 32, image_fit)
+    np.testing.assert_allclose(item["boxes"], full_boxes, atol=0.1)
+    difference = np.abs(item["pixel_values"] - jsonl.to_pixel_values(full))
+    assert difference.mean() < 0.01 and difference.max() < 0.3
+
+
+def test_images_over_the_pixel_limit_are_skipped(tmp_path, caplog):
+    from ernie_vilg2.data import build_dataset
+
+    Image.new("RGB", (1200, 1000)).save(tmp_path / "big.png")
+    Image.new("RGB", (1000, 1000)).save(tmp_path / "limit.png")
+    _write_jsonl(tmp_path / "train.jsonl", [{"image": "big.png", "caption": "too big"},
+                                            {"image": "limit.png", "caption": "just fits"}])
+    cfg = from_dict(DataConfig, {"root": str(tmp_path), "resolution": 8, "max_image_pixels": 1_000_000}, "data")
+    with caplog.at_level(logging.WARNING):
+        ds = build_dataset(cfg)
+    assert [r["caption"] for r in ds.records] == ["just fits"]
+    reason = (f"oversized image {tmp_path / 'big.png'} (1200x1000 = 1,200,000 pixels, more than "
+              "data.max_image_pixels 1,000,000)")
+    assert ds.skipped == [(1, reason)]
+    assert f"{ds.path}:1: {reason}; record skipped" in caplog.text
+    assert ds.summary.endswith("(skipped 1: 1 oversized image)")
+    assert DataConfig().max_image_pixels == 8192 * 8192
+    with pytest.raises(ConfigError, match="data.max_image_pixels"):
+        DataConfig(max_image_pixels=0)
+
+
 def test_jsonl_nothing_valid_names_the_file(tmp_path):
     from ernie_vilg2.data.jsonl import JsonlDataset
 

@@ -177,6 +177,10 @@ def test_foreign_or_broken_manifest_names_the_field(export_n1, tmp_path, edit, m
     (dict(num_inference_steps=1001), "num_inference_steps must be <= 1000 with DDIMScheduler"),
     (dict(seed=-1), "seed must be an integer >= 0"),
     (dict(guidance_scale=-1.0), "guidance_scale must be >= 0"),
+    (dict(guidance_scale=float("nan")), "guidance_scale must be >= 0 and finite, got nan"),
+    (dict(guidance_scale=float("inf")), "guidance_scale must be >= 0 and finite, got inf"),
+    (dict(seed=2**63), "seed must be an integer >= 0 and <= 2**63 - 1, got 9223372036854775808"),
+    (dict(prompt=["ok", "red \udcff apple"]), "prompt[1]: not valid Unicode text (lone surrogate U+DCFF"),
     (dict(prompt=["ok", "  "]), "prompt[1]: the prompt is empty"),
     (dict(negative_prompt=["a", "b", "c"]), "negative_prompt: expected 1 or 2 entries"),
     (dict(key_token_mask=np.ones((2, 16))), "key_token_mask"),
@@ -187,6 +191,23 @@ def test_bad_call_arguments_name_the_field(runners, kwargs, match):
     kwargs = {"prompt": PROMPTS, "num_inference_steps": 2, **kwargs}
     with pytest.raises(ValueError, match=re.escape(match)):
         runner(**kwargs)
+
+
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_nan_noise_is_an_error_naming_the_step(export_n1, monkeypatch, guidance):
+    runner = InferencePipeline.from_export(export_n1, sampler="ddim")
+    denoise, calls = runner.denoise, []
+
+    def nan_from_the_second_call(*args):
+        calls.append(1)
+        noise = denoise(*args)
+        return noise * np.float32("nan") if len(calls) >= 2 else noise
+
+    monkeypatch.setattr(runner, "denoise", nan_from_the_second_call)
+    seen = []
+    with pytest.raises(ValueError, match=re.escape("sampling produced non-finite latents (NaN/inf) at step 2 of 3")):
+        runner(PROMPTS, num_inference_steps=3, guidance_scale=guidance, callback=lambda i, t, x: seen.append(i))
+    assert seen == [0]  # the callback never sees the NaN latents
 
 
 # -- the CLI -------------------------------------------------------------------------------------

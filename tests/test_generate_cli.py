@@ -104,6 +104,15 @@ def test_branch_experts_cli_makes_identical_experts(tiny_pipeline_dir, tiny_pipe
         (["--model", "{model}", "--prompt", "a cat", "--steps", "1001", "--sampler", "ddim", "--out", "{out}"],
          ["--steps", "1000", "1001"]),
         (["--model", "{model}", "--prompt", "a cat", "--seed", "-1", "--out", "{out}"], ["--seed", "-1"]),
+        # the C++ runner's range: a signed 64-bit integer
+        (["--model", "{model}", "--prompt", "a cat", "--seed", str(2**63), "--out", "{out}"],
+         ["--seed must be an integer >= 0 and <= 2**63 - 1, got 9223372036854775808"]),
+        # NaN/inf guidance makes every latent NaN: black images
+        (["--model", "{model}", "--prompt", "a cat", "--guidance", "nan", "--out", "{out}"],
+         ["--guidance must be >= 0 and finite, got nan"]),
+        (["--model", "{model}", "--prompt", "a cat", "--guidance", "inf", "--out", "{out}"],
+         ["--guidance must be >= 0 and finite, got inf"]),
+        (["--model", "{model}", "--prompt", "a cat", "--guidance=-inf", "--out", "{out}"], ["--guidance", "-inf"]),
         (["--model", "{model}", "--prompt-file", "{tsv}", "--column", "Caption", "--out", "{out}"],
          ["--column", "Caption", "Prompt, 文本"]),
     ],
@@ -141,6 +150,63 @@ def test_branch_errors_name_the_flag(tiny_pipeline_dir, tmp_path, args, expected
     for text in expected:
         assert text.format(**names) in proc.stderr, proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+INFER = os.path.join(REPO_ROOT, "deploy", "python", "infer.py")
+
+
+@pytest.mark.parametrize("script", [GENERATE, INFER])
+@pytest.mark.parametrize("args,expected", [
+    ([b"--prompt", b"ok", b"--prompt", b"red \xff apple"], "--prompt #2: not valid UTF-8 (byte 0xff at offset 4)"),
+    ([b"--prompt", "红苹".encode("utf-8")[:-1]], "--prompt #1: not valid UTF-8 (byte 0xe8 at offset 3)"),  # cut
+    ([b"--prompt", b"ok", b"--negative-prompt", b"\xc3("],
+     "--negative-prompt: not valid UTF-8 (byte 0xc3 at offset 0)"),
+    ([b"--prompt-file", b"{prompts}"], "--prompt-file: {prompts}: not valid UTF-8 (byte 0xfe at offset 19, line 2)"),
+    ([b"--prompt", b"ok", b"--out", b"{tmp}/g\xff.png"], "--out: not valid UTF-8 (byte 0xff at offset "),  # a name
+])
+def test_text_that_is_not_utf8_is_refused_before_any_image(tiny_pipeline_dir, tmp_path, script, args, expected):
+    """Undecodable argument bytes (Python keeps them as lone surrogates) and file bytes: one line
+    naming the flag, exit 2, nothing written (not images first, then a failing captions JSON)."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes("\ufeff红苹果\na cat ".encode("utf-8") + b"\xfe\n")  # BOM 3 + 9 + 1 + 6 bytes, then 0xfe
+    args = [a.replace(b"{prompts}", os.fsencode(prompts)).replace(b"{tmp}", os.fsencode(tmp_path)) for a in args]
+    command = [sys.executable, script, "--model", tiny_pipeline_dir, "--steps", "1", "--out", str(tmp_path / "g.png"),
+               *args]
+    proc = subprocess.run(command, cwd=REPO_ROOT, env={**os.environ, "GLOG_minloglevel": "2"}, capture_output=True,
+                          timeout=300)
+    stderr = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+    assert proc.returncode == 2, stderr
+    assert len(stderr) == 1 and stderr[0].startswith("error: " + expected.format(prompts=prompts)), stderr
+    assert not list(tmp_path.glob("g*"))
+
+
+def test_nan_weights_are_an_error_not_black_images(make_tiny_pipeline, tmp_path):
+    import paddle
+
+    pipe = make_tiny_pipeline()
+    bias = pipe.unet.experts[0].conv_out.bias
+    bias.set_value(paddle.full_like(bias, float("nan")))
+    pipe.save_pretrained(str(tmp_path / "nan-model"))
+    proc = _run(GENERATE, "--model", tmp_path / "nan-model", "--prompt", "a cat", "--steps", 2, "--sampler", "ddim",
+                "--out", tmp_path / "g.png", check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: sampling produced non-finite latents (NaN/inf) at step 1 of 2; check the guidance scale, "
+        "the number of steps and the model weights"]
+    assert not list(tmp_path.glob("g*"))
+
+
+def test_seed_boundary_of_the_cli_checks():
+    import argparse
+
+    from ernie_vilg2.cli_utils import add_generation_arguments, check_generation_arguments
+
+    parser = argparse.ArgumentParser()
+    add_generation_arguments(parser)
+    check_generation_arguments(parser.parse_args(["--prompt", "x", "--seed", str(2**63 - 1)]))
+    with pytest.raises(SystemExit) as exc:
+        check_generation_arguments(parser.parse_args(["--prompt", "x", "--seed", str(2**63)]))
+    assert exc.value.code == 2
 
 
 # -- the package helpers behind the CLI (in process, fast) ------------------------------

@@ -1,5 +1,6 @@
-"""Sampling settings are checked before any work (steps limit of each sampler, seed), and
-prompts cut to the text encoder's length are summarised in one warning."""
+"""Sampling settings are checked before any work (steps limit of each sampler, seed, guidance),
+prompts cut to the text encoder's length are summarised in one warning, and a run whose latents
+turn NaN/inf is an error, never a black image."""
 from __future__ import annotations
 
 import logging
@@ -9,8 +10,8 @@ import pytest
 
 from ernie_vilg2.models.factory import build_sampler
 from ernie_vilg2.pipelines import ErnieViLG2Pipeline, generate_images
-from ernie_vilg2.pipelines.checks import max_inference_steps
-from ernie_vilg2.text.tokenizer import report_truncation, tokenize
+from ernie_vilg2.pipelines.checks import NonFiniteLatentsError, check_seed, max_inference_steps
+from ernie_vilg2.text.tokenizer import check_prompts, report_truncation, tokenize
 
 
 def _with_sampler(pipe, name):
@@ -50,6 +51,67 @@ def test_bad_seed_names_the_field(tiny_pipeline, seed):
         tiny_pipeline("a cat", num_inference_steps=1, seed=seed)
     with pytest.raises(ValueError, match=r"^seed must be an integer >= 0"):
         generate_images(tiny_pipeline, ["a cat"], seed=seed, num_inference_steps=1)
+
+
+def test_seed_range_is_the_cpp_runners():
+    """[0, 2**63 - 1]: the C++ runner reads --seed as a signed 64-bit integer."""
+    check_seed(2**63 - 1)
+    check_seed(np.uint64(2**63 - 1))
+    for seed in (2**63, 2**64, np.uint64(2**63)):
+        with pytest.raises(ValueError, match=r"^seed must be an integer >= 0 and <= 2\*\*63 - 1"):
+            check_seed(seed)
+
+
+@pytest.mark.parametrize("guidance", [float("nan"), float("inf"), -float("inf"), np.float32("nan"), -1.0])
+def test_non_finite_or_negative_guidance_is_refused_before_sampling(tiny_pipeline, guidance):
+    calls = []
+    with pytest.raises(ValueError, match=r"^guidance_scale must be >= 0 and finite, got "):
+        tiny_pipeline("a cat", num_inference_steps=2, guidance_scale=guidance, callback=lambda *a: calls.append(a))
+    with pytest.raises(ValueError, match=r"^guidance_scale must be >= 0 and finite"):
+        generate_images(tiny_pipeline, ["a cat"], num_inference_steps=2, guidance_scale=guidance)
+    assert calls == []
+
+
+@pytest.mark.parametrize("guidance", ["2", None, True])
+def test_guidance_must_be_a_number(tiny_pipeline, guidance):
+    with pytest.raises(ValueError, match=r"^guidance_scale must be a number, got "):
+        tiny_pipeline("a cat", num_inference_steps=2, guidance_scale=guidance)
+
+
+def _nan_from_call(unet, first_bad_call):
+    """``unet``'s forward, returning NaN noise from its ``first_bad_call``-th call (1-based) on."""
+    forward, calls = unet.forward, []
+
+    def fake(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        calls.append(1)
+        if len(calls) >= first_bad_call:
+            out = type(out)(sample=out.sample * float("nan"))
+        return out
+
+    return fake
+
+
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_nan_noise_is_an_error_naming_the_step_not_a_black_image(tiny_pipeline, monkeypatch, guidance):
+    monkeypatch.setattr(tiny_pipeline.unet, "forward", _nan_from_call(tiny_pipeline.unet, 3))
+    seen = []
+    with pytest.raises(NonFiniteLatentsError,
+                       match=r"^sampling produced non-finite latents \(NaN/inf\) at step 3 of 4; check the guidance"):
+        tiny_pipeline("a cat", num_inference_steps=4, guidance_scale=guidance, callback=lambda i, t, x: seen.append(i))
+    assert seen == [0, 1]  # the callback never sees the NaN latents
+    with pytest.raises(NonFiniteLatentsError):  # a ValueError: the CLIs report it as one line, exit 2
+        generate_images(tiny_pipeline, ["a cat"], num_inference_steps=4, guidance_scale=guidance)
+
+
+def test_prompts_with_lone_surrogates_are_refused():
+    """What Python makes of undecodable command-line bytes (surrogateescape): no text to encode."""
+    assert check_prompts(["红苹果", "a cat 🐱"]) == ["红苹果", "a cat 🐱"]
+    with pytest.raises(ValueError, match=r"^prompt\[1\]: not valid Unicode text \(lone surrogate U\+DCFF at "
+                                         r"character 4"):
+        check_prompts(["ok", "red \udcff apple"])
+    with pytest.raises(ValueError, match=r"^prompt\[0\]: not valid Unicode text \(lone surrogate U\+D800"):
+        check_prompts("\ud800")
 
 
 def _truncation_records(caplog, level):

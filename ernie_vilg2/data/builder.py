@@ -36,4 +36,5 @@ def build_dataset(cfg: DataConfig, split: str = "train") -> JsonlDataset:
         languages=cfg.languages,
         image_fit=cfg.image_fit,
         max_samples=cfg.max_samples,
+        max_image_pixels=cfg.max_image_pixels,
     )

@@ -13,6 +13,8 @@ from ..config import check
 
 LANGUAGES = ("zh", "en")
 IMAGE_FITS = ("center_crop", "squash")
+# Images with more pixels are skipped (data.max_image_pixels): 8192 x 8192, 192 MiB as RGB.
+MAX_IMAGE_PIXELS = 8192 * 8192
 
 
 @dataclass
@@ -65,6 +67,8 @@ class DataConfig:
     languages: List[str] = field(default_factory=lambda: ["zh", "en"])  # keep records in these
     image_fit: str = "center_crop"  # non-square images: "center_crop" or "squash"
     max_samples: Optional[int] = None  # keep only the first N valid records (quick runs)
+    # Skip images with more pixels (decoding is bounded by it); null: only Pillow's own limit.
+    max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS
     builtin: BuiltinDataConfig = field(default_factory=BuiltinDataConfig)
 
     def __post_init__(self):
@@ -74,3 +78,5 @@ class DataConfig:
               f"must be a non-empty list of {', '.join(LANGUAGES)}")
         check(self.image_fit in IMAGE_FITS, "data.image_fit", f"must be one of {', '.join(IMAGE_FITS)}")
         check(self.max_samples is None or self.max_samples >= 1, "data.max_samples", "must be >= 1 or null")
+        check(self.max_image_pixels is None or self.max_image_pixels >= 1, "data.max_image_pixels",
+              "must be >= 1 or null")

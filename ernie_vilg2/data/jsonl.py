@@ -32,10 +32,16 @@ Images are resized so the shorter side is ``resolution`` and centre-cropped
 same transform, are clipped to the image, and boxes cut away entirely are dropped
 together with their labels. Images are never flipped: captions state left and right.
 
+Large images are decoded near the size they are resized to (a JPEG at 1/2 to 1/8 scale,
+other formats decoded in full, then reduced), and images with more than ``max_image_pixels``
+pixels (``data.max_image_pixels``) are skipped at load time: decoding a PNG takes time and
+memory in proportion to its full size.
+
 Error handling (a long run must not die on one bad record): malformed JSON lines,
 records missing ``image``/``caption`` or with wrong types, records whose image file
-does not exist, and images whose header Pillow cannot read (not an image, empty, an
-unknown format) are skipped at load time with a warning ``FILE:LINE: reason``; they are
+does not exist or is not a regular file (a directory, a device), images whose header
+Pillow cannot read (not an image, empty, an unknown format) and oversized images are
+skipped at load time with a warning ``FILE:LINE: reason``; they are
 listed in :attr:`JsonlDataset.skipped` as ``(line_number, reason)`` and counted by kind
 in one summary line (:attr:`JsonlDataset.summary`), e.g.
 ``data/train.jsonl: 1,234 records (skipped 7: 4 malformed JSON, 2 missing images,
@@ -56,6 +62,8 @@ import json
 import logging
 import math
 import os
+import stat
+import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -67,6 +75,7 @@ except ImportError:  # pragma: no cover - lets tools that only read records run 
     _DatasetBase = object
 
 from ..text.lang import detect_lang
+from .config import MAX_IMAGE_PIXELS
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +88,11 @@ class DatasetError(ValueError):
 MAX_LINE_WARNINGS = 20
 
 # Kinds of skipped records, as the reasons start (anything else is an invalid record).
-MALFORMED_JSON, MISSING_IMAGE, UNDECODABLE_IMAGE, INVALID_RECORD = (
-    "malformed JSON", "missing image", "undecodable image", "invalid record")
+MALFORMED_JSON, MISSING_IMAGE, UNDECODABLE_IMAGE, OVERSIZED_IMAGE, INVALID_RECORD = (
+    "malformed JSON", "missing image", "undecodable image", "oversized image", "invalid record")
+# Large images are decoded or reduced to no less than this many times the side they are
+# resized to (Pillow's reducing_gap): the resize from there looks as from the full image.
+REDUCING_GAP = 3
 # Files that are certainly not JSON Lines (the content decides for any other name).
 TABULAR_SUFFIXES = (".csv", ".tsv", ".tab")
 
@@ -153,39 +165,66 @@ def parse_record(obj: Any, base_dir: str) -> Tuple[Optional[dict], Optional[str]
 
 
 def skip_kind(reason: str) -> str:
-    """The kind of a skip reason: malformed JSON, missing image, undecodable image or invalid record."""
-    return next((k for k in (MALFORMED_JSON, MISSING_IMAGE, UNDECODABLE_IMAGE) if reason.startswith(k)),
-                INVALID_RECORD)
+    """The kind of a skip reason: malformed JSON, missing, undecodable or oversized image, or invalid record."""
+    return next((k for k in (MALFORMED_JSON, MISSING_IMAGE, UNDECODABLE_IMAGE, OVERSIZED_IMAGE)
+                 if reason.startswith(k)), INVALID_RECORD)
 
 
 def count_skipped(skipped: Sequence[Tuple[int, str]]) -> str:
     """"4 malformed JSON, 2 missing images, 1 undecodable image" (kinds in a fixed order)."""
     kinds = [skip_kind(reason) for _, reason in skipped]
     parts = []
-    for kind in (MALFORMED_JSON, INVALID_RECORD, MISSING_IMAGE, UNDECODABLE_IMAGE):
+    for kind in (MALFORMED_JSON, INVALID_RECORD, MISSING_IMAGE, UNDECODABLE_IMAGE, OVERSIZED_IMAGE):
         n = kinds.count(kind)
         if n:
             parts.append(f"{n:,} {kind}{'s' if n > 1 and kind != MALFORMED_JSON else ''}")
     return ", ".join(parts)
 
 
-def _image_header_error(path: str) -> Optional[str]:
-    """None if Pillow can read the image's header (format, size), else why not."""
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"))
+
+
+def _image_file_error(path: str) -> Optional[str]:
+    """None if ``path`` is a regular file (or a link to one), else the skip reason. Not a
+    regular file is not "not found": /dev/zero or a pipe would never finish reading."""
+    if os.path.isfile(path):
+        return None
     try:
-        with Image.open(path) as img:
-            img.size
+        mode = os.stat(path).st_mode
+    except OSError:  # missing, or a broken link
+        return f"{MISSING_IMAGE}: file not found: {path}"
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "another kind of file")
+    target = f" -> {os.path.realpath(path)}" if os.path.islink(path) else ""
+    return f"{MISSING_IMAGE}: not a regular file: {path}{target} ({kind})"
+
+
+def _image_header_error(path: str, max_pixels: Optional[int]) -> Optional[str]:
+    """None if Pillow can read the image's header (format, size) and the image has at most
+    ``max_pixels`` pixels, else the skip reason."""
+    try:
+        with warnings.catch_warnings():  # Pillow warns of large images; our limit decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+    except Image.DecompressionBombError as exc:  # over twice Pillow's own limit
+        return f"{OVERSIZED_IMAGE} {path} ({exc})"
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad files
-        return f"{type(exc).__name__}: {exc}"
+        return f"{UNDECODABLE_IMAGE} {path} ({type(exc).__name__}: {exc})"
+    if max_pixels is not None and width * height > max_pixels:
+        return (f"{OVERSIZED_IMAGE} {path} ({width}x{height} = {width * height:,} pixels, more than "
+                f"data.max_image_pixels {max_pixels:,})")
     return None
 
 
-def read_jsonl_records(path: str, check_images: bool = True,
-                       verify_images: bool = False) -> Tuple[List[dict], List[Tuple[int, str]]]:
+def read_jsonl_records(path: str, check_images: bool = True, verify_images: bool = False,
+                       max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS) -> Tuple[List[dict], List[Tuple[int, str]]]:
     """Parse a dataset file. Returns (valid records, skipped as (line_number, reason)).
 
     Each record gets ``index`` (0-based line number) and ``image_path`` (resolved).
-    ``check_images``: skip records whose image file is missing; ``verify_images``: also
-    those whose image header Pillow cannot read (each distinct file opened once).
+    ``check_images``: skip records whose image is missing or not a regular file;
+    ``verify_images``: also those whose image header Pillow cannot read or whose image has
+    more than ``max_image_pixels`` pixels (None: no limit; each distinct file opened once).
     Raises DatasetError for a .csv/.tsv file and when no line is a valid record.
     """
     suffix = os.path.splitext(path)[1].lower()
@@ -206,14 +245,15 @@ def read_jsonl_records(path: str, check_images: bool = True,
                 skipped.append((line_idx + 1, f"{MALFORMED_JSON} ({exc.msg} at column {exc.colno})"))
                 continue
             record, reason = parse_record(obj, base_dir)
-            if record is not None and check_images and not os.path.isfile(record["image_path"]):
-                record, reason = None, f"{MISSING_IMAGE}: file not found: {record['image_path']}"
+            if record is not None and check_images:
+                reason = _image_file_error(record["image_path"])
+                record = None if reason else record
             if record is not None and verify_images:
                 image = record["image_path"]
                 if image not in header_errors:
-                    header_errors[image] = _image_header_error(image)
+                    header_errors[image] = _image_header_error(image, max_image_pixels)
                 if header_errors[image]:
-                    record, reason = None, f"{UNDECODABLE_IMAGE} {image} ({header_errors[image]})"
+                    record, reason = None, header_errors[image]
             if record is None:
                 skipped.append((line_idx + 1, reason))
                 continue
@@ -231,16 +271,36 @@ def read_jsonl_records(path: str, check_images: bool = True,
     return records, skipped
 
 
-def load_rgb(path: str) -> Image.Image:
-    """Decode an image as RGB, compositing any transparency on white."""
+def decode_rgb(path: str, min_side: Optional[int] = None) -> Tuple[Image.Image, int]:
+    """Decode an image as RGB, compositing any transparency on white; return it and its scale
+    (stored pixels per pixel of the returned image, on both axes).
+
+    With ``min_side``, a large image comes back reduced by an integer factor, to no less than
+    ``REDUCING_GAP * min_side`` on the shorter side: a JPEG is decoded at 1/2, 1/4 or 1/8 scale
+    (Pillow's ``draft``), any image is then reduced (``reduce``, a box filter). Only whole
+    blocks are kept (a right column or bottom row of fewer than ``scale`` stored pixels is
+    dropped), so stored pixel x is exactly x / scale in the returned image.
+    """
     with Image.open(path) as img:
+        width, height = img.size
+        drafted = img.draft(None, (REDUCING_GAP * min_side,) * 2) if min_side else None
         img.load()
         has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
-        if has_alpha:
-            rgba = img.convert("RGBA")
-            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return Image.alpha_composite(white, rgba).convert("RGB")
-        return img.convert("RGB")
+        img = img.convert("RGBA" if has_alpha else "RGB")
+    scale = round(width / drafted[1][2]) if drafted else 1  # draft's box: the stored size / its scale
+    factor = max(1, min(width // scale, height // scale) // (REDUCING_GAP * min_side)) if min_side else 1
+    if scale * factor > 1:
+        blocks = scale * factor
+        img = img.reduce(factor, box=(0, 0, width // blocks * factor, height // blocks * factor))
+    if has_alpha:
+        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, img).convert("RGB")
+    return img, scale * factor
+
+
+def load_rgb(path: str) -> Image.Image:
+    """Decode an image at full size as RGB, compositing any transparency on white."""
+    return decode_rgb(path)[0]
 
 
 def fit_image(img: Image.Image, boxes: np.ndarray, resolution: int, mode: str = "center_crop"):
@@ -288,6 +348,7 @@ class JsonlDataset(_DatasetBase):
         languages: keep only records in these languages (None: all).
         image_fit: "center_crop" or "squash" for non-square images.
         max_samples: keep only the first N valid records.
+        max_image_pixels: skip images with more pixels (None: no limit but Pillow's own).
 
     Counters are per process: with a multi-worker DataLoader, decode failures found in
     workers are logged there but not added to the parent's :attr:`decode_failures`.
@@ -301,6 +362,7 @@ class JsonlDataset(_DatasetBase):
         languages: Optional[Sequence[str]] = None,
         image_fit: str = "center_crop",
         max_samples: Optional[int] = None,
+        max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS,
     ):
         super().__init__()
         if resolution < 1:
@@ -310,7 +372,7 @@ class JsonlDataset(_DatasetBase):
         self.path = resolve_jsonl_path(str(path), split)
         self.resolution = int(resolution)
         self.image_fit = image_fit
-        records, self.skipped = read_jsonl_records(self.path, verify_images=True)
+        records, self.skipped = read_jsonl_records(self.path, verify_images=True, max_image_pixels=max_image_pixels)
         valid = len(records)
         notes = [f"skipped {len(self.skipped):,}: {count_skipped(self.skipped)}" if self.skipped else "none skipped"]
         if languages is not None:
@@ -346,8 +408,8 @@ class JsonlDataset(_DatasetBase):
     def load_item(self, i: int) -> Dict[str, Any]:
         """Item ``i``; decode errors propagate (``__getitem__`` substitutes another item)."""
         record = self.records[i]
-        img = load_rgb(record["image_path"])
-        boxes = np.asarray(record["boxes"], np.float32).reshape(-1, 4)
+        img, scale = decode_rgb(record["image_path"], min_side=self.resolution)
+        boxes = np.asarray(record["boxes"], np.float32).reshape(-1, 4) / np.float32(scale)
         img, boxes, keep = fit_image(img, boxes, self.resolution, self.image_fit)
         return {
             "pixel_values": to_pixel_values(img),

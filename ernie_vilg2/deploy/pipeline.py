@@ -17,7 +17,7 @@ from typing import Callable, List, Optional, Sequence, Union
 import numpy as np
 
 from ..models.routing import TimestepRouter
-from ..pipelines.checks import check_sampling_settings
+from ..pipelines.checks import check_finite_latents, check_sampling_settings
 from ..text.tokenizer import check_prompts
 from .manifest import read_manifest
 from .predictor import PredictorSettings, Program, program_inputs
@@ -220,6 +220,7 @@ class InferencePipeline:
                 noise_uncond, noise_text = np.split(noise, 2)
                 noise = noise_uncond + np.float32(guidance_scale) * (noise_text - noise_uncond)
             latents = scheduler.step(noise, int(t), latents)
+            check_finite_latents(latents, i, num_inference_steps)
             if callback is not None:
                 callback(i, int(t), latents)
 

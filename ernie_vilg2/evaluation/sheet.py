@@ -252,10 +252,15 @@ _JS = r"""
     if (choice === "tie") return "tie";
     return data.items[i].left === choice ? "left" : "right";
   }
+  // Category names are data: a Map, so "__proto__" or "constructor" is a category like any other.
+  function countOf(map, category, zero) {
+    if (!map.has(category)) map.set(category, Object.assign({}, zero));
+    return map.get(category);
+  }
   function render() {
-    const counts = {};
+    const counts = new Map();
     const add = (cat, choice) => {
-      const c = counts[cat] || (counts[cat] = {A: 0, B: 0, tie: 0, voted: 0});
+      const c = countOf(counts, cat, {A: 0, B: 0, tie: 0, voted: 0});
       c[choice] += 1; c.voted += 1;
     };
     items.forEach((el, i) => {
@@ -267,7 +272,7 @@ _JS = r"""
       if (choice !== undefined) { add("", choice); if (data.items[i].category) add(data.items[i].category, choice); }
     });
     document.querySelectorAll("#tally tbody tr").forEach(row => {
-      const c = counts[row.dataset.category] || {A: 0, B: 0, tie: 0, voted: 0};
+      const c = counts.get(row.dataset.category) || {A: 0, B: 0, tie: 0, voted: 0};
       row.querySelectorAll("td").forEach(td => { td.textContent = c[td.dataset.count]; });
     });
     const done = Object.keys(votes).length;
@@ -296,7 +301,7 @@ _JS = r"""
   }
   function exportVotes() {
     const overall = {A: 0, B: 0, tie: 0};
-    const categories = {};
+    const categories = new Map();
     const list = [];
     items.forEach((el, i) => {
       const choice = votes[i];
@@ -306,14 +311,11 @@ _JS = r"""
                  preferred: choice === "tie" ? null : data.models[choice], left: it.left,
                  left_model: data.models[it.left]});
       overall[choice] += 1;
-      if (it.category) {
-        const c = categories[it.category] || (categories[it.category] = {A: 0, B: 0, tie: 0});
-        c[choice] += 1;
-      }
+      if (it.category) countOf(categories, it.category, {A: 0, B: 0, tie: 0})[choice] += 1;
     });
     const out = {sheet: data.sheet, models: data.models, settings: data.settings,
                  exported: new Date().toISOString(), voted: list.length, total: items.length,
-                 tally: {overall: overall, categories: categories}, votes: list};
+                 tally: {overall: overall, categories: Object.fromEntries(categories)}, votes: list};
     const text = JSON.stringify(out, null, 2);
     const area = document.getElementById("export-json");
     area.value = text;

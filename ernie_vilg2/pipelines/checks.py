@@ -4,7 +4,17 @@ argument. Imports neither paddle nor PPDiffusers.
 """
 from __future__ import annotations
 
+import math
+import numbers
+
 import numpy as np
+
+# The C++ runner reads --seed as a signed 64-bit integer; one range for every entry point.
+MAX_SEED = 2**63 - 1
+
+
+class NonFiniteLatentsError(ValueError):
+    """Sampling produced NaN/inf latents: they would decode to a black image."""
 
 
 def _train_timesteps(scheduler) -> int:
@@ -27,11 +37,33 @@ def max_inference_steps(scheduler) -> int:
 
 
 def check_seed(seed) -> None:
-    """``seed`` is None or an integer >= 0 (what ``numpy.random.default_rng`` accepts)."""
+    """``seed`` is None or an integer in [0, MAX_SEED]."""
     if seed is None:
         return
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    # int(): NumPy compares uint64 with a Python int through float64 (2**63 <= 2**63 - 1)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) <= MAX_SEED:
+        raise ValueError(f"seed must be an integer >= 0 and <= 2**63 - 1, got {seed!r}")
+
+
+def check_guidance_scale(guidance_scale) -> None:
+    """A finite number >= 0: NaN or inf guidance turns every latent NaN (black images)."""
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real):
+        raise ValueError(f"guidance_scale must be a number, got {guidance_scale!r}")
+    if not (math.isfinite(guidance_scale) and guidance_scale >= 0):
+        raise ValueError(f"guidance_scale must be >= 0 and finite, got {guidance_scale}")
+
+
+def check_finite_latents(latents, step: int, num_steps: int) -> None:
+    """Raise :class:`NonFiniteLatentsError` if ``latents`` (a NumPy array or a Paddle tensor,
+    the result of denoising step ``step``, 0-based) hold NaN or inf: every later step and the
+    decoded image would be NaN too, and a NaN image is saved as a black one."""
+    isfinite = getattr(latents, "isfinite", None)  # Paddle's, on the tensor's device
+    finite = isfinite().all() if isfinite is not None else np.isfinite(latents).all()
+    if not bool(finite):
+        raise NonFiniteLatentsError(
+            f"sampling produced non-finite latents (NaN/inf) at step {step + 1} of {num_steps}; "
+            "check the guidance scale, the number of steps and the model weights"
+        )
 
 
 def check_sampling_settings(scheduler, num_inference_steps, guidance_scale, num_images_per_prompt, seed,
@@ -45,8 +77,7 @@ def check_sampling_settings(scheduler, num_inference_steps, guidance_scale, num_
             f"num_inference_steps must be <= {limit} with {type(scheduler).__name__} "
             f"(num_train_timesteps {_train_timesteps(scheduler)}), got {num_inference_steps}"
         )
-    if guidance_scale < 0:
-        raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
+    check_guidance_scale(guidance_scale)
     if num_images_per_prompt < 1:
         raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
     check_seed(seed)

@@ -15,7 +15,7 @@ from ..models.fast_layers import use_fast_layers
 from ..models.mode import MixtureOfDenoisingExperts
 from ..models.text_encoder import encode_text
 from ..text.tokenizer import check_prompts, tokenize
-from .checks import check_sampling_settings
+from .checks import check_finite_latents, check_sampling_settings
 from .offload import EXPERT_OFFLOADS, ExpertOffload, ExpertWeightsFile, ModelCpuOffload, lazy_mixture
 
 logger = logging.getLogger(__name__)
@@ -256,6 +256,7 @@ class ErnieViLG2Pipeline(DiffusionPipeline):
                 noise_uncond, noise_text = noise.chunk(2)
                 noise = noise_uncond + guidance_scale * (noise_text - noise_uncond)
             latents = self.scheduler.step(noise, t, latents).prev_sample
+            check_finite_latents(latents, i, num_inference_steps)
             if callback is not None:
                 callback(i, t, latents)
 

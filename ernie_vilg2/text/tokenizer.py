@@ -66,8 +66,19 @@ def add_pos_tokens(tokenizer) -> None:
         tokenizer.add_tokens(missing, special_tokens=True)
 
 
+def lone_surrogate(text: str) -> Optional[str]:
+    """None if ``text`` is valid Unicode, else where it is not, e.g. "lone surrogate U+DCFF at
+    character 4": how Python holds bytes it could not decode (command-line arguments that are
+    not UTF-8), which no tokenizer, JSON or file writer can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"lone surrogate U+{ord(text[exc.start]):04X} at character {exc.start}"
+    return None
+
+
 def check_prompts(prompts: Sequence[str], field: str = "prompt") -> List[str]:
-    """Validate user prompts: a list of non-empty strings."""
+    """Validate user prompts: a list of non-empty strings of valid Unicode text."""
     if isinstance(prompts, str):
         prompts = [prompts]
     prompts = list(prompts)
@@ -78,6 +89,9 @@ def check_prompts(prompts: Sequence[str], field: str = "prompt") -> List[str]:
             raise TypeError(f"{field}[{i}]: expected a string, got {type(p).__name__}")
         if not p.strip():
             raise ValueError(f"{field}[{i}]: the prompt is empty")
+        where = lone_surrogate(p)
+        if where:
+            raise ValueError(f"{field}[{i}]: not valid Unicode text ({where})")
     return prompts
 
 
