@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
 
@@ -179,15 +178,11 @@ def test_step_limit_boundary_in_both_runners(export_n1, cpp_runner, tmp_path, sa
     assert np.asarray(Image.open(out)).std() > 1, f"a flat image at {limit} steps"
 
 
-def test_nan_weights_stop_both_runners_before_a_black_image(export_n1, cpp_runner, tmp_path):
-    folder = tmp_path / "export"
-    shutil.copytree(export_n1, folder)
-    params = folder / "unet" / "expert_00" / "inference.pdiparams"
-    data = bytearray(params.read_bytes())
-    data[-4000:-2000] = b"\xff" * 2000  # float32 NaNs over the last weights (same size: not "damaged")
-    params.write_bytes(bytes(data))
-    common = ["--model", str(folder), "--prompt", "a red apple", "--steps", "3"]
-    for name, command in (("python", [sys.executable, PY_RUNNER, "--verify", "size"]), ("cpp", [cpp_runner])):
+def test_overflowing_latents_stop_both_runners_before_a_black_image(export_n1, cpp_runner, tmp_path):
+    """A finite but huge guidance scale overflows float32 in the first step: both runners stop
+    there with one line instead of writing a black image."""
+    common = ["--model", export_n1, "--prompt", "a red apple", "--steps", "3", "--guidance", "3e38"]
+    for name, command in (("python", [sys.executable, PY_RUNNER]), ("cpp", [cpp_runner])):
         proc = _run([*command, *common, "--out", str(tmp_path / name / "o.png")])
         lines = proc.stderr.decode().strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1, (name, lines)

@@ -219,7 +219,8 @@ class InferencePipeline:
             if do_cfg:
                 noise_uncond, noise_text = np.split(noise, 2)
                 noise = noise_uncond + np.float32(guidance_scale) * (noise_text - noise_uncond)
-            latents = scheduler.step(noise, int(t), latents)
+            with np.errstate(over="ignore", invalid="ignore"):  # reported by the check, in one line
+                latents = scheduler.step(noise, int(t), latents)
             check_finite_latents(latents, i, num_inference_steps)
             if callback is not None:
                 callback(i, int(t), latents)
