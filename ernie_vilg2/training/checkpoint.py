@@ -30,7 +30,9 @@ import paddle
 import yaml
 from safetensors.paddle import load_file, save_file
 
-from ..utils.integrity import DamagedFileError, check_safetensors, describe_files, read_json_file, verify_files
+from ..utils.integrity import (
+    PADDLE_WEIGHT_DTYPES, DamagedFileError, check_safetensors, describe_files, read_json_file, verify_files,
+)
 from ..utils.io import atomic_directory, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -229,8 +231,9 @@ def latest_checkpoint(folder: str) -> Optional[str]:
 
 def verify_checkpoint(path: str, checksum: bool = True) -> dict:
     """Check a checkpoint folder against the sizes and SHA-256 sums in its ``state.json``
-    (checkpoints written before those records: the safetensors structure); return the
-    state. Raises :class:`DamagedFileError` naming the first bad file."""
+    (when it has those records), and the structure of every safetensors file :func:`load_checkpoint`
+    reads (float tensors only) in any case: a checksum only says the file is the one that was
+    written. Returns the state; raises :class:`DamagedFileError` naming the first bad file."""
     state_path = os.path.join(path, STATE)
     state = read_json_file(state_path)
     if not isinstance(state, dict) or not isinstance(state.get("step"), int):
@@ -238,10 +241,16 @@ def verify_checkpoint(path: str, checksum: bool = True) -> dict:
     if "files" in state:
         verify_files(path, state["files"], checksum=checksum)
     else:
-        optional = ["ema.safetensors"] if os.path.exists(os.path.join(path, "ema.safetensors")) else []
-        for name in ["model.safetensors", "optimizer.safetensors"] + optional:
-            check_safetensors(os.path.join(path, name))
+        for name in ("model.safetensors", "optimizer.safetensors"):  # a checkpoint written before the records
+            if not os.path.isfile(os.path.join(path, name)):
+                raise DamagedFileError(os.path.join(path, name), "file not found")
         read_json_file(os.path.join(path, "optimizer.json"))
+    parts = state.get("parts", [])
+    if not (isinstance(parts, list) and all(isinstance(p, str) for p in parts)):
+        raise DamagedFileError(state_path, "not a checkpoint state (parts must be a list of folder names)")
+    for folder in [path] + [os.path.join(path, p) for p in parts]:
+        for name in sorted(glob.glob(os.path.join(folder, "*.safetensors"))):
+            check_safetensors(name, PADDLE_WEIGHT_DTYPES)
     return state
 
 
