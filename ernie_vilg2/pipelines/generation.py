@@ -1,8 +1,10 @@
 """Batch generation for many prompts and writing a grid plus single images."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 from typing import Collection, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -125,6 +127,8 @@ def save_generation(
     ``<stem>.json`` (``{"images": {file: caption}, ...metadata}``). All writes are atomic.
     The index has as many digits as the image count (at least 3: 1,000 images are
     ``<stem>_0000.png`` ... ``<stem>_0999.png``), so the names sort in generation order.
+    Then the numbered images of an earlier run with the same ``out_png`` that this one did
+    not write are removed (see :func:`_remove_stale_singles`), so the folder matches the JSON.
     A full disk is a :class:`~ernie_vilg2.utils.io.DiskFullError` naming the folder.
 
     Returns the written paths: ``{"grid": ..., "images": [...], "captions": ...}``.
@@ -151,4 +155,17 @@ def save_generation(
         captions_path = str(
             atomic_write_text(os.path.join(folder, f"{stem}.json"), json.dumps(record, ensure_ascii=False, indent=2))
         )
+    _remove_stale_singles(folder, stem, {os.path.basename(p) for p in singles})
     return {"grid": grid_path, "images": singles, "captions": captions_path}
+
+
+def _remove_stale_singles(folder: str, stem: str, written: Collection[str]) -> None:
+    """Remove ``<stem>_<digits>.png`` files of ``folder`` not in ``written``: the single
+    images of an earlier run with more images (or more index digits). A match that has its
+    own ``<name>.json`` beside it is the grid of another run (``--out <stem>_001.png``) and stays."""
+    single = re.compile(re.escape(stem) + r"_\d+\.png")
+    for name in os.listdir(folder):
+        if (single.fullmatch(name) and name not in written
+                and not os.path.exists(os.path.join(folder, name[: -len(".png")] + ".json"))):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(folder, name))
