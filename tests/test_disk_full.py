@@ -16,7 +16,7 @@ from PIL import Image
 from safetensors import SafetensorError
 
 from deploy_exports import load_tool
-from ernie_vilg2.utils.io import DiskFullError, atomic_directory, atomic_write_text, is_disk_full
+from ernie_vilg2.utils.io import DiskFullError, atomic_directory, atomic_write_text, disk_full_as_error, is_disk_full
 
 # What each writer raises when the disk is full.
 FULL_DISK_ERRORS = {
@@ -90,7 +90,12 @@ def test_atomic_writes_remove_the_partial_file(tmp_path, monkeypatch):
     with pytest.raises(DiskFullError) as err:
         atomic_write_text(tmp_path / "a.txt", "new")
     assert_one_line(str(err.value), tmp_path / "a.txt")
+    assert "needs more than 7 bytes" in str(err.value)  # what it wrote before the disk was full
     assert os.listdir(tmp_path) == ["a.txt"] and (tmp_path / "a.txt").read_bytes() == b"old"
+    with pytest.raises(DiskFullError) as err:
+        with disk_full_as_error(tmp_path / "outputs"):  # names its folder, keeps the inner estimate
+            atomic_write_text(tmp_path / "a.txt", "new")
+    assert str(err.value).startswith(f"{tmp_path / 'outputs'}: ") and "needs more than 7 bytes" in str(err.value)
     with pytest.raises(DiskFullError) as err:
         with atomic_directory(tmp_path / "folder", needed=5 << 20) as tmp:
             raise FULL_DISK_ERRORS["OSError"]()

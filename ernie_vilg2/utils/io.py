@@ -83,11 +83,13 @@ def free_space(path: PathLike) -> int:
 
 
 def _size_text(n: int) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n} bytes" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
+    if n < 1024:
+        return f"{n} bytes"
+    size, unit = n / 1024, "KiB"
+    for bigger in ("MiB", "GiB"):
+        if size >= 1024:
+            size, unit = size / 1024, bigger
+    return f"{size:.1f} {unit}"
 
 
 class DiskFullError(ValueError):
@@ -96,17 +98,16 @@ class DiskFullError(ValueError):
     it got to) and the space free there."""
 
     def __init__(self, path: PathLike, needed: Optional[int] = None, written: Optional[int] = None):
-        self.path = os.fspath(path)
-        self.needed = needed
+        self.path, self.needed, self.written = os.fspath(path), needed, written
         self.free = free_space(self.path)
+        free = f"{_size_text(self.free)} free there"
         if needed is not None:
-            need = f"needs about {_size_text(needed)}, "
+            space = f"writing it needs about {_size_text(needed)}, {free}"
         elif written:
-            need = f"needs more than {_size_text(written)}, "
+            space = f"writing it needs more than {_size_text(written)}, {free}"
         else:
-            need = ""
-        super().__init__(f"{self.path}: not enough space on the device (writing it {need}"
-                         f"{_size_text(self.free)} free there); free some space or write elsewhere")
+            space = free
+        super().__init__(f"{self.path}: not enough space on the device ({space}); free some space or write elsewhere")
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -136,6 +137,8 @@ def disk_full_as_error(path: PathLike, needed: Optional[int] = None) -> Iterator
     except Exception as exc:
         if not is_disk_full(exc):
             raise
+        if needed is None and isinstance(exc, DiskFullError):  # keep the inner write's estimate
+            raise DiskFullError(path, exc.needed, exc.written) from exc
         raise DiskFullError(path, needed) from exc
 
 
