@@ -45,9 +45,9 @@ def current_umask() -> int:
     return mask
 
 
-def umask_mode(directory: bool = False, executable: bool = False) -> int:
+def umask_mode(directory: bool = False) -> int:
     """The mode ``mkdir`` (``directory``) or ``open`` would give a new file under the umask."""
-    return (0o777 if directory or executable else 0o666) & ~current_umask()
+    return (0o777 if directory else 0o666) & ~current_umask()
 
 
 def apply_umask(path: PathLike) -> None:
