@@ -190,15 +190,19 @@ def generate_with_flags(pipe, prompts: Sequence[str], args: argparse.Namespace, 
 
 def generate_and_save(pipe, prompts: Sequence[str], args: argparse.Namespace, metadata: Dict, **call_kwargs) -> List:
     """``generate_images`` with the flags' settings, then the grid, the single images and the
-    captions JSON at ``--out`` (reported on stdout). Returns the images."""
+    captions JSON at ``--out`` (reported on stdout); a full disk ends here in one line. Returns the images."""
     from .pipelines.generation import save_generation
+    from .utils.io import DiskFullError
 
     images = generate_with_flags(pipe, prompts, args, **call_kwargs)
     captions = [p for p in prompts for _ in range(args.num_images_per_prompt)]
     cols = args.cols or (args.num_images_per_prompt if args.num_images_per_prompt > 1 else None)
     meta = {"model": os.path.abspath(args.model), **metadata, "sampler": args.sampler, "steps": args.steps,
             "guidance": args.guidance, "seed": args.seed, "negative_prompt": args.negative_prompt}
-    written = save_generation(images, captions, args.out, cols=cols, metadata=meta)
+    try:
+        written = save_generation(images, captions, args.out, cols=cols, metadata=meta)
+    except DiskFullError as exc:
+        fail(f"--out: {exc}")
     print(f"wrote grid {written['grid']}")
     count = len(written["images"])
     print(f"wrote {count} image{'s' if count != 1 else ''} to {os.path.dirname(written['grid'])} "

@@ -325,3 +325,18 @@ def test_atomic_directory_keeps_the_old_folder_on_error(tmp_path):
         (tmp / "b.txt").write_text("3")
     assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temp folders left
+
+
+def test_fewer_images_into_the_same_out_remove_the_stale_numbered_ones(tmp_path):
+    from ernie_vilg2.pipelines import save_generation
+
+    out = str(tmp_path / "g.png")
+    save_generation([Image.new("RGB", (2, 2))] * 4, list("abcd"), out)
+    kept = ["g_extra.png", "g_001.jpg", "g_002.png.bak", "g_3.txt", "other_005.png", "g.txt",
+            "g_007.png", "g_007.json"]  # the last two: another run's grid (--out g_007.png) and its captions
+    for name in kept + ["g_0000.png"]:  # g_0000.png: a single of an earlier run with 1,000+ images
+        (tmp_path / name).write_bytes(b"x")
+    save_generation([Image.new("RGB", (2, 2))] * 2, list("ab"), out)
+    assert sorted(os.listdir(tmp_path)) == sorted(["g.png", "g.json", "g_000.png", "g_001.png"] + kept)
+    assert list(json.loads((tmp_path / "g.json").read_text(encoding="utf-8"))["images"]) == ["g_000.png",
+                                                                                            "g_001.png"]

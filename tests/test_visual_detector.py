@@ -340,3 +340,27 @@ def test_building_a_detector_keeps_pillow_strict_about_truncated_images():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_train_detector_cli_on_a_full_disk_is_one_line(shapes_dataset, tmp_path, monkeypatch, capsys):
+    import errno
+
+    import safetensors.numpy
+
+    from deploy_exports import load_tool
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", full_disk)
+    out = tmp_path / "run"
+    code = load_tool("tools/train_detector.py").main([
+        "--config", CONFIG, "--data", shapes_dataset, "--out", str(out), "--max-steps", "2", "--batch-size", "4",
+        "--checkpoint-every", "2", "--eval-every", "100", "--warmup-steps", "1", "--no-singles"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"error: {out / 'checkpoint.safetensors'}: not enough space on the device"), last
+    assert "needs about" in last and "free there" in last
+    assert not [name for name in os.listdir(out) if name.endswith(".safetensors") or ".tmp" in name]

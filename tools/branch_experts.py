@@ -60,11 +60,14 @@ def main(argv=None) -> int:
     quiet_third_party_logs()
     from ernie_vilg2.pipelines import branch_pipeline_folder
     from ernie_vilg2.utils.integrity import DamagedFileError
+    from ernie_vilg2.utils.io import DiskFullError
 
     try:
         branch_pipeline_folder(args.model, args.num_experts, args.out, overwrite=args.overwrite)
     except (FileNotFoundError, DamagedFileError) as exc:
         fail(f"--model: {exc}")
+    except DiskFullError as exc:
+        fail(f"--out: {exc}")
     except ValueError as exc:  # 'unet: ... has N experts' or N not dividing T
         flag = "--num-experts" if "num_experts" in str(exc) else "--model"
         fail(f"{flag}: {exc}")

@@ -92,6 +92,7 @@ def main(argv=None) -> int:
     quiet_third_party_logs()
     from ernie_vilg2.evaluation.sheet import SheetItem, write_sheet
     from ernie_vilg2.pipelines import load_pipeline
+    from ernie_vilg2.utils.io import DiskFullError
 
     pipes = []
     for flag, folder in (("--model-a", args.model_a), ("--model-b", args.model_b)):
@@ -119,8 +120,11 @@ def main(argv=None) -> int:
     if args.negative_prompt:
         settings["negative prompt"] = args.negative_prompt
     paths = {"A": os.path.abspath(args.model_a), "B": os.path.abspath(args.model_b)}
-    written = write_sheet(items, args.out, name_a, name_b, seed=args.seed, settings=settings,
-                          metadata={"model_paths": paths})
+    try:
+        written = write_sheet(items, args.out, name_a, name_b, seed=args.seed, settings=settings,
+                              metadata={"model_paths": paths})
+    except DiskFullError as exc:
+        fail(f"--out: {exc}")
     print(f"wrote sheet {written['html']} ({len(items)} prompts, {name_a} vs {name_b}; sheet id {written['id']})")
     print(f"wrote images to {os.path.join(args.out, 'images')} and the record {written['json']}")
     return 0

@@ -186,15 +186,17 @@ def generate_missing(pipe, settings: dict, names, folder: str, batch_size: int) 
     from tqdm import tqdm
 
     from ernie_vilg2.pipelines.generation import iter_images
-    from ernie_vilg2.utils.io import atomic_save_image
+    from ernie_vilg2.utils.io import atomic_save_image, disk_full_as_error
 
     missing = [i for i, name in enumerate(names) if not os.path.isfile(os.path.join(folder, name))]
     images = iter_images(pipe, settings["prompts"], images_per_batch=batch_size, seed=settings["seed"],
                          num_images_per_prompt=settings["num_images_per_prompt"], wanted=missing,
                          num_inference_steps=settings["steps"], guidance_scale=settings["guidance"],
                          height=settings["height"], width=settings["width"])
-    for i, image in tqdm(images, total=len(missing), desc="generating", unit="img", disable=not missing):
-        atomic_save_image(image, os.path.join(folder, names[i]))
+    needed = len(missing) * settings["height"] * settings["width"] * 3  # raw RGB: more than the PNGs take
+    with disk_full_as_error(folder, needed):
+        for i, image in tqdm(images, total=len(missing), desc="generating", unit="img", disable=not missing):
+            atomic_save_image(image, os.path.join(folder, names[i]))
     return len(missing)
 
 
@@ -289,7 +291,15 @@ def composition_score(args, prompt_source: str, names, captions, images_dir: str
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    from ernie_vilg2.utils.io import DiskFullError
+
+    try:
+        return evaluate(parse_args(argv))
+    except DiskFullError as exc:  # images, features, statistics or report: names the path
+        fail(str(exc))
+
+
+def evaluate(args: argparse.Namespace) -> int:
     check_arguments(args)
     ref_kind, ref_value = check_reference(args.fid_ref)
     if args.save_ref_stats:

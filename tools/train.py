@@ -55,6 +55,7 @@ def main(argv=None) -> int:
     from ernie_vilg2.training.run_folder import RunFolderLocked
     from ernie_vilg2.training.runner import run_training
     from ernie_vilg2.utils.integrity import DamagedFileError
+    from ernie_vilg2.utils.io import DiskFullError
 
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
@@ -62,7 +63,7 @@ def main(argv=None) -> int:
         model_dir = run_training(cfg, resume=args.resume, stages=args.stage,
                                  allow_config_change=args.allow_config_change)
     except (ConfigError, FileNotFoundError, FileExistsError, TrainingDiverged, ResumeRefused, RunFolderLocked,
-            DamagedFileError, CheckpointMismatch, DatasetError, ExpertGroupError) as exc:
+            DamagedFileError, CheckpointMismatch, DatasetError, ExpertGroupError, DiskFullError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

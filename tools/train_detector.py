@@ -72,9 +72,14 @@ def main(argv=None) -> int:
             sys.exit("--build-data: give one resolution per --data folder")
         from ernie_vilg2.data.config import BuiltinDataConfig
         from ernie_vilg2.data.prepare import prepare_builtin_dataset
+        from ernie_vilg2.utils.io import DiskFullError
 
         for res, folder in zip(args.build_data, args.data):
-            prepare_builtin_dataset(BuiltinDataConfig(include_singles=False), res, out_dir=folder, progress=True)
+            try:
+                prepare_builtin_dataset(BuiltinDataConfig(include_singles=False), res, out_dir=folder, progress=True)
+            except DiskFullError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
 
     from ernie_vilg2.knowledge.visual.detector_training import (
         SingleEmojiData,

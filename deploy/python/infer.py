@@ -70,12 +70,10 @@ def save_npy(array, path: str) -> None:
     """``numpy.save`` to a temporary file beside ``path``, renamed into place."""
     import numpy as np
 
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp")
-    with open(tmp, "wb") as f:
+    from ernie_vilg2.utils.io import atomic_file
+
+    with atomic_file(path, needed=array.nbytes) as tmp, open(tmp, "wb") as f:
         np.save(f, array)
-    os.replace(tmp, path)
 
 
 def main(argv=None) -> int:
@@ -100,7 +98,12 @@ def main(argv=None) -> int:
     check_pipeline_inputs(pipe, args)
     images = generate_and_save(pipe, prompts, args, {"runner": "paddle-inference (python)"})
     if args.save_noise:
-        save_npy(initial_noise(pipe, len(images), args.seed), args.save_noise)
+        from ernie_vilg2.utils.io import DiskFullError
+
+        try:
+            save_npy(initial_noise(pipe, len(images), args.seed), args.save_noise)
+        except DiskFullError as exc:
+            fail(f"--save-noise: {exc}")
         print(f"wrote noise {os.path.abspath(args.save_noise)}")
     return 0
 

@@ -25,6 +25,7 @@ import shutil
 import tempfile
 from typing import Dict, Iterable, List, Optional
 
+from ..utils.io import disk_full_as_error, umask_mode
 from .config import BuiltinDataConfig, DataConfig
 from .emoji_catalog import EmojiEntry, find_by_name, load_emoji_catalog, package_versions
 from .render import render_single
@@ -206,8 +207,10 @@ def prepare_builtin_dataset(
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp_dir = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".tmp-", dir=parent)
+    os.chmod(tmp_dir, umask_mode(directory=True))  # mkdtemp's is owner-only; the dataset is not private
     try:
-        counts = _generate(tmp_dir, builtin, resolution, progress)
+        with disk_full_as_error(out_dir):
+            counts = _generate(tmp_dir, builtin, resolution, progress)
         # The manifest goes in last: its presence means the folder is complete.
         _write_json(os.path.join(tmp_dir, MANIFEST), {"settings": settings, "counts": counts})
         _install(tmp_dir, out_dir, settings)

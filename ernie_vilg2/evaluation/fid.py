@@ -10,17 +10,16 @@ and resized to 299x299 by :func:`.inception.preprocess`.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import os
-import tempfile
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
 
 from ..utils.integrity import sha256_file
+from ..utils.io import atomic_file
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 # Changes whenever features of the same image could change (network, resize, reading).
@@ -156,18 +155,9 @@ def _write_feature_cache(path: str, features: dict) -> None:
 
 def _atomic_savez(path: str, **arrays) -> None:
     """``np.savez`` to a temporary file beside ``path``, renamed into place."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    with atomic_file(path, needed=sum(np.asarray(a).nbytes for a in arrays.values())) as tmp:
+        with open(tmp, "wb") as f:
             np.savez(f, **arrays)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; statistics are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def statistics(features: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:

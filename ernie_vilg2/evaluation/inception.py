@@ -20,7 +20,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import tempfile
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -29,6 +28,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from ..utils.integrity import DamagedFileError, check_safetensors, sha256_file
+from ..utils.io import atomic_file
 from .torchscript_weights import read_torchscript
 
 logger = logging.getLogger(__name__)
@@ -253,19 +253,9 @@ def convert_fid_inception(source: Optional[str] = None, dest: Optional[str] = No
     _check_state(state, FIDInceptionV3(), source)
     from safetensors.numpy import save_file
 
-    folder = os.path.dirname(os.path.abspath(dest))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".fid-inception.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={"source": os.path.basename(source), "source_sha256": sha256_file(source),
-                                        "network": "TF inception-2015-12-05, pool3"})
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(dest, needed=sum(v.nbytes for v in state.values())) as tmp:
+        save_file(state, str(tmp), metadata={"source": os.path.basename(source), "source_sha256": sha256_file(source),
+                                             "network": "TF inception-2015-12-05, pool3"})
     return dest
 
 

@@ -1,15 +1,17 @@
 """Batch generation for many prompts and writing a grid plus single images."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 from typing import Collection, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..text.tokenizer import check_prompts, report_truncation
 from ..utils.images import make_grid
-from ..utils.io import atomic_save_image, atomic_write_text
+from ..utils.io import atomic_save_image, atomic_write_text, disk_full_as_error
 
 
 def generate_images(
@@ -125,6 +127,9 @@ def save_generation(
     ``<stem>.json`` (``{"images": {file: caption}, ...metadata}``). All writes are atomic.
     The index has as many digits as the image count (at least 3: 1,000 images are
     ``<stem>_0000.png`` ... ``<stem>_0999.png``), so the names sort in generation order.
+    Then the numbered images of an earlier run with the same ``out_png`` that this one did
+    not write are removed (see :func:`_remove_stale_singles`), so the folder matches the JSON.
+    A full disk is a :class:`~ernie_vilg2.utils.io.DiskFullError` naming the folder.
 
     Returns the written paths: ``{"grid": ..., "images": [...], "captions": ...}``.
     """
@@ -136,15 +141,31 @@ def save_generation(
     stem = os.path.splitext(name)[0]
     singles = []
     digits = max(3, len(str(len(images))))
-    for i, image in enumerate(images):
-        path = os.path.join(folder, f"{stem}_{i:0{digits}d}.png")
-        atomic_save_image(image, path)
-        singles.append(path)
-    grid_path = str(atomic_save_image(make_grid(images, cols=cols), out_png))
-    record = dict(metadata or {})
-    record["grid"] = os.path.basename(out_png)
-    record["images"] = {os.path.basename(p): c for p, c in zip(singles, captions)}
-    captions_path = str(
-        atomic_write_text(os.path.join(folder, f"{stem}.json"), json.dumps(record, ensure_ascii=False, indent=2))
-    )
+    # Raw pixels of the singles and the grid: more than the PNGs take.
+    needed = 2 * sum(image.width * image.height * len(image.getbands()) for image in images)
+    with disk_full_as_error(folder, needed):
+        for i, image in enumerate(images):
+            path = os.path.join(folder, f"{stem}_{i:0{digits}d}.png")
+            atomic_save_image(image, path)
+            singles.append(path)
+        grid_path = str(atomic_save_image(make_grid(images, cols=cols), out_png))
+        record = dict(metadata or {})
+        record["grid"] = os.path.basename(out_png)
+        record["images"] = {os.path.basename(p): c for p, c in zip(singles, captions)}
+        captions_path = str(
+            atomic_write_text(os.path.join(folder, f"{stem}.json"), json.dumps(record, ensure_ascii=False, indent=2))
+        )
+    _remove_stale_singles(folder, stem, {os.path.basename(p) for p in singles})
     return {"grid": grid_path, "images": singles, "captions": captions_path}
+
+
+def _remove_stale_singles(folder: str, stem: str, written: Collection[str]) -> None:
+    """Remove ``<stem>_<digits>.png`` files of ``folder`` not in ``written``: the single
+    images of an earlier run with more images (or more index digits). A match that has its
+    own ``<name>.json`` beside it is the grid of another run (``--out <stem>_001.png``) and stays."""
+    single = re.compile(re.escape(stem) + r"_\d+\.png")
+    for name in os.listdir(folder):
+        if (single.fullmatch(name) and name not in written
+                and not os.path.exists(os.path.join(folder, name[: -len(".png")] + ".json"))):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(folder, name))

@@ -4,15 +4,16 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from ..utils.integrity import DamagedFileError, check_model_folder, read_json_file
+from ..utils.integrity import NUMPY_WEIGHT_DTYPES, DamagedFileError, check_model_folder, read_json_file
 
 MODEL_INDEX = "model_index.json"
 
 
 def check_pipeline_folder(model_dir: str) -> None:
     """Check ``model_index.json`` and every component folder it lists (JSON files parse,
-    weight files are complete) before the libraries read them, so that a damaged file is
-    one :class:`DamagedFileError` naming it instead of a traceback of library internals."""
+    weight files are well formed and hold floats, which the loader reads through NumPy)
+    before the libraries read them, so that a damaged file is one :class:`DamagedFileError`
+    naming it instead of a traceback of library internals (or integers cast into weights)."""
     index_path = os.path.join(model_dir, MODEL_INDEX)
     index = read_json_file(index_path)
     if not isinstance(index, dict):
@@ -23,7 +24,7 @@ def check_pipeline_folder(model_dir: str) -> None:
         folder = os.path.join(model_dir, name)
         if not os.path.isdir(folder):
             raise DamagedFileError(folder, f"folder not found ({MODEL_INDEX} lists component {name}: {spec[-1]})")
-        check_model_folder(folder)
+        check_model_folder(folder, NUMPY_WEIGHT_DTYPES)
 
 
 def load_pipeline(model_dir: str, sampler: Optional[str] = None, expert_offload: Optional[str] = None):

@@ -30,8 +30,10 @@ import paddle
 import yaml
 from safetensors.paddle import load_file, save_file
 
-from ..utils.integrity import DamagedFileError, check_safetensors, describe_files, read_json_file, verify_files
-from ..utils.io import atomic_directory, atomic_write_text
+from ..utils.integrity import (
+    PADDLE_WEIGHT_DTYPES, DamagedFileError, check_safetensors, describe_files, read_json_file, verify_files,
+)
+from ..utils.io import apply_umask, atomic_directory, atomic_write_text, disk_full_as_error
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +87,11 @@ def _join_state(tensors: Dict[str, paddle.Tensor], scalars: dict) -> dict:
     return state
 
 
+def _nbytes(*states: Optional[Dict[str, paddle.Tensor]]) -> int:
+    """The bytes of the tensors of ``states``: what a checkpoint of them needs on disk."""
+    return sum(int(v.numel()) * v.element_size() for state in states if state for v in state.values())
+
+
 def _write_state_files(folder: str, model_state: Optional[Dict[str, paddle.Tensor]],
                        optimizer_tensors: Optional[Dict[str, paddle.Tensor]],
                        ema_state: Optional[Dict[str, paddle.Tensor]],
@@ -134,8 +141,9 @@ def save_checkpoint(
     """
     os.makedirs(folder, exist_ok=True)
     name = f"step-{step:06d}"
-    with atomic_directory(os.path.join(folder, name), overwrite=True) as tmp:
-        opt_tensors, opt_scalars = _split_state(optimizer_state)
+    opt_tensors, opt_scalars = _split_state(optimizer_state)
+    needed = _nbytes(model_state, opt_tensors, ema_state)
+    with atomic_directory(os.path.join(folder, name), overwrite=True, needed=needed) as tmp:
         _write_state_files(str(tmp), model_state, opt_tensors, ema_state)
         _finish(str(tmp), step, opt_scalars, meta, config, parts=[])
     atomic_write_text(os.path.join(folder, LATEST), name)
@@ -163,7 +171,8 @@ def write_checkpoint_part(staging: str, part: str, model_state: Optional[Dict[st
     folder = os.path.join(staging, part)
     os.makedirs(folder, exist_ok=True)
     optimizer_file = "optimizer.safetensors" if writer == 0 else f"optimizer-{writer}.safetensors"
-    _write_state_files(folder, model_state, optimizer_tensors, ema_state, optimizer_file)
+    with disk_full_as_error(folder, _nbytes(model_state, optimizer_tensors, ema_state)):
+        _write_state_files(folder, model_state, optimizer_tensors, ema_state, optimizer_file)
     names = [n for n, state in (("model.safetensors", model_state), (optimizer_file, optimizer_tensors),
                                 ("ema.safetensors", ema_state)) if state is not None]
     atomic_write_text(os.path.join(folder, f"files-{writer}.json"), json.dumps(describe_files(folder, names)))
@@ -175,9 +184,11 @@ def commit_checkpoint(folder: str, step: int, staging: str, model_state: Dict[st
     """Add the shared tensors and the records to the parts written into ``staging`` and move it
     into place as ``folder/step-XXXXXX`` (replacing one of that step), then point ``latest`` at it."""
     opt_tensors, opt_scalars = _split_state(optimizer_state)
-    _write_state_files(staging, model_state, opt_tensors, ema_state)
-    parts = sorted(d for d in os.listdir(staging) if os.path.isdir(os.path.join(staging, d)))
-    _finish(staging, step, opt_scalars, meta, config, parts)
+    with disk_full_as_error(staging, _nbytes(model_state, opt_tensors, ema_state)):
+        _write_state_files(staging, model_state, opt_tensors, ema_state)
+        parts = sorted(d for d in os.listdir(staging) if os.path.isdir(os.path.join(staging, d)))
+        _finish(staging, step, opt_scalars, meta, config, parts)
+    apply_umask(staging)
     name = f"step-{step:06d}"
     target = os.path.join(folder, name)
     if os.path.exists(target):
@@ -229,8 +240,9 @@ def latest_checkpoint(folder: str) -> Optional[str]:
 
 def verify_checkpoint(path: str, checksum: bool = True) -> dict:
     """Check a checkpoint folder against the sizes and SHA-256 sums in its ``state.json``
-    (checkpoints written before those records: the safetensors structure); return the
-    state. Raises :class:`DamagedFileError` naming the first bad file."""
+    (when it has those records), and the structure of every safetensors file :func:`load_checkpoint`
+    reads (float tensors only) in any case: a checksum only says the file is the one that was
+    written. Returns the state; raises :class:`DamagedFileError` naming the first bad file."""
     state_path = os.path.join(path, STATE)
     state = read_json_file(state_path)
     if not isinstance(state, dict) or not isinstance(state.get("step"), int):
@@ -238,10 +250,16 @@ def verify_checkpoint(path: str, checksum: bool = True) -> dict:
     if "files" in state:
         verify_files(path, state["files"], checksum=checksum)
     else:
-        optional = ["ema.safetensors"] if os.path.exists(os.path.join(path, "ema.safetensors")) else []
-        for name in ["model.safetensors", "optimizer.safetensors"] + optional:
-            check_safetensors(os.path.join(path, name))
+        for name in ("model.safetensors", "optimizer.safetensors"):  # a checkpoint written before the records
+            if not os.path.isfile(os.path.join(path, name)):
+                raise DamagedFileError(os.path.join(path, name), "file not found")
         read_json_file(os.path.join(path, "optimizer.json"))
+    parts = state.get("parts", [])
+    if not (isinstance(parts, list) and all(isinstance(p, str) for p in parts)):
+        raise DamagedFileError(state_path, "not a checkpoint state (parts must be a list of folder names)")
+    for folder in [path] + [os.path.join(path, p) for p in parts]:
+        for name in sorted(glob.glob(os.path.join(folder, "*.safetensors"))):
+            check_safetensors(name, PADDLE_WEIGHT_DTYPES)
     return state
 
 

@@ -36,6 +36,7 @@ from typing import Dict, List, Optional
 import paddle
 import paddle.distributed as dist
 
+from ..utils.io import atomic_file
 from .checkpoint import commit_checkpoint, load_checkpoint, staging_dir, start_checkpoint, write_checkpoint_part
 from .expert_layout import ExpertLayout, expert_of, part_name
 from .loop import LoopHooks
@@ -236,9 +237,8 @@ def write_final_experts(unet, layout: ExpertLayout, folder: str) -> None:
     state = unet.state_dict()
     for expert in layout.experts:
         tensors = {k: v.numpy() for k, v in state.items() if expert_of(k) == expert}
-        tmp = os.path.join(folder, f".{part_name(expert)}.safetensors.tmp")
-        save_file(tensors, tmp)
-        os.replace(tmp, os.path.join(folder, f"{part_name(expert)}.safetensors"))
+        with atomic_file(os.path.join(folder, f"{part_name(expert)}.safetensors")) as tmp:
+            save_file(tensors, str(tmp))
 
 
 def assemble_bank(unet, folder: str):

@@ -34,7 +34,7 @@ from ..models.mode import MixtureOfDenoisingExperts
 from ..text.tokenizer import build_tokenizer
 from ..utils.images import make_grid
 from ..utils.integrity import check_model_folder
-from ..utils.io import atomic_directory
+from ..utils.io import atomic_directory, atomic_save_image
 from .batches import LatentSource, batch_indices, estimate_scaling_factor, shard
 from .checkpoint import set_aside_damaged
 from .config import STAGES, ExperimentConfig
@@ -340,8 +340,7 @@ class ExperimentRunner:
                       guidance_scale=s.guidance_scale, seed=s.seed).images
         grid = make_grid(images, cols=min(len(images), 4))
         path = os.path.join(self.cfg.train.output_dir, "samples", f"{name or stage}.png")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        grid.save(path)
+        atomic_save_image(grid, path)
         if self.writer is not None:
             self.writer.add_image(f"{stage}/samples", np.asarray(grid), step)
         logger.info("sample grid of stage %s: %s", stage, path)

@@ -30,6 +30,7 @@ import yaml
 
 from ernie_vilg2.config import merge
 from ernie_vilg2.utils.integrity import DamagedFileError, check_safetensors
+from ernie_vilg2.utils.io import atomic_file
 
 from .labels import LabelMap
 
@@ -211,15 +212,9 @@ def to_rgb_array(image) -> np.ndarray:
 def _atomic_save_safetensors(tensors: Dict[str, np.ndarray], path: str, metadata: Dict[str, str]) -> None:
     from safetensors.numpy import save_file
 
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)  # safetensors creates it owner-only; weights are meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    with atomic_file(path, needed=sum(a.nbytes for a in arrays.values())) as tmp:
+        save_file(arrays, str(tmp), metadata=metadata)
 
 
 def read_weights(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:

@@ -32,6 +32,7 @@ import numpy as np
 import paddle
 
 from ernie_vilg2.utils.integrity import DamagedFileError, check_safetensors
+from ernie_vilg2.utils.io import atomic_write_text
 
 from .detector import Detector, _atomic_save_safetensors, load_image_rgb
 from .labels import LabelMap
@@ -454,10 +455,7 @@ def load_checkpoint(path: str, detector: Detector, opt) -> dict:
 
 
 def _atomic_write_json(path: str, data) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False))
 
 
 # ---------------------------------------------------------------------------- training
