@@ -196,14 +196,30 @@ def test_export_cli_on_a_full_disk(tiny_pipeline_dir, tmp_path, monkeypatch, cap
     assert last.startswith(f"error: {out}"), last
     assert_one_line(last, out)
     assert os.listdir(tmp_path) == []  # no partial export folder
-    # Paddle's program writer leaves a short file on a full disk without an error: too little
-    # free space for the model's weights is refused before any work.
+    # Paddle's program writer leaves a short file on a full disk without an error: a program
+    # file shorter than its weights is refused...
+    monkeypatch.undo()
+    real_save = paddle.jit.save
+
+    def short_save(layer, path, *args, **kwargs):
+        real_save(layer, path, *args, **kwargs)
+        with open(path + ".pdiparams", "r+b") as f:
+            f.truncate(100)
+
+    monkeypatch.setattr(paddle.jit, "save", short_save)
+    with pytest.raises(SystemExit) as exit_:
+        tool.main(["--model", tiny_pipeline_dir, "--out", str(out)])
+    assert exit_.value.code == 2
+    last = _last_error(capsys)
+    assert last.startswith(f"error: {out}: not enough space on the device"), last
+    assert os.listdir(tmp_path) == []
+    # ... and too little free space for the model's weights is refused before any work.
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10 << 20, 10 << 20, 1024))
     with pytest.raises(SystemExit) as exit_:
         tool.main(["--model", tiny_pipeline_dir, "--out", str(out)])
     assert exit_.value.code == 2
     last = _last_error(capsys)
-    assert last.startswith(f"error: --out: {out}") and "1.0 KiB free there" in last, last
+    assert last.startswith(f"error: {out}") and "1.0 KiB free there" in last, last
     assert_one_line(last, out)
 
 

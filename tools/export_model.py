@@ -35,24 +35,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def check_free_space(model: str, out: str) -> None:
-    """Refuse up front when the export (about the size of the model's weights) cannot fit:
-    Paddle's program writer does not report a full disk, it leaves a short .pdiparams file."""
-    from ernie_vilg2.utils.io import DiskFullError, free_space
-
-    needed = sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(model) for name in names
-                 if name.endswith((".safetensors", ".pdparams")))
-    if free_space(out) < needed:
-        fail(f"--out: {DiskFullError(out, needed)}")
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     if not os.path.isdir(args.model):
         fail(f"--model: model folder not found: {args.model}")
     if os.path.exists(args.out) and not args.overwrite:
         fail(f"--out: {args.out} already exists (pass --overwrite to replace it)")
-    check_free_space(args.model, args.out)
 
     from ernie_vilg2.cli_utils import quiet_third_party_logs
 

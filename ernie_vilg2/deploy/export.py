@@ -28,7 +28,7 @@ import numpy as np
 
 from .. import __version__
 from ..utils.integrity import check_safetensors
-from ..utils.io import atomic_directory, atomic_write_text
+from ..utils.io import DiskFullError, atomic_directory, atomic_write_text, free_space
 from .manifest import write_manifest
 from .rewrites import rewrite_for_export
 from .tokenizer import WordPieceTokenizer, load_vocab
@@ -178,11 +178,26 @@ def check_tokenizer(folder: str, spec: Dict, tokenizer, probes=TOKENIZER_PROBES)
 
 # -- programs --------------------------------------------------------------------------------
 def _save(static_layer, root: str, folder: str) -> Dict[str, str]:
-    """Save a program to ``root/folder``; return its manifest entry (paths relative to root)."""
+    """Save a program to ``root/folder``; return its manifest entry (paths relative to root).
+
+    Paddle's writer does not report a full disk (it leaves a short ``.pdiparams``), so the
+    file must hold at least the layer's weights."""
     import paddle
 
     paddle.jit.save(static_layer, os.path.join(root, folder, PROGRAM))
+    params = os.path.join(root, folder, f"{PROGRAM}.pdiparams")
+    weights = sum(int(np.prod(t.shape)) * t.element_size() for t in static_layer.state_dict().values())
+    if os.path.getsize(params) < weights:
+        raise DiskFullError(params, needed=weights)
     return {"model": f"{folder}/{PROGRAM}.json", "params": f"{folder}/{PROGRAM}.pdiparams"}
+
+
+def _check_free_space(model_dir: str, out_dir: str) -> None:
+    """Refuse up front when the export (about the size of the model's weights) cannot fit."""
+    needed = sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(model_dir) for name in names
+                 if name.endswith((".safetensors", ".pdparams")))
+    if free_space(out_dir) < needed:
+        raise DiskFullError(out_dir, needed=needed)
 
 
 def _static(layer, specs):
@@ -246,6 +261,7 @@ def export_pipeline(
     index = _read_json(os.path.join(model_dir, MODEL_INDEX))
     if os.path.exists(out_dir) and not overwrite:
         raise FileExistsError(f"{out_dir} already exists (pass --overwrite to replace it)")
+    _check_free_space(model_dir, out_dir)
     unet_config = _read_json(os.path.join(model_dir, "unet", "config.json"))
     vae_config = _read_json(os.path.join(model_dir, "vae", "config.json"))
     scheduler_config = _read_json(os.path.join(model_dir, "scheduler", "scheduler_config.json"))
