@@ -8,7 +8,7 @@ setup(
     packages=find_packages(include=["ernie_vilg2", "ernie_vilg2.*"]),
     package_data={"ernie_vilg2": ["resources/*", "ops/*.cc"]},
     python_requires=">=3.9",
-    # Pinned versions live in requirements/lock.txt (see README); these are the direct needs.
+    # Pinned versions live in requirements/lock.txt (see docs/install.md); these are the direct needs.
     # paddlepaddle itself is not listed: paddlepaddle (CPU) and paddlepaddle-gpu share one
     # import name, and listing either would pull the CPU wheel over a GPU install.
     install_requires=[

@@ -120,7 +120,7 @@ def lexical_rows(zh, en, batch):
 
 
 def keyword_rows(zh, en, analyzer, cfg, tokenizer):
-    """What the default rule selects (README "Textual knowledge" quotes these counts)."""
+    """What the default rule selects (docs/knowledge.md quotes these counts)."""
     from ernie_vilg2.knowledge.textual import select_keywords
     from ernie_vilg2.knowledge.textual.english import SPATIAL_WORDS, english_tokens
     from ernie_vilg2.knowledge.textual.tags import FUNCTION_VERBS

@@ -1,4 +1,4 @@
-"""Key-word quality: which words are selected, in English and Chinese (README "Textual knowledge").
+"""Key-word quality: which words are selected, in English and Chinese (docs/knowledge.md).
 
 The hand-checked prompt sets live in tests/data/keywords_{en,zh}.tsv; the other tests pin
 one rule each (spatial words, -ly nouns, function verbs, pronouns, typographic quotes).

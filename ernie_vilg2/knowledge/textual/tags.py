@@ -55,7 +55,7 @@ COARSE: Dict[str, str] = {
 }
 assert set(COARSE.values()) == set(POS_TAGS)
 
-# Key-word tags by default (README "Textual knowledge" has the table and the reasons):
+# Key-word tags by default (docs/knowledge.md has the table and the reasons):
 # nouns incl. names and times, direction/place nouns (spatial words: the built-in scenes
 # caption exactly these relations), verbs, adjectives, numerals, quantifiers. Not pronouns
 # (r: "it", "there", 这个 name nothing visible themselves), adverbs, function words.
