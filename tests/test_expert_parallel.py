@@ -103,10 +103,12 @@ def launch(stage1, out, name, env_extra=None, attempts=3):
 
 @pytest.fixture(scope="module")
 def ep_run(stage1):
-    """The experts stage on 4 ranks, uninterrupted; each rank's trained parameters dumped."""
+    """The experts stage on 4 ranks, uninterrupted; each rank's trained parameters dumped. Rank 3's
+    first attempt at creating the process groups fails, so the groups trained with are the retry's."""
     out = copy_stage1(stage1, "ep")
-    rc, logs = launch(stage1, out, "ep", {"EP_TEST_DUMP": str(stage1 / "ep-dump")})
+    rc, logs = launch(stage1, out, "ep", {"EP_TEST_DUMP": str(stage1 / "ep-dump"), "EP_TEST_GROUP_FAILURE": "3"})
     assert rc == 0, logs[-3000:]
+    (stage1 / "ep-logs.txt").write_text(logs)
     return out
 
 
@@ -194,6 +196,43 @@ def test_one_process_loads_the_per_expert_checkpoint(ep_run):
     for k, v in final.items():
         np.testing.assert_array_equal(ckpt["model"][f"unet.{k}"].numpy(), v, err_msg=k)
     assert any(k.startswith("unet.experts.1.") for k in ckpt["optimizer"])
+
+
+def test_every_rank_retries_creating_the_groups_when_one_failed(stage1, ep_run):
+    logs = (stage1 / "ep-logs.txt").read_text()
+    assert "rank 3: creating the process groups failed (attempt 1 of 3): EP-TEST" in logs
+    for r in (0, 1, 2):
+        assert f"rank {r}: 1 rank(s) failed to create the process groups (attempt 1 of 3)" in logs
+    assert logs.count("process groups created at attempt 2") == RANKS
+
+
+def test_nothing_left_to_do_is_decided_before_joining_the_job(stage1, monkeypatch, caplog):
+    def join(cfg):
+        raise AssertionError("joined the job although every stage is finished")
+
+    monkeypatch.setattr(runner_mod, "init_distributed", join)
+    cfg = load_config(TINY_YAML, overrides(stage1 / "stage1", stage1 / "data", **{"train.stages": "[vae, base]"}))
+    with caplog.at_level("INFO"):
+        assert runner_mod.run_training(cfg, resume=True) == str(stage1 / "stage1" / "base")
+    assert "nothing left to do: the stages of this run (vae, base) are finished" in caplog.text
+
+
+def test_resuming_a_finished_run_has_nothing_to_do_and_joins_no_group(stage1, ep_run):
+    rc, logs = launch(stage1, ep_run, "finished", attempts=1)
+    assert rc == 0, logs[-3000:]
+    assert logs.count("nothing left to do: the stages of this run (vae, base, experts) are finished") == RANKS
+    # No rank created a process group (connect logs the layout once it has) or waited for a peer.
+    assert "expert group(s) x" not in logs and "TIMEOUT" not in logs and "Traceback" not in logs
+
+
+def test_a_failing_rank_ends_the_job_with_one_line_naming_it(stage1):
+    out = copy_stage1(stage1, "failing")
+    rc, logs = launch(stage1, out, "failing", {"EP_TEST_FAIL_RANK": "2"}, attempts=1)
+    shown = (out.parent / "failing-launcher0.txt").read_text(errors="replace")  # what the user sees
+    assert rc != 0
+    errors = [line for line in shown.splitlines() if line.startswith("error:")]
+    assert errors == ["error: rank 2: [Errno 28] No space left on device (EP-TEST)"], shown[-3000:]
+    assert "Traceback" not in shown and "Traceback" not in logs, logs[-3000:]
 
 
 # -- a bank of some experts, the layout and its errors (no processes) ---------------------------------

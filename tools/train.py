@@ -8,11 +8,15 @@ import logging
 import os
 import signal
 import sys
+import time
+import traceback
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ernie_vilg2.config import ConfigError  # noqa: E402
+
+PEER_FAILURE_GRACE = 10  # seconds; paddle.distributed.launch notices a failed rank within about 2
 
 
 def parse_args(argv=None):
@@ -32,7 +36,9 @@ def parse_args(argv=None):
 
 
 def _stop_on_sigterm(signum, frame):
-    # Unwind like an exception so that the run folder's lock is released and logs are closed.
+    # Unwind like an exception so that the run folder's lock is released and logs are closed;
+    # the launcher may signal again while this runs (it kills what is left soon after).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     print("train.py: stopped by SIGTERM; continue later with --resume", file=sys.stderr)
     raise SystemExit(128 + signum)
 
@@ -49,6 +55,7 @@ def main(argv=None) -> int:
     from ernie_vilg2.data.jsonl import DatasetError
     from ernie_vilg2.training.checkpoint import CheckpointMismatch
     from ernie_vilg2.training.config import load_config
+    from ernie_vilg2.training.distributed import is_communication_error, launch_position
     from ernie_vilg2.training.expert_parallel import ExpertGroupError
     from ernie_vilg2.training.loop import TrainingDiverged
     from ernie_vilg2.training.resume import ResumeRefused
@@ -58,17 +65,33 @@ def main(argv=None) -> int:
     from ernie_vilg2.utils.io import DiskFullError
 
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    rank, world = launch_position()
+    who = f"rank {rank}: " if world > 1 else ""  # the launcher shows the log of the rank that failed first
     try:
         cfg = load_config(args.config, args.opt)
         model_dir = run_training(cfg, resume=args.resume, stages=args.stage,
                                  allow_config_change=args.allow_config_change)
-    except (ConfigError, FileNotFoundError, FileExistsError, TrainingDiverged, ResumeRefused, RunFolderLocked,
+    except (ConfigError, OSError, TrainingDiverged, ResumeRefused, RunFolderLocked,
             DamagedFileError, CheckpointMismatch, DatasetError, ExpertGroupError, DiskFullError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {who}{exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("train.py: interrupted; continue later with --resume", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if world == 1:
+            raise
+        first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+        if is_communication_error(exc):
+            # Mostly another rank failed and closed its connections: the launcher reports the first
+            # rank to exit and stops the others, so wait to be stopped rather than be reported first.
+            time.sleep(PEER_FAILURE_GRACE)
+            print(f"error: {who}lost contact with the other ranks ({first_line}); continue later with --resume",
+                  file=sys.stderr)
+            return 1
+        traceback.print_exc()
+        print(f"error: {who}{type(exc).__name__}: {first_line} (traceback above)", file=sys.stderr)
+        return 1
     print(f"model: {model_dir}" if model_dir else f"done (no pipeline yet in {cfg.train.output_dir})")
     return 0
 

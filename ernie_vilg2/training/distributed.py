@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import paddle
 import paddle.distributed as dist
 
+from ..config import ConfigError
 from .expert_layout import ExpertLayout, layout_from_config
+from .process_groups import barrier
 
 logger = logging.getLogger(__name__)
 
@@ -77,19 +79,44 @@ class DistContext:
         return ExpertParallelHooks(self.experts, self.expert_group, sharded=self.sharding is not None)
 
     def barrier(self) -> None:
-        if self.world_size > 1:
-            dist.barrier()
+        """All ranks have arrived; counted on the launcher's store, so a rank busy alone (saving,
+        sampling, verifying checkpoints) may take longer than gloo's 30 s (:mod:`.process_groups`)."""
+        barrier(self.world_size)
+
+
+def launch_position() -> Tuple[int, int]:
+    """(rank, number of ranks) as the launcher set them, (0, 1) without one; needs no process group."""
+    return dist.get_rank(), dist.get_world_size()
+
+
+def is_communication_error(exc: BaseException) -> bool:
+    """A collective or the launcher's store failed because a peer is gone or late (Paddle names
+    the source file in the message): in a launched job mostly the echo of another rank's failure."""
+    return any(source in str(exc) for source in ("/gloo/", "/distributed/store/"))
 
 
 def _on_accelerator() -> bool:
     return paddle.get_device().split(":")[0] in ("gpu", "xpu")
 
 
+def job_layout(cfg) -> Optional[ExpertLayout]:
+    """This rank's expert layout (None without train.expert_parallel), after checking ``cfg`` (an
+    ExperimentConfig) against the launched ranks: a config they cannot run raises a one-line
+    ConfigError before anything joins or is written."""
+    t = cfg.train
+    rank, world = launch_position()
+    if t.expert_parallel:
+        return layout_from_config(cfg, world, rank, _on_accelerator())
+    if world > 1 and world % t.sharding_degree:
+        raise ConfigError("train.sharding_degree", f"{t.sharding_degree} must divide the number of workers ({world})")
+    return None
+
+
 def init_distributed(cfg) -> DistContext:
     """Join the job described by ``cfg`` (an ExperimentConfig) on the launcher's ranks."""
     t = cfg.train
-    world, rank = dist.get_world_size(), dist.get_rank()
-    layout = layout_from_config(cfg, world, rank, _on_accelerator()) if t.expert_parallel else None
+    rank, world = launch_position()
+    layout = job_layout(cfg)
     if layout is not None and t.sharding_degree == 1:
         from .expert_parallel import connect
 
@@ -99,8 +126,6 @@ def init_distributed(cfg) -> DistContext:
     from paddle.distributed import fleet
 
     sharding_degree = t.sharding_degree
-    if world % sharding_degree:
-        raise ValueError(f"train.sharding_degree ({sharding_degree}) must divide the number of workers ({world})")
     strategy = fleet.DistributedStrategy()
     strategy.hybrid_configs = {
         "dp_degree": world // sharding_degree,

@@ -5,8 +5,9 @@ Layout and its rules: :mod:`.expert_layout`. APIs and why:
 - ``paddle.distributed.init_parallel_env`` + ``new_group`` per expert group, not Fleet's
   hybrid topology: Fleet's ``ep_degree`` takes effect only with ``order`` including "ep"
   and then forces dp = 1, and 4-rank Fleet hybrid setups failed to create their groups
-  over gloo here, while ``new_group`` with 2 groups at 4 ranks works. Groups of one rank
-  are not created (nothing to reduce).
+  over gloo here. Each group is created on a store of its own, and again on every rank if
+  any rank failed (:mod:`.process_groups`). Groups of one rank are not created (nothing to
+  reduce).
 - No DataParallel wrapper in the experts stage: its reducer all-reduces over all ranks,
   but expert gradients must stay within their group. After ``backward`` the trainer calls
   :class:`GradientSync`: expert gradients are summed within the group, the others (the text
@@ -40,31 +41,34 @@ from ..utils.io import atomic_file
 from .checkpoint import commit_checkpoint, load_checkpoint, staging_dir, start_checkpoint, write_checkpoint_part
 from .expert_layout import ExpertLayout, expert_of, part_name
 from .loop import LoopHooks
+from .process_groups import GroupCreationFailed, barrier, create_groups
 
 logger = logging.getLogger(__name__)
 
 
 class ExpertGroupError(RuntimeError):
-    """Creating the process groups failed (over gloo this happens now and then: run again)."""
+    """Joining the job or creating the expert groups failed (over gloo this happens now and then: run again)."""
 
 
 def connect(layout: ExpertLayout):
     """Join the job (``init_parallel_env``) and create the expert groups; this rank's group
-    (None when groups have one rank). Every rank creates every group, in the same order."""
+    (None when groups have one rank). Every rank creates every group, in the same order, each
+    group on its own store and with retries (:mod:`.process_groups`)."""
+    what = f"expert-parallel: connecting {layout.world_size} ranks into {layout.groups} expert groups failed"
+    again = "run the job again (with --resume it continues where it stopped)"
     try:
         if layout.world_size > 1:
             dist.init_parallel_env()
-        mine = None
-        if layout.ranks_per_group > 1:
-            for g in range(layout.groups):
-                group = dist.new_group(layout.group_ranks(g))
-                if g == layout.group:
-                    mine = group
     except Exception as exc:  # gloo: RuntimeError(... TIMEOUT ...); NCCL: its own errors
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExpertGroupError(f"expert-parallel: connecting {layout.world_size} ranks into {layout.groups} expert "
-                               f"groups failed ({first_line[:300]}); run the job again (with --resume it continues "
-                               "where it stopped)") from None
+        raise ExpertGroupError(f"{what} ({first_line[:300]}); {again}") from None
+    mine = None
+    if layout.ranks_per_group > 1:
+        try:
+            groups = create_groups([layout.group_ranks(g) for g in range(layout.groups)])
+        except GroupCreationFailed as exc:
+            raise ExpertGroupError(f"{what} ({exc}); {again}") from None
+        mine = groups[layout.group]
     logger.info("expert-parallel: %s", layout.describe())
     return mine
 
@@ -168,7 +172,7 @@ class ExpertParallelHooks(LoopHooks):
         staging = staging_dir(folder, step)
         if lay.rank == 0:
             start_checkpoint(staging)
-        dist_barrier(lay)
+        barrier(lay.world_size)
         if lay.is_group_leader or self.sharded:  # sharded: every rank holds a slice of the optimizer state
             optimizer_tensors = _flat_tensors(optimizer_state)
             for expert in lay.experts:
@@ -180,7 +184,7 @@ class ExpertParallelHooks(LoopHooks):
                     ema_state=mine(ema_state) if lay.is_group_leader and ema_state is not None else None,
                     writer=lay.rank % lay.ranks_per_group if self.sharded else 0,
                 )
-        dist_barrier(lay)
+        barrier(lay.world_size)
         path = os.path.join(folder, f"step-{step:06d}")
         if lay.rank == 0:
             shared = lambda state: {k: v for k, v in state.items() if expert_of(k) is None}  # noqa: E731
@@ -197,11 +201,6 @@ class ExpertParallelHooks(LoopHooks):
                            "global batch are assigned differently from here on (not an exact continuation)",
                            path, groups, self.layout.groups)
         return ckpt
-
-
-def dist_barrier(layout: ExpertLayout) -> None:
-    if layout.world_size > 1:
-        dist.barrier()
 
 
 def _flat_tensors(state: dict, prefix: str = "") -> Dict[str, paddle.Tensor]:

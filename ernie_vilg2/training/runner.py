@@ -39,7 +39,7 @@ from .batches import LatentSource, batch_indices, estimate_scaling_factor, shard
 from .checkpoint import set_aside_damaged
 from .config import STAGES, ExperimentConfig
 from .diffusion_step import DiffusionStep, TimestepSampler
-from .distributed import DistContext, init_distributed
+from .distributed import DistContext, init_distributed, job_layout, launch_position
 from .knowledge import CaptionProcessor
 from .loop import LoopSettings, Trainer
 from .modules import DiffusionTrainingModule, VAETrainingModule
@@ -90,16 +90,40 @@ def check_output_dir(cfg: ExperimentConfig, resume: bool) -> None:
         )
 
 
+def stages_to_run(cfg: ExperimentConfig, selected: List[str], reopen) -> List[str]:
+    """The stages of ``selected`` that still train, in order: not finished, or reopened by
+    ``--resume --allow-config-change`` with more steps (``reopen``)."""
+    todo = []
+    for stage in STAGES:
+        if stage not in selected:
+            continue
+        if stage == "experts" and cfg.model.num_experts == 1:
+            logger.info("model.num_experts is 1: no expert stage (the base U-Net is the model)")
+        elif stage_done(cfg, stage) and stage not in reopen:
+            logger.info("stage %s already finished: %s", stage, stage_dir(cfg, stage))
+        else:
+            todo.append(stage)
+    return todo
+
+
 class ExperimentRunner:
     def __init__(self, cfg: ExperimentConfig, resume: bool = False, ctx: Optional[DistContext] = None,
                  allow_config_change: bool = False):
         self.cfg = cfg
         self.resume = resume
         self.allow_config_change = allow_config_change
-        self.ctx = ctx or init_distributed(cfg)
+        self._ctx = ctx
         self.writer = None
         self._dataset = None
         self.plan = ResumePlan()
+
+    @property
+    def ctx(self) -> DistContext:
+        """The job's ranks, joined (process groups created) on first use: only once the run folder
+        shows there is something to train."""
+        if self._ctx is None:
+            self._ctx = init_distributed(self.cfg)
+        return self._ctx
 
     @property
     def dataset(self):
@@ -113,27 +137,31 @@ class ExperimentRunner:
         if cfg.train.mixed_precision != "no" and not paddle.device.is_compiled_with_cuda():
             raise ConfigError("train.mixed_precision", f"{cfg.train.mixed_precision!r} needs a GPU build of Paddle")
         selected = stages or cfg.train.stages
+        if self._ctx is None:
+            job_layout(cfg)  # a config the launched ranks cannot run: refused before anything is written
         # One trainer per run folder; in a multi-process run the main process holds it.
-        lock = RunLock(cfg.train.output_dir).acquire() if self.ctx.is_main else None
+        is_main = self._ctx.is_main if self._ctx is not None else launch_position()[0] == 0
+        lock = RunLock(cfg.train.output_dir).acquire() if is_main else None
         try:
             check_output_dir(cfg, self.resume)
             new_run = not saved_state(cfg)
             if self.resume and not new_run:
                 self.plan = plan_resume(cfg.train.output_dir, to_dict(cfg), {s for s in STAGES if stage_done(cfg, s)},
                                         selected, self.allow_config_change)
+            todo = stages_to_run(cfg, selected, self.plan.reopen)
+            if not todo:
+                # Every rank decides this from the run folder alone, before joining the job:
+                # no process group, no collective that could wait for a peer.
+                if is_main:
+                    self._record_config(new_run)
+                logger.info("nothing left to do: the stages of this run (%s) are finished in %s",
+                            ", ".join(s for s in STAGES if s in selected), cfg.train.output_dir)
+                return final_model_dir(cfg)
             self.ctx.barrier()  # every rank has read the checkpoints before the main one sets damaged ones aside
             if self.ctx.is_main:
                 self._prepare_run_folder(new_run)
-            for index, stage in enumerate(STAGES):
-                if stage not in selected:
-                    continue
-                if stage == "experts" and cfg.model.num_experts == 1:
-                    logger.info("model.num_experts is 1: no expert stage (the base U-Net is the model)")
-                    continue
-                if stage_done(cfg, stage) and stage not in self.plan.reopen:
-                    logger.info("stage %s already finished: %s", stage, stage_dir(cfg, stage))
-                    continue
-                getattr(self, f"run_{stage}")(index)
+            for stage in todo:
+                getattr(self, f"run_{stage}")(STAGES.index(stage))
                 self.ctx.barrier()
         finally:
             if self.writer is not None:
@@ -142,8 +170,8 @@ class ExperimentRunner:
                 lock.release()
         return final_model_dir(cfg)
 
-    def _prepare_run_folder(self, new_run: bool) -> None:
-        """Main process: the run's config record, accepted changes, damaged checkpoints, VisualDL."""
+    def _record_config(self, new_run: bool) -> None:
+        """Main process: the run's config record and the accepted config changes."""
         out = self.cfg.train.output_dir
         write_run_config(out, to_dict(self.cfg), new_run)
         if self.plan.changes:
@@ -153,6 +181,11 @@ class ExperimentRunner:
             for note in self.plan.notes:
                 logger.warning("%s", note)
             logger.warning("config changes recorded in %s", path)
+
+    def _prepare_run_folder(self, new_run: bool) -> None:
+        """Main process: the run's config record, accepted changes, damaged checkpoints, VisualDL."""
+        out = self.cfg.train.output_dir
+        self._record_config(new_run)
         for stage, damaged in self.plan.damaged.items():
             set_aside_damaged(damaged, self.plan.checkpoints[stage])
         from visualdl import LogWriter
@@ -293,13 +326,14 @@ class ExperimentRunner:
                         "sample the saved pipeline with tools/generate.py")
 
         def sample_during_training(step: int) -> None:
-            if partial_bank:
+            if partial_bank or not (cfg.train.sample_every and step % cfg.train.sample_every == 0):
                 return
-            if self.ctx.is_main and cfg.train.sample_every and step % cfg.train.sample_every == 0:
+            if self.ctx.is_main:
                 captions.install(unet, training=False)
                 self.sample_grid(pipe, stage, step, name=f"{stage}-step{step:06d}")
                 captions.install(unet, training=True)
                 module.train()
+            self.ctx.barrier()  # the others wait here, not in the next step's all-reduce (gloo: 30 s at most)
 
         trainer = self._trainer(stage, index, module, step_fn, batch_size, on_step=sample_during_training)
         trainer.train()
