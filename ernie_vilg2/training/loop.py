@@ -144,6 +144,7 @@ class Trainer:
         on_step: Optional[Callable[[int], None]] = None,
         wrap_fn: Optional[Callable] = None,
         hooks: Optional[LoopHooks] = None,
+        on_checkpoint: Optional[Callable[[], None]] = None,
     ):
         self.module = module
         self.step_fn = step_fn
@@ -151,6 +152,8 @@ class Trainer:
         self.settings = settings
         self.writer = writer
         self.on_step = on_step  # called after every step with the step count (sample grids)
+        # called on every rank after a checkpoint step: a barrier that outlasts gloo's 30 s
+        self.on_checkpoint = on_checkpoint
         self.hooks = hooks or LoopHooks()
         self.params = trainable_parameters(module)
         if not self.params:
@@ -255,9 +258,11 @@ class Trainer:
                         "samples_per_s": window_steps * s.samples_per_step / elapsed}
                 self._log(logs)
                 window_start, window_steps = time.time(), 0
-            if self.hooks.writes_checkpoints(s.is_main) and (
-                    self.step % s.checkpoint_every == 0 or self.step == self.cfg.steps):
-                self.save()
+            if self.step % s.checkpoint_every == 0 or self.step == self.cfg.steps:
+                if self.hooks.writes_checkpoints(s.is_main):
+                    self.save()
+                if self.on_checkpoint is not None:  # the other ranks wait here, not in a collective
+                    self.on_checkpoint()
             if self.on_step is not None:
                 self.on_step(self.step)
         bar.close()

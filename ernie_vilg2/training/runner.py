@@ -212,7 +212,7 @@ class ExperimentRunner:
         trainer = Trainer(
             module, step_fn, stage_cfg, self._settings(stage, index, batch_size), writer=self.writer,
             on_step=on_step, wrap_fn=lambda optimizer: self.ctx.wrap_optimizer(optimizer, stage),
-            hooks=self.ctx.loop_hooks(stage),
+            hooks=self.ctx.loop_hooks(stage), on_checkpoint=self.ctx.barrier,
         )
         if self.ctx.expert_parallel(stage) and self.ctx.sharding:  # before resume: each rank loads its slice
             step_fn.model, trainer.optimizer = self.ctx.shard(module, trainer.optimizer)
