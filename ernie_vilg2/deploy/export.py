@@ -30,6 +30,7 @@ from .. import __version__
 from ..utils.integrity import check_safetensors
 from ..utils.io import DiskFullError, atomic_directory, atomic_write_text, free_space
 from .manifest import write_manifest
+from .program_info import read_program_info
 from .rewrites import rewrite_for_export
 from .tokenizer import WordPieceTokenizer, load_vocab
 
@@ -181,12 +182,12 @@ def _save(static_layer, root: str, folder: str) -> Dict[str, str]:
     """Save a program to ``root/folder``; return its manifest entry (paths relative to root).
 
     Paddle's writer does not report a full disk (it leaves a short ``.pdiparams``), so the
-    file must hold at least the layer's weights."""
+    file must hold at least the values of the parameters its program lists."""
     import paddle
 
     paddle.jit.save(static_layer, os.path.join(root, folder, PROGRAM))
     params = os.path.join(root, folder, f"{PROGRAM}.pdiparams")
-    weights = sum(int(np.prod(t.shape)) * t.element_size() for t in static_layer.state_dict().values())
+    weights = read_program_info(os.path.join(root, folder, f"{PROGRAM}.json")).parameter_bytes
     if os.path.getsize(params) < weights:
         raise DiskFullError(params, needed=weights)
     return {"model": f"{folder}/{PROGRAM}.json", "params": f"{folder}/{PROGRAM}.pdiparams"}

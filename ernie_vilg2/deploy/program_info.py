@@ -12,6 +12,7 @@ C++ runner reads the same fields from the same file (deploy/cpp/src/program_info
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -30,17 +31,30 @@ class ProgramInfoError(ValueError):
 @dataclass
 class ProgramInfo:
     """The shapes of the inputs by name (-1 for a dynamic dimension), of output 0 and of the
-    parameters that ``gather`` ops read (lookup tables), in op order."""
+    parameters that ``gather`` ops read (lookup tables), in op order; the bytes of all the
+    parameters' values (what ``NAME.pdiparams`` holds besides its per-tensor headers)."""
 
     path: str
     inputs: Dict[str, List[int]] = field(default_factory=dict)
     output: Optional[List[int]] = None
     tables: List[List[int]] = field(default_factory=list)
+    parameter_bytes: int = 0
 
 
 def _op_kind(op: Dict[str, Any]) -> str:
     # "1.data" (the pd_op dialect's index in the file) or "pd_op.data": the part after the dot.
     return str(op.get("#", "")).rpartition(".")[2]
+
+
+# Bytes per element of the dtypes in a type record ("0.t_f32" -> f32).
+_DTYPE_BYTES = {"f64": 8, "i64": 8, "f32": 4, "i32": 4, "f16": 2, "bf16": 2, "i16": 2, "i8": 1, "ui8": 1, "bool": 1}
+
+
+def _dtype_bytes(value: Any) -> int:
+    try:
+        return _DTYPE_BYTES.get(str(value["TT"]["D"][0]["#"]).rpartition(".t_")[2], 4)
+    except (KeyError, IndexError, TypeError):
+        return 4
 
 
 def _shape(value: Any) -> Optional[List[int]]:
@@ -91,6 +105,7 @@ def read_program_info(path: str) -> ProgramInfo:
         shape = _shape(outputs[0]) if outputs else None
         if kind == "p" and shape is not None:  # a parameter
             value_shapes[outputs[0].get("%")] = shape
+            info.parameter_bytes += _dtype_bytes(outputs[0]) * math.prod(max(d, 0) for d in shape)
         elif kind == "data" and shape is not None:
             name = _attribute(op, "name")
             if isinstance(name, str):
