@@ -59,5 +59,6 @@ def composition_line(report: dict) -> Optional[str]:
     summary = report.get("summary", {}).get("all")
     if not summary:
         return None
+    numbers = [summary[m][k] for m in ("both_present", "relation_correct") for k in ("mean", "low", "high")]
     return "composition ({} images): both objects {:.3f} [{:.3f}, {:.3f}], relation {:.3f} [{:.3f}, {:.3f}]".format(
-        report["num_images"], *(summary[m][k] for m in ("both_present", "relation_correct") for k in ("mean", "low", "high")))
+        report["num_images"], *numbers)
