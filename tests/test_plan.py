@@ -32,9 +32,9 @@ def test_plan_counts_equal_the_fully_built_models(tmp_path):
     for the configured text encoder and for a pretrained one (its vocabulary grown)."""
     from ernie_vilg2.models.factory import build_pipeline
     from ernie_vilg2.models.text_encoder import build_text_encoder
+    from ernie_vilg2.planning.memory_plan import measure_models
     from ernie_vilg2.text.tokenizer import build_tokenizer
     from ernie_vilg2.training.config import load_config
-    from ernie_vilg2.planning.memory_plan import measure_models
 
     overrides = ["model.num_experts=2", "model.unet.layers_per_block=2",
                  "model.unet.block_out_channels=[16,32,32]",
@@ -82,8 +82,8 @@ def test_24b_plan_prints_the_table_without_allocating_the_model():
 
 @pytest.fixture(scope="module")
 def models_24b():
-    from ernie_vilg2.training.config import load_config
     from ernie_vilg2.planning.memory_plan import measure_models
+    from ernie_vilg2.training.config import load_config
 
     cfg = load_config(CONFIG_24B)
     return cfg, measure_models(cfg)
@@ -136,8 +136,8 @@ def test_sharding_stages_split_what_they_name(models_24b):
 def test_default_layout_is_fused_attention_with_or_without_textual_knowledge(textual):
     """Every expert carries FastAttnProcessor, which takes Paddle's fused attention on CUDA with
     the key-word emphasis too; --attention unfused stays a user's override."""
-    from ernie_vilg2.training.config import load_config
     from ernie_vilg2.planning.memory_plan import default_layout
+    from ernie_vilg2.training.config import load_config
 
     cfg = load_config(CONFIG_24B, [f"textual_knowledge.enabled={str(textual).lower()}"])
     assert default_layout(cfg, gpus=320, gpu_mem_gib=80).attention == "fused"
