@@ -198,8 +198,8 @@ def print_table(args, results) -> None:
 
 
 def print_plan() -> None:
+    from ernie_vilg2.planning.memory_plan import build_plan, default_layout, format_plan
     from ernie_vilg2.training.config import load_config
-    from ernie_vilg2.training.memory_plan import build_plan, default_layout, format_plan
 
     cfg = load_config(CONFIG_24B)
     print()

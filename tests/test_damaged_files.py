@@ -91,8 +91,11 @@ def test_damaged_expert_bank_is_named(model_copy):
 
 
 def test_damaged_detector_weights_and_checkpoint_are_named(tmp_path):
+    import paddle
+
     from ernie_vilg2.knowledge.visual.detector import read_weights
-    from ernie_vilg2.knowledge.visual.detector_training import load_checkpoint
+    from ernie_vilg2.training.checkpoint import save_checkpoint
+    from ernie_vilg2.training.detector.loop import CHECKPOINTS_DIR, resume_detector_training
 
     path = tmp_path / "detector.safetensors"
     save_file({"w": np.ones((64, 64), "float32")}, str(path), metadata={"meta": "{}"})
@@ -100,9 +103,12 @@ def test_damaged_detector_weights_and_checkpoint_are_named(tmp_path):
     with pytest.raises(ValueError, match="truncated") as err:
         read_weights(str(path))
     _one_line_naming(err, path)
-    with pytest.raises(ValueError, match="truncated") as err:
-        load_checkpoint(str(path), None, None)
-    assert "--no-resume" in _one_line_naming(err, path)
+    folder = tmp_path / "run" / CHECKPOINTS_DIR
+    step = save_checkpoint(str(folder), 1, {"w": paddle.ones([64, 64])}, {"m": paddle.zeros([64, 64])})
+    _truncate(tmp_path / step / "model.safetensors")
+    with pytest.raises(ValueError, match=r"model.safetensors: wrong size") as err:
+        resume_detector_training(str(tmp_path / "run"), None, None, None)
+    assert "--no-resume" in _one_line_naming(err, folder)
 
 
 def test_damaged_training_checkpoint_is_named(tmp_path):

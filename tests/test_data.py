@@ -319,6 +319,7 @@ def _picture(width, height):
 @pytest.mark.parametrize("image_fit", ["center_crop", "squash"])
 def test_jsonl_large_image_is_decoded_near_the_target_size(tmp_path, monkeypatch, suffix, image_fit):
     from ernie_vilg2.data import jsonl
+    from ernie_vilg2.data.image_decode import load_rgb
 
     picture, box = _picture(2403, 1801)  # not a multiple of the reduction: partial blocks at the edges
     picture.save(tmp_path / f"big{suffix}", quality=95)
@@ -330,7 +331,7 @@ def test_jsonl_large_image_is_decoded_near_the_target_size(tmp_path, monkeypatch
     (width, height), = resized_from
     assert 3 * 32 <= min(width, height) < 2 * 3 * 32  # not 2403x1801
     # The same image and box as resizing the full image, within a fraction of a pixel.
-    full, full_boxes, _ = fit_image(jsonl.load_rgb(str(tmp_path / f"big{suffix}")), np.float32([box]), 32, image_fit)
+    full, full_boxes, _ = fit_image(load_rgb(str(tmp_path / f"big{suffix}")), np.float32([box]), 32, image_fit)
     np.testing.assert_allclose(item["boxes"], full_boxes, atol=0.1)
     difference = np.abs(item["pixel_values"] - jsonl.to_pixel_values(full))
     assert difference.mean() < 0.01 and difference.max() < 0.3

@@ -288,7 +288,7 @@ def test_timesteps_of_each_group_stay_in_its_experts_and_cover_t_uniformly():
 
 
 def test_the_memory_plan_forms_the_trainers_groups():
-    from ernie_vilg2.training.memory_plan import PlanError, default_layout
+    from ernie_vilg2.planning.memory_plan import PlanError, default_layout
 
     cfg = load_config(os.path.join(REPO, "configs", "ernie_vilg2_24b.yaml"))  # train.expert_parallel: true
     trainer = layout_from_config(cfg, world_size=320, rank=0, on_gpu=True)

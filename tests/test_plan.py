@@ -1,4 +1,4 @@
-"""The memory plan (ernie_vilg2/training/memory_plan.py, tools/plan.py): parameter counts of the
+"""The memory plan (ernie_vilg2/planning/memory_plan.py, tools/plan.py): parameter counts of the
 lazily built models equal the real modules', the 24B config is planned without allocating,
 a layout that does not fit names changes that make it fit, bad flags are one-line errors,
 and the activation estimate matches what Paddle keeps for backward."""
@@ -32,9 +32,9 @@ def test_plan_counts_equal_the_fully_built_models(tmp_path):
     for the configured text encoder and for a pretrained one (its vocabulary grown)."""
     from ernie_vilg2.models.factory import build_pipeline
     from ernie_vilg2.models.text_encoder import build_text_encoder
+    from ernie_vilg2.planning.memory_plan import measure_models
     from ernie_vilg2.text.tokenizer import build_tokenizer
     from ernie_vilg2.training.config import load_config
-    from ernie_vilg2.training.memory_plan import measure_models
 
     overrides = ["model.num_experts=2", "model.unet.layers_per_block=2",
                  "model.unet.block_out_channels=[16,32,32]",
@@ -82,8 +82,8 @@ def test_24b_plan_prints_the_table_without_allocating_the_model():
 
 @pytest.fixture(scope="module")
 def models_24b():
+    from ernie_vilg2.planning.memory_plan import measure_models
     from ernie_vilg2.training.config import load_config
-    from ernie_vilg2.training.memory_plan import measure_models
 
     cfg = load_config(CONFIG_24B)
     return cfg, measure_models(cfg)
@@ -100,7 +100,7 @@ def _apply(layout, suggestion):
 
 
 def test_a_layout_that_does_not_fit_says_so_and_each_named_change_fits(models_24b):
-    from ernie_vilg2.training.memory_plan import build_plan, default_layout, fits, format_plan, plan_stage
+    from ernie_vilg2.planning.memory_plan import build_plan, default_layout, fits, format_plan, plan_stage
 
     cfg, models = models_24b
     layout = default_layout(cfg, gpus=10, gpu_mem_gib=80, micro_batch=8, expert_groups=1)  # every rank: all 10
@@ -119,7 +119,7 @@ def test_a_layout_that_does_not_fit_says_so_and_each_named_change_fits(models_24
 def test_sharding_stages_split_what_they_name(models_24b):
     """Stage 1 divides the optimizer state by the group's ranks, 2 also the gradients, 3 also the
     trained weights; frozen modules stay whole (exact bytes of the bf16 accounting)."""
-    from ernie_vilg2.training.memory_plan import default_layout, plan_stage
+    from ernie_vilg2.planning.memory_plan import default_layout, plan_stage
 
     cfg, m = models_24b
     trained, frozen = m.expert, m.text_encoder + m.vae  # experts stage: text encoder frozen
@@ -136,8 +136,8 @@ def test_sharding_stages_split_what_they_name(models_24b):
 def test_default_layout_is_fused_attention_with_or_without_textual_knowledge(textual):
     """Every expert carries FastAttnProcessor, which takes Paddle's fused attention on CUDA with
     the key-word emphasis too; --attention unfused stays a user's override."""
+    from ernie_vilg2.planning.memory_plan import default_layout
     from ernie_vilg2.training.config import load_config
-    from ernie_vilg2.training.memory_plan import default_layout
 
     cfg = load_config(CONFIG_24B, [f"textual_knowledge.enabled={str(textual).lower()}"])
     assert default_layout(cfg, gpus=320, gpu_mem_gib=80).attention == "fused"
@@ -172,7 +172,7 @@ def test_activation_estimate_matches_what_paddle_keeps(recompute):
     import paddle
     from ppdiffusers import UNet2DConditionModel
 
-    from ernie_vilg2.models.footprint import unet_activations
+    from ernie_vilg2.planning.footprint import unet_activations
 
     core = paddle.base.core
     size, batch, L, D = 16, 4, 8, 32

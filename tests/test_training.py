@@ -274,3 +274,18 @@ def test_a_stage_without_its_predecessor_fails_clearly(tmp_path):
     cfg = load_config(TINY_YAML, tiny_overrides(tmp_path, **{"train.stages": "[base]"}))
     with pytest.raises(FileNotFoundError, match=r"stage base needs the finished vae stage"):
         runner_mod.run_training(cfg)
+
+
+def test_lr_schedule_warms_up_then_holds_or_decays():
+    from ernie_vilg2.training.schedule import lr_factor, lr_schedule
+
+    assert [lr_factor(s, 4) for s in (0, 1, 3, 4, 100)] == [0.25, 0.5, 1.0, 1.0, 1.0]  # the diffusion stages
+    assert lr_factor(0, 0) == 1.0
+    cosine = [lr_factor(s, 4, decay_steps=14) for s in (0, 4, 9, 14, 20)]  # the detector
+    assert cosine == pytest.approx([0.25, 1.0, 0.525, 0.05, 0.05])
+    schedule = lr_schedule(0.1, 2, decay_steps=4)
+    lrs = []
+    for _ in range(5):
+        lrs.append(schedule.get_lr())
+        schedule.step()
+    assert lrs == pytest.approx([0.05, 0.1, 0.1, 0.0525, 0.005])

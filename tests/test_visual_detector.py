@@ -19,20 +19,18 @@ if importlib.util.find_spec("ppdet") is None:  # found, not imported: see _impor
 
 from ernie_vilg2.knowledge.visual import VisualKnowledgeConfig, annotate_images  # noqa: E402
 from ernie_vilg2.knowledge.visual.detector import Detector, build_detector_model  # noqa: E402
-from ernie_vilg2.knowledge.visual.detector_training import (  # noqa: E402
+from ernie_vilg2.knowledge.visual.metrics import image_false_positive_rate  # noqa: E402
+from ernie_vilg2.training.detector import DetectorTrainConfig, SingleEmojiData, evaluate_weights  # noqa: E402
+from ernie_vilg2.training.detector.augment import SceneBatcher  # noqa: E402
+from ernie_vilg2.training.detector.data import (  # noqa: E402
     LOOKALIKE_WORDS,
     SceneAnnotation,
-    SceneBatcher,
-    SingleEmojiData,
     class_emoji,
-    detector_losses,
-    evaluate_weights,
     negative_emoji,
     read_scene_annotations,
     render_single_annotations,
-    train_detector,
 )
-from ernie_vilg2.knowledge.visual.metrics import image_false_positive_rate  # noqa: E402
+from ernie_vilg2.training.detector.loop import detector_losses, train_detector  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO_ROOT, "configs", "detector", "picodet_lcnet_tiny.yml")
@@ -213,18 +211,48 @@ def test_annotate_images(trained, shapes_dataset, tmp_path):
 
 def test_train_detector_reports_map_and_resumes(shapes_dataset, tmp_path):
     out = str(tmp_path / "run")
-    first = train_detector(CONFIG, shapes_dataset, out, max_steps=4, batch_size=4, eval_every=2,
-                           checkpoint_every=2, warmup_steps=2, log=lambda m: None)
+    first = train_detector(DetectorTrainConfig(CONFIG, shapes_dataset, out, max_steps=4, batch_size=4, eval_every=2,
+                                               checkpoint_every=2, warmup_steps=2), log=lambda m: None)
     assert first["steps"] == 4 and 0.0 <= first["map50"] <= 1.0 and first["val_images"] == 4
     assert [h["step"] for h in first["history"]] == [2]
     logs = []
-    second = train_detector(CONFIG, shapes_dataset, out, max_steps=6, batch_size=4, eval_every=100,
-                            warmup_steps=2, log=logs.append)
+    second = train_detector(DetectorTrainConfig(CONFIG, shapes_dataset, out, max_steps=6, batch_size=4,
+                                                eval_every=100, warmup_steps=2), log=logs.append)
     assert any("resumed" in m and "step 4" in m for m in logs)
     assert second["steps"] == 6 and second["finished"]
     assert os.path.isfile(os.path.join(out, "detector.safetensors"))
     assert json.load(open(os.path.join(out, "metrics.json")))["steps"] == 6
     Detector(CONFIG, os.path.join(shapes_dataset, "labels.json"), weights=second["weights"])
+
+
+
+def test_a_run_of_the_earlier_checkpoint_format_is_refused_in_one_line(shapes_dataset, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.safetensors").write_bytes(b"written by an earlier version")
+    cfg = DetectorTrainConfig(CONFIG, shapes_dataset, str(out), max_steps=1, batch_size=2)
+    with pytest.raises(ValueError) as err:
+        train_detector(cfg, log=lambda m: None)
+    message = str(err.value)
+    assert message.startswith(f"{out / 'checkpoint.safetensors'}: a checkpoint of an earlier version")
+    assert "--no-resume" in message and "\n" not in message
+    fresh = train_detector(dataclasses.replace(cfg, resume=False), log=lambda m: None)
+    assert fresh["steps"] == 1 and (out / "checkpoint.safetensors").exists()  # left as it was
+
+
+@pytest.mark.parametrize("flags,expected", [
+    (["--eval-every", "0"], "error: config field 'eval_every': must be >= 1"),
+    (["--batch-size", "0"], "error: config field 'batch_size': must be >= 1"),
+    (["--single-scale", "0.5", "0.2"], "error: singles.scale: need 0 < min <= max <= 1, got (0.5, 0.2)"),
+])
+def test_train_detector_cli_bad_values_are_one_line(shapes_dataset, tmp_path, capsys, flags, expected):
+    from deploy_exports import load_tool
+
+    code = load_tool("tools/train_detector.py").main(["--data", shapes_dataset, "--out", str(tmp_path / "run"),
+                                                       *flags])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [expected]
+    assert not (tmp_path / "run").exists()
 
 
 # ---------------------------------------------------------------------------- single-emoji images
@@ -314,8 +342,8 @@ def emoji_dataset(tmp_path_factory):
 
 def test_train_detector_with_singles_reports_all_metrics(emoji_dataset, tmp_path):
     singles = SingleEmojiData(per_class=2, negatives=4, val_per_class=2, val_negatives=5)
-    metrics = train_detector(CONFIG, emoji_dataset, str(tmp_path / "run"), max_steps=2, batch_size=4,
-                             warmup_steps=1, singles=singles, log=lambda m: None)
+    metrics = train_detector(DetectorTrainConfig(CONFIG, emoji_dataset, str(tmp_path / "run"), max_steps=2,
+                                                 batch_size=4, warmup_steps=1, singles=singles), log=lambda m: None)
     assert metrics["val_single_images"] == 6 and metrics["val_negative_images"] == 5
     assert 0.0 <= metrics["single_ap50"] <= 1.0 and set(metrics["single_ap50_per_class"]) == {
         "red apple", "banana", "frog"}
@@ -348,11 +376,13 @@ def test_train_detector_cli_on_a_full_disk_is_one_line(shapes_dataset, tmp_path,
     import safetensors.numpy
 
     from deploy_exports import load_tool
+    from ernie_vilg2.training import checkpoint
 
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(safetensors.numpy, "save_file", full_disk)
+    monkeypatch.setattr(safetensors.numpy, "save_file", full_disk)  # the weights
+    monkeypatch.setattr(checkpoint, "save_file", full_disk)  # the training checkpoint
     out = tmp_path / "run"
     code = load_tool("tools/train_detector.py").main([
         "--config", CONFIG, "--data", shapes_dataset, "--out", str(out), "--max-steps", "2", "--batch-size", "4",
@@ -361,6 +391,7 @@ def test_train_detector_cli_on_a_full_disk_is_one_line(shapes_dataset, tmp_path,
     err = capsys.readouterr().err
     assert "Traceback" not in err, err
     last = err.strip().splitlines()[-1]
-    assert last.startswith(f"error: {out / 'checkpoint.safetensors'}: not enough space on the device"), last
+    assert last.startswith(f"error: {out / 'checkpoints' / 'step-000002'}: not enough space on the device"), last
     assert "needs about" in last and "free there" in last
-    assert not [name for name in os.listdir(out) if name.endswith(".safetensors") or ".tmp" in name]
+    left = [name for _, folders, files in os.walk(out) for name in folders + files]
+    assert not [name for name in left if name.endswith(".safetensors") or ".tmp" in name]

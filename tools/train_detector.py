@@ -11,7 +11,8 @@ parent if needed). Single scene-class emoji at random scales and negatives (emoj
 scene class, no box) are rendered in memory at each folder's resolution and mixed into
 the batches (``--no-singles``: scenes only). Reported on held-out data: scene mAP@0.5,
 single-emoji AP@0.5, and the false-positive rate on held-out non-class emoji.
-Rerunning with the same --out resumes from OUT/checkpoint.safetensors.
+Rerunning with the same --out resumes from the newest intact checkpoint in OUT/checkpoints/
+(a run started by an earlier version, OUT/checkpoint.safetensors, is not resumed).
 Outputs: OUT/detector.safetensors (weights), OUT/metrics.json.
 ``--evaluate WEIGHTS`` only scores saved weights on the same held-out data and prints JSON.
 """
@@ -81,42 +82,32 @@ def main(argv=None) -> int:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
 
-    from ernie_vilg2.knowledge.visual.detector_training import (
+    from ernie_vilg2.training.detector import (
+        DetectorTrainConfig,
         SingleEmojiData,
         evaluate_weights,
         summary_line,
         train_detector,
     )
 
-    singles = None
-    if not args.no_singles:
-        singles = SingleEmojiData(
-            per_class=args.singles_per_class, negatives=args.negatives, val_per_class=args.val_singles_per_class,
-            val_negatives=args.val_negatives, scale=tuple(args.single_scale), single_fraction=args.single_fraction,
-            negative_fraction=args.negative_fraction, seed=args.seed)
-    try:  # damaged weights or checkpoint, bad data: one line naming the file, exit 2
+    try:  # damaged weights or checkpoint, bad data or values: one line naming the file or field, exit 2
+        singles = None
+        if not args.no_singles:
+            singles = SingleEmojiData(
+                per_class=args.singles_per_class, negatives=args.negatives, val_per_class=args.val_singles_per_class,
+                val_negatives=args.val_negatives, scale=tuple(args.single_scale),
+                single_fraction=args.single_fraction, negative_fraction=args.negative_fraction, seed=args.seed)
         if args.evaluate:
             result = evaluate_weights(args.config, args.data, args.evaluate, singles)
             print(json.dumps(result, indent=2, ensure_ascii=False))
             print(summary_line(result))
             return 0
-        metrics = train_detector(
-            args.config,
-            args.data,
-            args.out,
-            max_steps=args.max_steps,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            weight_decay=args.weight_decay,
-            warmup_steps=args.warmup_steps,
-            eval_every=args.eval_every,
-            checkpoint_every=args.checkpoint_every,
-            max_minutes=args.max_minutes,
-            singles=singles,
-            seed=args.seed,
-            resume=not args.no_resume,
-            log=lambda msg: print(msg, flush=True),
-        )
+        cfg = DetectorTrainConfig(
+            args.config, args.data, args.out, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
+            weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, eval_every=args.eval_every,
+            checkpoint_every=args.checkpoint_every, max_minutes=args.max_minutes, singles=singles, seed=args.seed,
+            resume=not args.no_resume)
+        metrics = train_detector(cfg, log=lambda msg: print(msg, flush=True))
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

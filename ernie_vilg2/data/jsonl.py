@@ -32,10 +32,9 @@ Images are resized so the shorter side is ``resolution`` and centre-cropped
 same transform, are clipped to the image, and boxes cut away entirely are dropped
 together with their labels. Images are never flipped: captions state left and right.
 
-Large images are decoded near the size they are resized to (a JPEG at 1/2 to 1/8 scale,
-other formats decoded in full, then reduced), and images with more than ``max_image_pixels``
-pixels (``data.max_image_pixels``) are skipped at load time: decoding a PNG takes time and
-memory in proportion to its full size.
+Large images are decoded near the size they are resized to (:mod:`.image_decode`), and
+images with more than ``max_image_pixels`` pixels (``data.max_image_pixels``) are skipped at
+load time: decoding a PNG takes time and memory in proportion to its full size.
 
 Error handling (a long run must not die on one bad record): malformed JSON lines,
 records missing ``image``/``caption`` or with wrong types, records whose image file
@@ -76,6 +75,7 @@ except ImportError:  # pragma: no cover - lets tools that only read records run 
 
 from ..text.lang import detect_lang
 from .config import MAX_IMAGE_PIXELS
+from .image_decode import decode_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -90,9 +90,6 @@ MAX_LINE_WARNINGS = 20
 # Kinds of skipped records, as the reasons start (anything else is an invalid record).
 MALFORMED_JSON, MISSING_IMAGE, UNDECODABLE_IMAGE, OVERSIZED_IMAGE, INVALID_RECORD = (
     "malformed JSON", "missing image", "undecodable image", "oversized image", "invalid record")
-# Large images are decoded or reduced to no less than this many times the side they are
-# resized to (Pillow's reducing_gap): the resize from there looks as from the full image.
-REDUCING_GAP = 3
 # Files that are certainly not JSON Lines (the content decides for any other name).
 TABULAR_SUFFIXES = (".csv", ".tsv", ".tab")
 
@@ -269,38 +266,6 @@ def read_jsonl_records(path: str, check_images: bool = True, verify_images: bool
         raise DatasetError(f"{path}: no valid record in {len(skipped):,} lines ({count_skipped(skipped)}); expected "
                          "JSON Lines: one {\"image\": ..., \"caption\": ...} object per line")
     return records, skipped
-
-
-def decode_rgb(path: str, min_side: Optional[int] = None) -> Tuple[Image.Image, int]:
-    """Decode an image as RGB, compositing any transparency on white; return it and its scale
-    (stored pixels per pixel of the returned image, on both axes).
-
-    With ``min_side``, a large image comes back reduced by an integer factor, to no less than
-    ``REDUCING_GAP * min_side`` on the shorter side: a JPEG is decoded at 1/2, 1/4 or 1/8 scale
-    (Pillow's ``draft``), any image is then reduced (``reduce``, a box filter). Only whole
-    blocks are kept (a right column or bottom row of fewer than ``scale`` stored pixels is
-    dropped), so stored pixel x is exactly x / scale in the returned image.
-    """
-    with Image.open(path) as img:
-        width, height = img.size
-        drafted = img.draft(None, (REDUCING_GAP * min_side,) * 2) if min_side else None
-        img.load()
-        has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
-        img = img.convert("RGBA" if has_alpha else "RGB")
-    scale = round(width / drafted[1][2]) if drafted else 1  # draft's box: the stored size / its scale
-    factor = max(1, min(width // scale, height // scale) // (REDUCING_GAP * min_side)) if min_side else 1
-    if scale * factor > 1:
-        blocks = scale * factor
-        img = img.reduce(factor, box=(0, 0, width // blocks * factor, height // blocks * factor))
-    if has_alpha:
-        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(white, img).convert("RGB")
-    return img, scale * factor
-
-
-def load_rgb(path: str) -> Image.Image:
-    """Decode an image at full size as RGB, compositing any transparency on white."""
-    return decode_rgb(path)[0]
 
 
 def fit_image(img: Image.Image, boxes: np.ndarray, resolution: int, mode: str = "center_crop"):

@@ -315,7 +315,7 @@ def judge_accuracy(detector, records: Sequence[dict], labels=None,
       "relation_by_axis": {"original" | "flipped": {"above/below" | "left/right": accuracy}};
       "bootstrap": how the intervals were drawn (images resampled, both captions together).
     """
-    from ernie_vilg2.data.jsonl import load_rgb
+    from ernie_vilg2.data.image_decode import load_rgb
 
     label_map = LabelMap.coerce(labels if labels is not None else detector.label_map)
     scenes, kept = [], []

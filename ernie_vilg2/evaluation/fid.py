@@ -257,6 +257,13 @@ def reference_images(path: str) -> List[str]:
     raise StatisticsError(f"{path}: expected a folder of images, a .jsonl dataset or a .npz of statistics")
 
 
+def reference_cache() -> str:
+    """The folder where :func:`reference_statistics` keeps statistics of image sets by default."""
+    from .inception import cache_dir
+
+    return os.path.join(cache_dir(), "fid", "stats")
+
+
 def reference_statistics(path: str, extractor: Optional[FeatureExtractor], cache: Optional[str] = None,
                          progress: bool = False) -> Tuple[np.ndarray, np.ndarray]:
     """``(mu, sigma)`` of a reference: a ``.npz`` of statistics, a folder of images

@@ -263,10 +263,12 @@ def verify_checkpoint(path: str, checksum: bool = True) -> dict:
     return state
 
 
-def find_resume_checkpoint(folder: str) -> Tuple[Optional[str], List[Tuple[str, DamagedFileError]]]:
+def find_resume_checkpoint(
+    folder: str, hint: str = "move the folder away to train this stage from the start"
+) -> Tuple[Optional[str], List[Tuple[str, DamagedFileError]]]:
     """The newest intact checkpoint of ``folder`` (None if there is none at all) and the
     damaged newer ones passed over, as ``(path, error)``. If every checkpoint is damaged,
-    raises a one-line :class:`DamagedFileError` naming each."""
+    raises a one-line :class:`DamagedFileError` naming each and ending in ``hint``."""
     damaged = []
     for path in reversed(_checkpoints(folder)):
         try:
@@ -277,8 +279,7 @@ def find_resume_checkpoint(folder: str) -> Tuple[Optional[str], List[Tuple[str, 
         return path, damaged
     if damaged:
         reasons = "; ".join(f"{os.path.relpath(exc.path, folder)}: {exc.reason}" for _, exc in damaged)
-        raise DamagedFileError(folder, f"no intact checkpoint to resume from ({reasons}); "
-                                       "move the folder away to train this stage from the start")
+        raise DamagedFileError(folder, f"no intact checkpoint to resume from ({reasons}); {hint}")
     return None, []
 
 

@@ -27,6 +27,7 @@ from .checkpoint import (
 )
 from .config import StageConfig
 from .ema import ExponentialMovingAverage
+from .schedule import lr_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -84,9 +85,7 @@ class LoopHooks:
 
 
 def build_optimizer(params: Dict[str, paddle.Tensor], cfg: StageConfig, clip: bool = True):
-    schedule = paddle.optimizer.lr.LambdaDecay(
-        cfg.lr, lambda step: min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-    )
+    schedule = lr_schedule(cfg.lr, cfg.warmup_steps)
     clip = paddle.nn.ClipGradByGlobalNorm(cfg.max_grad_norm) if cfg.max_grad_norm and clip else None
     optimizer = paddle.optimizer.AdamW(
         learning_rate=schedule,

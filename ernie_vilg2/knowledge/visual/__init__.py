@@ -5,8 +5,8 @@ Numpy-only parts (importing this package does not import paddle):
     loss_weight_map, enrich_caption, maybe_replace_caption, select_salient,
     VisualKnowledge, LabelMap, VisualKnowledgeConfig.
 Detector parts (paddle + paddledet, imported on first use):
-    annotate_images, ernie_vilg2.knowledge.visual.detector.Detector,
-    ernie_vilg2.knowledge.visual.detector_training.train_detector.
+    annotate_images, ernie_vilg2.knowledge.visual.detector.Detector.
+The detector is trained by ernie_vilg2.training.detector (tools/train_detector.py).
 """
 from __future__ import annotations
 

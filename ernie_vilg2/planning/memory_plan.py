@@ -1,6 +1,6 @@
 """Memory plan of a training run: parameters per component and memory per rank.
 
-The models are built by the project's factory under :func:`~ernie_vilg2.models.footprint.lazy_init`
+The models are built by the project's factory under :func:`~ernie_vilg2.models.lazy_init.lazy_init`
 (nothing is allocated) and counted from their shapes, so the counts are those of the real
 modules. The layout (``Layout``): ``gpus`` ranks in ``expert_groups`` equal groups; in the
 experts stage a group owns ``num_experts / expert_groups`` experts, in the base stage every
@@ -14,7 +14,7 @@ keeps fp32 master weights and two fp32 moments (12); fp32 stores 4 + 4 and two m
 Frozen weights take the weight bytes. In the experts stage every held expert has weights and
 optimizer state, but gradients exist only for the experts a step reaches: one with
 ``train.one_expert_per_step`` (idle experts keep ``grad=None``), else all held ones.
-Activations: :mod:`ernie_vilg2.models.footprint` for one U-Net step of the micro batch, plus
+Activations: :mod:`ernie_vilg2.planning.footprint` for one U-Net step of the micro batch, plus
 the text encoder's when it is trained.
 """
 from __future__ import annotations
@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from ..config import ConfigError
-from ..models.footprint import (ATTENTION_KINDS, count_parameters, lazy_init, text_encoder_activations,
-                                unet_activations)
+from ..models.lazy_init import lazy_init
+from ..training.config import ExperimentConfig
+from ..training.expert_layout import expert_group_count
 from ..utils.integrity import check_model_folder
-from .config import ExperimentConfig
-from .expert_layout import expert_group_count
+from .footprint import ATTENTION_KINDS, count_parameters, text_encoder_activations, unet_activations
 
 GiB = 2 ** 30
 PLANNED_STAGES = ("base", "experts")  # the VAE stage trains 4 M-100 M parameters: not planned

