@@ -131,7 +131,7 @@ def prepare(args, workdir):
     from ernie_vilg2.config import from_dict, read_yaml
     from ernie_vilg2.deploy import export_pipeline
     from ernie_vilg2.models.config import ModelConfig
-    from ernie_vilg2.models.factory import build_pipeline
+    from ernie_vilg2.pipelines.building import build_pipeline
 
     import paddle
 

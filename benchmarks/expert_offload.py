@@ -63,8 +63,8 @@ def build_banks(workdir: str, experts: int, channels: Sequence[int], layers: int
     (folder of 1, folder of N, parameters per expert)."""
     import paddle
 
-    from ernie_vilg2.models.factory import build_pipeline
     from ernie_vilg2.pipelines import branch_pipeline
+    from ernie_vilg2.pipelines.building import build_pipeline
 
     paddle.seed(seed)
     one = build_pipeline(_model_config(channels, layers), resolution)

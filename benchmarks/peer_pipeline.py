@@ -77,7 +77,8 @@ def init(spec: dict, torch_layout: Callable) -> dict:
     Paddle workers, write the torch-named weights and the inputs; return the spec's additions."""
     import paddle
 
-    from ernie_vilg2.models.factory import build_noise_scheduler, build_pipeline
+    from ernie_vilg2.models.factory import build_noise_scheduler
+    from ernie_vilg2.pipelines.building import build_pipeline
     from ernie_vilg2.models.mode import MixtureOfDenoisingExperts
     from ernie_vilg2.text.tokenizer import tokenize
     from ernie_vilg2.training.config import load_config

@@ -15,6 +15,12 @@ import sys
 import warnings
 from typing import Dict, List, NoReturn, Optional, Sequence
 
+from .pipelines.checks import check_guidance_scale, check_seed
+from .pipelines.generation import generate_images, save_generation
+from .text.tokenizer import lone_surrogate
+from .utils.io import DiskFullError
+from .utils.prompts import PromptColumnError, read_prompts
+
 
 def fail(message: str) -> NoReturn:
     """One line ``error: ...`` on stderr and exit status 2 (as argparse does for a bad argument)."""
@@ -84,8 +90,6 @@ def argument_text_error(text: str) -> Optional[str]:
     try:
         raw = text.encode("utf-8", "surrogateescape")  # the bytes as typed
     except UnicodeEncodeError:  # a surrogate that stands for no byte
-        from .text.tokenizer import lone_surrogate
-
         return f"not valid Unicode text ({lone_surrogate(text)})"
     return utf8_error(raw)
 
@@ -93,8 +97,6 @@ def argument_text_error(text: str) -> Optional[str]:
 def check_sampling_arguments(args: argparse.Namespace) -> None:
     """Refuse impossible values of :func:`add_sampling_arguments`' flags, naming the flag:
     the pipelines' own rules (:mod:`ernie_vilg2.pipelines.checks`), checked before loading."""
-    from .pipelines.checks import check_guidance_scale, check_seed
-
     for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size)):
         if value < 1:
             fail(f"{flag} must be >= 1, got {value}")
@@ -125,8 +127,6 @@ def check_generation_arguments(args: argparse.Namespace) -> None:
 
 def collect_prompts(args: argparse.Namespace) -> List[str]:
     """``--prompt`` values, then those of ``--prompt-file``; errors name the flag."""
-    from .utils.prompts import PromptColumnError, read_prompts
-
     prompts = list(args.prompt)
     for number, prompt in enumerate(prompts, 1):
         problem = argument_text_error(prompt)
@@ -175,8 +175,6 @@ def check_pipeline_inputs(pipe, args: argparse.Namespace) -> None:
 
 def generate_with_flags(pipe, prompts: Sequence[str], args: argparse.Namespace, **call_kwargs) -> List:
     """``generate_images`` with the flags' sampling settings; an input error names the flag."""
-    from .pipelines.generation import generate_images
-
     try:
         return generate_images(
             pipe, prompts, batch_size=args.batch_size, seed=args.seed,
@@ -191,9 +189,6 @@ def generate_with_flags(pipe, prompts: Sequence[str], args: argparse.Namespace, 
 def generate_and_save(pipe, prompts: Sequence[str], args: argparse.Namespace, metadata: Dict, **call_kwargs) -> List:
     """``generate_images`` with the flags' settings, then the grid, the single images and the
     captions JSON at ``--out`` (reported on stdout); a full disk ends here in one line. Returns the images."""
-    from .pipelines.generation import save_generation
-    from .utils.io import DiskFullError
-
     images = generate_with_flags(pipe, prompts, args, **call_kwargs)
     captions = [p for p in prompts for _ in range(args.num_images_per_prompt)]
     cols = args.cols or (args.num_images_per_prompt if args.num_images_per_prompt > 1 else None)

@@ -80,7 +80,7 @@ def tiny_tokenizer(tiny_model_config):
 
 
 def _build_pipeline(cfg, num_experts: int, seed: int, tokenizer=None, sampler: str = "ddim"):
-    from ernie_vilg2.models.factory import build_pipeline
+    from ernie_vilg2.pipelines.building import build_pipeline
 
     paddle = _use_cpu()
     paddle.seed(seed)

@@ -30,7 +30,7 @@ def _run_plan(*args, timeout=300):
 def test_plan_counts_equal_the_fully_built_models(tmp_path):
     """Per component, the shapes counted under LazyGuard equal the allocated modules' numel(),
     for the configured text encoder and for a pretrained one (its vocabulary grown)."""
-    from ernie_vilg2.models.factory import build_pipeline
+    from ernie_vilg2.pipelines.building import build_pipeline
     from ernie_vilg2.models.text_encoder import build_text_encoder
     from ernie_vilg2.planning.memory_plan import measure_models
     from ernie_vilg2.text.tokenizer import build_tokenizer

@@ -27,6 +27,8 @@ import os
 import time
 from typing import Dict, Iterable, List, Optional, Set, Tuple
 
+from .visual import annotate_images
+
 logger = logging.getLogger(__name__)
 
 REQUIRED_KEYS = ("index", "caption", "keywords")
@@ -209,8 +211,6 @@ def annotate_records(records: List[dict], out_path: str, analyzer, visual_cfg=No
             words = analyzer.analyze([r["caption"] for r in batch], with_importance=True)
             visual = [{}] * len(batch)
             if visual_cfg is not None:
-                from ernie_vilg2.knowledge.visual import annotate_images
-
                 visual = annotate_images([r.get("image_path", r["image"]) for r in batch], visual_cfg)
             for record, record_words, objects in zip(batch, words, visual):
                 if objects is None:

@@ -112,17 +112,3 @@ def build_sampler(name: str, config: Optional[dict] = None, model_cfg: Optional[
         return cls.from_config(config, clip_sample=False, set_alpha_to_one=False)
     return cls.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
 
-
-def build_pipeline(cfg: ModelConfig, resolution: int, num_experts: int = 1, tokenizer=None, sampler: str = "ddim"):
-    """A freshly initialised ErnieViLG2Pipeline (training starts from this; tests use it)."""
-    from ..pipelines.pipeline_ernie_vilg2 import ErnieViLG2Pipeline
-    from ..text.tokenizer import build_tokenizer
-
-    tokenizer = tokenizer or build_tokenizer(cfg.text_encoder.vocab_file, cfg.text_encoder.max_length)
-    return ErnieViLG2Pipeline(
-        vae=build_vae(cfg.vae, resolution),
-        text_encoder=build_text_encoder_from_config(cfg, tokenizer),
-        tokenizer=tokenizer,
-        unet=build_denoiser(cfg, resolution, num_experts),
-        scheduler=build_sampler(sampler, model_cfg=cfg),
-    )

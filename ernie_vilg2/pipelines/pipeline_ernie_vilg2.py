@@ -15,6 +15,7 @@ from ..models.fast_layers import use_fast_layers
 from ..models.mode import MixtureOfDenoisingExperts
 from ..models.text_encoder import encode_text
 from ..text.tokenizer import check_prompts, tokenize
+from ..utils.integrity import check_pipeline_folder
 from .checks import check_finite_latents, check_sampling_settings
 from .offload import EXPERT_OFFLOADS, ExpertOffload, ExpertWeightsFile, ModelCpuOffload, lazy_mixture
 
@@ -71,8 +72,6 @@ class ErnieViLG2Pipeline(DiffusionPipeline):
         from ``unet/diffusion_paddle_model.safetensors`` when sampling needs it), so host
         memory holds one expert whatever the size of the bank.
         """
-        from .loading import check_pipeline_folder
-
         path = os.fspath(pretrained_model_name_or_path)
         _check_offload_name(expert_offload)
         if expert_offload is not None and not os.path.isdir(path):

@@ -22,6 +22,7 @@ import paddle.distributed as dist
 
 from ..config import ConfigError
 from .expert_layout import ExpertLayout, layout_from_config
+from .expert_parallel import ExpertParallelHooks, connect
 from .process_groups import barrier
 
 logger = logging.getLogger(__name__)
@@ -74,8 +75,6 @@ class DistContext:
         """The training loop's hooks for ``stage`` (None: the defaults)."""
         if not self.expert_parallel(stage):
             return None
-        from .expert_parallel import ExpertParallelHooks
-
         return ExpertParallelHooks(self.experts, self.expert_group, sharded=self.sharding is not None)
 
     def barrier(self) -> None:
@@ -118,8 +117,6 @@ def init_distributed(cfg) -> DistContext:
     rank, world = launch_position()
     layout = job_layout(cfg)
     if layout is not None and t.sharding_degree == 1:
-        from .expert_parallel import connect
-
         return DistContext(rank=rank, world_size=world, experts=layout, expert_group=connect(layout))
     if world <= 1:
         return DistContext()

@@ -14,6 +14,9 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from ..data import dataset_path
+from ..knowledge.annotations import read_annotations
+from ..knowledge.textual import build_text_inputs
 from ..knowledge.visual.knowledge import VisualKnowledge
 from ..text.tokenizer import tokenize
 from .batches import stack_weight_maps
@@ -25,8 +28,6 @@ def _load_annotations(paths: List[Optional[str]]) -> Dict[int, dict]:
     """Merge precomputed knowledge files ({index: annotation}); later files add keys."""
     merged: Dict[int, dict] = {}
     for path in dict.fromkeys(p for p in paths if p):
-        from ..knowledge.annotations import read_annotations
-
         for index, ann in read_annotations(path).items():
             merged.setdefault(index, {}).update(ann)
     return merged
@@ -38,8 +39,6 @@ def _label_map_path(cfg) -> Optional[str]:
     vk = cfg.visual_knowledge
     if vk.labels or not vk.enabled:
         return vk.labels
-    from ..data import dataset_path
-
     path = dataset_path(cfg.data)
     candidate = os.path.join(path if os.path.isdir(path) else os.path.dirname(path), "labels.json")
     return candidate if os.path.isfile(candidate) else None
@@ -93,8 +92,6 @@ class CaptionProcessor:
                     analyses: Optional[list] = None, training: bool = False) -> dict:
         if not self.textual.enabled:
             return {"input_ids": tokenize(self.tokenizer, captions, self.max_length), "key_token_mask": None}
-        from ..knowledge.textual import build_text_inputs
-
         out = build_text_inputs(captions, self.tokenizer, self.max_length, self.textual,
                                 rng if rng is not None else np.random.default_rng(0), analyses=analyses,
                                 training=training)

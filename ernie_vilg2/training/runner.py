@@ -40,6 +40,7 @@ from .checkpoint import set_aside_damaged
 from .config import STAGES, ExperimentConfig
 from .diffusion_step import DiffusionStep, TimestepSampler
 from .distributed import DistContext, init_distributed, job_layout, launch_position
+from .expert_parallel import assemble_bank, remove_final_experts, write_final_experts
 from .knowledge import CaptionProcessor
 from .loop import LoopSettings, Trainer
 from .modules import DiffusionTrainingModule, VAETrainingModule
@@ -348,8 +349,6 @@ class ExperimentRunner:
     def _save_expert_parallel(self, pipe) -> None:
         """Each group's first rank writes its experts; after a barrier rank 0 assembles the whole
         bank and saves the usual pipeline folder (the same format as one process writes)."""
-        from .expert_parallel import assemble_bank, remove_final_experts, write_final_experts
-
         parts = os.path.join(checkpoint_dir(self.cfg.train.output_dir, "experts"), ".final")
         if self.ctx.is_main:
             remove_final_experts(parts)  # left by an interrupted run

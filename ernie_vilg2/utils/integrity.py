@@ -7,7 +7,8 @@ offsets and that the tensors fill the file, so a damaged file is reported as
 ``FILE: reason (expected ..., found ...)`` before any library sees it.
 :func:`describe_files` / :func:`verify_files` record and check sizes and SHA-256 sums of
 the files of a folder (checkpoints, exported models). :func:`check_model_folder` checks a
-``from_pretrained`` folder (its JSON files and weights) the same way.
+``from_pretrained`` folder (its JSON files and weights) the same way, and
+:func:`check_pipeline_folder` a saved pipeline's folders.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ DTYPE_BITS = {
 # has no bfloat16; checkpoints are read through Paddle.
 NUMPY_WEIGHT_DTYPES = ("F16", "F32", "F64")
 PADDLE_WEIGHT_DTYPES = ("F16", "BF16", "F32", "F64")
+MODEL_INDEX = "model_index.json"  # a saved pipeline's list of components
 
 
 class DamagedFileError(ValueError):
@@ -217,3 +219,21 @@ def check_model_folder(folder: str, dtypes: Optional[Collection[str]] = None) ->
         raise DamagedFileError(
             folder, "no weight file beside config.json (expected a *.safetensors or *.pdparams file)"
         )
+
+
+def check_pipeline_folder(model_dir: str) -> None:
+    """Check ``model_index.json`` and every component folder it lists (JSON files parse,
+    weight files are well formed and hold floats, which the loader reads through NumPy)
+    before the libraries read them, so that a damaged file is one :class:`DamagedFileError`
+    naming it instead of a traceback of library internals (or integers cast into weights)."""
+    index_path = os.path.join(model_dir, MODEL_INDEX)
+    index = read_json_file(index_path)
+    if not isinstance(index, dict):
+        raise DamagedFileError(index_path, "not a pipeline index (expected a JSON object)")
+    for name, spec in index.items():
+        if name.startswith("_") or not isinstance(spec, list) or None in spec:
+            continue  # metadata, or an optional component that was saved as None
+        folder = os.path.join(model_dir, name)
+        if not os.path.isdir(folder):
+            raise DamagedFileError(folder, f"folder not found ({MODEL_INDEX} lists component {name}: {spec[-1]})")
+        check_model_folder(folder, NUMPY_WEIGHT_DTYPES)

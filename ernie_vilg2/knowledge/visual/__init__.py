@@ -14,6 +14,8 @@ import logging
 import os
 from typing import List, Optional
 
+from ernie_vilg2.config import ConfigError
+
 from .captions import enrich_caption, maybe_replace_caption
 from .config import VisualKnowledgeConfig
 from .knowledge import VisualKnowledge, apply_visual_knowledge, sample_objects, stack_weight_maps
@@ -44,15 +46,13 @@ _DETECTORS: dict = {}
 
 def load_detector(cfg: VisualKnowledgeConfig):
     """The configured :class:`~.detector.Detector` (the last one is cached)."""
-    from ernie_vilg2.config import ConfigError
-
     for name in ("detector_config", "detector_weights", "labels"):
         if getattr(cfg, name) is None:
             raise ConfigError(f"visual_knowledge.{name}", "required to run the detector")
     # File times are in the key so that retrained weights at the same path are reloaded.
     key = tuple((path, os.path.getmtime(path)) for path in (cfg.detector_config, cfg.detector_weights, cfg.labels))
     if key not in _DETECTORS:
-        from .detector import Detector
+        from .detector import Detector  # deferred: PaddleDetection and paddle
 
         _DETECTORS.clear()  # keep at most one model in memory
         _DETECTORS[key] = Detector(cfg.detector_config, cfg.labels, cfg.detector_weights)
@@ -69,7 +69,7 @@ def annotate_images(image_paths: List[str], cfg: VisualKnowledgeConfig, batch_si
     salient first; an empty list when nothing passes), or None when the image cannot be
     decoded (logged as a warning).
     """
-    from .detector import load_image_rgb
+    from .detector import load_image_rgb  # deferred: the detector module imports paddle
 
     detector = load_detector(cfg)
     images, ok = [], []

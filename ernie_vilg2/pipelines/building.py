@@ -1,0 +1,20 @@
+"""A freshly initialised pipeline from the ``model:`` config section."""
+from __future__ import annotations
+
+from ..models.config import ModelConfig
+from ..models.factory import build_denoiser, build_sampler, build_text_encoder_from_config, build_vae
+from ..text.tokenizer import build_tokenizer
+from .pipeline_ernie_vilg2 import ErnieViLG2Pipeline
+
+
+def build_pipeline(cfg: ModelConfig, resolution: int, num_experts: int = 1, tokenizer=None,
+                   sampler: str = "ddim") -> ErnieViLG2Pipeline:
+    """An ErnieViLG2Pipeline of ``num_experts`` freshly initialised experts, its sampler named by ``sampler``."""
+    tokenizer = tokenizer or build_tokenizer(cfg.text_encoder.vocab_file, cfg.text_encoder.max_length)
+    return ErnieViLG2Pipeline(
+        vae=build_vae(cfg.vae, resolution),
+        text_encoder=build_text_encoder_from_config(cfg, tokenizer),
+        tokenizer=tokenizer,
+        unet=build_denoiser(cfg, resolution, num_experts),
+        scheduler=build_sampler(sampler, model_cfg=cfg),
+    )
