@@ -84,13 +84,14 @@ class Bench:
     def __init__(self, cfg, resolution, num_experts, tokenizer, train_te, seed):
         import paddle
 
+        from ernie_vilg2.models.expert_bank import MixtureOfDenoisingExperts
         from ernie_vilg2.models.factory import build_denoiser, build_noise_scheduler, build_text_encoder_from_config
-        from ernie_vilg2.models.mode import MixtureOfDenoisingExperts
+        from ernie_vilg2.models.speedups import apply_speedups
 
         paddle.seed(seed)
         self.text_encoder = build_text_encoder_from_config(cfg, tokenizer)
         base = build_denoiser(cfg, resolution, num_experts=1)
-        self.unet = base if num_experts == 1 else MixtureOfDenoisingExperts.branch(base, num_experts)
+        self.unet = base if num_experts == 1 else apply_speedups(MixtureOfDenoisingExperts.branch(base, num_experts))
         for p in self.text_encoder.parameters():
             p.stop_gradient = not train_te
         self.train_te = train_te

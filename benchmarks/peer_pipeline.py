@@ -77,9 +77,9 @@ def init(spec: dict, torch_layout: Callable) -> dict:
     Paddle workers, write the torch-named weights and the inputs; return the spec's additions."""
     import paddle
 
+    from ernie_vilg2.models.expert_bank import MixtureOfDenoisingExperts
     from ernie_vilg2.models.factory import build_noise_scheduler
     from ernie_vilg2.pipelines.building import build_pipeline
-    from ernie_vilg2.models.mode import MixtureOfDenoisingExperts
     from ernie_vilg2.text.tokenizer import tokenize
     from ernie_vilg2.training.config import load_config
 
@@ -141,8 +141,8 @@ def paddle_train(spec: dict, inputs: dict, set_variant: Callable) -> Tuple[np.nd
     import paddle
     from ppdiffusers import AutoencoderKL
 
+    from ernie_vilg2.models.expert_bank import MixtureOfDenoisingExperts
     from ernie_vilg2.models.factory import build_noise_scheduler
-    from ernie_vilg2.models.mode import MixtureOfDenoisingExperts
     from ernie_vilg2.models.text_encoder import build_text_encoder, encode_text
     from ernie_vilg2.training.batches import encode_images
     from ernie_vilg2.training.config import load_config

@@ -16,7 +16,7 @@ Rows:
                                 share of English words the Chinese-BERT WordPiece splits
   U-Net train step              the tiny U-Net (8x8 latents, channels 32/64, text dim 64),
                                 batch 16, MSE + AdamW step, with the stock AttnProcessor vs
-                                KnowledgeAttnProcessor(w_t=0.01) and a key-token mask (and
+                                FastAttnProcessor(w_t=0.01) and a key-token mask (and
                                 w_t=0, which is the stock processor: shows the noise level);
                                 median and min of interleaved, rotated repeats; the ratio of
                                 medians has target <= 1.05
@@ -153,7 +153,7 @@ def unet_rows(batch, max_length, repeats, warmup):
     from ppdiffusers import UNet2DConditionModel
     from ppdiffusers.models.attention_processor import AttnProcessor
 
-    from ernie_vilg2.models.attention_processor import KnowledgeAttnProcessor
+    from ernie_vilg2.models.attention_processor import FastAttnProcessor
 
     paddle.set_device("cpu")
     paddle.seed(0)
@@ -172,8 +172,8 @@ def unet_rows(batch, max_length, repeats, warmup):
 
     setups = {
         "stock AttnProcessor": (AttnProcessor(), None),
-        "KnowledgeAttnProcessor w_t=0.01 + mask": (KnowledgeAttnProcessor(0.01), {"key_token_mask": mask}),
-        "KnowledgeAttnProcessor w_t=0 (= stock)": (KnowledgeAttnProcessor(0.0), {"key_token_mask": mask}),
+        "FastAttnProcessor w_t=0.01 + mask": (FastAttnProcessor(0.01), {"key_token_mask": mask}),
+        "FastAttnProcessor w_t=0 (= stock)": (FastAttnProcessor(0.0), {"key_token_mask": mask}),
     }
 
     def step(kwargs):
@@ -201,7 +201,7 @@ def unet_rows(batch, max_length, repeats, warmup):
     rows = [(f"U-Net train step, {name}", f"median {1000 * m:.1f} ms ({m / base:.3f}x), "
              f"min {1000 * min(times[name]):.1f} ms ({min(times[name]) / base_min:.3f}x)")
             for name, m in medians.items()]
-    ratio = medians["KnowledgeAttnProcessor w_t=0.01 + mask"] / base
+    ratio = medians["FastAttnProcessor w_t=0.01 + mask"] / base
     rows.append(("ratio knowledge / stock (target <= 1.05)", f"{ratio:.3f} {'OK' if ratio <= TARGET else 'ABOVE TARGET'}"))
     return rows
 
@@ -212,7 +212,7 @@ def attention_rows(batch, max_length, repeats):
     import paddle
     from ppdiffusers.models.attention_processor import Attention, AttnProcessor
 
-    from ernie_vilg2.models.attention_processor import KnowledgeAttnProcessor
+    from ernie_vilg2.models.attention_processor import FastAttnProcessor
 
     paddle.seed(0)
     attn = Attention(query_dim=128, cross_attention_dim=64, heads=8, dim_head=16)
@@ -220,7 +220,7 @@ def attention_rows(batch, max_length, repeats):
     x.stop_gradient = False
     text = paddle.randn([batch, max_length, 64])
     mask = paddle.to_tensor((np.random.default_rng(0).random([batch, max_length]) < 0.3).astype("float32"))
-    setups = {"stock": (AttnProcessor(), {}), "knowledge": (KnowledgeAttnProcessor(0.01), {"key_token_mask": mask})}
+    setups = {"stock": (AttnProcessor(), {}), "knowledge": (FastAttnProcessor(0.01), {"key_token_mask": mask})}
     times = {name: [] for name in setups}
     for r in range(repeats + 2):
         for name in (list(setups) if r % 2 else list(setups)[::-1]):

@@ -17,8 +17,8 @@ keep_freed_memory()
 __version__ = "0.1.0"
 
 _LAZY = {
-    "MixtureOfDenoisingExperts": "ernie_vilg2.models.mode",
-    "TimestepRouter": "ernie_vilg2.models.mode",
+    "MixtureOfDenoisingExperts": "ernie_vilg2.models.expert_bank",
+    "TimestepRouter": "ernie_vilg2.models.expert_bank",
     "ErnieViLG2Pipeline": "ernie_vilg2.pipelines.pipeline_ernie_vilg2",
     "ConfigError": "ernie_vilg2.config",
 }

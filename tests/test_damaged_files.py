@@ -76,7 +76,7 @@ def test_malformed_json_is_named(model_copy):
 
 
 def test_damaged_expert_bank_is_named(model_copy):
-    from ernie_vilg2.models.mode import MixtureOfDenoisingExperts
+    from ernie_vilg2.models.expert_bank import MixtureOfDenoisingExperts
 
     weights = model_copy / UNET_WEIGHTS
     _truncate(weights)

@@ -11,7 +11,7 @@ import numpy as np
 import paddle
 import pytest
 
-from ernie_vilg2.models.attention_processor import KnowledgeAttnProcessor
+from ernie_vilg2.models.attention_processor import FastAttnProcessor
 from ernie_vilg2.models.factory import build_sampler
 from ernie_vilg2.pipelines import ErnieViLG2Pipeline
 from ernie_vilg2.pipelines.offload import ExpertOffload, ModelCpuOffload
@@ -160,10 +160,10 @@ def test_keyword_emphasis_reaches_the_loaded_expert(bank_dir, reference):
     mask[:, 1:3] = 1.0
     pipe = _load(bank_dir, expert_offload="disk")
     plain = _images(pipe, key_token_mask=mask)
-    pipe.unet.set_attn_processor(KnowledgeAttnProcessor(0.5))
+    pipe.unet.set_attn_processor(FastAttnProcessor(0.5))
     emphasised = _images(pipe, key_token_mask=mask)
     memory = _load(bank_dir)
-    memory.unet.set_attn_processor(KnowledgeAttnProcessor(0.5))
+    memory.unet.set_attn_processor(FastAttnProcessor(0.5))
     np.testing.assert_array_equal(emphasised, _images(memory, key_token_mask=mask))
     assert np.abs(emphasised - plain).max() > 1e-4
 

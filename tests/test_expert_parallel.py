@@ -239,7 +239,7 @@ def test_a_failing_rank_ends_the_job_with_one_line_naming_it(stage1):
 def test_a_bank_holds_the_experts_it_is_given_by_id(tiny_unet_kwargs):
     import paddle
 
-    from ernie_vilg2.models.mode import MixtureOfDenoisingExperts
+    from ernie_vilg2.models.expert_bank import MixtureOfDenoisingExperts
 
     full = MixtureOfDenoisingExperts(num_experts=4, unet=tiny_unet_kwargs)
     part = MixtureOfDenoisingExperts(num_experts=4, unet=tiny_unet_kwargs, expert_ids=[3, 2])

@@ -66,13 +66,14 @@ def test_same_function_and_gradients(kind, monkeypatch):
     assert len(op_calls) == (2 if operator or kind == "conv, no operator" else 0)
 
 
-def test_mode_experts_carry_them():
-    from ernie_vilg2.models.mode import MixtureOfDenoisingExperts
+def test_every_expert_carries_them_once_applied():
+    from ernie_vilg2.models.expert_bank import MixtureOfDenoisingExperts
+    from ernie_vilg2.models.speedups import apply_speedups
 
-    model = MixtureOfDenoisingExperts(num_experts=2, unet=dict(
+    model = apply_speedups(MixtureOfDenoisingExperts(num_experts=2, unet=dict(
         sample_size=8, block_out_channels=[32, 64], down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
         up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"], layers_per_block=1, attention_head_dim=4,
-        norm_num_groups=8, cross_attention_dim=16))
+        norm_num_groups=8, cross_attention_dim=16)))
     kinds = {type(m) for e in model.experts for m in e.sublayers()}
     assert {FastLinear, FastConv, FastConv2D, FastGEGLU} <= kinds
     assert not {LoRACompatibleLinear, LoRACompatibleConv, paddle.nn.Conv2D, GEGLU} & kinds

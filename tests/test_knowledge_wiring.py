@@ -6,7 +6,7 @@ import numpy as np
 import paddle
 import pytest
 
-from ernie_vilg2.models.attention_processor import KnowledgeAttnProcessor
+from ernie_vilg2.models.attention_processor import FastAttnProcessor
 from ernie_vilg2.text.tokenizer import POS_TOKENS, build_tokenizer
 from ernie_vilg2.training.config import load_config
 from ernie_vilg2.training.knowledge import CaptionProcessor
@@ -79,12 +79,12 @@ def test_processor_installed_for_training_only_unless_configured(tmp_path, token
     proc = CaptionProcessor(cfg, tokenizer)
     proc.install(unet, training=True)
     procs = [p for e in unet.experts for p in e.attn_processors.values()]
-    assert procs and all(isinstance(p, KnowledgeAttnProcessor) and p.w_t == 0.01 for p in procs)
+    assert procs and all(isinstance(p, FastAttnProcessor) and p.w_t == 0.01 for p in procs)
     proc.install(unet, training=False)
     assert all(p.w_t == 0.0 for e in unet.experts for p in e.attn_processors.values())
     cfg = _cfg(tmp_path, "textual_knowledge.enabled=true", "textual_knowledge.apply_at_sampling=true")
     CaptionProcessor(cfg, tokenizer).install(unet, training=False)
-    assert all(isinstance(p, KnowledgeAttnProcessor) for e in unet.experts for p in e.attn_processors.values())
+    assert all(isinstance(p, FastAttnProcessor) for e in unet.experts for p in e.attn_processors.values())
 
 
 def test_keyword_emphasis_at_sampling_changes_images_only_when_on(make_tiny_pipeline):
@@ -95,9 +95,9 @@ def test_keyword_emphasis_at_sampling_changes_images_only_when_on(make_tiny_pipe
     mask[0, 1:4] = 1.0
     kwargs = dict(num_inference_steps=2, guidance_scale=2.0, seed=3, output_type="np")
     plain = pipe(prompts, **kwargs).images
-    pipe.unet.set_attn_processor(KnowledgeAttnProcessor(0.0))
+    pipe.unet.set_attn_processor(FastAttnProcessor(0.0))
     np.testing.assert_array_equal(pipe(prompts, key_token_mask=mask, **kwargs).images, plain)
-    pipe.unet.set_attn_processor(KnowledgeAttnProcessor(5.0))
+    pipe.unet.set_attn_processor(FastAttnProcessor(5.0))
     emphasised = pipe(prompts, key_token_mask=mask, **kwargs).images
     assert np.abs(emphasised - plain).max() > 1e-4
 

@@ -1,11 +1,11 @@
-"""KnowledgeAttnProcessor: cross-attention emphasis on key-word tokens."""
+"""FastAttnProcessor: cross-attention emphasis on key-word tokens."""
 import numpy as np
 import paddle
 import pytest
 from ppdiffusers import UNet2DConditionModel
 from ppdiffusers.models.attention_processor import Attention
 
-from ernie_vilg2.models.attention_processor import FastAttnProcessor, KnowledgeAttnProcessor
+from ernie_vilg2.models.attention_processor import FastAttnProcessor
 
 HEADS, DIM_HEAD, QUERY_DIM, TEXT_DIM = 4, 8, 32, 24
 
@@ -52,7 +52,7 @@ def numpy_attention(attn, x, text, mask, w_t):
 @pytest.mark.parametrize("w_t", [0.01, 0.5, 2.0])
 def test_matches_numpy_reference(layer, w_t):
     attn, x, text, mask = layer
-    attn.set_processor(KnowledgeAttnProcessor(w_t))
+    attn.set_processor(FastAttnProcessor(w_t))
     out = attn(x, text, key_token_mask=paddle.to_tensor(mask)).numpy()
     ref = numpy_attention(attn, x.numpy(), text.numpy(), mask, w_t)
     np.testing.assert_allclose(out, ref, atol=1e-5, rtol=0)
@@ -62,7 +62,7 @@ def test_matches_numpy_reference(layer, w_t):
 
 def test_numpy_mask_and_shared_mask_row(layer):
     attn, x, text, mask = layer
-    attn.set_processor(KnowledgeAttnProcessor(0.5))
+    attn.set_processor(FastAttnProcessor(0.5))
     a = attn(x, text, key_token_mask=mask).numpy()
     np.testing.assert_allclose(a, numpy_attention(attn, x.numpy(), text.numpy(), mask, 0.5), atol=1e-5)
     one = attn(x, text, key_token_mask=mask[:1]).numpy()  # batch 1 broadcasts
@@ -76,16 +76,16 @@ def test_inactive_emphasis_is_the_default_processor_bit_for_bit(layer):
     attn, x, text, mask = layer
     attn.set_processor(FastAttnProcessor())  # what the project's U-Nets carry
     default_cross = attn(x, text).numpy()
-    for processor, kwargs in [(KnowledgeAttnProcessor(0.0), {"key_token_mask": paddle.to_tensor(mask)}),
-                              (KnowledgeAttnProcessor(0.3), {}),
-                              (KnowledgeAttnProcessor(0.3), {"key_token_mask": None})]:
+    for processor, kwargs in [(FastAttnProcessor(0.0), {"key_token_mask": paddle.to_tensor(mask)}),
+                              (FastAttnProcessor(0.3), {}),
+                              (FastAttnProcessor(0.3), {"key_token_mask": None})]:
         attn.set_processor(processor)
         np.testing.assert_array_equal(attn(x, text, **kwargs).numpy(), default_cross)
     # self-attention ignores the mask (its keys are image tokens)
     attn_self = Attention(query_dim=QUERY_DIM, heads=HEADS, dim_head=DIM_HEAD)
     attn_self.set_processor(FastAttnProcessor())
     ref = attn_self(x).numpy()
-    attn_self.set_processor(KnowledgeAttnProcessor(0.3))
+    attn_self.set_processor(FastAttnProcessor(0.3))
     np.testing.assert_array_equal(attn_self(x, key_token_mask=paddle.to_tensor(mask)).numpy(), ref)
 
 
@@ -93,8 +93,8 @@ def test_bad_arguments(layer):
     attn, x, text, mask = layer
     for bad in (-0.1, float("nan"), "1"):
         with pytest.raises(ValueError, match="w_t"):
-            KnowledgeAttnProcessor(bad)
-    attn.set_processor(KnowledgeAttnProcessor(0.1))
+            FastAttnProcessor(bad)
+    attn.set_processor(FastAttnProcessor(0.1))
     with pytest.raises(ValueError, match=r"key_token_mask: expected shape \[2 or 1, 6\]"):
         attn(x, text, key_token_mask=paddle.ones([2, 5]))
     with pytest.raises(ValueError, match="key_token_mask"):
@@ -111,22 +111,22 @@ def test_through_unet_cross_attention_kwargs():
     mask = paddle.to_tensor(np.array([[0, 1, 0, 0, 1, 0, 0], [0, 0, 1, 1, 0, 0, 0]], dtype="float32"))
     with paddle.no_grad():
         stock = unet(x, t, encoder_hidden_states=text).sample.numpy()
-        unet.set_attn_processor(KnowledgeAttnProcessor(0.0))
+        unet.set_attn_processor(FastAttnProcessor(0.0))
         off = unet(x, t, encoder_hidden_states=text, cross_attention_kwargs={"key_token_mask": mask}).sample.numpy()
-        unet.set_attn_processor(KnowledgeAttnProcessor(0.5))
+        unet.set_attn_processor(FastAttnProcessor(0.5))
         on = unet(x, t, encoder_hidden_states=text, cross_attention_kwargs={"key_token_mask": mask}).sample.numpy()
         zero = unet(x, t, encoder_hidden_states=text,
                     cross_attention_kwargs={"key_token_mask": paddle.zeros([2, 7])}).sample.numpy()
     np.testing.assert_allclose(off, stock, atol=1e-5)  # the stock function, q scaled first
     assert np.abs(on - stock).max() > 1e-3  # the mask reached the cross-attention layers
     np.testing.assert_allclose(zero, stock, atol=1e-5)  # mask 0 = no emphasis (different op order)
-    assert all(isinstance(p, KnowledgeAttnProcessor) for p in unet.attn_processors.values())
+    assert all(isinstance(p, FastAttnProcessor) for p in unet.attn_processors.values())
 
 
 def test_gradients_flow_through_the_emphasis(layer):
     attn, x, text, mask = layer
     attn.train()
-    attn.set_processor(KnowledgeAttnProcessor(0.5))
+    attn.set_processor(FastAttnProcessor(0.5))
     text.stop_gradient = False
     attn(x, text, key_token_mask=paddle.to_tensor(mask)).sum().backward()
     assert attn.to_k.weight.grad is not None and float(attn.to_k.weight.grad.abs().sum()) > 0

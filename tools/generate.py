@@ -53,13 +53,13 @@ def keyword_emphasis(pipe, prompts, args):
     import numpy as np
 
     from ernie_vilg2.knowledge.textual import TextualKnowledgeConfig, build_text_inputs
-    from ernie_vilg2.models.attention_processor import KnowledgeAttnProcessor
+    from ernie_vilg2.models.attention_processor import FastAttnProcessor
 
     cfg = TextualKnowledgeConfig(enabled=True, pos_tokens=False, w_t=args.keyword_emphasis,
                                  user_dict=args.user_dict, apply_at_sampling=True)
     inputs = build_text_inputs(prompts, pipe.tokenizer, pipe.max_length, cfg, np.random.default_rng(0),
                                training=False)
-    pipe.unet.set_attn_processor(KnowledgeAttnProcessor(args.keyword_emphasis))
+    pipe.unet.set_attn_processor(FastAttnProcessor(args.keyword_emphasis))
     return inputs["key_token_mask"]
 
 

@@ -11,10 +11,10 @@ gives the paper's ``(1 + w_t)``; fractional values weight words individually)
 
     softmax(Q K^T / sqrt(d) * (1 + w_t m) + M) V
 
-Every U-Net of the project carries it (:class:`~ernie_vilg2.models.mode.MixtureOfDenoisingExperts`
-installs it); ``KnowledgeAttnProcessor(w_t)`` is the same class, named for the emphasis::
+Every expert of the project carries it (:func:`~ernie_vilg2.models.speedups.apply_speedups`
+installs it); with ``w_t`` it adds the emphasis::
 
-    unet.set_attn_processor(KnowledgeAttnProcessor(w_t=0.01))
+    unet.set_attn_processor(FastAttnProcessor(w_t=0.01))
     unet(x, t, encoder_hidden_states=h, cross_attention_kwargs={"key_token_mask": m})
 
 PPDiffusers 0.29 passes ``cross_attention_kwargs`` to both ``attn1`` (self-attention) and
@@ -301,6 +301,3 @@ class FastAttnProcessor:
                                              is_causal=False, training=attn.training, scale=attn.scale)
         return attn.batch_to_head_dim(out, transpose=False)
 
-
-# The same processor under the name the textual-knowledge code and configs use.
-KnowledgeAttnProcessor = FastAttnProcessor

@@ -6,7 +6,8 @@ from typing import Optional
 from ppdiffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from .config import ModelConfig, VAEConfig
-from .mode import MixtureOfDenoisingExperts
+from .expert_bank import MixtureOfDenoisingExperts
+from .speedups import apply_speedups
 from .text_encoder import build_text_encoder
 
 SAMPLERS = ("ddim", "dpm")
@@ -44,16 +45,18 @@ def unet_kwargs(cfg: ModelConfig, latent_size: int) -> dict:
 
 
 def build_denoiser(cfg: ModelConfig, resolution: int, num_experts: int = 1) -> MixtureOfDenoisingExperts:
+    """A freshly initialised bank of ``num_experts`` experts with the project's speed-ups."""
     if resolution % cfg.vae.scale_factor:
         raise ValueError(
             f"data.resolution ({resolution}) must be a multiple of the VAE downsampling factor "
             f"({cfg.vae.scale_factor})"
         )
-    return MixtureOfDenoisingExperts(
+    denoiser = MixtureOfDenoisingExperts(
         num_experts=num_experts,
         num_train_timesteps=cfg.num_train_timesteps,
         unet=unet_kwargs(cfg, resolution // cfg.vae.scale_factor),
     )
+    return apply_speedups(denoiser)
 
 
 def build_text_encoder_from_config(cfg: ModelConfig, tokenizer):

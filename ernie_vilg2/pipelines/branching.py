@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from ..models.mode import MixtureOfDenoisingExperts
+from ..models.expert_bank import MixtureOfDenoisingExperts
 from ..utils.io import atomic_directory
 from .loading import load_pipeline
 

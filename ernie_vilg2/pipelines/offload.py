@@ -37,7 +37,8 @@ import numpy as np
 import paddle
 from ppdiffusers import UNet2DConditionModel
 
-from ..models.fast_layers import use_fast_layers
+from ..models.expert_bank import MixtureOfDenoisingExperts
+from ..models.speedups import apply_speedups
 from ..utils.integrity import DamagedFileError, check_safetensors, read_json_file
 
 logger = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ def _lazy_copy(expert: UNet2DConditionModel) -> UNet2DConditionModel:
     """A module shaped like ``expert`` with no storage (filled by the first load)."""
     with paddle.LazyGuard():
         slot = UNet2DConditionModel.from_config(expert.config)
-    use_fast_layers(slot)  # the layers every expert carries (models/fast_layers.py)
+    apply_speedups(slot)  # the experts' layers (its attention processors are the active expert's)
     slot.train(expert.training)
     return slot
 
@@ -304,8 +305,6 @@ class ModelCpuOffload:
 
 def lazy_mixture(folder: str):
     """A MixtureOfDenoisingExperts from ``folder``'s config with no storage (LazyGuard)."""
-    from ..models.mode import MixtureOfDenoisingExperts
-
     config = MixtureOfDenoisingExperts.load_config(folder)
     with paddle.LazyGuard():
         return MixtureOfDenoisingExperts.from_config(config)

@@ -11,8 +11,9 @@ import paddle
 from ppdiffusers import AutoencoderKL, DiffusionPipeline
 from ppdiffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
+from ..models.expert_bank import MixtureOfDenoisingExperts
 from ..models.fast_layers import use_fast_layers
-from ..models.mode import MixtureOfDenoisingExperts
+from ..models.speedups import apply_speedups
 from ..models.text_encoder import encode_text
 from ..text.tokenizer import check_prompts, tokenize
 from ..utils.integrity import check_pipeline_folder
@@ -59,6 +60,7 @@ class ErnieViLG2Pipeline(DiffusionPipeline):
     def __init__(self, vae: AutoencoderKL, text_encoder, tokenizer, unet: MixtureOfDenoisingExperts, scheduler):
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+        apply_speedups(unet)  # the experts' faster attention and layers (models/speedups.py)
         use_fast_layers(vae)  # its convolutions on CPU as the experts' (models/fast_layers.py)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
 
@@ -89,6 +91,19 @@ class ErnieViLG2Pipeline(DiffusionPipeline):
         if expert_offload is not None:
             pipe._start_expert_offload(ExpertOffload(pipe.unet, weights))
         return pipe
+
+    @classmethod
+    def load_config(cls, *args, **kwargs):
+        """ConfigMixin's, with the denoiser's module read as the class's module: a saved
+        ``model_index.json`` names the module the class had when the folder was saved (e.g.
+        ``ernie_vilg2.models.mode``), and PPDiffusers imports that module."""
+        loaded = super().load_config(*args, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded
+        for name, entry in config.items():
+            if (isinstance(entry, list) and len(entry) == 2 and entry[1] == MixtureOfDenoisingExperts.__name__
+                    and isinstance(entry[0], str) and entry[0].startswith("ernie_vilg2.")):
+                config[name] = [MixtureOfDenoisingExperts.__module__, entry[1]]
+        return loaded
 
     # -- offloading (sampling a bank larger than memory) ---------------------------------------
     @property

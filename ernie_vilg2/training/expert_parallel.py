@@ -249,7 +249,7 @@ def assemble_bank(unet, folder: str):
     from safetensors.numpy import load_file
 
     from ..models.footprint import lazy_init
-    from ..models.mode import MixtureOfDenoisingExperts
+    from ..models.expert_bank import MixtureOfDenoisingExperts
 
     files = sorted(glob.glob(os.path.join(folder, "expert-*.safetensors")))
     state = {}

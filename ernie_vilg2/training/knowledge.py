@@ -18,6 +18,7 @@ from ..data import dataset_path
 from ..knowledge.annotations import read_annotations
 from ..knowledge.textual import build_text_inputs
 from ..knowledge.visual.knowledge import VisualKnowledge
+from ..models.attention_processor import FastAttnProcessor
 from ..text.tokenizer import tokenize
 from .batches import stack_weight_maps
 
@@ -64,10 +65,8 @@ class CaptionProcessor:
         t = self.textual
         if not t.enabled:
             return
-        from ..models.attention_processor import KnowledgeAttnProcessor
-
         active = training or t.apply_at_sampling
-        unet.set_attn_processor(KnowledgeAttnProcessor(t.w_t if active else 0.0))
+        unet.set_attn_processor(FastAttnProcessor(t.w_t if active else 0.0))
 
     # -- batches ---------------------------------------------------------------------------------
     def training_batch(self, metas: List[dict], rng: np.random.Generator, weight_shape) -> dict:

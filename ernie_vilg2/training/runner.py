@@ -29,8 +29,11 @@ import paddle
 
 from ..config import ConfigError, to_dict
 from ..data import build_dataset
+from ..models.expert_bank import MixtureOfDenoisingExperts
 from ..models.factory import build_denoiser, build_noise_scheduler, build_sampler, build_text_encoder_from_config, build_vae
-from ..models.mode import MixtureOfDenoisingExperts
+from ..models.speedups import apply_speedups
+from ..pipelines.loading import load_pipeline
+from ..pipelines.pipeline_ernie_vilg2 import ErnieViLG2Pipeline
 from ..text.tokenizer import build_tokenizer
 from ..utils.images import make_grid
 from ..utils.integrity import check_model_folder
@@ -274,13 +277,11 @@ class ExperimentRunner:
         self._train_diffusion("base", index, vae, text_encoder, tokenizer, unet)
 
     def run_experts(self, index: int) -> None:
-        from ..pipelines.loading import load_pipeline
-
         cfg = self.cfg
         self._require("base", "experts")
         base = load_pipeline(stage_dir(cfg, "base"))
         held = self.ctx.experts.experts if self.ctx.experts else None  # expert parallel: the group's experts
-        unet = MixtureOfDenoisingExperts.branch(base.unet, cfg.model.num_experts, expert_ids=held)
+        unet = apply_speedups(MixtureOfDenoisingExperts.branch(base.unet, cfg.model.num_experts, expert_ids=held))
         self._train_diffusion("experts", index, base.vae, base.text_encoder, base.tokenizer, unet)
 
     def _train_diffusion(self, stage: str, index: int, vae, text_encoder, tokenizer, unet) -> None:
@@ -313,8 +314,6 @@ class ExperimentRunner:
         )
         step_fn = DiffusionStep(cfg, source, captions, model, timesteps, batch_size,
                                 self.ctx.rank, self.ctx.world_size)
-
-        from ..pipelines.pipeline_ernie_vilg2 import ErnieViLG2Pipeline
 
         pipe = ErnieViLG2Pipeline(
             vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,

@@ -10,11 +10,10 @@ import pytest
 from ppdiffusers import UNet2DConditionModel
 
 from ernie_vilg2.config import ConfigError
-from ernie_vilg2.models.attention_processor import FastAttnProcessor
 from ernie_vilg2.models.config import ModelConfig
+from ernie_vilg2.models.expert_bank import MixtureOfDenoisingExperts, TimestepRouter
 from ernie_vilg2.models.factory import build_sampler
-from ernie_vilg2.models.fast_layers import use_fast_layers
-from ernie_vilg2.models.mode import MixtureOfDenoisingExperts, TimestepRouter
+from ernie_vilg2.models.speedups import apply_speedups
 from ernie_vilg2.pipelines import ErnieViLG2Pipeline, branch_pipeline
 
 T = 1000
@@ -114,11 +113,9 @@ def test_sampling_runs_exactly_the_routed_expert_once_per_step(tiny_mode_pipelin
 # -- equivalences -----------------------------------------------------------------------
 def test_single_expert_equals_plain_unet(tiny_unet_kwargs):
     paddle.seed(1)
-    unet = UNet2DConditionModel(**tiny_unet_kwargs)
-    unet.set_attn_processor(FastAttnProcessor())  # what every expert carries
-    use_fast_layers(unet)
+    unet = apply_speedups(UNet2DConditionModel(**tiny_unet_kwargs))  # what every expert carries
     unet.eval()
-    mode = MixtureOfDenoisingExperts.from_unet(unet, 1, T)
+    mode = apply_speedups(MixtureOfDenoisingExperts.from_unet(unet, 1, T))
     mode.eval()
     assert mode.num_experts == 1
     sample, context = _inputs(3)

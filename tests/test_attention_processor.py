@@ -17,7 +17,7 @@ from cpu_ops import require_cpu_ops
 from ppdiffusers.models.attention_processor import Attention, AttnProcessor
 
 import ernie_vilg2.models.attention_processor as attention_processor
-from ernie_vilg2.models.attention_processor import FastAttnProcessor, KnowledgeAttnProcessor, _row_blocks
+from ernie_vilg2.models.attention_processor import FastAttnProcessor, _row_blocks
 
 HEADS, DIM_HEAD, QUERY_DIM, TEXT_DIM = 4, 8, 32, 24
 
@@ -139,8 +139,8 @@ def test_emphasis_equals_formula(batch, mask_rows, masked, path):
     if masked:
         kwargs["attention_mask"] = paddle.to_tensor(
             np.where(rng.random((batch, 1, text)) > 0.3, 0.0, -10000.0).astype("float32"))
-    fast = KnowledgeAttnProcessor(0.5, chunk_bytes=block_bytes(batch, text)) if path.name == "blocks" \
-        else KnowledgeAttnProcessor(0.5)
+    fast = FastAttnProcessor(0.5, chunk_bytes=block_bytes(batch, text)) if path.name == "blocks" \
+        else FastAttnProcessor(0.5)
     for grad in (True, False):
         got = run(attn, fast, x, context, grad, **kwargs)
         assert_same(got, run(attn, EmphasisReference(0.5), x, context, grad, **kwargs))
@@ -200,13 +200,14 @@ def test_training_follows_the_stock_loss_curve(path):
     assert stock[-1] < 0.8 * stock[0]  # it did train
 
 
-def test_mode_installs_it_in_every_expert():
-    from ernie_vilg2.models.mode import MixtureOfDenoisingExperts
+def test_apply_speedups_installs_it_in_every_expert():
+    from ernie_vilg2.models.expert_bank import MixtureOfDenoisingExperts
+    from ernie_vilg2.models.speedups import apply_speedups
 
-    model = MixtureOfDenoisingExperts(num_experts=2, unet=dict(
+    model = apply_speedups(MixtureOfDenoisingExperts(num_experts=2, unet=dict(
         sample_size=8, block_out_channels=[32, 64], down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
         up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"], layers_per_block=1, attention_head_dim=4,
-        norm_num_groups=8, cross_attention_dim=16))
+        norm_num_groups=8, cross_attention_dim=16)))
     procs = [p for e in model.experts for p in e.attn_processors.values()]
     assert procs and all(type(p) is FastAttnProcessor and p.w_t == 0.0 for p in procs)
 
@@ -221,7 +222,7 @@ def test_gpu_fused_attention_equals_the_reference():
         x, context = paddle.randn([2, 37, QUERY_DIM]), paddle.randn([2, 7, TEXT_DIM])
         assert_same(run(attn, FastAttnProcessor(), x, context), run(attn, AttnProcessor(), x, context), atol=1e-4)
         kwargs = {"key_token_mask": np.eye(2, 7, dtype="float32")}
-        assert_same(run(attn, KnowledgeAttnProcessor(0.5), x, context, **kwargs),
+        assert_same(run(attn, FastAttnProcessor(0.5), x, context, **kwargs),
                     run(attn, EmphasisReference(0.5), x, context, **kwargs), atol=1e-4)
     finally:
         paddle.set_device(previous)

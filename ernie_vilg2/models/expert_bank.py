@@ -24,8 +24,6 @@ from ppdiffusers.configuration_utils import ConfigMixin, register_to_config
 from ppdiffusers.models.unet_2d_condition import UNet2DConditionOutput
 
 from ..utils.integrity import check_model_folder
-from .attention_processor import FastAttnProcessor
-from .fast_layers import use_fast_layers
 from .routing import TimestepRouter  # noqa: F401  (paddle-free, shared with ernie_vilg2.deploy; re-exported)
 
 
@@ -75,6 +73,8 @@ class MixtureOfDenoisingExperts(ModelMixin, ConfigMixin):
     saves and loads like any PPDiffusers model (``config.json`` + safetensors).
     ``expert_ids`` (not part of the config) builds only those experts of the N; such a
     partial bank trains and runs the timesteps of its experts but cannot be saved as a model.
+    The experts are PPDiffusers' U-Nets as they come; :func:`~ernie_vilg2.models.speedups.apply_speedups`
+    gives them the project's faster attention and layers.
     """
 
     config_name = "config.json"
@@ -90,11 +90,6 @@ class MixtureOfDenoisingExperts(ModelMixin, ConfigMixin):
             if not 0 <= i < num_experts:
                 raise ValueError(f"expert_ids: expert {i} out of range 0..{num_experts - 1}")
         self.experts = ExpertBank({i: UNet2DConditionModel(**(unet or {})) for i in ids})
-        # The stock attention's function with less time and memory (see attention_processor.py),
-        # cheaper convolutions and biases on CPU (fast_layers.py).
-        self.set_attn_processor(FastAttnProcessor())
-        for expert in self.experts:
-            use_fast_layers(expert)
 
     # -- construction -------------------------------------------------------------
     @classmethod
