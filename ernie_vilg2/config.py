@@ -14,8 +14,10 @@ from typing import Any, Dict, List, Optional, Union
 
 import yaml
 
+from .errors import ErnieViLG2Error
 
-class ConfigError(ValueError):
+
+class ConfigError(ErnieViLG2Error, ValueError):
     """A configuration value is missing, unknown, of the wrong type or impossible."""
 
     def __init__(self, field: str, message: str):

@@ -27,6 +27,12 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from .. import __version__
+from ..errors import ErnieViLG2Error
+from ..models.routing import TimestepRouter
+from ..models.speedups import apply_speedups
+from ..models.text_encoder import encode_text
+from ..text.normalize import TYPOGRAPHIC_MAP
+from ..text.tokenizer import tokenize
 from ..utils.integrity import check_safetensors
 from ..utils.io import DiskFullError, atomic_directory, atomic_write_text, free_space
 from .manifest import write_manifest
@@ -52,7 +58,7 @@ TOKENIZER_PROBES = (
 )
 
 
-class ExportError(ValueError):
+class ExportError(ErnieViLG2Error, ValueError):
     """The model folder or an export setting cannot be exported; one line naming it."""
 
 
@@ -142,8 +148,6 @@ def write_vocab(tokenizer, path: str) -> None:
 
 def tokenizer_spec(tokenizer, max_length: int) -> Dict:
     """The manifest's ``tokenizer`` section for a PaddleNLP ErnieTokenizer."""
-    from ..text.normalize import TYPOGRAPHIC_MAP
-
     never_split = list(tokenizer.unique_no_split_tokens)
     loose = [t for t in tokenizer.all_special_tokens if t not in never_split]
     if loose:
@@ -164,8 +168,6 @@ def tokenizer_spec(tokenizer, max_length: int) -> Dict:
 def check_tokenizer(folder: str, spec: Dict, tokenizer, probes=TOKENIZER_PROBES) -> None:
     """The exported tokenizer must give the model tokenizer's ids on ``probes`` (compared
     at a length that fits them all, so that every token counts and nothing warns)."""
-    from ..text.tokenizer import tokenize
-
     length = 160
     ours = WordPieceTokenizer.from_manifest(folder, {**spec, "max_length": length})
     if len(load_vocab(os.path.join(folder, spec["vocab"]))) != len(tokenizer):
@@ -211,8 +213,6 @@ def _static(layer, specs):
 def _wrappers():
     """Layers whose ``forward`` is exactly the program's signature (inputs named as in the contract)."""
     import paddle
-
-    from ..models.text_encoder import encode_text
 
     class TextEncoderProgram(paddle.nn.Layer):
         def __init__(self, text_encoder):
@@ -285,8 +285,6 @@ def export_pipeline(
     import paddle
     from paddle.static import InputSpec
 
-    from ..models.routing import TimestepRouter
-
     router = TimestepRouter(num_experts, num_train_timesteps)  # validates N and T
     paddle.set_device("cpu")  # export on the CPU: the programs run on any device
     TextEncoderProgram, ExpertProgram, VAEDecoderProgram = _wrappers()
@@ -325,11 +323,11 @@ def export_pipeline(
         # experts, one at a time through one traced U-Net
         from ppdiffusers import UNet2DConditionModel
 
-        from ..models.attention_processor import FastAttnProcessor
-
         t0 = time.time()
         unet = rewrite_for_export(UNet2DConditionModel(**expert_config), num_train_timesteps)
-        unet.set_attn_processor(FastAttnProcessor())  # the experts' processor: the dynamic graph's ops
+        # The experts' attention processor (its static graph takes the dynamic graph's pure-Paddle
+        # ops); the layers stay PPDiffusers' own, whose static ops the faster ones would take anyway.
+        apply_speedups(unet, layers=False)
         layer = _static(
             ExpertProgram(unet),
             [

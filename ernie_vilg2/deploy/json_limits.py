@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from ..errors import ErnieViLG2Error
+
 # A manifest nests 4 levels, a PIR program about 10.
 MAX_JSON_DEPTH = 64
 
@@ -15,7 +17,7 @@ _STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _BRACKETS = re.compile(r"[\[\]{}]")
 
 
-class JsonLimitError(ValueError):
+class JsonLimitError(ErnieViLG2Error, ValueError):
     """The text nests deeper than :data:`MAX_JSON_DEPTH`."""
 
 

@@ -19,13 +19,14 @@ import math
 import os
 from typing import Any, Mapping
 
+from ..errors import ErnieViLG2Error
 from .program_info import ProgramInfo, read_program_info
 
 # The vocab is read whole: a real one is a few hundred KB.
 MAX_VOCAB_BYTES = 64 * 1024 * 1024
 
 
-class ManifestError(ValueError):
+class ManifestError(ErnieViLG2Error, ValueError):
     """The manifest is unreadable, from another format version, or a field is missing or
     wrong. ``str()`` is one line naming the file and the field."""
 

@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from ..errors import ErnieViLG2Error
 from .json_limits import JsonLimitError, check_json_text
 
 # The largest program file read: a program's JSON grows with the number of ops, not with the
@@ -24,7 +25,7 @@ from .json_limits import JsonLimitError, check_json_text
 MAX_PROGRAM_BYTES = 64 * 1024 * 1024
 
 
-class ProgramInfoError(ValueError):
+class ProgramInfoError(ErnieViLG2Error, ValueError):
     """A program file cannot be read or does not have the expected form; one line naming it."""
 
 

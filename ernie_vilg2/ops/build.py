@@ -17,9 +17,10 @@ import sys
 import sysconfig
 
 from ernie_vilg2 import ops
+from ernie_vilg2.errors import ErnieViLG2Error
 
 
-class BuildError(RuntimeError):
+class BuildError(ErnieViLG2Error, RuntimeError):
     pass
 
 

@@ -9,11 +9,13 @@ import numbers
 
 import numpy as np
 
+from ..errors import ErnieViLG2Error
+
 # The C++ runner reads --seed as a signed 64-bit integer; one range for every entry point.
 MAX_SEED = 2**63 - 1
 
 
-class NonFiniteLatentsError(ValueError):
+class NonFiniteLatentsError(ErnieViLG2Error, ValueError):
     """Sampling produced NaN/inf latents: they would decode to a black image."""
 
 

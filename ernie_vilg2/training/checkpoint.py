@@ -30,6 +30,7 @@ import paddle
 import yaml
 from safetensors.paddle import load_file, save_file
 
+from ..errors import ErnieViLG2Error
 from ..utils.integrity import (
     PADDLE_WEIGHT_DTYPES, DamagedFileError, check_safetensors, describe_files, read_json_file, verify_files,
 )
@@ -44,7 +45,7 @@ DAMAGED_SUFFIX = ".damaged"
 _STEP_DIR = re.compile(r"step-(\d+)")
 
 
-class CheckpointMismatch(ValueError):
+class CheckpointMismatch(ErnieViLG2Error, ValueError):
     """An intact checkpoint that does not fit the model being trained (another config)."""
 
 

@@ -37,6 +37,9 @@ from typing import Dict, List, Optional
 import paddle
 import paddle.distributed as dist
 
+from ..errors import ErnieViLG2Error
+from ..models.expert_bank import MixtureOfDenoisingExperts
+from ..models.lazy_init import lazy_init
 from ..utils.io import atomic_file
 from .checkpoint import commit_checkpoint, load_checkpoint, staging_dir, start_checkpoint, write_checkpoint_part
 from .expert_layout import ExpertLayout, expert_of, part_name
@@ -46,7 +49,7 @@ from .process_groups import GroupCreationFailed, barrier, create_groups
 logger = logging.getLogger(__name__)
 
 
-class ExpertGroupError(RuntimeError):
+class ExpertGroupError(ErnieViLG2Error, RuntimeError):
     """Joining the job or creating the expert groups failed (over gloo this happens now and then: run again)."""
 
 
@@ -247,9 +250,6 @@ def assemble_bank(unet, folder: str):
     from its file (the bank of the 24B config is 89 GB in float32: host memory, not GPU).
     """
     from safetensors.numpy import load_file
-
-    from ..models.footprint import lazy_init
-    from ..models.expert_bank import MixtureOfDenoisingExperts
 
     files = sorted(glob.glob(os.path.join(folder, "expert-*.safetensors")))
     state = {}

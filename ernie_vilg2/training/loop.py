@@ -17,6 +17,7 @@ import numpy as np
 import paddle
 from tqdm import tqdm
 
+from ..errors import ErnieViLG2Error
 from .checkpoint import (
     CheckpointMismatch,
     find_resume_checkpoint,
@@ -34,7 +35,7 @@ logger = logging.getLogger(__name__)
 StepFn = Callable[[int, np.random.Generator], Tuple[paddle.Tensor, Dict[str, float]]]
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(ErnieViLG2Error, RuntimeError):
     """The loss became NaN or inf; the last good checkpoint is kept."""
 
 

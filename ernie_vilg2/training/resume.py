@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import yaml
 
+from ..errors import ErnieViLG2Error
 from ..utils.integrity import DamagedFileError
 from .checkpoint import CONFIG, checkpoint_step, find_resume_checkpoint, read_checkpoint_config
 from .config import STAGES
@@ -33,7 +34,7 @@ IGNORED_FIELDS = ("train.output_dir", "train.stages")
 MODEL_FIELDS = ("data.resolution",)  # besides the whole model section
 
 
-class ResumeRefused(ValueError):
+class ResumeRefused(ErnieViLG2Error, ValueError):
     """``--resume`` with a config that cannot (or may not, without the flag) continue the run."""
 
 

@@ -22,6 +22,7 @@ from typing import Optional
 
 import yaml
 
+from ..errors import ErnieViLG2Error
 from ..utils.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ RUN_CONFIG = "config.yaml"
 CONFIG_CHANGES = "config_changes.jsonl"
 
 
-class RunFolderLocked(RuntimeError):
+class RunFolderLocked(ErnieViLG2Error, RuntimeError):
     """Another live trainer holds the run folder."""
 
 

@@ -19,6 +19,8 @@ import os
 import struct
 from typing import Any, Collection, Dict, Iterable, Mapping, Optional
 
+from ..errors import ErnieViLG2Error
+
 # A safetensors header is a little-endian u64 length followed by that much JSON; the
 # format caps the header at 100 MB.
 _MAX_HEADER = 100 * 1024 * 1024
@@ -35,7 +37,7 @@ PADDLE_WEIGHT_DTYPES = ("F16", "BF16", "F32", "F64")
 MODEL_INDEX = "model_index.json"  # a saved pipeline's list of components
 
 
-class DamagedFileError(ValueError):
+class DamagedFileError(ErnieViLG2Error, ValueError):
     """A file is missing, truncated or not what it claims to be. ``str()`` is one line
     that names the file."""
 

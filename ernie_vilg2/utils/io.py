@@ -20,6 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
+from ..errors import ErnieViLG2Error
+
 PathLike = Union[str, os.PathLike]
 
 _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
@@ -92,7 +94,7 @@ def _size_text(n: int) -> str:
     return f"{size:.1f} {unit}"
 
 
-class DiskFullError(ValueError):
+class DiskFullError(ErnieViLG2Error, ValueError):
     """Writing ``path`` failed for lack of space. ``str()`` is one line naming the path, the
     space the write needed (an estimate: ``needed`` bytes, or more than the ``written`` bytes
     it got to) and the space free there."""

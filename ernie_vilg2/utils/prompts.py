@@ -5,6 +5,8 @@ import csv
 import os
 from typing import List, Optional
 
+from ..errors import ErnieViLG2Error
+
 # Column preference for tabular prompt sets such as ViLG-300 (Prompt, 文本, 类别, 来源):
 # the model's tokenizer is Chinese-first, so the Chinese text wins when present.
 DEFAULT_COLUMNS = ("文本", "Prompt")
@@ -14,7 +16,7 @@ DEFAULT_COLUMNS = ("文本", "Prompt")
 DELIMITERS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
 
 
-class PromptColumnError(ValueError):
+class PromptColumnError(ErnieViLG2Error, ValueError):
     """The requested column is missing (the message lists the available ones)."""
 
 
