@@ -3,29 +3,25 @@
 Names are imported lazily so that reading the config (``ernie_vilg2.data.config``) or
 preparing the built-in data does not import Paddle.
 """
-import importlib
+from ..utils.lazy import lazy_getattr
 
 _EXPORTS = {
-    "BuiltinDataConfig": "config",
-    "DataConfig": "config",
-    "DEMO_EMOJI_FILTER": "emoji_catalog",
-    "EmojiEntry": "emoji_catalog",
-    "load_emoji_catalog": "emoji_catalog",
-    "DatasetError": "jsonl",
-    "JsonlDataset": "jsonl",
-    "collate_samples": "jsonl",
-    "prepare_builtin_dataset": "prepare",
-    "RELATIONS": "scenes",
-    "SCENE_CLASSES": "scenes",
-    "relation_holds": "scenes",
-    "build_dataset": "builder",
-    "dataset_path": "builder",
+    "BuiltinDataConfig": ".config",
+    "DataConfig": ".config",
+    "DEMO_EMOJI_FILTER": ".emoji_catalog",
+    "EmojiEntry": ".emoji_catalog",
+    "load_emoji_catalog": ".emoji_catalog",
+    "DatasetError": ".jsonl",
+    "JsonlDataset": ".jsonl",
+    "collate_samples": ".jsonl",
+    "prepare_builtin_dataset": ".prepare",
+    "RELATIONS": ".scenes",
+    "SCENE_CLASSES": ".scenes",
+    "relation_holds": ".scenes",
+    "build_dataset": ".builder",
+    "dataset_path": ".builder",
 }
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

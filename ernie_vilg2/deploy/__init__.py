@@ -6,21 +6,16 @@
 PPDiffusers nor PaddleNLP. Names load lazily so that importing one half never loads the
 other. Nothing in models/, pipelines/ or training/ imports this package.
 """
-import importlib
+from ..utils.lazy import lazy_getattr
 
 _LAZY = {
-    "InferencePipeline": "pipeline",
-    "PredictorSettings": "predictor",
-    "export_pipeline": "export",
-    "ExportError": "export",
-    "ManifestError": "manifest",
-    "read_manifest": "manifest",
+    "InferencePipeline": ".pipeline",
+    "PredictorSettings": ".predictor",
+    "export_pipeline": ".export",
+    "ExportError": ".export",
+    "ManifestError": ".manifest",
+    "read_manifest": ".manifest",
 }
 
 __all__ = list(_LAZY)
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -1,25 +1,21 @@
-"""Pipelines: text-to-image sampling, loading, stage-2 branching and batch generation.
+"""Pipelines: text-to-image sampling, building, loading, stage-2 branching and batch generation.
 
 Names load lazily: ``generation`` (batches, grids and single PNGs) needs neither paddle
 nor ppdiffusers, so the deployment runner (``ernie_vilg2.deploy``) reuses it without
 importing the training stack.
 """
-import importlib
+from ..utils.lazy import lazy_getattr
 
 _LAZY = {
-    "ErnieViLG2Pipeline": "pipeline_ernie_vilg2",
-    "branch_pipeline": "branching",
-    "branch_pipeline_folder": "branching",
-    "generate_images": "generation",
-    "iter_images": "generation",
-    "load_pipeline": "loading",
-    "save_generation": "generation",
+    "ErnieViLG2Pipeline": ".pipeline_ernie_vilg2",
+    "branch_pipeline": ".branching",
+    "branch_pipeline_folder": ".branching",
+    "build_pipeline": ".building",
+    "generate_images": ".generation",
+    "iter_images": ".generation",
+    "load_pipeline": ".loading",
+    "save_generation": ".generation",
 }
 
 __all__ = list(_LAZY)
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

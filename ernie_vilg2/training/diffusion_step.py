@@ -6,6 +6,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import paddle
 
+from ..models.routing import TimestepRouter
 from .batches import batch_indices, group_mean, shard
 
 
@@ -27,7 +28,7 @@ class TimestepSampler:
                  one_expert_per_step: bool = False, layout=None):
         self.T = num_train_timesteps
         self.N = num_experts
-        self.stage = num_train_timesteps // num_experts
+        self.stage = TimestepRouter(num_experts, num_train_timesteps).stage_length
         self.expert_ids = np.asarray(expert_ids if expert_ids else range(num_experts))
         self.restricted = bool(expert_ids)
         self.one_expert_per_step = one_expert_per_step
@@ -71,7 +72,7 @@ class DiffusionStep:
         self.batch_size = batch_size
         self.mine = shard(list(range(batch_size)), rank, world_size)
         self.bf16 = cfg.train.mixed_precision == "bf16"
-        self.stage_length = cfg.model.num_train_timesteps // cfg.model.num_experts
+        self.router = TimestepRouter(cfg.model.num_experts, cfg.model.num_train_timesteps)
         latent = cfg.data.resolution // cfg.model.vae.scale_factor
         self.weight_shape = (1, latent, latent)
 
@@ -94,5 +95,5 @@ class DiffusionStep:
                 None if weights is None else paddle.to_tensor(weights[mine]),
                 None if mask is None else paddle.to_tensor(mask[mine]),
             )
-        logs = group_mean(losses.numpy(), t[mine] // self.stage_length, self.cfg.model.num_experts, "loss_stage_")
+        logs = group_mean(losses.numpy(), self.router.expert_index(t[mine]), self.cfg.model.num_experts, "loss_stage_")
         return losses.mean(), logs
