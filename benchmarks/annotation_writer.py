@@ -16,14 +16,14 @@ import argparse
 import csv
 import os
 import statistics
-import sys
 import tempfile
 import time
+
+from ernie_vilg2.utils.cpu_tuning import tune_cpu_process
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 VILG300 = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "ViLG-300.csv"))
 FALLBACK = ["一辆红色的汽车停在路边", "a corgi wearing sunglasses", "油画风格的星空下的城市", "a red apple"]
 
@@ -52,6 +52,7 @@ def load_captions(path, n):
 
 
 def main(argv=None):
+    tune_cpu_process()
     args = parse_args(argv)
     import logging
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 
+from ernie_vilg2.utils.cpu_tuning import tune_cpu_process
+
 os.environ.setdefault("GLOG_minloglevel", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def parse_args(argv=None):
@@ -41,6 +41,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    tune_cpu_process()
     args = parse_args(argv)
     import paddle
     from ppdiffusers.models.attention_processor import Attention, AttnProcessor

@@ -35,6 +35,8 @@ import sys
 import tempfile
 import time
 
+from ernie_vilg2.utils.cpu_tuning import tune_cpu_process
+
 os.environ.setdefault("GLOG_minloglevel", "2")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -153,6 +155,7 @@ def prepare(args, workdir):
 
 
 def main(argv=None):
+    tune_cpu_process()
     args = parse_args(argv)
     if args.worker:
         w = args.worker

@@ -32,6 +32,8 @@ import tempfile
 import time
 from typing import Dict, List, Optional, Sequence
 
+from ernie_vilg2.utils.cpu_tuning import tune_cpu_process
+
 os.environ.setdefault("GLOG_minloglevel", "2")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -213,6 +215,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    tune_cpu_process()
     args = parse_args(argv)
     if args.child:
         _child(args)

@@ -29,6 +29,8 @@ import sys
 import tempfile
 import time
 
+from ernie_vilg2.utils.cpu_tuning import tune_cpu_process
+
 os.environ.setdefault("GLOG_minloglevel", "2")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,8 +83,7 @@ def worker(rest) -> int:
     """tools/train.py with a clock on the experts stage's steps; prints the rank's numbers at exit."""
     import atexit
 
-    sys.path.insert(0, ROOT)
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    sys.path.insert(0, os.path.join(ROOT, "tools"))  # tools/train.py as a module
     import paddle.distributed as dist
 
     from ernie_vilg2.training.loop import Trainer
@@ -150,6 +151,7 @@ def run_world(args, root: str, prepared: str, world: int, round_: int) -> list:
 
 
 def main(argv=None) -> int:
+    tune_cpu_process()
     args, rest = parse_args(argv)
     if args.worker:
         return worker(rest)

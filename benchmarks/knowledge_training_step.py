@@ -21,7 +21,10 @@ import tempfile
 import time
 
 os.environ.setdefault("GLOG_minloglevel", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ernie_vilg2.utils.cpu_tuning import tune_cpu_process  # noqa: E402
+
+tune_cpu_process()  # before paddle's import, as the tools' processes
 
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402

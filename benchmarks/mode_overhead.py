@@ -30,6 +30,8 @@ import statistics
 import sys
 import time
 
+from ernie_vilg2.utils.cpu_tuning import tune_cpu_process
+
 os.environ.setdefault("GLOG_minloglevel", "2")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -132,6 +134,7 @@ class Bench:
 
 
 def main(argv=None) -> int:
+    tune_cpu_process()
     args = parse_args(argv)
     from ernie_vilg2.cli_utils import quiet_third_party_logs
 

@@ -24,8 +24,8 @@ import time
 import numpy as np
 
 # Paddle variants: (attention processor and layers, MKL's AVX2 path on AMD, the project's C++
-# CPU ops, glibc malloc: its defaults, "keep" (freed memory kept, as importing ernie_vilg2
-# sets it) or "lean" (each tensor of 128 KiB or more mapped from the OS and handed back when
+# CPU ops, glibc malloc: its defaults, "keep" (freed memory kept, as the project's entry points
+# set it) or "lean" (each tensor of 128 KiB or more mapped from the OS and handed back when
 # freed, as a user sets it with MALLOC_MMAP_THRESHOLD_: least memory, page faults)). "stock" is
 # PPDiffusers as it comes; "fast" what every expert of the project runs.
 PADDLE_VARIANTS = {"stock": ("stock", False, False, "defaults"), "stock-avx2": ("stock", True, False, "defaults"),
@@ -71,7 +71,7 @@ def paddle_variant(variant: str):
     """Set this process up for ``variant`` (before Paddle's first MKL call: MKL reads its
     dispatch variable then) and return ``set_variant(unet)``, which installs the variant's
     attention processor and layers (stock: PPDiffusers' own, also on a loaded project
-    model; fast: what MixtureOfDenoisingExperts gives every expert)."""
+    model; fast: what ``apply_speedups`` gives every expert)."""
     if variant not in PADDLE_VARIANTS:
         raise SystemExit(f"error: --variant must be one of {sorted(PADDLE_VARIANTS)}, got {variant!r}")
     missing = {k: v for k, v in variant_environment(variant).items() if os.environ.get(k) != v}
@@ -81,18 +81,15 @@ def paddle_variant(variant: str):
     os.environ.pop("MKL_DEBUG_CPU_TYPE", None)
     os.environ["ERNIE_VILG2_MKL_AVX2"] = "1" if avx2 else "0"
     os.environ["ERNIE_VILG2_CPU_OPS"] = "1" if cpu_ops else "0"
-    os.environ["ERNIE_VILG2_MALLOC_TUNING"] = "1" if malloc == "keep" else "0"  # read when ernie_vilg2 is imported
-    if avx2:
-        from ernie_vilg2.utils.mkl_dispatch import prefer_avx2
-        prefer_avx2()
-    if processor == "fast":
-        from ernie_vilg2.models.attention_processor import FastAttnProcessor
-        from ernie_vilg2.models.fast_layers import use_fast_layers
+    os.environ["ERNIE_VILG2_MALLOC_TUNING"] = "1" if malloc == "keep" else "0"
+    if avx2 or malloc == "keep":
+        from ernie_vilg2.utils.cpu_tuning import tune_cpu_process
 
-        def set_variant(unet):
-            unet.set_attn_processor(FastAttnProcessor())
-            use_fast_layers(unet)
-        return set_variant
+        tune_cpu_process()  # each setting as the variables above allow it
+    if processor == "fast":
+        from ernie_vilg2.models.speedups import apply_speedups
+
+        return apply_speedups
     import paddle
     from ppdiffusers.models.activations import GEGLU
     from ppdiffusers.models.attention_processor import AttnProcessor

@@ -22,8 +22,6 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.dirname(HERE), HERE]  # this checkout's ernie_vilg2, then vs_pytorch / peer_worker
 os.environ.setdefault("GLOG_minloglevel", "2")
 
 # What each operator counts as in the grouped table: keys are matched in the lower-cased name

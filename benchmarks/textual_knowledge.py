@@ -32,6 +32,8 @@ import statistics
 import sys
 import time
 
+from ernie_vilg2.utils.cpu_tuning import tune_cpu_process
+
 os.environ.setdefault("GLOG_minloglevel", "2")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -238,6 +240,7 @@ def attention_rows(batch, max_length, repeats):
 
 
 def main(argv=None) -> int:
+    tune_cpu_process()
     args = parse_args(argv)
     import logging
     import warnings

@@ -27,6 +27,8 @@ import sys
 import time
 import warnings
 
+from ernie_vilg2.utils.cpu_tuning import tune_cpu_process
+
 os.environ.setdefault("GLOG_minloglevel", "2")
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 warnings.filterwarnings("ignore", category=UserWarning)
@@ -179,6 +181,7 @@ def bench_unet(args, labels):
 
 
 def main(argv=None) -> int:
+    tune_cpu_process()
     args = parse_args(argv)
     import paddle
 

@@ -108,7 +108,6 @@ def resolve_unet(cfg: dict) -> tuple:
     """UNet kwargs and text length: from a project YAML (the expert U-Net) or given."""
     if "unet" in cfg:
         return cfg["unet"], cfg["text_length"]
-    sys.path.insert(0, ROOT)
     from ernie_vilg2.config import from_dict, read_yaml
     from ernie_vilg2.models.config import ModelConfig
 
@@ -130,8 +129,7 @@ class Worker:
 
     def __init__(self, python, spec_path, framework, mode, variant, threads, out):
         self.label = "torch" if framework == "torch" else f"paddle-{variant}"
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), GLOG_minloglevel="2",
-                   PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), GLOG_minloglevel="2")
         if framework == "paddle":
             env.update(variant_environment(variant))
         self.log_path = os.path.join(out, f"log-{self.label}-{mode}-{threads}.txt")
@@ -178,7 +176,7 @@ def init_config(name, cfg, out, args):
     spec_path = os.path.join(out, f"{name}-spec.json")
     with open(spec_path, "w") as f:
         json.dump(spec, f)
-    env = dict(os.environ, GLOG_minloglevel="2", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, GLOG_minloglevel="2")
     log_path = os.path.join(out, f"log-{name}-init.txt")
     with open(log_path, "w") as log:
         status = subprocess.run([sys.executable, WORKER, "init", spec_path], env=env, cwd=ROOT, stderr=log).returncode

@@ -15,9 +15,13 @@ import sys
 import numpy as np
 import pytest
 
+from ernie_vilg2.utils.cpu_tuning import tune_cpu_process
+
 # Before paddle is imported anywhere: deterministic kernels, no C++ log noise.
 os.environ.setdefault("FLAGS_cudnn_deterministic", "1")
 os.environ.setdefault("GLOG_minloglevel", "2")
+# The CPU settings of the tools' processes, before Paddle's first MKL call (tests/test_cpu_tuning.py).
+tune_cpu_process()
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DIR = os.path.normpath(os.path.join(REPO_ROOT, "..", "shared"))

@@ -109,6 +109,39 @@ def test_variant_environment_reaches_the_worker_or_stops_it(monkeypatch):
     assert dict(os.environ) == environ  # refused before changing anything
 
 
+@pytest.mark.parametrize("variant,mkl,malloc", [
+    ("stock", None, False), ("stock-avx2", "5", False), ("fast-paddle", "5", True), ("fast", "5", True),
+    ("fast-lean", "5", False),  # glibc's thresholds come from the process's environment
+])
+def test_each_variant_gets_exactly_its_cpu_settings(monkeypatch, variant, mkl, malloc):
+    """On an AMD CPU with AVX2: MKL's AVX2 path for all but stock, glibc keeping freed memory
+    for the fast variants that keep it; set in the worker's process, whatever it imported."""
+    from ernie_vilg2.utils import malloc_tuning, mkl_dispatch
+
+    monkeypatch.setattr(mkl_dispatch, "amd_with_avx2", lambda cpuinfo: True)
+    calls = []
+
+    class Libc:
+        gnu_get_libc_version = None
+
+        def mallopt(self, *args):
+            calls.append(args)
+            return 1
+
+    monkeypatch.setattr(malloc_tuning.ctypes, "CDLL", lambda name: Libc())
+    for name in ("MKL_DEBUG_CPU_TYPE", "ERNIE_VILG2_MKL_AVX2", "ERNIE_VILG2_CPU_OPS", "ERNIE_VILG2_MALLOC_TUNING"):
+        monkeypatch.setenv(name, "unset")  # restored after the test
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    if peer_worker.variant_environment(variant):
+        monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
+    else:
+        monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    peer_worker.paddle_variant(variant)
+    assert os.environ.get("MKL_DEBUG_CPU_TYPE") == mkl
+    assert bool(calls) == malloc
+
+
 def test_import_profile_charges_each_module_its_own_memory(tmp_path):
     """A module that touches 48 MiB and imports one that touches 24 MiB: each is charged its
     own share (not the nested module's), and the nested one is traced to its importer. In a

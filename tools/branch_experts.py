@@ -12,9 +12,12 @@ import os
 import sys
 
 os.environ.setdefault("GLOG_minloglevel", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ernie_vilg2.cli_utils import fail  # noqa: E402
+from ernie_vilg2.cli_utils import fail, quiet_third_party_logs  # noqa: E402
+from ernie_vilg2.errors import ErnieViLG2Error  # noqa: E402
+from ernie_vilg2.utils.cpu_tuning import tune_cpu_process  # noqa: E402
+from ernie_vilg2.utils.integrity import DamagedFileError, read_json_file  # noqa: E402
+from ernie_vilg2.utils.io import DiskFullError  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -31,8 +34,6 @@ def precheck(model_dir: str, num_experts: int) -> None:
     path = os.path.join(model_dir, "unet", "config.json")
     if not os.path.isfile(path):
         return  # branch_pipeline_folder reports a malformed folder
-    from ernie_vilg2.utils.integrity import DamagedFileError, read_json_file
-
     try:
         config = read_json_file(path)
     except DamagedFileError as exc:
@@ -46,6 +47,7 @@ def precheck(model_dir: str, num_experts: int) -> None:
 
 
 def main(argv=None) -> int:
+    tune_cpu_process()
     args = parse_args(argv)
     if args.num_experts < 1:
         fail(f"--num-experts must be >= 1, got {args.num_experts}")
@@ -55,19 +57,15 @@ def main(argv=None) -> int:
         fail(f"--out: {args.out} already exists (pass --overwrite to replace it)")
     precheck(args.model, args.num_experts)
 
-    from ernie_vilg2.cli_utils import quiet_third_party_logs
-
     quiet_third_party_logs()
     from ernie_vilg2.pipelines import branch_pipeline_folder
-    from ernie_vilg2.utils.integrity import DamagedFileError
-    from ernie_vilg2.utils.io import DiskFullError
 
     try:
         branch_pipeline_folder(args.model, args.num_experts, args.out, overwrite=args.overwrite)
-    except (FileNotFoundError, DamagedFileError) as exc:
-        fail(f"--model: {exc}")
     except DiskFullError as exc:
         fail(f"--out: {exc}")
+    except (FileNotFoundError, ErnieViLG2Error) as exc:
+        fail(f"--model: {exc}")
     except ValueError as exc:  # 'unet: ... has N experts' or N not dividing T
         flag = "--num-experts" if "num_experts" in str(exc) else "--model"
         fail(f"{flag}: {exc}")

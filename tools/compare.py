@@ -16,12 +16,14 @@ import sys
 import time
 
 os.environ.setdefault("GLOG_minloglevel", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ernie_vilg2.cli_utils import (  # noqa: E402
     add_sampling_arguments, check_pipeline_inputs, check_sampling_arguments, fail, generate_with_flags,
     quiet_third_party_logs,
 )
+from ernie_vilg2.errors import ErnieViLG2Error  # noqa: E402
+from ernie_vilg2.utils.cpu_tuning import tune_cpu_process  # noqa: E402
+from ernie_vilg2.utils.io import DiskFullError  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -76,6 +78,7 @@ def read_prompts(args: argparse.Namespace):
 
 
 def main(argv=None) -> int:
+    tune_cpu_process()
     args = parse_args(argv)
     check_sampling_arguments(args)
     for flag, value in (("--images-per-prompt", args.num_images_per_prompt), ("--limit", args.limit)):
@@ -92,13 +95,12 @@ def main(argv=None) -> int:
     quiet_third_party_logs()
     from ernie_vilg2.evaluation.sheet import SheetItem, write_sheet
     from ernie_vilg2.pipelines import load_pipeline
-    from ernie_vilg2.utils.io import DiskFullError
 
     pipes = []
     for flag, folder in (("--model-a", args.model_a), ("--model-b", args.model_b)):
         try:
             pipe = load_pipeline(folder, sampler=args.sampler)
-        except (FileNotFoundError, ValueError) as exc:  # ValueError: a damaged file, named in one line
+        except (FileNotFoundError, ErnieViLG2Error, ValueError) as exc:  # ours name the file; PPDiffusers' too
             fail(f"{flag}: {exc}")
         pipe.set_progress_bar_config(disable=True)
         check_pipeline_inputs(pipe, args)  # both models, before any image is made

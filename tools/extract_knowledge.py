@@ -19,9 +19,10 @@ import os
 import sys
 
 os.environ.setdefault("GLOG_minloglevel", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ernie_vilg2.cli_utils import fail  # noqa: E402
+from ernie_vilg2.cli_utils import fail, quiet_third_party_logs  # noqa: E402
+from ernie_vilg2.errors import ErnieViLG2Error  # noqa: E402
+from ernie_vilg2.utils.cpu_tuning import tune_cpu_process  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -38,11 +39,9 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    tune_cpu_process()
     args = parse_args(argv)
-    from ernie_vilg2.cli_utils import quiet_third_party_logs
-
     quiet_third_party_logs()
-    from ernie_vilg2.config import ConfigError
     from ernie_vilg2.data.jsonl import read_jsonl_records, resolve_jsonl_path
     from ernie_vilg2.knowledge.annotations import annotate_records
     from ernie_vilg2.knowledge.textual import TextAnalyzer
@@ -67,7 +66,7 @@ def main(argv=None) -> int:
         analyzer = TextAnalyzer(user_dict=args.user_dict)
         stats = annotate_records(records, args.out, analyzer, visual_cfg=visual_cfg,
                                  batch_size=args.batch_size, progress=not args.no_progress)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
+    except (ErnieViLG2Error, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     lines = ", ".join(str(n) for n, _ in skipped[:10]) + (" ..." if len(skipped) > 10 else "")
     print(f"{args.out}: {stats['written']} records written, {stats['already_done']} already there, "

@@ -14,12 +14,13 @@ import os
 import sys
 
 os.environ.setdefault("GLOG_minloglevel", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ernie_vilg2.cli_utils import (  # noqa: E402
     add_generation_arguments, check_generation_arguments, check_pipeline_inputs, collect_prompts, fail,
-    generate_and_save,
+    generate_and_save, quiet_third_party_logs,
 )
+from ernie_vilg2.errors import ErnieViLG2Error  # noqa: E402
+from ernie_vilg2.utils.cpu_tuning import tune_cpu_process  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -64,20 +65,19 @@ def keyword_emphasis(pipe, prompts, args):
 
 
 def main(argv=None) -> int:
+    tune_cpu_process()
     args = parse_args(argv)
     check_arguments(args)
     prompts = collect_prompts(args)
     if not os.path.isdir(args.model):
         fail(f"--model: model folder not found: {args.model}")
 
-    from ernie_vilg2.cli_utils import quiet_third_party_logs
-
     quiet_third_party_logs()
     from ernie_vilg2.pipelines import load_pipeline
 
     try:
         pipe = load_pipeline(args.model, sampler=args.sampler, expert_offload=args.expert_offload)
-    except (FileNotFoundError, ValueError) as exc:  # ValueError: a damaged file, named in one line
+    except (FileNotFoundError, ErnieViLG2Error, ValueError) as exc:  # ours name the file; PPDiffusers' too
         fail(f"--model: {exc}")
     pipe.set_progress_bar_config(disable=True)
     check_pipeline_inputs(pipe, args)

@@ -20,11 +20,11 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 warnings.filterwarnings("ignore", category=UserWarning)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "detector", "picodet_lcnet_tiny.yml")
 
 from ernie_vilg2.cli_utils import fail  # noqa: E402
 from ernie_vilg2.evaluation.composition import DEFAULT_SCORE_THRESHOLD  # noqa: E402
+from ernie_vilg2.utils.cpu_tuning import tune_cpu_process  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -42,6 +42,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    tune_cpu_process()
     args = parse_args(argv)
     if not 0.0 <= args.score_threshold <= 1.0:
         fail(f"--score-threshold must be in [0, 1], got {args.score_threshold}")

@@ -17,9 +17,11 @@ import time
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 
-from ernie_vilg2.config import ConfigError, from_dict, read_yaml  # noqa: E402
+from ernie_vilg2.config import from_dict, read_yaml  # noqa: E402
 from ernie_vilg2.data.config import DataConfig  # noqa: E402
 from ernie_vilg2.data.prepare import prepare_builtin_dataset  # noqa: E402
+from ernie_vilg2.errors import ErnieViLG2Error  # noqa: E402
+from ernie_vilg2.utils.cpu_tuning import tune_cpu_process  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -60,11 +62,12 @@ def build_config(args) -> DataConfig:
 
 
 def main(argv=None) -> int:
+    tune_cpu_process()
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         cfg = build_config(args)
-    except (ConfigError, FileNotFoundError) as exc:
+    except (ErnieViLG2Error, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     start = time.perf_counter()

@@ -12,9 +12,10 @@ import time
 import traceback
 
 os.environ.setdefault("GLOG_minloglevel", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ernie_vilg2.config import ConfigError  # noqa: E402
+from ernie_vilg2.cli_utils import quiet_third_party_logs  # noqa: E402
+from ernie_vilg2.errors import ErnieViLG2Error  # noqa: E402
+from ernie_vilg2.utils.cpu_tuning import tune_cpu_process  # noqa: E402
 
 PEER_FAILURE_GRACE = 10  # seconds; paddle.distributed.launch notices a failed rank within about 2
 
@@ -44,25 +45,17 @@ def _stop_on_sigterm(signum, frame):
 
 
 def main(argv=None) -> int:
+    tune_cpu_process()
     args = parse_args(argv)
     if args.allow_config_change and not args.resume:
         print("error: --allow-config-change needs --resume", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from ernie_vilg2.cli_utils import quiet_third_party_logs
-
     quiet_third_party_logs()  # PaddleNLP/PPDiffusers INFO lines; ours stay at INFO
     from ernie_vilg2.data.jsonl import DatasetError
-    from ernie_vilg2.training.checkpoint import CheckpointMismatch
     from ernie_vilg2.training.config import load_config
     from ernie_vilg2.training.distributed import is_communication_error, launch_position
-    from ernie_vilg2.training.expert_parallel import ExpertGroupError
-    from ernie_vilg2.training.loop import TrainingDiverged
-    from ernie_vilg2.training.resume import ResumeRefused
-    from ernie_vilg2.training.run_folder import RunFolderLocked
     from ernie_vilg2.training.runner import run_training
-    from ernie_vilg2.utils.integrity import DamagedFileError
-    from ernie_vilg2.utils.io import DiskFullError
 
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     rank, world = launch_position()
@@ -71,8 +64,7 @@ def main(argv=None) -> int:
         cfg = load_config(args.config, args.opt)
         model_dir = run_training(cfg, resume=args.resume, stages=args.stage,
                                  allow_config_change=args.allow_config_change)
-    except (ConfigError, OSError, TrainingDiverged, ResumeRefused, RunFolderLocked,
-            DamagedFileError, CheckpointMismatch, DatasetError, ExpertGroupError, DiskFullError) as exc:
+    except (ErnieViLG2Error, OSError, DatasetError) as exc:
         print(f"error: {who}{exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

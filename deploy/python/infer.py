@@ -19,13 +19,14 @@ import sys
 import warnings
 
 os.environ.setdefault("GLOG_minloglevel", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from ernie_vilg2.cli_utils import (  # noqa: E402
     add_generation_arguments, check_generation_arguments, check_pipeline_inputs, collect_prompts, fail,
     generate_and_save,
 )
 from ernie_vilg2.deploy.predictor import ENGINES  # noqa: E402  (NumPy only: cheap)
+from ernie_vilg2.errors import ErnieViLG2Error  # noqa: E402
+from ernie_vilg2.utils.cpu_tuning import tune_cpu_process  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -77,6 +78,7 @@ def save_npy(array, path: str) -> None:
 
 
 def main(argv=None) -> int:
+    tune_cpu_process()
     args = parse_args(argv)
     check_arguments(args)
     prompts = collect_prompts(args)
@@ -93,7 +95,7 @@ def main(argv=None) -> int:
                                              expert_offload=args.expert_offload)
     except FileNotFoundError as exc:
         fail(f"--model: {exc}")
-    except ValueError as exc:  # ManifestError, DamagedFileError, settings: they name the file or field
+    except (ErnieViLG2Error, ValueError) as exc:  # ours name the file or field; ValueError: the settings
         fail(str(exc))
     check_pipeline_inputs(pipe, args)
     images = generate_and_save(pipe, prompts, args, {"runner": "paddle-inference (python)"})

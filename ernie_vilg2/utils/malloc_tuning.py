@@ -2,19 +2,18 @@
 
 Paddle's CPU kernels allocate every output afresh. With glibc's default thresholds a tensor
 of a few MiB is mapped from the OS, and its first write page-faults each 4 KiB page, and
-memory freed at the heap's top goes back to the OS, so the next such tensor faults again.
-On the 2-core CI CPU a [8, 1024, 128] float32 add took 2.4 ms that way and 0.17 ms with the
-memory kept (PyTorch: 0.17 ms); a linear layer of that size 8.0 -> 3.7 ms; a 32x32 U-Net
-sampling step about 10% (benchmarks/vs_pytorch.py has the figures).
+memory freed at the heap's top goes back to the OS, so the next such tensor faults again:
+element-wise ops and linear layers of that size then cost much more than with the memory
+kept (docs/performance.md has the figures).
 
 :func:`keep_freed_memory` raises glibc's mmap threshold to its maximum (32 MiB) and its trim
-threshold to 512 MiB with ``mallopt``; importing ``ernie_vilg2`` calls it. Nothing changes
-outside glibc, where the user set ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` /
-``GLIBC_TUNABLES``, or with ``ERNIE_VILG2_MALLOC_TUNING=0``. The cost: up to 512 MiB of freed
-memory stays with the process (reused by the next allocations), and the holes freed tensors
-leave in the heap count in the peak (about 350 MiB at the 32x32 training step's). For the least
-memory, start the process with ``MALLOC_MMAP_THRESHOLD_=131072`` instead: every tensor is then
-mapped and handed back, and every new one page-faults (that step 1.4-1.9x slower).
+threshold to 512 MiB with ``mallopt``; the entry points call it through
+:func:`~ernie_vilg2.utils.cpu_tuning.tune_cpu_process`. Nothing changes outside glibc, where the
+user set ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` / ``GLIBC_TUNABLES``, or with
+``ERNIE_VILG2_MALLOC_TUNING=0``. The cost: up to 512 MiB of freed memory stays with the process
+(reused by the next allocations), and the holes freed tensors leave in the heap count in the
+peak. For the least memory, start the process with ``MALLOC_MMAP_THRESHOLD_=131072`` instead:
+every tensor is then mapped and handed back, and every new one page-faults (slower).
 """
 from __future__ import annotations
 

@@ -3,9 +3,9 @@
 The MKL inside Paddle's CPU wheel (libmklml_intel.so, the BLAS and vector maths behind
 Paddle's matmul and our C++ attention operator) picks its code path by CPU vendor and runs
 its SSE path on AMD processors. ``MKL_DEBUG_CPU_TYPE=5`` selects the AVX2 path, which these
-CPUs execute: on the 2-core AMD EPYC of our CI a [1024, 1024] x [1024, 8] matmul takes
-0.21 ms instead of 1.09 ms (benchmarks/vs_pytorch.py has the U-Net figures). MKL reads the
-variable at its first call, so it is set when the package is imported, before any op runs.
+CPUs execute, and faster (docs/performance.md has the figures). MKL reads the
+variable at its first call, so the entry points set it first thing, through
+:func:`~ernie_vilg2.utils.cpu_tuning.tune_cpu_process`, before any op runs.
 
 Nothing changes where the variable is already set, on Intel CPUs (MKL already dispatches
 well there), on CPUs without AVX2/FMA, or with ``ERNIE_VILG2_MKL_AVX2=0``.

@@ -1,0 +1,28 @@
+"""The process-wide CPU settings of the project's entry points, in one call.
+
+Importing ``ernie_vilg2`` changes nothing in the process; a program that owns its process
+(the tools, the deployment runner, the benchmarks of our speed, the test suite) calls
+:func:`tune_cpu_process` first, before Paddle's first MKL call (MKL reads its dispatch
+variable then) and before the large allocations the malloc thresholds are for. Each setting
+keeps its opt-out and never overrides the user's own: see :mod:`.mkl_dispatch`
+(``ERNIE_VILG2_MKL_AVX2=0``) and :mod:`.malloc_tuning` (``ERNIE_VILG2_MALLOC_TUNING=0``).
+"""
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+from .malloc_tuning import keep_freed_memory
+from .mkl_dispatch import prefer_avx2
+
+
+class CpuTuning(NamedTuple):
+    """What :func:`tune_cpu_process` set in this process."""
+
+    mkl_avx2: bool
+    malloc_thresholds: bool
+
+
+def tune_cpu_process(environ=os.environ) -> CpuTuning:
+    """MKL's AVX2 path on AMD CPUs and glibc keeping freed memory, where they apply."""
+    return CpuTuning(mkl_avx2=prefer_avx2(environ), malloc_thresholds=keep_freed_memory(environ))
