@@ -8,10 +8,10 @@ The ``tiny-pipeline`` config times the whole model instead (benchmarks/peer_pipe
 stage-1 training step (ERNIE + expert U-Net + clipped AdamW, as tools/train.py) against the same
 with transformers' BertModel holding ERNIE's weights, and ErnieViLG2Pipeline's 25-step DDIM
 sampling with CFG and VAE decode against that loop in diffusers.
-Paddle runs as PPDiffusers comes (``stock``: its ``AttnProcessor``, MKL's own CPU dispatch;
-before) and as the project runs it (``fast``: ``FastAttnProcessor`` with the C++ CPU
-attention operator, the faster layers of models/fast_layers.py with the C++ convolution
-operator, MKL's AVX2 path on AMD CPUs, glibc keeping freed memory; after); ``--variants`` adds
+Paddle runs as PPDiffusers comes (``stock``: its ``AttnProcessor``, MKL's own CPU dispatch)
+and as the project runs it (``fast``: ``FastAttnProcessor`` with the C++ CPU attention
+operator, the faster layers of models/fast_layers.py with the C++ convolution operator, MKL's
+AVX2 path on AMD CPUs, glibc keeping freed memory); ``--variants`` adds
 the steps in between (``stock-avx2``: only the MKL setting; ``fast-paddle``: all but the C++
 operators) and ``fast-lean`` (``fast`` with glibc mapping each tensor from the OS and handing
 it back when freed: least memory, slower). Peak memory is each process's VmHWM; its import

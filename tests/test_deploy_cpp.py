@@ -238,7 +238,7 @@ def _version_line(cpp_runner, **environ):
 
 
 def test_cpp_runner_takes_mkls_avx2_path_on_amd_cpus(cpp_runner):
-    """As `import ernie_vilg2` does for Python: MKL_DEBUG_CPU_TYPE=5 on an AMD CPU with AVX2 and
+    """As tune_cpu_process() does for the Python tools: MKL_DEBUG_CPU_TYPE=5 on an AMD CPU with AVX2 and
     FMA (MKL's AVX2 path), never over the user's value, not when opted out."""
     amd = amd_with_avx2(Path("/proc/cpuinfo").read_text())
     default = _version_line(cpp_runner)

@@ -20,7 +20,7 @@ def test_typographic_prompt_tokenizes_like_ascii_without_unk():
 
 
 def test_other_apostrophes_become_ascii_without_unk():
-    # ʼ (a letter: "corgiʼs" was one unknown word), ´ and ` are typed as apostrophes too.
+    # ʼ (a letter: "corgiʼs" would be one unknown word), ´ and ` are typed as apostrophes too.
     tok = build_tokenizer(max_length=16)
     ascii_ = tokenize(tok, ["the corgi's hat"], 16)
     for apostrophe in "ʼ´`":

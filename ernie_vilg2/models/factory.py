@@ -91,8 +91,8 @@ def build_noise_scheduler(cfg: ModelConfig) -> DDPMScheduler:
 # What a sampler takes from the config of another scheduler class: the noise schedule. Its
 # own settings (timestep_spacing, steps_offset, solver options) keep the sampler's defaults.
 # PPDiffusers does this in memory (``_use_default_values``) but a saved scheduler_config.json
-# loses that record, so without this rule DPM-Solver++ built from a reloaded DDIM config took
-# DDIM's "leading" timesteps, and from the same config in memory "linspace" ones.
+# loses that record, so without this rule DPM-Solver++ built from a reloaded DDIM config would
+# take DDIM's "leading" timesteps, and from the same config in memory "linspace" ones.
 NOISE_SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
                        "prediction_type")
 _SAMPLER_CLASSES = {"ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler}

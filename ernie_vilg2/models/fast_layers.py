@@ -3,21 +3,22 @@
 Convolutions: Paddle's CPU conv2d is im2col + GEMM; where the project's C++ operators are built
 (:mod:`ernie_vilg2.ops`), a float32 NCHW convolution with zero padding runs oneDNN's direct
 convolution instead (the library inside Paddle's wheel), bias included, forward and backward:
-2-3x faster on the U-Net's 3x3 layers (1 thread), the same function within float rounding.
+the same function within float rounding, in less time.
 
-Biases: two of Paddle's CPU kernels are slow around a bias (measured on the 2-core CI CPU, 1 thread):
+Biases: two of Paddle's CPU kernels are slow around a bias:
 - the backward of a broadcast add sums the gradient over the broadcast axes with a column
-  reduction: 20 ms for the bias of a [8, 1024, 512] linear output, where the same sum as
-  ``ones[1, 8192] @ grad[8192, 512]`` (MKL) takes 0.4 ms;
-- the add of a convolution's bias reshaped to [1, C, 1, 1] (what ``F.conv2d`` does) takes
-  3.1 ms on [8, 64, 32, 32], the same add with the bias as [C, 1, 1] 0.2 ms.
+  reduction, where the same sum as the matrix product ``ones[1, M] @ grad[M, C]`` (MKL) costs
+  a small part of it;
+- the add of a convolution's bias reshaped to [1, C, 1, 1] (what ``F.conv2d`` does) is much
+  slower than the same add with the bias as [C, 1, 1].
 :func:`use_fast_layers` gives a U-Net's linear and convolution layers (PPDiffusers'
 ``LoRACompatibleLinear`` / ``LoRACompatibleConv``, Paddle's ``Conv2D``) subclasses:
 convolutions take the operator, or else compute the layer without its bias and add it
 themselves, as linear layers do when training, through :class:`_BiasAdd` (its backward is the
 matrix product). GEGLU (the feed-forward's gate) computes its two halves with two products
 instead of splitting one (the split copies). Same parameters and state dict, the same
-function; static graphs (export) and small outputs take the stock forward.
+function; static graphs (export) and small outputs take the stock forward. The measurements:
+docs/performance.md.
 """
 from __future__ import annotations
 
@@ -103,7 +104,7 @@ class FastLinear(LoRACompatibleLinear):
 
 class FastGEGLU(GEGLU):
     """GEGLU with its two halves from two products instead of one product split in two: the
-    split copies both halves (36 ms of a 32x32 sampling step at 2 threads)."""
+    split copies both halves."""
 
     def forward(self, hidden_states, scale: float = 1.0):
         if not _on_cpu(self.proj, hidden_states):

@@ -54,7 +54,7 @@ def build(verbose: bool = False) -> str:
         with contextlib.redirect_stdout(sys.stdout if verbose else io.StringIO()):
             load(name=ops.LIBRARY, sources=ops.SOURCES, build_directory=ops.BUILD_DIR,
                  # OpenMP from MKL's runtime (libiomp5), not GCC's: one thread pool for our loops
-                 # and MKL's calls; two runtimes fight over the cores (2 threads: 1.9x slower).
+                 # and MKL's calls; two runtimes fight over the cores.
                  extra_cxx_cflags=["-O3", "-fopenmp"],
                  extra_ldflags=[f"-L{libs}", "-l:libmklml_intel.so", "-l:libiomp5.so", "-l:libdnnl.so.3",
                                 f"-Wl,-rpath,{libs}"],
