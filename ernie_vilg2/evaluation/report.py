@@ -14,9 +14,12 @@ FID_RESIZE = "299x299, TF legacy bilinear (align_corners=False, no half-pixel ce
 
 
 def fid_report(settings: dict, num_samples: int, fid: float, reference: str, reference_kind: str,
-               num_reference_images: Optional[int]) -> dict:
+               num_reference_images: Optional[int], network_weights: str) -> dict:
     """The report without the composition score: ``settings`` (all but the prompts), counts,
-    the FID with its reference (``num_reference_images`` None for a .npz) and the date."""
+    the FID with its reference (``num_reference_images`` None for a .npz), the Inception
+    weights file used (path and SHA-256) and the date."""
+    from ..utils.integrity import sha256_file
+
     return {
         **{k: v for k, v in settings.items() if k != "prompts"},
         "num_prompts": len(settings["prompts"]), "num_samples": num_samples, "images": f"{IMAGES_DIR}/",
@@ -24,6 +27,7 @@ def fid_report(settings: dict, num_samples: int, fid: float, reference: str, ref
         "fid": {
             "value": fid, "reference": os.path.abspath(reference), "reference_kind": reference_kind,
             "num_reference_images": num_reference_images, "network": FID_NETWORK, "resize": FID_RESIZE,
+            "weights": os.path.abspath(network_weights), "weights_sha256": sha256_file(network_weights),
         },
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
     }
