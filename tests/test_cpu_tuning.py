@@ -13,9 +13,10 @@ from ernie_vilg2.utils.cpu_tuning import CpuTuning, tune_cpu_process
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The entry points that own their process (tools, the deployment runner); each applies the
 # settings first thing in main(), so even --help shows them.
-ENTRY_POINTS = ["tools/branch_experts.py", "tools/compare.py", "tools/convert_fid_inception.py",
-                "tools/export_model.py", "tools/extract_knowledge.py", "tools/generate.py",
-                "tools/judge_accuracy.py", "tools/prepare_data.py", "tools/train.py", "deploy/python/infer.py"]
+ENTRY_POINTS = ["tools/branch_experts.py", "tools/compare.py", "tools/convert_fid_inception.py", "tools/evaluate.py",
+                "tools/export_model.py", "tools/extract_knowledge.py", "tools/generate.py", "tools/judge_accuracy.py",
+                "tools/plan.py", "tools/prepare_data.py", "tools/train.py", "tools/train_detector.py",
+                "deploy/python/infer.py"]
 
 AMD_CPUINFO = "vendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx avx2 fma bmi2\n"
 # Runs the given code on a CPU that reads as an AMD one with AVX2 and FMA (where MKL's setting

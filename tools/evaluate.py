@@ -27,9 +27,10 @@ import warnings
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 warnings.filterwarnings("ignore", message="No ccache found")  # paddle's import-time notice
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ernie_vilg2.cli_utils import fail  # noqa: E402
+from ernie_vilg2.cli_utils import fail, flag_message  # noqa: E402
+from ernie_vilg2.pipelines.checks import check_guidance_scale, check_seed  # noqa: E402
+from ernie_vilg2.utils.cpu_tuning import tune_cpu_process  # noqa: E402
 
 DETECTOR_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                "configs", "detector", "picodet_lcnet_tiny.yml")
@@ -118,10 +119,11 @@ def check_arguments(args: argparse.Namespace) -> None:
                         ("--limit", args.limit)):
         if value is not None and value < 1:
             fail(f"{flag} must be >= 1, got {value}")
-    if args.seed < 0:
-        fail(f"--seed must be >= 0, got {args.seed}")
-    if args.guidance < 0:
-        fail(f"--guidance must be >= 0, got {args.guidance}")
+    try:  # the pipelines' own rules for the seed and the guidance scale
+        check_seed(args.seed)
+        check_guidance_scale(args.guidance)
+    except ValueError as exc:
+        fail(flag_message(exc))
     for flag, path in (("--detector-weights", args.detector_weights), ("--labels", args.labels)):
         if path and not os.path.isfile(path):
             fail(f"{flag}: file not found: {path}")
@@ -247,6 +249,7 @@ def composition_score(args, prompt_source: str, names, captions, images_dir: str
 
 
 def main(argv=None) -> int:
+    tune_cpu_process()
     from ernie_vilg2.utils.io import DiskFullError
 
     try:

@@ -13,10 +13,9 @@ import os
 import sys
 
 os.environ.setdefault("GLOG_minloglevel", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from ernie_vilg2.cli_utils import fail  # noqa: E402
-from ernie_vilg2.config import ConfigError  # noqa: E402
+from ernie_vilg2.errors import ErnieViLG2Error  # noqa: E402
+from ernie_vilg2.utils.cpu_tuning import tune_cpu_process  # noqa: E402
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,10 +53,10 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    tune_cpu_process()
     args = parse_args(argv)
-    from ernie_vilg2.planning.memory_plan import PlanError, build_plan, default_layout, format_plan, plan_to_dict
+    from ernie_vilg2.planning.memory_plan import build_plan, default_layout, format_plan, plan_to_dict
     from ernie_vilg2.training.config import load_config
-    from ernie_vilg2.utils.integrity import DamagedFileError
 
     try:
         cfg = load_config(args.config, args.opt)
@@ -70,7 +69,7 @@ def main(argv=None) -> int:
 
         quiet_third_party_logs()
         plan = build_plan(cfg, layout, config_path=args.config)
-    except (ConfigError, FileNotFoundError, PlanError, DamagedFileError) as exc:
+    except (ErnieViLG2Error, FileNotFoundError) as exc:
         fail(str(exc))
     if args.json:
         import json

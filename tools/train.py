@@ -52,7 +52,6 @@ def main(argv=None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     quiet_third_party_logs()  # PaddleNLP/PPDiffusers INFO lines; ours stay at INFO
-    from ernie_vilg2.data.jsonl import DatasetError
     from ernie_vilg2.training.config import load_config
     from ernie_vilg2.training.distributed import is_communication_error, launch_position
     from ernie_vilg2.training.runner import run_training
@@ -64,7 +63,7 @@ def main(argv=None) -> int:
         cfg = load_config(args.config, args.opt)
         model_dir = run_training(cfg, resume=args.resume, stages=args.stage,
                                  allow_config_change=args.allow_config_change)
-    except (ErnieViLG2Error, OSError, DatasetError) as exc:
+    except (ErnieViLG2Error, OSError) as exc:
         print(f"error: {who}{exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

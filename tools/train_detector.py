@@ -28,6 +28,10 @@ os.environ.setdefault("GLOG_minloglevel", "2")
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 warnings.filterwarnings("ignore", category=UserWarning)
 
+from ernie_vilg2.cli_utils import fail  # noqa: E402
+from ernie_vilg2.errors import ErnieViLG2Error  # noqa: E402
+from ernie_vilg2.utils.cpu_tuning import tune_cpu_process  # noqa: E402
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "detector", "picodet_lcnet_tiny.yml")
 
@@ -65,20 +69,20 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    tune_cpu_process()
     args = parse_args(argv)
     if not args.evaluate and not args.out:
-        sys.exit("--out is required unless --evaluate is given")
+        fail("--out is required unless --evaluate is given")
     if args.build_data:
         if len(args.build_data) != len(args.data):
-            sys.exit("--build-data: give one resolution per --data folder")
+            fail("--build-data: give one resolution per --data folder")
         from ernie_vilg2.data.config import BuiltinDataConfig
         from ernie_vilg2.data.prepare import prepare_builtin_dataset
-        from ernie_vilg2.utils.io import DiskFullError
 
         for res, folder in zip(args.build_data, args.data):
             try:
                 prepare_builtin_dataset(BuiltinDataConfig(include_singles=False), res, out_dir=folder, progress=True)
-            except DiskFullError as exc:
+            except ErnieViLG2Error as exc:  # a full disk, named
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
 
@@ -108,7 +112,7 @@ def main(argv=None) -> int:
             checkpoint_every=args.checkpoint_every, max_minutes=args.max_minutes, singles=singles, seed=args.seed,
             resume=not args.no_resume)
         metrics = train_detector(cfg, log=lambda msg: print(msg, flush=True))
-    except (FileNotFoundError, ValueError) as exc:
+    except (ErnieViLG2Error, FileNotFoundError, ValueError) as exc:  # ValueError: the config's value checks
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"{summary_line(metrics)} ({metrics['steps']} steps, {metrics['train_seconds'] / 60:.1f} min)")

@@ -73,6 +73,7 @@ try:  # the dataset is a paddle.io.Dataset when Paddle is there (it always is in
 except ImportError:  # pragma: no cover - lets tools that only read records run without Paddle
     _DatasetBase = object
 
+from ..errors import ErnieViLG2Error
 from ..text.lang import detect_lang
 from .config import MAX_IMAGE_PIXELS
 from .image_decode import decode_rgb
@@ -80,7 +81,7 @@ from .image_decode import decode_rgb
 logger = logging.getLogger(__name__)
 
 
-class DatasetError(ValueError):
+class DatasetError(ErnieViLG2Error, ValueError):
     """The dataset file as a whole is unusable (wrong format, no valid record); names the file."""
 
 

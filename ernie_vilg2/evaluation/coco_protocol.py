@@ -25,6 +25,7 @@ from PIL import Image
 
 from ..data.coco import CocoCaptions, CocoError
 from ..data.jsonl import fit_image
+from ..errors import ErnieViLG2Error
 from .fid import FeatureExtractor, frechet_distance, reference_cache, statistics
 from .output_folder import FEATURES_FILE, IMAGES_DIR, write_json
 
@@ -36,7 +37,7 @@ SELECTION_RULE = ("one caption per image: the first N images of numpy.random.def
                   "same generator's next .random(num_images)")
 
 
-class ProtocolError(ValueError):
+class ProtocolError(ErnieViLG2Error, ValueError):
     """The protocol cannot run with these settings (e.g. more samples than images)."""
 
 

@@ -50,6 +50,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ernie_vilg2.data.image_decode import load_rgb
 from ernie_vilg2.data.scenes import RELATIONS
 from ernie_vilg2.knowledge.visual.labels import LabelMap
 from ernie_vilg2.knowledge.visual.salient import box_iou
@@ -269,7 +270,7 @@ def summarize_records(records: Sequence[dict], n_boot: int = 1000, seed: int = 0
 # ---------------------------------------------------------------------------- the judge's ceiling
 def load_scene_records(path: str, split: str = "val") -> List[dict]:
     """Records of a dataset folder's ``{split}.jsonl`` (or a .jsonl file), with ``image_path``."""
-    from ernie_vilg2.data.jsonl import read_jsonl_records, resolve_jsonl_path
+    from ernie_vilg2.data.jsonl import read_jsonl_records, resolve_jsonl_path  # deferred: imports paddle
 
     records, _ = read_jsonl_records(resolve_jsonl_path(path, split))
     return records
@@ -315,7 +316,6 @@ def judge_accuracy(detector, records: Sequence[dict], labels=None,
       "relation_by_axis": {"original" | "flipped": {"above/below" | "left/right": accuracy}};
       "bootstrap": how the intervals were drawn (images resampled, both captions together).
     """
-    from ernie_vilg2.data.image_decode import load_rgb
 
     label_map = LabelMap.coerce(labels if labels is not None else detector.label_map)
     scenes, kept = [], []

@@ -18,6 +18,7 @@ from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from ..errors import ErnieViLG2Error
 from ..utils.integrity import sha256_file
 from ..utils.io import atomic_file
 
@@ -27,7 +28,7 @@ FEATURES_VERSION = "tf-inception-2015-12-05/pool3/tf-bilinear-299/v1"
 CACHE_EVERY = 512  # images between rewrites of a features cache
 
 
-class StatisticsError(ValueError):
+class StatisticsError(ErnieViLG2Error, ValueError):
     """A statistics file or a set of features is unusable; ``str()`` names the file."""
 
 
@@ -88,7 +89,7 @@ class FeatureExtractor:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if model is None:
-            from .inception import load_fid_inception
+            from .inception import load_fid_inception  # deferred here and below: paddle
 
             model = load_fid_inception()
         self.model = model
@@ -255,7 +256,7 @@ def reference_images(path: str) -> List[str]:
             raise StatisticsError(f"{path}: no images ({', '.join(IMAGE_EXTENSIONS)}) in the folder")
         return paths
     if path.lower().endswith(".jsonl") and os.path.isfile(path):
-        from ..data.jsonl import read_jsonl_records
+        from ..data.jsonl import read_jsonl_records  # deferred: imports paddle
 
         records, _ = read_jsonl_records(path)
         return list(dict.fromkeys(r["image_path"] for r in records))

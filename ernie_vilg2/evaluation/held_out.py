@@ -8,9 +8,11 @@ from typing import List, Optional
 
 from ..config import from_dict, read_yaml
 from ..data.config import DataConfig
+from ..errors import ErnieViLG2Error
+from ..utils.prompts import read_prompts
 
 
-class HeldOutDataError(ValueError):
+class HeldOutDataError(ErnieViLG2Error, ValueError):
     """The model's held-out data cannot be found; the message says why (no flag names)."""
 
 
@@ -18,7 +20,7 @@ def held_out_data(model_dir: str) -> str:
     """The val.jsonl of the data the model was trained on. Only the run config's ``data:``
     section is read (evaluation never imports training); its paths are relative to the
     working directory, as they were for the trainer."""
-    from ..data.builder import dataset_path
+    from ..data.builder import dataset_path  # deferred, as the data modules below: they import paddle
     from ..data.jsonl import resolve_jsonl_path
     from ..data.prepare import resolve_out_dir
 
@@ -37,8 +39,7 @@ def held_out_data(model_dir: str) -> str:
 def read_evaluation_prompts(source: str, column: Optional[str] = None, limit: Optional[int] = None) -> List[str]:
     """The captions of a .jsonl dataset's records, else the prompts of a prompt file
     (:func:`~ernie_vilg2.utils.prompts.read_prompts`: a CSV/TSV ``column`` or one per line)."""
-    from ..data.jsonl import read_jsonl_records
-    from ..utils.prompts import read_prompts
+    from ..data.jsonl import read_jsonl_records  # deferred: imports paddle
 
     if source.lower().endswith(".jsonl"):
         records, _ = read_jsonl_records(source, check_images=False)

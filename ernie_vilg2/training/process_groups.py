@@ -27,6 +27,8 @@ from typing import List, Sequence
 
 import paddle.distributed as dist
 
+from ..errors import ErnieViLG2Error
+
 logger = logging.getLogger(__name__)
 
 GROUP_STORE_TIMEOUT = 120  # seconds a group's members wait for each other on its store
@@ -35,7 +37,7 @@ _group_stores: List[object] = []  # the groups' stores stay open for the life of
 _barriers = 0  # barriers passed by this process (the same sequence on every rank)
 
 
-class GroupCreationFailed(RuntimeError):
+class GroupCreationFailed(ErnieViLG2Error, RuntimeError):
     """The groups could not be created in any attempt; the message says what the last one saw."""
 
 

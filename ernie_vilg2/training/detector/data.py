@@ -18,6 +18,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ...data.emoji_catalog import find_by_name, load_emoji_catalog
+from ...data.render import new_canvas, paste_emoji, to_rgb
 from ...knowledge.visual.detector import load_image_rgb
 from ...knowledge.visual.labels import LabelMap
 from .config import SingleEmojiData
@@ -111,7 +113,6 @@ HELD_OUT_EVERY = 5
 def negative_emoji(class_names: Sequence[str]) -> Tuple[list, list]:
     """(training, held-out) catalogue entries that are neither a scene class nor a
     lookalike (see ``LOOKALIKE_WORDS``); disjoint, each sorted by name."""
-    from ...data.emoji_catalog import load_emoji_catalog
 
     classes = {n.lower() for n in class_names}
     entries = [e for e in load_emoji_catalog() if e.name_en.lower() not in classes
@@ -123,7 +124,6 @@ def negative_emoji(class_names: Sequence[str]) -> Tuple[list, list]:
 
 def class_emoji(label_map: LabelMap) -> list:
     """The catalogue entry of each class (the built-in labels.json names emoji)."""
-    from ...data.emoji_catalog import find_by_name
 
     entries = []
     for name in label_map.en:
@@ -140,7 +140,6 @@ def render_single_annotations(entries: Sequence, class_ids: Optional[Sequence[in
     """``count`` images of one emoji each, cycling through ``entries`` in a seeded
     shuffle, at a random scale and position. With ``class_ids`` (parallel to
     ``entries``) each image carries the emoji's tight box; without, none (a negative)."""
-    from ...data.render import new_canvas, paste_emoji, to_rgb
 
     if count and not entries:
         raise ValueError("no emoji to render single-emoji images from")
