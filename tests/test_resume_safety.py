@@ -294,7 +294,9 @@ def test_sigterm_releases_the_lock(tmp_path):
             time.sleep(0.2)
         else:
             pytest.fail(f"the trainer never took the lock:\n{log.read_text()}")
-        time.sleep(1.0)  # now training
+        while time.time() < deadline and proc.poll() is None and "train[vae]" not in log.read_text():
+            time.sleep(0.2)  # until the progress bar shows the training loop has started
+        assert "train[vae]" in log.read_text(), f"the trainer never started its loop:\n{log.read_text()}"
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
     finally:
