@@ -3,6 +3,7 @@
 ``root: null`` (the default) means the built-in offline dataset: Twemoji images with
 bilingual emoji names plus two-object scenes, written once to ``builtin.out_dir`` and
 then loaded like any user dataset (see :mod:`ernie_vilg2.data.jsonl` for the format).
+Other roots are JSON lines, webdataset shards or a COCO folder (:mod:`.sources`).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from ..config import check
 
 LANGUAGES = ("zh", "en")
 IMAGE_FITS = ("center_crop", "squash")
+FORMATS = ("auto", "jsonl", "webdataset", "coco")
 # Images with more pixels are skipped (data.max_image_pixels): 8192 x 8192, 192 MiB as RGB.
 MAX_IMAGE_PIXELS = 8192 * 8192
 
@@ -61,7 +63,11 @@ class BuiltinDataConfig:
 
 @dataclass
 class DataConfig:
-    root: Optional[str] = None  # folder holding train.jsonl (+ images), or a .jsonl path; null: built-in
+    # A .jsonl file or a folder holding train.jsonl; webdataset shards: a folder of .tar files, a
+    # pattern such as shards/{00000..00099}.tar or a .txt list of shard paths; a COCO folder
+    # (annotations/captions_*.json); null: the built-in data.
+    root: Optional[str] = None
+    format: str = "auto"  # auto (from root), jsonl, webdataset or coco
     resolution: int = 32  # images are resized/cropped to resolution x resolution
     val_root: Optional[str] = None  # .jsonl or folder for split "val"; null: val.jsonl beside root
     languages: List[str] = field(default_factory=lambda: ["zh", "en"])  # keep records in these
@@ -69,11 +75,26 @@ class DataConfig:
     max_samples: Optional[int] = None  # keep only the first N valid records (quick runs)
     # Skip images with more pixels (decoding is bounded by it); null: only Pillow's own limit.
     max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS
+    # Shards: the caption is the sample's .txt member, or this field of its .json when set.
+    caption_field: Optional[str] = None
+    coco_split: Optional[str] = None  # e.g. train2014; null: the folder's only (or only train*) split
+    num_workers: int = 0  # processes that read and decode batches (0: in the training process)
+    prefetch: int = 2  # batches each worker prepares ahead
+    shuffle_buffer: int = 1000  # shards: samples each worker's stream shuffles among (0: none)
     builtin: BuiltinDataConfig = field(default_factory=BuiltinDataConfig)
 
     def __post_init__(self):
         check(self.resolution >= 8, "data.resolution", "must be an integer >= 8")
         check(self.root is None or bool(self.root.strip()), "data.root", "must be a path or null")
+        check(self.format in FORMATS, "data.format", f"must be one of {', '.join(FORMATS)}")
+        check(self.format in ("auto", "jsonl") or self.root is not None, "data.format",
+              f"{self.format} needs data.root (null is the built-in JSON-lines data)")
+        check(self.caption_field is None or bool(self.caption_field.strip()), "data.caption_field",
+              "must be a JSON field name or null")
+        check(self.coco_split is None or bool(self.coco_split.strip()), "data.coco_split", "must be a name or null")
+        check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        check(self.prefetch >= 1, "data.prefetch", "must be >= 1")
+        check(self.shuffle_buffer >= 0, "data.shuffle_buffer", "must be >= 0")
         check(len(self.languages) > 0 and all(lang in LANGUAGES for lang in self.languages), "data.languages",
               f"must be a non-empty list of {', '.join(LANGUAGES)}")
         check(self.image_fit in IMAGE_FITS, "data.image_fit", f"must be one of {', '.join(IMAGE_FITS)}")

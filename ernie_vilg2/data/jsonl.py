@@ -62,11 +62,9 @@ import logging
 import math
 import os
 import stat
-import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image
 
 try:  # the dataset is a paddle.io.Dataset when Paddle is there (it always is in training)
     from paddle.io import Dataset as _DatasetBase
@@ -77,6 +75,7 @@ from ..errors import ErnieViLG2Error
 from ..text.lang import detect_lang
 from .config import MAX_IMAGE_PIXELS
 from .image_decode import decode_rgb
+from .samples import OVERSIZED_IMAGE, UNDECODABLE_IMAGE, fit_image, image_header_error, to_pixel_values
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +88,7 @@ class DatasetError(ErnieViLG2Error, ValueError):
 MAX_LINE_WARNINGS = 20
 
 # Kinds of skipped records, as the reasons start (anything else is an invalid record).
-MALFORMED_JSON, MISSING_IMAGE, UNDECODABLE_IMAGE, OVERSIZED_IMAGE, INVALID_RECORD = (
-    "malformed JSON", "missing image", "undecodable image", "oversized image", "invalid record")
+MALFORMED_JSON, MISSING_IMAGE, INVALID_RECORD = "malformed JSON", "missing image", "invalid record"
 # Files that are certainly not JSON Lines (the content decides for any other name).
 TABULAR_SUFFIXES = (".csv", ".tsv", ".tab")
 
@@ -111,16 +109,10 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def parse_record(obj: Any, base_dir: str) -> Tuple[Optional[dict], Optional[str]]:
-    """Validate one decoded JSON value; return (normalised record, None) or (None, reason)."""
-    if not isinstance(obj, dict):
-        return None, f"expected a JSON object, got {type(obj).__name__}"
-    image = obj.get("image")
-    if not isinstance(image, str) or not image.strip():
-        return None, "missing or non-string 'image'"
-    caption = obj.get("caption")
-    if not isinstance(caption, str) or not caption.strip():
-        return None, "missing, empty or non-string 'caption'"
+def parse_fields(obj: dict, caption: str) -> Tuple[Optional[dict], Optional[str]]:
+    """Validate the optional fields of a record (``lang``, ``boxes``, ``labels``,
+    ``synthetic_caption``) of an object with ``caption``; return (normalised fields, None) or
+    (None, reason). Shared by every source whose records carry these fields."""
     lang = obj.get("lang")
     if lang is None:
         lang = detect_lang(caption)
@@ -149,15 +141,29 @@ def parse_record(obj: Any, base_dir: str) -> Tuple[Optional[dict], Optional[str]
     synthetic = obj.get("synthetic_caption")
     if synthetic is not None and not isinstance(synthetic, str):
         return None, "'synthetic_caption' must be a string or null"
+    return {"lang": lang, "boxes": [[float(v) for v in box] for box in boxes], "labels": list(labels),
+            "synthetic_caption": synthetic}, None
+
+
+def parse_record(obj: Any, base_dir: str) -> Tuple[Optional[dict], Optional[str]]:
+    """Validate one decoded JSON value; return (normalised record, None) or (None, reason)."""
+    if not isinstance(obj, dict):
+        return None, f"expected a JSON object, got {type(obj).__name__}"
+    image = obj.get("image")
+    if not isinstance(image, str) or not image.strip():
+        return None, "missing or non-string 'image'"
+    caption = obj.get("caption")
+    if not isinstance(caption, str) or not caption.strip():
+        return None, "missing, empty or non-string 'caption'"
+    fields, reason = parse_fields(obj, caption)
+    if fields is None:
+        return None, reason
     record = dict(obj)
     record.update(
         image=image,
         image_path=image if os.path.isabs(image) else os.path.normpath(os.path.join(base_dir, image)),
         caption=caption,
-        lang=lang,
-        boxes=[[float(v) for v in box] for box in boxes],
-        labels=list(labels),
-        synthetic_caption=synthetic,
+        **fields,
     )
     return record, None
 
@@ -197,24 +203,6 @@ def _image_file_error(path: str) -> Optional[str]:
     return f"{MISSING_IMAGE}: not a regular file: {path}{target} ({kind})"
 
 
-def _image_header_error(path: str, max_pixels: Optional[int]) -> Optional[str]:
-    """None if Pillow can read the image's header (format, size) and the image has at most
-    ``max_pixels`` pixels, else the skip reason."""
-    try:
-        with warnings.catch_warnings():  # Pillow warns of large images; our limit decides
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                width, height = img.size
-    except Image.DecompressionBombError as exc:  # over twice Pillow's own limit
-        return f"{OVERSIZED_IMAGE} {path} ({exc})"
-    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad files
-        return f"{UNDECODABLE_IMAGE} {path} ({type(exc).__name__}: {exc})"
-    if max_pixels is not None and width * height > max_pixels:
-        return (f"{OVERSIZED_IMAGE} {path} ({width}x{height} = {width * height:,} pixels, more than "
-                f"data.max_image_pixels {max_pixels:,})")
-    return None
-
-
 def read_jsonl_records(path: str, check_images: bool = True, verify_images: bool = False,
                        max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS) -> Tuple[List[dict], List[Tuple[int, str]]]:
     """Parse a dataset file. Returns (valid records, skipped as (line_number, reason)).
@@ -225,10 +213,7 @@ def read_jsonl_records(path: str, check_images: bool = True, verify_images: bool
     more than ``max_image_pixels`` pixels (None: no limit; each distinct file opened once).
     Raises DatasetError for a .csv/.tsv file and when no line is a valid record.
     """
-    suffix = os.path.splitext(path)[1].lower()
-    if suffix in TABULAR_SUFFIXES:
-        raise DatasetError(f"{path}: expected a JSON Lines dataset (.jsonl, one JSON object per line with "
-                         f"\"image\" and \"caption\"), got a {suffix} file")
+    check_tabular(path)
     base_dir = os.path.dirname(os.path.abspath(path))
     records: List[dict] = []
     skipped: List[Tuple[int, str]] = []
@@ -249,7 +234,7 @@ def read_jsonl_records(path: str, check_images: bool = True, verify_images: bool
             if record is not None and verify_images:
                 image = record["image_path"]
                 if image not in header_errors:
-                    header_errors[image] = _image_header_error(image, max_image_pixels)
+                    header_errors[image] = image_header_error(image, image, max_image_pixels)
                 if header_errors[image]:
                     record, reason = None, header_errors[image]
             if record is None:
@@ -257,51 +242,30 @@ def read_jsonl_records(path: str, check_images: bool = True, verify_images: bool
                 continue
             record["index"] = line_idx
             records.append(record)
+    report_skipped(path, len(records), skipped)
+    return records, skipped
+
+
+def check_tabular(path: str) -> None:
+    """A .csv/.tsv file is certainly not JSON Lines: DatasetError naming it."""
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix in TABULAR_SUFFIXES:
+        raise DatasetError(f"{path}: expected a JSON Lines dataset (.jsonl, one JSON object per line with "
+                           f"\"image\" and \"caption\"), got a {suffix} file")
+
+
+def report_skipped(path: str, num_records: int, skipped: Sequence[Tuple[int, str]]) -> None:
+    """Warn of the first skipped lines, then of how many more; DatasetError naming the file
+    when no valid record is left."""
     for line_no, reason in skipped[:MAX_LINE_WARNINGS]:
         logger.warning("%s:%d: %s; record skipped", path, line_no, reason)
     if len(skipped) > MAX_LINE_WARNINGS:
         logger.warning("%s: %d more records skipped (see dataset.skipped)", path, len(skipped) - MAX_LINE_WARNINGS)
-    if not records:
+    if not num_records:
         if not skipped:
             raise DatasetError(f"{path}: no records (the file is empty)")
         raise DatasetError(f"{path}: no valid record in {len(skipped):,} lines ({count_skipped(skipped)}); expected "
-                         "JSON Lines: one {\"image\": ..., \"caption\": ...} object per line")
-    return records, skipped
-
-
-def fit_image(img: Image.Image, boxes: np.ndarray, resolution: int, mode: str = "center_crop"):
-    """Resize ``img`` to resolution x resolution and map ``boxes`` [K, 4] the same way.
-
-    Returns (image, boxes, keep) where ``keep`` marks the boxes that survive the crop.
-    """
-    w, h = img.size
-    if mode == "squash":
-        sx, sy, left, top = resolution / w, resolution / h, 0.0, 0.0
-        new_size = (resolution, resolution)
-    elif mode == "center_crop":
-        scale = resolution / min(w, h)
-        new_size = (max(resolution, round(w * scale)), max(resolution, round(h * scale)))
-        sx, sy = new_size[0] / w, new_size[1] / h
-        left, top = (new_size[0] - resolution) // 2, (new_size[1] - resolution) // 2
-    else:
-        raise ValueError(f"image_fit must be 'center_crop' or 'squash', got {mode!r}")
-    if new_size != (w, h):
-        img = img.resize(new_size, Image.Resampling.BICUBIC, reducing_gap=None)
-    if new_size != (resolution, resolution):
-        img = img.crop((left, top, left + resolution, top + resolution))
-    if len(boxes):
-        boxes = boxes * np.array([sx, sy, sx, sy], np.float32) - np.array([left, top, left, top], np.float32)
-        boxes = np.clip(boxes, 0, resolution)
-        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    else:
-        keep = np.zeros([0], bool)
-    return img, boxes.astype(np.float32).reshape(-1, 4), keep
-
-
-def to_pixel_values(img: Image.Image) -> np.ndarray:
-    """RGB image -> float32 [3, H, W] in [-1, 1]."""
-    arr = np.asarray(img, dtype=np.float32)
-    return (arr / 127.5 - 1.0).transpose(2, 0, 1).copy()
+                           "JSON Lines: one {\"image\": ..., \"caption\": ...} object per line")
 
 
 class JsonlDataset(_DatasetBase):
