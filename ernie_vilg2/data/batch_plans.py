@@ -1,0 +1,158 @@
+"""What a rank's batch of each training step holds, made where the loader runs them (its worker
+processes, or the training process with ``data.num_workers: 0``).
+
+A plan's ``batches(first_step, stride)`` yields the batches of steps ``first_step``,
+``first_step + stride``, ...: worker ``p`` of ``W`` makes steps ``start + p``, ``start + p + W``,
+... (:mod:`.loader`). Each batch is decoded, resized and cropped, its boxes mapped
+(:func:`~.samples.decode_sample`), the shards' knowledge sidecars joined; tokenizing and the
+knowledge's random choices stay in the training step (they draw from the step's generator).
+
+- :class:`MapPlan` (JSON lines, COCO): step ``k`` is the rank's rows (``rank::world``) of
+  :func:`batch_indices` of ``k``; the order does not depend on the workers.
+- :class:`ShardPlan` (webdataset): step ``k`` is batch ``k // W`` of logical worker ``k % W``'s
+  stream (:mod:`.stream_order`). An image that fails to decode although its header read fine
+  is reported and replaced by the next decoded sample of its batch, so every batch takes the
+  same samples from its stream whatever decodes.
+"""
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional
+
+import numpy as np
+
+from .jsonl import DatasetError
+from .problems import UNREADABLE_SIDECAR, Problem
+from .samples import OVERSIZED_IMAGE, UNDECODABLE_IMAGE, SampleError, decode_sample
+from .shards import ShardReader, load_image, read_sidecar, sidecar_path
+from .sources import MapDataset, ShardSet
+from .stream_order import ShardStream
+
+META_KEYS = ("caption", "lang", "boxes", "labels", "synthetic_caption", "index", "key", "knowledge")
+SIDECAR_CACHE = 8  # shards whose sidecars a worker keeps (the shuffle buffer mixes a few at a time)
+
+
+def batch_indices(step: int, batch_size: int, num_records: int, seed: int) -> List[int]:
+    """Record indices of global batch ``step`` (epochs reshuffled with their own seed)."""
+    if num_records <= 0:
+        raise ValueError("the dataset has no records")
+    out: List[int] = []
+    position = step * batch_size
+    while len(out) < batch_size:
+        epoch, offset = divmod(position, num_records)
+        order = np.random.default_rng([seed, epoch]).permutation(num_records)
+        take = min(batch_size - len(out), num_records - offset)
+        out.extend(int(i) for i in order[offset : offset + take])
+        position += take
+    return out
+
+
+@dataclass
+class Batch:
+    """A rank's batch of one step: ``pixels`` uint8 [B, R, R, 3] and one meta dict per sample."""
+
+    step: int
+    pixels: np.ndarray
+    metas: List[Dict[str, Any]]
+    problems: List[Problem] = field(default_factory=list)
+
+
+def collate(step: int, samples: List[Dict[str, Any]], problems: List[Problem]) -> Batch:
+    return Batch(step, np.stack([s["pixels"] for s in samples]), [{k: s.get(k) for k in META_KEYS} for s in samples],
+                 problems)
+
+
+def local_batch_size(batch_size: int, rank: int, world: int) -> int:
+    """The rows ``rank::world`` of a global batch: this rank's share."""
+    return len(range(rank, batch_size, world))
+
+
+class MapPlan:
+    def __init__(self, dataset: MapDataset, seed: int, rank: int, world: int, batch_size: int):
+        self.dataset = dataset
+        self.seed, self.rank, self.world, self.batch_size = seed, rank, world, batch_size
+
+    def batches(self, first_step: int, stride: int) -> Iterator[Batch]:
+        for step in itertools.count(first_step, stride):
+            rows = batch_indices(step, self.batch_size, len(self.dataset), self.seed)[self.rank::self.world]
+            samples = [self.dataset.sample(i) for i in rows]
+            yield collate(step, samples, self.dataset.take_problems())
+
+
+class ShardPlan:
+    def __init__(self, shards: ShardSet, seed: int, rank: int, world: int, batch_size: int, workers: int,
+                 shuffle_buffer: int, knowledge: bool):
+        self.shards = shards
+        self.seed, self.rank, self.world = seed, rank, world
+        self.local_batch = local_batch_size(batch_size, rank, world)
+        self.workers = max(1, workers)  # 0 workers: one stream, in the training process
+        self.shuffle_buffer = shuffle_buffer
+        self.knowledge = knowledge
+        self.stream(0, [])  # too few shards for the ranks and workers: an error before training
+
+    def stream(self, worker: int, problems: List[Problem]) -> ShardStream:
+        s = self.shards
+        reader = ShardReader(s.caption_field, s.languages, s.max_image_pixels, on_problem=problems.append)
+        return ShardStream(s.shards, reader, self.seed, self.rank, self.world, worker, self.workers,
+                           self.shuffle_buffer)
+
+    def batches(self, first_step: int, stride: int) -> Iterator[Batch]:
+        if stride != self.workers:
+            raise ValueError(f"a shard plan of {self.workers} workers runs with stride {self.workers}, not {stride}")
+        problems: List[Problem] = []
+        stream = self.stream(first_step % self.workers, problems)
+        sidecars: "OrderedDict[str, Dict[str, dict]]" = OrderedDict()
+        for step, records in zip(itertools.count(first_step, stride),
+                                 stream.batches(self.local_batch, first_step // self.workers)):
+            samples = self._decode(records, sidecars, problems)
+            yield collate(step, samples, problems[:])
+            problems.clear()
+
+    def _sidecar(self, shard: str, cache: "OrderedDict[str, Dict[str, dict]]", problems: List[Problem]) -> Dict:
+        if shard not in cache:
+            path = sidecar_path(shard)
+            try:
+                cache[shard] = read_sidecar(path)
+            except FileNotFoundError:
+                cache[shard] = {}  # sidecars are optional
+            except (OSError, DatasetError) as exc:
+                problems.append(Problem(UNREADABLE_SIDECAR, path, f"{exc}; the samples of {shard} train without "
+                                                                  "their stored knowledge"))
+                cache[shard] = {}
+            if len(cache) > SIDECAR_CACHE:
+                cache.popitem(last=False)
+        return cache[shard]
+
+    def _decode(self, records: List[dict], sidecars, problems: List[Problem]) -> List[Dict[str, Any]]:
+        s = self.shards
+        samples: List[Optional[Dict[str, Any]]] = []
+        for record in records:
+            try:
+                if record["image"] is None:
+                    record = {**record, "image": load_image(record)}
+                if self.knowledge:
+                    record = {**record, "knowledge": self._sidecar(record["shard"], sidecars, problems).get(record["key"])}
+                samples.append(decode_sample(record, s.resolution, s.image_fit, s.max_image_pixels))
+            except (SampleError, OSError) as exc:
+                reason = str(exc)
+                kind = OVERSIZED_IMAGE if reason.startswith(OVERSIZED_IMAGE) else UNDECODABLE_IMAGE
+                problems.append(Problem(kind, f"{record['shard']}:{record['member']}", f"{reason}; replaced by another sample of its batch"))
+                samples.append(None)
+        good = [i for i, sample in enumerate(samples) if sample is not None]
+        if not good:
+            names = ", ".join(r["image_name"] for r in records[:3])
+            raise DatasetError(f"no image of a batch could be decoded ({names}{', ...' if len(records) > 3 else ''}): "
+                               "the shards are likely damaged")
+        # The next decoded sample of the batch, cyclically, takes a failed one's place.
+        return [sample if sample is not None else samples[next((j for j in good if j > i), good[0])]
+                for i, sample in enumerate(samples)]
+
+
+def make_plan(source, seed: int, rank: int, world: int, batch_size: int, workers: int = 0,
+              shuffle_buffer: int = 0, knowledge: bool = False):
+    """The plan of ``source`` (a :class:`MapDataset` or :class:`ShardSet`) for one rank."""
+    if isinstance(source, ShardSet):
+        return ShardPlan(source, seed, rank, world, batch_size, workers, shuffle_buffer, knowledge)
+    return MapPlan(source, seed, rank, world, batch_size)
