@@ -50,7 +50,7 @@ def build_step(cfg, dataset, vae, overrides):
     captions.install(unet, training=True)
     module = DiffusionTrainingModule(build_text_encoder_from_config(cfg.model, tokenizer), unet,
                                      build_noise_scheduler(cfg.model).alphas_cumprod)
-    source = LatentSource(dataset, vae, 1.0, cache=True, show_progress=False)
+    source = LatentSource(dataset, vae, 1.0, show_progress=False)
     step = DiffusionStep(cfg, source, captions, module, TimestepSampler(1000, cfg.model.num_experts),
                          cfg.train.batch_size)
     optimizer, _ = build_optimizer({n: p for n, p in module.named_parameters()}, cfg.train.base)

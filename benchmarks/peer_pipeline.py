@@ -67,7 +67,7 @@ def bert_config(ernie_config: dict) -> dict:
 
 
 def latents_from_cache(inputs: dict) -> np.ndarray:
-    """``LatentSource.latents`` of a cached posterior: (mean + std * eps) * scaling factor."""
+    """The latents DiffusionStep draws from a cached posterior: (mean + std * eps) * scaling factor."""
     return ((inputs["mean"] + inputs["std"] * inputs["eps"]) * inputs["scaling_factor"]).astype("float32")
 
 

@@ -1,8 +1,15 @@
 """Deterministic batches: data order, latents and captions for a training step.
 
-The order of step ``k`` is a pure function of (seed, k): epoch ``e`` visits the records
-in ``default_rng([seed, e]).permutation(n)``. Nothing about the data position needs
-to be checkpointed for an exact resume.
+The order of step ``k`` is a pure function of (seed, k) for indexed data
+(:func:`~ernie_vilg2.data.batch_plans.batch_indices`: epoch ``e`` visits the records in
+``default_rng([seed, e]).permutation(n)``) and of (seed, ranks, data workers, k) for streamed
+shards (:mod:`ernie_vilg2.data.stream_order`). Nothing about the data position needs to be
+checkpointed for an exact resume.
+
+A latent source gives a step the rows of the global batch this rank trains
+(``local_batch(step, batch_size, seed, rows)`` -> metas, posterior mean, std): from the
+in-memory cache (:class:`LatentSource`, small indexed data) or by encoding the loader's batch
+(:class:`StreamedLatents`).
 """
 from __future__ import annotations
 
@@ -13,24 +20,11 @@ import numpy as np
 import paddle
 from tqdm import tqdm
 
+from ..data.batch_plans import batch_indices
+
 logger = logging.getLogger(__name__)
 
-META_KEYS = ("caption", "lang", "boxes", "labels", "synthetic_caption", "index")
-
-
-def batch_indices(step: int, batch_size: int, num_records: int, seed: int) -> List[int]:
-    """Record indices of global batch ``step`` (epochs reshuffled with their own seed)."""
-    if num_records <= 0:
-        raise ValueError("the dataset has no records")
-    out: List[int] = []
-    position = step * batch_size
-    while len(out) < batch_size:
-        epoch, offset = divmod(position, num_records)
-        order = np.random.default_rng([seed, epoch]).permutation(num_records)
-        take = min(batch_size - len(out), num_records - offset)
-        out.extend(int(i) for i in order[offset : offset + take])
-        position += take
-    return out
+META_KEYS = ("caption", "lang", "boxes", "labels", "synthetic_caption", "index", "key")
 
 
 def shard(items: Sequence, rank: int, world: int) -> list:
@@ -50,63 +44,69 @@ def encode_images(vae, pixels: np.ndarray, batch_size: int = 64):
 
 
 class LatentSource:
-    """Latents and metadata of dataset records, with the frozen VAE.
+    """The in-memory latent cache of indexed data (small sets): every distinct image encoded once
+    by the frozen VAE (posterior mean/std kept in memory); a step draws ``z = mean + std * eps``,
+    the same distribution as encoding each step, at a fraction of the cost."""
 
-    ``cache=True`` encodes every distinct image once (posterior mean/std kept in memory)
-    and draws ``z = mean + std * eps`` per step: the same distribution as encoding
-    each step, at a fraction of the cost. ``cache=False`` decodes and encodes per step
-    (large datasets).
-    """
+    data_wait = 0.0  # nothing is read during training
 
-    def __init__(self, dataset, vae, scaling_factor: float, cache: bool = True, show_progress: bool = True):
+    def __init__(self, dataset, vae, scaling_factor: float, show_progress: bool = True):
         self.dataset = dataset
         self.vae = vae
         self.scaling_factor = scaling_factor
-        self.cache = cache
-        self._meta: Optional[List[dict]] = None
-        if cache:
-            self._build_cache(show_progress)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def _build_cache(self, show_progress: bool) -> None:
         metas, image_of_record, pixels, seen = [], [], [], {}
-        for i in tqdm(range(len(self.dataset)), desc="encode latents", disable=not show_progress):
-            sample = self.dataset[i]
+        for i in tqdm(range(len(dataset)), desc="encode latents", disable=not show_progress):
+            sample = dataset[i]
             metas.append({k: sample.get(k) for k in META_KEYS})
             # zh and en records of one image share it: encode each image once.
-            key = self.dataset.image_path(i)
+            key = dataset.image_path(i)
             if key not in seen:
                 seen[key] = len(pixels)
                 pixels.append(sample["pixel_values"])
             image_of_record.append(seen[key])
         self._meta = metas
         self._image_of_record = np.asarray(image_of_record)
-        self._mean, self._std = encode_images(self.vae, np.stack(pixels))
+        self._mean, self._std = encode_images(vae, np.stack(pixels))
+
+    def __len__(self) -> int:
+        return len(self.dataset)
 
     def meta(self, index: int) -> dict:
-        if self._meta is not None:
-            return self._meta[index]
-        sample = self.dataset[index]
-        return {k: sample.get(k) for k in META_KEYS}
+        return self._meta[index]
 
-    def latents(self, indices: Sequence[int], rng: np.random.Generator) -> np.ndarray:
-        if self.cache:
-            rows = self._image_of_record[list(indices)]
-            mean, std = self._mean[rows], self._std[rows]
-        else:
-            pixels = np.stack([self.dataset[i]["pixel_values"] for i in indices])
-            mean, std = encode_images(self.vae, pixels)
-        eps = rng.standard_normal(mean.shape).astype("float32")
-        return ((mean + std * eps) * self.scaling_factor).astype("float32")
+    def local_batch(self, step: int, batch_size: int, seed: int, rows: Sequence[int]):
+        """Metas, posterior mean and std of ``rows`` of global batch ``step`` (this rank's)."""
+        indices = batch_indices(step, batch_size, len(self), seed)
+        mine = [indices[i] for i in rows]
+        images = self._image_of_record[mine]
+        return [self._meta[i] for i in mine], self._mean[images], self._std[images]
 
 
-def estimate_scaling_factor(vae, dataset, max_images: int = 512, seed: int = 0) -> float:
-    """1 / std of posterior samples, so diffusion sees unit-variance latents (as SD's 0.18215)."""
+class StreamedLatents:
+    """The loader's batch of each step (:class:`~.data_feed.StageBatches`), encoded by the VAE."""
+
+    data_wait = 0.0  # seconds the last step waited for its batch
+
+    def __init__(self, batches, vae, scaling_factor: float):
+        self.batches = batches
+        self.vae = vae
+        self.scaling_factor = scaling_factor
+
+    def local_batch(self, step: int, batch_size: int, seed: int, rows: Sequence[int]):
+        pixels, metas, self.data_wait = self.batches.get(step)
+        mean, std = encode_images(self.vae, pixels)
+        return metas, mean, std
+
+
+def scaling_pixels(dataset, max_images: int = 512, seed: int = 0) -> np.ndarray:
+    """Up to ``max_images`` seeded picks of an indexed dataset, float32 [N, 3, R, R]."""
+    picks = np.random.default_rng(seed).permutation(len(dataset))[:max_images]
+    return np.stack([dataset[int(i)]["pixel_values"] for i in picks])
+
+
+def estimate_scaling_factor(vae, pixels: np.ndarray, seed: int = 0) -> float:
+    """1 / std of posterior samples of ``pixels``, so diffusion sees unit-variance latents (as SD's 0.18215)."""
     rng = np.random.default_rng(seed)
-    picks = rng.permutation(len(dataset))[:max_images]
-    pixels = np.stack([dataset[int(i)]["pixel_values"] for i in picks])
     mean, std = encode_images(vae, pixels)
     z = mean + std * rng.standard_normal(mean.shape)
     return float(1.0 / max(z.std(), 1e-6))

@@ -7,7 +7,7 @@ import numpy as np
 import paddle
 
 from ..models.routing import TimestepRouter
-from .batches import batch_indices, group_mean, shard
+from .batches import group_mean, shard
 
 
 class TimestepSampler:
@@ -58,8 +58,10 @@ class TimestepSampler:
 class DiffusionStep:
     """The ``step_fn`` of the diffusion stages (and of the knowledge benchmark).
 
-    Every random draw is made for the whole global batch, then sharded, so N workers
-    compute exactly the batch one worker would.
+    Every random draw is made for the whole global batch, then sharded, and each row's caption
+    choices come from a generator of its own (seeded from the step's), so N ranks compute
+    exactly the batch one would when they train the same rows (indexed data); with streamed
+    shards each rank trains the rows its own stream gives.
     """
 
     def __init__(self, cfg, source, captions, model, timesteps: TimestepSampler, batch_size: int,
@@ -77,23 +79,25 @@ class DiffusionStep:
         self.weight_shape = (1, latent, latent)
 
     def __call__(self, step: int, rng: np.random.Generator) -> Tuple[paddle.Tensor, Dict[str, float]]:
-        rows = batch_indices(step, self.batch_size, len(self.source), self.cfg.train.seed)
-        metas = [self.source.meta(i) for i in rows]
-        latents = self.source.latents(rows, rng)
-        noise = rng.standard_normal(latents.shape).astype("float32")
-        t = self.timesteps.sample(self.batch_size, rng)
-        batch = self.captions.training_batch(metas, rng, self.weight_shape)
-        mine = self.mine
+        mine, n = self.mine, self.batch_size
+        metas, mean, std = self.source.local_batch(step, n, self.cfg.train.seed, mine)
+        shape = (n,) + mean.shape[1:]
+        eps = rng.standard_normal(shape).astype("float32")[mine]
+        latents = ((mean + std * eps) * self.source.scaling_factor).astype("float32")
+        noise = rng.standard_normal(shape).astype("float32")[mine]
+        t = self.timesteps.sample(n, rng)[mine]
+        row_rngs = [np.random.default_rng(seed) for seed in rng.integers(0, 2**63 - 1, size=n)[mine]]
+        batch = self.captions.training_rows(metas, row_rngs, self.weight_shape)
         weights, mask = batch["loss_weight"], batch["key_token_mask"]
         # bf16 needs no loss scaling; the loss itself is computed in float32.
         with paddle.amp.auto_cast(enable=self.bf16, dtype="bfloat16", level="O1"):
             losses = self.model(
-                paddle.to_tensor(batch["input_ids"][mine]),
-                paddle.to_tensor(latents[mine]),
-                paddle.to_tensor(noise[mine]),
-                paddle.to_tensor(t[mine]),
-                None if weights is None else paddle.to_tensor(weights[mine]),
-                None if mask is None else paddle.to_tensor(mask[mine]),
+                paddle.to_tensor(batch["input_ids"]),
+                paddle.to_tensor(latents),
+                paddle.to_tensor(noise),
+                paddle.to_tensor(t),
+                None if weights is None else paddle.to_tensor(weights),
+                None if mask is None else paddle.to_tensor(mask),
             )
-        logs = group_mean(losses.numpy(), self.router.expert_index(t[mine]), self.cfg.model.num_experts, "loss_stage_")
-        return losses.mean(), logs
+        logs = group_mean(losses.numpy(), self.router.expert_index(t), self.cfg.model.num_experts, "loss_stage_")
+        return losses.mean(), {**logs, "data_wait_s": self.source.data_wait}

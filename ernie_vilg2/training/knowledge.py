@@ -45,6 +45,19 @@ def _label_map_path(cfg) -> Optional[str]:
     return candidate if os.path.isfile(candidate) else None
 
 
+class _RowDraws:
+    """Stands in for the generator :func:`build_text_inputs` draws its per-caption POS-token coins
+    from (one ``random(B)`` call): each row's coin was drawn from that row's own generator."""
+
+    def __init__(self, draws: List[float]):
+        self._draws = np.asarray(draws)
+
+    def random(self, size: int) -> np.ndarray:
+        if size != len(self._draws):
+            raise ValueError(f"{len(self._draws)} rows' draws for {size} captions")
+        return self._draws
+
+
 class CaptionProcessor:
     def __init__(self, cfg, tokenizer):
         self.cfg = cfg
@@ -70,10 +83,19 @@ class CaptionProcessor:
 
     # -- batches ---------------------------------------------------------------------------------
     def training_batch(self, metas: List[dict], rng: np.random.Generator, weight_shape) -> dict:
-        captions, maps, analyses = [], [], []
-        for meta in metas:
+        """:meth:`training_rows` with one generator for all rows."""
+        return self.training_rows(metas, [rng] * len(metas), weight_shape)
+
+    def training_rows(self, metas: List[dict], rngs: List[np.random.Generator], weight_shape) -> dict:
+        """Model inputs of a batch's records, each row's random choices drawn from its own generator.
+
+        A record's knowledge is its own (a shard's sidecar, ``meta["knowledge"]``) or the
+        annotation file's entry of its ``index``."""
+        captions, maps, analyses, pos_draws = [], [], [], []
+        pos_tokens = self.textual.enabled and self.textual.pos_tokens
+        for meta, rng in zip(metas, rngs):
             sample = dict(meta)
-            ann = self.annotations.get(meta.get("index"))
+            ann = meta.get("knowledge") or self.annotations.get(meta.get("index"))
             if ann and "objects" in ann:
                 sample["objects"] = ann["objects"]
             caption, weight = self.visual(sample, rng, self.image_size)
@@ -84,7 +106,10 @@ class CaptionProcessor:
             # Precomputed key words are valid only for the unchanged caption.
             keep = ann is not None and "keywords" in ann and caption == meta["caption"]
             analyses.append(ann["keywords"] if keep else None)
-        return {**self.text_inputs(captions, rng, analyses, training=True),
+            if pos_tokens:
+                pos_draws.append(rng.random())
+        draws = _RowDraws(pos_draws) if pos_tokens else None
+        return {**self.text_inputs(captions, draws, analyses, training=True),
                 "loss_weight": stack_weight_maps(maps, weight_shape)}
 
     def text_inputs(self, captions: List[str], rng: Optional[np.random.Generator] = None,

@@ -1,9 +1,11 @@
 """The stage-agnostic training loop: AdamW, clipping, EMA, checkpoints, resume, logging.
 
 Every random draw of step ``k`` comes from ``numpy.random.default_rng([seed, stage, k])``
-(data order, noise, timesteps, caption dropout, knowledge choices), so a resumed run
-replays exactly the steps an uninterrupted run would have taken; only the parameters,
-optimizer and EMA state need to be checkpointed.
+(noise, timesteps, caption dropout, knowledge choices) and the data order is a function of the
+step too, so a resumed run replays exactly the steps an uninterrupted run would have taken;
+only the parameters, optimizer and EMA state need to be checkpointed. A step function may
+report ``data_wait_s`` (the time it waited for its batch): the progress bar shows it, VisualDL
+gets its mean per step over each logging window.
 """
 from __future__ import annotations
 
@@ -228,10 +230,11 @@ class Trainer:
         s = self.settings
         bar = tqdm(total=self.cfg.steps, initial=self.step, desc=f"train[{s.stage}]", disable=not s.is_main,
                    dynamic_ncols=True)
-        window_start, window_steps = time.time(), 0
+        window_start, window_steps, window_wait = time.time(), 0, 0.0
         while self.step < self.cfg.steps:
             rng = step_rng(s.seed, s.stage_index, self.step)
             loss, logs = self.step_fn(self.step, rng)
+            wait = logs.pop("data_wait_s", None)  # seconds the step waited for its batch
             value = float(loss)
             if not math.isfinite(value):
                 last = latest_checkpoint(s.checkpoint_dir)
@@ -250,14 +253,17 @@ class Trainer:
                 self.ema.update()
             self.step += 1
             window_steps += 1
+            window_wait += wait or 0.0
             bar.update(1)
-            bar.set_postfix(loss=f"{value:.4f}")
+            bar.set_postfix(loss=f"{value:.4f}", **({} if wait is None else {"data_wait": f"{wait:.3f}s"}))
             if self.step % s.log_every == 0 or self.step == self.cfg.steps:
                 elapsed = max(time.time() - window_start, 1e-9)
                 logs = {"loss": value, **logs, "lr": float(self.schedule.get_lr()),
                         "samples_per_s": window_steps * s.samples_per_step / elapsed}
+                if wait is not None:  # the mean over the steps since the last log
+                    logs["data_wait_s"] = window_wait / window_steps
                 self._log(logs)
-                window_start, window_steps = time.time(), 0
+                window_start, window_steps, window_wait = time.time(), 0, 0.0
             if self.step % s.checkpoint_every == 0 or self.step == self.cfg.steps:
                 if self.hooks.writes_checkpoints(s.is_main):
                     self.save()

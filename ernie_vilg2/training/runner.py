@@ -28,7 +28,7 @@ import numpy as np
 import paddle
 
 from ..config import ConfigError, to_dict
-from ..data import build_dataset
+from ..data.sources import ShardSet
 from ..models.expert_bank import MixtureOfDenoisingExperts
 from ..models.factory import build_denoiser, build_noise_scheduler, build_sampler, build_text_encoder_from_config, build_vae
 from ..models.speedups import apply_speedups
@@ -38,9 +38,10 @@ from ..text.tokenizer import build_tokenizer
 from ..utils.images import make_grid
 from ..utils.integrity import check_model_folder
 from ..utils.io import atomic_directory, atomic_save_image
-from .batches import LatentSource, batch_indices, estimate_scaling_factor, shard
+from .batches import LatentSource, StreamedLatents, estimate_scaling_factor, scaling_pixels, shard
 from .checkpoint import set_aside_damaged
 from .config import STAGES, ExperimentConfig
+from .data_feed import StageBatches, open_training_data
 from .diffusion_step import DiffusionStep, TimestepSampler
 from .distributed import DistContext, init_distributed, job_layout, launch_position
 from .expert_parallel import assemble_bank, remove_final_experts, write_final_experts
@@ -131,9 +132,26 @@ class ExperimentRunner:
 
     @property
     def dataset(self):
+        """The training data (a MapDataset, or a ShardSet of streamed shards), opened once."""
         if self._dataset is None:
-            self._dataset = build_dataset(self.cfg.data)
+            self._dataset = open_training_data(self.cfg)
         return self._dataset
+
+    def _batches(self, stage: str, batch_size: int, **kwargs) -> StageBatches:
+        return StageBatches(self.dataset, self.cfg, stage, batch_size, self.ctx.rank, self.ctx.world_size, **kwargs)
+
+    def _scaling_pixels(self, batch_size: int, max_images: int = 512) -> np.ndarray:
+        """The images the VAE's latent scaling factor is estimated on: seeded picks of indexed
+        data, the first batches of this rank's stream of shards."""
+        if not isinstance(self.dataset, ShardSet):
+            return scaling_pixels(self.dataset, max_images, seed=self.cfg.train.seed)
+        pixels, batches = [], self._batches("vae", batch_size, num_workers=0)
+        try:
+            while sum(len(p) for p in pixels) < max_images:
+                pixels.append(batches.get(len(pixels))[0])
+        finally:
+            batches.close(log=False)
+        return np.concatenate(pixels)[:max_images]
 
     # -- orchestration -----------------------------------------------------------------
     def run(self, stages: Optional[List[str]] = None) -> Optional[str]:
@@ -236,7 +254,7 @@ class ExperimentRunner:
         cfg = self.cfg
         stage_cfg = cfg.train.vae
         batch_size = stage_cfg.batch_size or cfg.train.batch_size
-        dataset = self.dataset  # loaded (its summary or error printed) before the progress bar
+        batches = self._batches("vae", batch_size)  # the data's summary or error before the progress bar
         paddle.seed(cfg.train.seed)
         vae = build_vae(cfg.model.vae, cfg.data.resolution)
         module = VAETrainingModule(vae, stage_cfg.kl_weight)
@@ -244,19 +262,20 @@ class ExperimentRunner:
         f = cfg.model.vae.scale_factor
         latent_shape = [cfg.model.vae.latent_channels, cfg.data.resolution // f, cfg.data.resolution // f]
 
-        def step_fn(step, rng):
-            rows = batch_indices(step, batch_size, len(dataset), cfg.train.seed)
-            noise = rng.standard_normal([batch_size] + latent_shape).astype("float32")
-            mine = shard(list(range(batch_size)), self.ctx.rank, self.ctx.world_size)
-            pixels = np.stack([dataset[rows[i]]["pixel_values"] for i in mine])
-            loss, rec, kl = model(paddle.to_tensor(pixels), paddle.to_tensor(noise[mine]))
-            return loss, {"recon_l1": float(rec), "kl": float(kl)}
+        mine = shard(list(range(batch_size)), self.ctx.rank, self.ctx.world_size)
 
-        trainer = self._trainer("vae", index, module, step_fn, batch_size)
-        trainer.train()
+        def step_fn(step, rng):
+            noise = rng.standard_normal([batch_size] + latent_shape).astype("float32")
+            pixels, _, wait = batches.get(step)
+            loss, rec, kl = model(paddle.to_tensor(pixels), paddle.to_tensor(noise[mine]))
+            return loss, {"recon_l1": float(rec), "kl": float(kl), "data_wait_s": wait}
+
+        with batches:
+            trainer = self._trainer("vae", index, module, step_fn, batch_size)
+            trainer.train()
         trainer.finalize_weights()
         vae.eval()
-        scaling = estimate_scaling_factor(vae, dataset, seed=cfg.train.seed)
+        scaling = estimate_scaling_factor(vae, self._scaling_pixels(batch_size), seed=cfg.train.seed)
         vae.register_to_config(scaling_factor=scaling)
         logger.info("VAE latent scaling factor: %.4f", scaling)
         if self.ctx.is_main:
@@ -302,8 +321,12 @@ class ExperimentRunner:
             text_encoder, unet, noise_scheduler.alphas_cumprod, cfg.model.prediction_type
         )
         model = self.ctx.wrap_model(module, stage)
-        source = LatentSource(self.dataset, vae, vae.config.scaling_factor, cache=cfg.train.cache_latents,
-                              show_progress=self.ctx.is_main)
+        batches = None
+        if cfg.train.cache_latents and not isinstance(self.dataset, ShardSet):
+            source = LatentSource(self.dataset, vae, vae.config.scaling_factor, show_progress=self.ctx.is_main)
+        else:
+            batches = self._batches(stage, batch_size)
+            source = StreamedLatents(batches, vae, vae.config.scaling_factor)
         expert_parallel = self.ctx.expert_parallel(stage)
         timesteps = TimestepSampler(
             cfg.model.num_train_timesteps,
@@ -335,8 +358,12 @@ class ExperimentRunner:
                 module.train()
             self.ctx.barrier()  # the others wait here, not in the next step's all-reduce (gloo: 30 s at most)
 
-        trainer = self._trainer(stage, index, module, step_fn, batch_size, on_step=sample_during_training)
-        trainer.train()
+        try:
+            trainer = self._trainer(stage, index, module, step_fn, batch_size, on_step=sample_during_training)
+            trainer.train()
+        finally:
+            if batches is not None:
+                batches.close()
         trainer.finalize_weights()
         captions.install(unet, training=False)
         if partial_bank:

@@ -1,0 +1,72 @@
+"""The training data of a run, opened before the first step, and each stage's batches for this rank.
+
+:func:`open_training_data` opens what ``data:`` names (:func:`~ernie_vilg2.data.sources.open_source`)
+and refuses settings that do not fit it. :class:`StageBatches` runs a stage's loader
+(:class:`~ernie_vilg2.data.loader.BatchLoader`): started at the step the stage starts or resumes
+from, restarted if a step is asked for out of turn, and at the end of the stage it logs what
+the data cost (samples read, problems skipped, as a warning when there were any).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+from ..config import ConfigError
+from ..data.batch_plans import make_plan
+from ..data.loader import BatchLoader
+from ..data.problems import DataReport
+from ..data.samples import batch_pixel_values
+from ..data.sources import ShardSet, open_source
+
+logger = logging.getLogger(__name__)
+
+
+def open_training_data(cfg):
+    """The training data of ``cfg`` (an ExperimentConfig): a MapDataset or a ShardSet."""
+    source = open_source(cfg.data)
+    if isinstance(source, ShardSet):
+        for section in ("textual_knowledge", "visual_knowledge"):
+            if getattr(getattr(cfg, section), "annotations", None):
+                raise ConfigError(f"{section}.annotations", "an annotation file is keyed by JSON-lines record; "
+                                  "shards take their knowledge from NAME.knowledge.jsonl beside NAME.tar")
+        if cfg.train.cache_latents:
+            logger.info("train.cache_latents does not apply to streamed shards: latents are encoded each step")
+    return source
+
+
+class StageBatches:
+    """This rank's batches of one stage: ``get(step)`` -> (pixel_values float32 [b, 3, R, R],
+    metas, seconds waited), for steps asked in order from any start."""
+
+    def __init__(self, source, cfg, stage: str, batch_size: int, rank: int = 0, world: int = 1,
+                 num_workers: Optional[int] = None):
+        data = cfg.data
+        self.num_workers = data.num_workers if num_workers is None else num_workers
+        knowledge = cfg.textual_knowledge.enabled or cfg.visual_knowledge.enabled
+        self.plan = make_plan(source, cfg.train.seed, rank, world, batch_size, self.num_workers, data.shuffle_buffer,
+                              knowledge)
+        self.prefetch = data.prefetch
+        self.report = DataReport(f"data of stage {stage}")
+        self._loader: Optional[BatchLoader] = None
+
+    def get(self, step: int):
+        if self._loader is None or self._loader.next_step != step:
+            if self._loader is not None:
+                self._loader.close()
+            self._loader = BatchLoader(self.plan, step, self.num_workers, self.prefetch, self.report)
+        batch = self._loader.get()
+        return batch_pixel_values(batch.pixels), batch.metas, self._loader.wait
+
+    def close(self, log: bool = True) -> None:
+        """Stop the loader; log the stage's data summary."""
+        if self._loader is not None:
+            self._loader.close()
+            self._loader = None
+        if log and self.report.samples:
+            logger.log(logging.WARNING if self.report.num_problems else logging.INFO, "%s", self.report.summary)
+
+    def __enter__(self) -> "StageBatches":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
