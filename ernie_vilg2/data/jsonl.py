@@ -57,6 +57,7 @@ runs and filters, so precomputed per-record annotations can be joined on it.
 """
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import math
@@ -168,6 +169,18 @@ def parse_record(obj: Any, base_dir: str) -> Tuple[Optional[dict], Optional[str]
     return record, None
 
 
+def parse_line(raw: bytes, base_dir: str) -> Tuple[Optional[dict], Optional[str]]:
+    """(record, None) or (None, reason) of one line of a JSON-lines file (bytes; a line that is
+    not UTF-8 is malformed, not an error of the whole file)."""
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        return None, f"{MALFORMED_JSON} (not UTF-8 at byte {exc.start})"
+    except json.JSONDecodeError as exc:
+        return None, f"{MALFORMED_JSON} ({exc.msg} at column {exc.colno})"
+    return parse_record(obj, base_dir)
+
+
 def skip_kind(reason: str) -> str:
     """The kind of a skip reason: malformed JSON, missing, undecodable or oversized image, or invalid record."""
     return next((k for k in (MALFORMED_JSON, MISSING_IMAGE, UNDECODABLE_IMAGE, OVERSIZED_IMAGE)
@@ -218,16 +231,13 @@ def read_jsonl_records(path: str, check_images: bool = True, verify_images: bool
     records: List[dict] = []
     skipped: List[Tuple[int, str]] = []
     header_errors: Dict[str, Optional[str]] = {}  # image path -> error (several records share an image)
-    with open(path, encoding="utf-8-sig") as f:
+    with open(path, "rb") as f:
         for line_idx, line in enumerate(f):
+            if line_idx == 0 and line.startswith(codecs.BOM_UTF8):
+                line = line[len(codecs.BOM_UTF8):]
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                skipped.append((line_idx + 1, f"{MALFORMED_JSON} ({exc.msg} at column {exc.colno})"))
-                continue
-            record, reason = parse_record(obj, base_dir)
+            record, reason = parse_line(line, base_dir)
             if record is not None and check_images:
                 reason = _image_file_error(record["image_path"])
                 record = None if reason else record

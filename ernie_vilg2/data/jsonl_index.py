@@ -10,7 +10,6 @@ record is read (:class:`~.sources.MapDataset` reports it once and reads another 
 from __future__ import annotations
 
 import codecs
-import json
 import logging
 import os
 from array import array
@@ -18,20 +17,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .jsonl import (MALFORMED_JSON, DatasetError, check_tabular, count_skipped, parse_record, report_skipped)
+from .jsonl import DatasetError, check_tabular, count_skipped, parse_line, report_skipped
 
 logger = logging.getLogger(__name__)
-
-
-def parse_line(raw: bytes, base_dir: str):
-    """(record, None) or (None, reason) of one line of a JSON-lines file (bytes)."""
-    try:
-        obj = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        return None, f"{MALFORMED_JSON} (not UTF-8 at byte {exc.start})"
-    except json.JSONDecodeError as exc:
-        return None, f"{MALFORMED_JSON} ({exc.msg} at column {exc.colno})"
-    return parse_record(obj, base_dir)
 
 
 class JsonlIndex:
