@@ -91,6 +91,8 @@ def test_the_loader_started_at_step_k_gives_the_uninterrupted_batches(shards, wo
                      knowledge=False)
     with BatchLoader(plan, 0, workers, prefetch=2) as loader:
         full = _batches(loader, 40)  # 120 samples: across epochs
+    # 48 samples in 6 shards: the first 16 steps are an epoch of each stream, every sample once.
+    assert sorted(key for keys, _ in full[:16] for key in keys) == [f"{i:09d}" for i in range(48)]
     if workers:  # step k is batch k // W of logical worker k % W, whatever process makes it
         simulated = [plan.batches(w, workers) for w in range(workers)]
         assert [[m["key"] for m in next(simulated[k % workers]).metas] for k in range(40)] == [b[0] for b in full]

@@ -1,4 +1,5 @@
-"""Datasets: the built-in offline emoji data and the users' JSON-lines format.
+"""Datasets: the built-in offline emoji data, the users' JSON lines, MS-COCO and webdataset
+shards, and the loader that streams them to training.
 
 Names are imported lazily so that reading the config (``ernie_vilg2.data.config``) or
 preparing the built-in data does not import Paddle.
@@ -20,6 +21,15 @@ _EXPORTS = {
     "relation_holds": ".scenes",
     "build_dataset": ".builder",
     "dataset_path": ".builder",
+    "open_source": ".sources",
+    "ShardReader": ".shards",
+    "iter_shard": ".shards",
+    "list_shards": ".shards",
+    "load_image": ".shards",
+    "read_sidecar": ".shards",
+    "sidecar_path": ".shards",
+    "ShardWriter": ".shard_writer",
+    "export_shards": ".shard_writer",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -221,7 +221,7 @@ class ShardReader:
         ext = next((e for e in IMAGE_EXTENSIONS if e in group), None)
         if ext is None:
             self._problem(INVALID_SAMPLE, f"{path}:{key}",
-                          f"{path}: sample {key} has no image member (.{', .'.join(IMAGE_EXTENSIONS)}); skipped")
+                          f"{path}: {key}: the sample has no image member (.{', .'.join(IMAGE_EXTENSIONS)}); skipped")
             return
         meta = {}
         if "json" in group:
@@ -257,6 +257,16 @@ class ShardReader:
         image = tar.extractfile(info).read() if self.load_images else None
         yield {"key": key, "shard": path, "image": image, "image_ref": (info.offset_data, info.size),
                "member": info.name, "image_name": image_name, "caption": caption, **fields}
+
+
+def iter_shard(path: str, caption_field: Optional[str] = None, languages: Optional[Sequence[str]] = None,
+               max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS, load_images: bool = True,
+               on_problem: Optional[Callable[[Problem], None]] = None) -> Iterator[dict]:
+    """The valid samples of one shard as records with ``key`` (:class:`ShardReader`); what is
+    skipped goes to ``on_problem``."""
+    reader = ShardReader(caption_field, languages, max_image_pixels, on_problem)
+    reader.load_images = load_images
+    return reader.iter_shard(path)
 
 
 def _ends_with_zero_block(f, offset: int) -> bool:

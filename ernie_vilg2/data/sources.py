@@ -20,8 +20,6 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Set, Union
 
-import numpy as np
-
 from .coco import CocoCaptions
 from .config import DataConfig
 from .jsonl import DatasetError, resolve_jsonl_path
@@ -179,12 +177,3 @@ def open_source(cfg: DataConfig, split: str = "train") -> Union[MapDataset, Shar
     else:
         records = JsonlIndex(resolve_jsonl_path(root, split), cfg.languages, cfg.max_samples)
     return MapDataset(records, cfg.resolution, cfg.image_fit, cfg.max_image_pixels)
-
-
-def is_streamed(source) -> bool:
-    return isinstance(source, ShardSet)
-
-
-def pick_rows(n: int, count: int, seed: int) -> np.ndarray:
-    """``count`` seeded distinct row numbers of ``n`` (for statistics over a sample of the data)."""
-    return np.random.default_rng(seed).permutation(n)[:count]

@@ -103,8 +103,10 @@ class ShardStream:
                 yield record
             if not produced:
                 names = ", ".join(shards[:3]) + (f" and {len(shards) - 3} more" if len(shards) > 3 else "")
+                why = (f"{self.reader.num_filtered:,} samples not in data.languages" if self.reader.num_filtered
+                       else "see the warnings above")
                 raise DatasetError(f"rank {self.rank}, data worker {self.worker}: no valid sample in its shards of "
-                                   f"epoch {epoch} ({names}; see the warnings above): remove or rewrite them")
+                                   f"epoch {epoch} ({names}; {why}): remove or rewrite them")
             epoch += 1
 
     def batches(self, batch_size: int, first: int = 0) -> Iterator[List[dict]]:

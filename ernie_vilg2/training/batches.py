@@ -98,12 +98,6 @@ class StreamedLatents:
         return metas, mean, std
 
 
-def scaling_pixels(dataset, max_images: int = 512, seed: int = 0) -> np.ndarray:
-    """Up to ``max_images`` seeded picks of an indexed dataset, float32 [N, 3, R, R]."""
-    picks = np.random.default_rng(seed).permutation(len(dataset))[:max_images]
-    return np.stack([dataset[int(i)]["pixel_values"] for i in picks])
-
-
 def estimate_scaling_factor(vae, pixels: np.ndarray, seed: int = 0) -> float:
     """1 / std of posterior samples of ``pixels``, so diffusion sees unit-variance latents (as SD's 0.18215)."""
     rng = np.random.default_rng(seed)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from typing import Optional
 
+import numpy as np
+
 from ..config import ConfigError
 from ..data.batch_plans import make_plan
 from ..data.loader import BatchLoader
@@ -70,3 +72,18 @@ class StageBatches:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def scaling_pixels(source, cfg, batch_size: int, rank: int = 0, world: int = 1, max_images: int = 512) -> np.ndarray:
+    """The images the VAE's latent scaling factor is estimated on, float32 [N, 3, R, R]: seeded
+    picks of indexed data, the first batches of this rank's stream of shards."""
+    if not isinstance(source, ShardSet):
+        picks = np.random.default_rng(cfg.train.seed).permutation(len(source))[:max_images]
+        return np.stack([source[int(i)]["pixel_values"] for i in picks])
+    pixels, batches = [], StageBatches(source, cfg, "vae", batch_size, rank, world, num_workers=0)
+    try:
+        while sum(len(p) for p in pixels) < max_images:
+            pixels.append(batches.get(len(pixels))[0])
+    finally:
+        batches.close(log=False)
+    return np.concatenate(pixels)[:max_images]

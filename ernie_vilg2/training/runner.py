@@ -38,10 +38,10 @@ from ..text.tokenizer import build_tokenizer
 from ..utils.images import make_grid
 from ..utils.integrity import check_model_folder
 from ..utils.io import atomic_directory, atomic_save_image
-from .batches import LatentSource, StreamedLatents, estimate_scaling_factor, scaling_pixels, shard
+from .batches import LatentSource, StreamedLatents, estimate_scaling_factor, shard
 from .checkpoint import set_aside_damaged
 from .config import STAGES, ExperimentConfig
-from .data_feed import StageBatches, open_training_data
+from .data_feed import StageBatches, open_training_data, scaling_pixels
 from .diffusion_step import DiffusionStep, TimestepSampler
 from .distributed import DistContext, init_distributed, job_layout, launch_position
 from .expert_parallel import assemble_bank, remove_final_experts, write_final_experts
@@ -137,21 +137,8 @@ class ExperimentRunner:
             self._dataset = open_training_data(self.cfg)
         return self._dataset
 
-    def _batches(self, stage: str, batch_size: int, **kwargs) -> StageBatches:
-        return StageBatches(self.dataset, self.cfg, stage, batch_size, self.ctx.rank, self.ctx.world_size, **kwargs)
-
-    def _scaling_pixels(self, batch_size: int, max_images: int = 512) -> np.ndarray:
-        """The images the VAE's latent scaling factor is estimated on: seeded picks of indexed
-        data, the first batches of this rank's stream of shards."""
-        if not isinstance(self.dataset, ShardSet):
-            return scaling_pixels(self.dataset, max_images, seed=self.cfg.train.seed)
-        pixels, batches = [], self._batches("vae", batch_size, num_workers=0)
-        try:
-            while sum(len(p) for p in pixels) < max_images:
-                pixels.append(batches.get(len(pixels))[0])
-        finally:
-            batches.close(log=False)
-        return np.concatenate(pixels)[:max_images]
+    def _batches(self, stage: str, batch_size: int) -> StageBatches:
+        return StageBatches(self.dataset, self.cfg, stage, batch_size, self.ctx.rank, self.ctx.world_size)
 
     # -- orchestration -----------------------------------------------------------------
     def run(self, stages: Optional[List[str]] = None) -> Optional[str]:
@@ -275,7 +262,8 @@ class ExperimentRunner:
             trainer.train()
         trainer.finalize_weights()
         vae.eval()
-        scaling = estimate_scaling_factor(vae, self._scaling_pixels(batch_size), seed=cfg.train.seed)
+        pixels = scaling_pixels(self.dataset, cfg, batch_size, self.ctx.rank, self.ctx.world_size)
+        scaling = estimate_scaling_factor(vae, pixels, seed=cfg.train.seed)
         vae.register_to_config(scaling_factor=scaling)
         logger.info("VAE latent scaling factor: %.4f", scaling)
         if self.ctx.is_main:
