@@ -60,7 +60,8 @@ def test_a_shard_from_another_writer(tmp_path):
     shard = write_tar(tmp_path / "foreign.tar", [
         ("a1.txt", "a red dot".encode()), ("a1.JPG", image_bytes(10, fmt="JPEG")),
         ("a1.json", json.dumps({"url": "http://x", "lang": "en", "boxes": [[0, 0, 5, 5]], "labels": ["dot"]}).encode()),
-        ("sub/b2.png", image_bytes(20)), ("sub/b2.json", json.dumps({"caption": "蓝心"}, ensure_ascii=False).encode()),
+        ("sub/b2.png", image_bytes(20)),
+        ("sub/b2.json", json.dumps({"caption": "蓝心"}, ensure_ascii=False).encode()),
         ("c3.webp", image_bytes(30, fmt="WEBP")), ("c3.txt", b"  padded caption \n"), ("c3.cls", b"7"),
     ])
     with tarfile.open(shard, "a") as tar:  # a folder entry between samples

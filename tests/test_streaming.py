@@ -162,7 +162,8 @@ def test_sidecar_knowledge_is_joined_by_key_with_objects_mapped_like_the_image(t
                                            ("v.png", image_bytes(9)), ("v.txt", b"no knowledge")])
     keywords = [{"text": "wide", "tag": "a", "start": 2, "end": 6, "importance": 2}]
     write_sidecar(shard, [{"key": "w", "caption": "a wide one", "keywords": keywords,
-                           "objects": [{"box": [20, 0, 40, 20], "label": "right"}, {"box": [0, 0, 4, 4], "label": "cut"}]}])
+                           "objects": [{"box": [20, 0, 40, 20], "label": "right"},
+                                       {"box": [0, 0, 4, 4], "label": "cut"}]}])
     for knowledge in (True, False):
         plan = ShardPlan(_shard_set(tmp_path, resolution=10), 0, 0, 1, 2, 0, 0, knowledge=knowledge)
         metas = BatchLoader(plan, 0, 0).get().metas

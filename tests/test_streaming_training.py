@@ -149,3 +149,28 @@ def test_the_data_wait_reaches_visualdl_as_a_mean_per_step(tmp_path):
     Trainer(layer, step_fn, StageConfig(steps=4, lr=0.1), settings, writer=writer).train()
     assert writer.scalars[("unit/data_wait_s", 2)] == pytest.approx(0.3)
     assert writer.scalars[("unit/data_wait_s", 4)] == pytest.approx(0.15)
+
+
+def test_images_missing_from_json_lines_are_reported_by_the_latent_cache(tmp_path, caplog):
+    import json
+
+    from shard_data import image_bytes
+
+    (tmp_path / "mine").mkdir()
+    lines = []
+    for i in range(5):
+        if i != 2:
+            (tmp_path / "mine" / f"{i}.png").write_bytes(image_bytes(i * 40, size=(32, 32)))
+        lines.append(json.dumps({"image": f"{i}.png", "caption": f"picture {i}"}))
+    (tmp_path / "mine" / "train.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cfg = load_config(TINY_YAML, tiny_overrides(tmp_path, **{"data.root": str(tmp_path / "mine"),
+                                                              "train.stages": "[vae, base]", "train.vae.steps": 1,
+                                                              "train.base.steps": 1}))
+    with caplog.at_level("WARNING"):
+        runner_mod.run_training(cfg)
+    messages = [r.getMessage() for r in caplog.records]
+    missing = str(tmp_path / "mine" / "2.png")
+    named = [m for m in messages if missing in m]  # once, although three readers meet it
+    assert len(named) == 1 and "train.jsonl:3: missing image" in named[0]
+    assert "data of stage vae: 4 samples read (skipped 1 missing image)" in messages
+    assert "data of stage base (latent cache): 5 samples read (skipped 1 missing image)" in messages

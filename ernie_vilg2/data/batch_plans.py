@@ -133,12 +133,14 @@ class ShardPlan:
                 if record["image"] is None:
                     record = {**record, "image": load_image(record)}
                 if self.knowledge:
-                    record = {**record, "knowledge": self._sidecar(record["shard"], sidecars, problems).get(record["key"])}
+                    knowledge = self._sidecar(record["shard"], sidecars, problems).get(record["key"])
+                    record = {**record, "knowledge": knowledge}
                 samples.append(decode_sample(record, s.resolution, s.image_fit, s.max_image_pixels))
             except (SampleError, OSError) as exc:
                 reason = str(exc)
                 kind = OVERSIZED_IMAGE if reason.startswith(OVERSIZED_IMAGE) else UNDECODABLE_IMAGE
-                problems.append(Problem(kind, f"{record['shard']}:{record['member']}", f"{reason}; replaced by another sample of its batch"))
+                problems.append(Problem(kind, f"{record['shard']}:{record['member']}",
+                                        f"{reason}; replaced by another sample of its batch"))
                 samples.append(None)
         good = [i for i, sample in enumerate(samples) if sample is not None]
         if not good:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Dict, Iterable
+from typing import Dict, Iterable, Optional, Set
 
 from .samples import OVERSIZED_IMAGE, UNDECODABLE_IMAGE
 
@@ -26,22 +26,28 @@ class Problem:
 
 
 class DataReport:
-    """The problems of one training stage's data, from every worker. The first ``MAX_WARNINGS``
-    distinct problems are logged as warnings when they arrive; all are counted in :attr:`summary`."""
+    """The problems of one training stage's data, from every worker, counted in :attr:`summary`.
+    Each is logged as a warning when it first arrives, the first ``MAX_WARNINGS`` of them:
+    ``warned``, shared by the reports of a run, keeps a problem that a later stage meets again
+    from being warned of twice."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, warned: Optional[Set[str]] = None):
         self.name = name
         self.samples = 0
         self._kinds: Dict[str, str] = {}  # where -> kind
+        self._warned = set() if warned is None else warned
 
     def add(self, problems: Iterable[Problem]) -> None:
         for problem in problems:
             if problem.where in self._kinds:
                 continue
             self._kinds[problem.where] = problem.kind
-            if len(self._kinds) <= MAX_WARNINGS:
+            if problem.where in self._warned:
+                continue
+            self._warned.add(problem.where)
+            if len(self._warned) <= MAX_WARNINGS:
                 logger.warning("%s", problem.message)
-            elif len(self._kinds) == MAX_WARNINGS + 1:
+            elif len(self._warned) == MAX_WARNINGS + 1:
                 logger.warning("%s: more problems in the data; they are counted in the summary at the end", self.name)
 
     @property

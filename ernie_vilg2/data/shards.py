@@ -123,8 +123,8 @@ class ShardReader:
 
     Each record has ``key``, ``shard``, ``image`` (the encoded bytes, or None while
     ``load_images`` is False), ``image_ref`` ((offset, size) in the shard: :func:`load_image`),
-    ``member`` (the image's member name), ``image_name`` ("SHARD: KEY.jpg"), ``caption``, ``lang``, ``boxes``, ``labels`` and
-    ``synthetic_caption``. Skipped samples and damaged shards go to ``on_problem``; samples
+    ``member`` (the image's member name), ``image_name`` ("SHARD: KEY.jpg"), ``caption``,
+    ``lang``, ``boxes``, ``labels`` and ``synthetic_caption``. Skipped samples and damaged shards go to ``on_problem``; samples
     whose language is not in ``languages`` are left out and counted in ``num_filtered``.
     """
 
@@ -182,8 +182,9 @@ class ShardReader:
             if broken is None and group:
                 yield from self._sample(tar, path, key, group)
             elif broken is not None:  # the pending sample may lack members: dropped with the rest
-                self._problem(CORRUPT_SHARD, path, f"{path}: truncated or corrupt after "
-                              f"{f'member {last}' if last else 'its start'} ({broken}); the rest of the shard is skipped")
+                after = f"member {last}" if last else "its start"
+                self._problem(CORRUPT_SHARD, path, f"{path}: truncated or corrupt after {after} ({broken}); "
+                                                   "the rest of the shard is skipped")
 
     def _read_text(self, tar, path: str, key: str, info) -> Optional[bytes]:
         if info.size > MAX_TEXT_MEMBER:

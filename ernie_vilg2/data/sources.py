@@ -18,7 +18,7 @@ import glob
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Set, Union
+from typing import Any, Dict, List, Optional, Union
 
 from .coco import CocoCaptions
 from .config import DataConfig
@@ -85,9 +85,9 @@ class CocoRecords:
 
 class MapDataset:
     """Indexed records (a :class:`~.jsonl_index.JsonlIndex` or :class:`CocoRecords`) decoded when
-    read. A record whose image is missing or cannot be decoded is reported once (as a
-    :class:`~.problems.Problem` in :attr:`problems`) and the next readable record takes its
-    place, so an item is a pure function of the data."""
+    read. A record whose image is missing or cannot be decoded is reported (as a
+    :class:`~.problems.Problem` in :attr:`problems`, each time it is met) and the next readable
+    record takes its place, so an item is a pure function of the data."""
 
     def __init__(self, records, resolution: int, image_fit: str = "center_crop",
                  max_image_pixels: Optional[int] = None):
@@ -97,7 +97,7 @@ class MapDataset:
         self.image_fit = image_fit
         self.max_image_pixels = max_image_pixels
         self.problems: List[Problem] = []
-        self._bad: Set[int] = set()
+        self._bad: Dict[int, Problem] = {}  # records found unreadable, not read again
 
     def __len__(self) -> int:
         return len(self.records)
@@ -117,18 +117,17 @@ class MapDataset:
         """Record ``i`` decoded (:func:`~.samples.decode_sample`), or the next one that decodes."""
         n = len(self)
         for j in (int(i + k) % n for k in range(n)):
-            if j in self._bad:
-                continue
-            record = self.record(j)
-            try:
-                return self._decode(record)
-            except SampleError as exc:
-                self._bad.add(j)
-                reason = str(exc)
-                kind = next((k for k in (MISSING_IMAGE, UNDECODABLE_IMAGE, OVERSIZED_IMAGE) if reason.startswith(k)),
-                            UNDECODABLE_IMAGE)
-                self.problems.append(Problem(kind, record["image"], f"{self.records.describe(record)}: "
-                                                                     f"{reason}; another record is read in its place"))
+            if j not in self._bad:
+                record = self.record(j)
+                try:
+                    return self._decode(record)
+                except SampleError as exc:
+                    reason = str(exc)
+                    kind = next((k for k in (MISSING_IMAGE, UNDECODABLE_IMAGE, OVERSIZED_IMAGE)
+                                 if reason.startswith(k)), UNDECODABLE_IMAGE)
+                    self._bad[j] = Problem(kind, record["image"], f"{self.records.describe(record)}: {reason}; "
+                                                                  "another record is read in its place")
+            self.problems.append(self._bad[j])  # each reader of the data counts it
         raise DatasetError(f"{self.records.path}: no image of the data set could be decoded")
 
     def take_problems(self) -> List[Problem]:

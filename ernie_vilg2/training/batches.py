@@ -48,7 +48,7 @@ class LatentSource:
     by the frozen VAE (posterior mean/std kept in memory); a step draws ``z = mean + std * eps``,
     the same distribution as encoding each step, at a fraction of the cost."""
 
-    data_wait = 0.0  # nothing is read during training
+    data_wait = None  # nothing is read during training
 
     def __init__(self, dataset, vae, scaling_factor: float, show_progress: bool = True):
         self.dataset = dataset

@@ -9,7 +9,7 @@ the data cost (samples read, problems skipped, as a warning when there were any)
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Optional, Set
 
 import numpy as np
 
@@ -41,14 +41,14 @@ class StageBatches:
     metas, seconds waited), for steps asked in order from any start."""
 
     def __init__(self, source, cfg, stage: str, batch_size: int, rank: int = 0, world: int = 1,
-                 num_workers: Optional[int] = None):
+                 num_workers: Optional[int] = None, warned: Optional[Set[str]] = None):
         data = cfg.data
         self.num_workers = data.num_workers if num_workers is None else num_workers
         knowledge = cfg.textual_knowledge.enabled or cfg.visual_knowledge.enabled
         self.plan = make_plan(source, cfg.train.seed, rank, world, batch_size, self.num_workers, data.shuffle_buffer,
                               knowledge)
         self.prefetch = data.prefetch
-        self.report = DataReport(f"data of stage {stage}")
+        self.report = DataReport(f"data of stage {stage}", warned)
         self._loader: Optional[BatchLoader] = None
 
     def get(self, step: int):
@@ -74,13 +74,26 @@ class StageBatches:
         self.close()
 
 
-def scaling_pixels(source, cfg, batch_size: int, rank: int = 0, world: int = 1, max_images: int = 512) -> np.ndarray:
+def report_read_problems(dataset, name: str, samples: int, warned: Optional[Set[str]] = None) -> None:
+    """Warn of (once each) and count what reading ``samples`` items of an indexed dataset in this
+    process skipped (the in-memory latent cache, the scaling factor's images)."""
+    report = DataReport(name, warned)
+    report.samples = samples
+    report.add(dataset.take_problems())
+    if report.num_problems:
+        logger.warning("%s", report.summary)
+
+
+def scaling_pixels(source, cfg, batch_size: int, rank: int = 0, world: int = 1, max_images: int = 512,
+                   warned: Optional[Set[str]] = None) -> np.ndarray:
     """The images the VAE's latent scaling factor is estimated on, float32 [N, 3, R, R]: seeded
     picks of indexed data, the first batches of this rank's stream of shards."""
     if not isinstance(source, ShardSet):
         picks = np.random.default_rng(cfg.train.seed).permutation(len(source))[:max_images]
-        return np.stack([source[int(i)]["pixel_values"] for i in picks])
-    pixels, batches = [], StageBatches(source, cfg, "vae", batch_size, rank, world, num_workers=0)
+        pixels = np.stack([source[int(i)]["pixel_values"] for i in picks])
+        report_read_problems(source, "data of the VAE's scaling factor", len(picks), warned)
+        return pixels
+    pixels, batches = [], StageBatches(source, cfg, "vae", batch_size, rank, world, num_workers=0, warned=warned)
     try:
         while sum(len(p) for p in pixels) < max_images:
             pixels.append(batches.get(len(pixels))[0])

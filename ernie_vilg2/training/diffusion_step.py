@@ -100,4 +100,6 @@ class DiffusionStep:
                 None if mask is None else paddle.to_tensor(mask),
             )
         logs = group_mean(losses.numpy(), self.router.expert_index(t), self.cfg.model.num_experts, "loss_stage_")
-        return losses.mean(), {**logs, "data_wait_s": self.source.data_wait}
+        if self.source.data_wait is not None:
+            logs["data_wait_s"] = self.source.data_wait
+        return losses.mean(), logs

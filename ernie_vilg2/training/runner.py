@@ -41,7 +41,7 @@ from ..utils.io import atomic_directory, atomic_save_image
 from .batches import LatentSource, StreamedLatents, estimate_scaling_factor, shard
 from .checkpoint import set_aside_damaged
 from .config import STAGES, ExperimentConfig
-from .data_feed import StageBatches, open_training_data, scaling_pixels
+from .data_feed import StageBatches, open_training_data, report_read_problems, scaling_pixels
 from .diffusion_step import DiffusionStep, TimestepSampler
 from .distributed import DistContext, init_distributed, job_layout, launch_position
 from .expert_parallel import assemble_bank, remove_final_experts, write_final_experts
@@ -120,6 +120,7 @@ class ExperimentRunner:
         self._ctx = ctx
         self.writer = None
         self._dataset = None
+        self._warned = set()  # data problems warned of in this run (each once, whichever stage meets it)
         self.plan = ResumePlan()
 
     @property
@@ -138,7 +139,8 @@ class ExperimentRunner:
         return self._dataset
 
     def _batches(self, stage: str, batch_size: int) -> StageBatches:
-        return StageBatches(self.dataset, self.cfg, stage, batch_size, self.ctx.rank, self.ctx.world_size)
+        return StageBatches(self.dataset, self.cfg, stage, batch_size, self.ctx.rank, self.ctx.world_size,
+                            warned=self._warned)
 
     # -- orchestration -----------------------------------------------------------------
     def run(self, stages: Optional[List[str]] = None) -> Optional[str]:
@@ -262,7 +264,8 @@ class ExperimentRunner:
             trainer.train()
         trainer.finalize_weights()
         vae.eval()
-        pixels = scaling_pixels(self.dataset, cfg, batch_size, self.ctx.rank, self.ctx.world_size)
+        pixels = scaling_pixels(self.dataset, cfg, batch_size, self.ctx.rank, self.ctx.world_size,
+                                warned=self._warned)
         scaling = estimate_scaling_factor(vae, pixels, seed=cfg.train.seed)
         vae.register_to_config(scaling_factor=scaling)
         logger.info("VAE latent scaling factor: %.4f", scaling)
@@ -312,6 +315,8 @@ class ExperimentRunner:
         batches = None
         if cfg.train.cache_latents and not isinstance(self.dataset, ShardSet):
             source = LatentSource(self.dataset, vae, vae.config.scaling_factor, show_progress=self.ctx.is_main)
+            report_read_problems(self.dataset, f"data of stage {stage} (latent cache)", len(self.dataset),
+                                 self._warned)
         else:
             batches = self._batches(stage, batch_size)
             source = StreamedLatents(batches, vae, vae.config.scaling_factor)
