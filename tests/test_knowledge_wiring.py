@@ -142,3 +142,31 @@ def test_stored_detections_drive_weights_and_enrichment(tmp_path, tokenizer):
     np.testing.assert_allclose(weight[5:, 5:], 1.0)  # the record's own box is ignored
     text = " ".join(tokenizer.convert_ids_to_tokens(batch["input_ids"][0].tolist())).replace(" ##", "")
     assert "apple , frog" in text  # the detected label missing from the caption was appended
+
+
+def test_a_samples_own_knowledge_is_used_and_rows_do_not_depend_on_each_other(tmp_path, tokenizer, monkeypatch):
+    """A shard's sidecar knowledge travels with its sample (meta["knowledge"]); each row draws from
+    its own generator, so a rank's rows come out as they would in the whole batch."""
+    cfg = _cfg(tmp_path, "textual_knowledge.enabled=true", "textual_knowledge.pos_token_prob=0.5",
+               "visual_knowledge.enabled=true", "visual_knowledge.weight_prob=0.5", "visual_knowledge.w_v=0.5",
+               "train.caption_dropout=0.3")
+    proc = CaptionProcessor(cfg, tokenizer)
+    keywords = [{"text": "蓝心", "tag": "n", "start": 0, "end": 2, "importance": 3}]
+    stored = _meta("蓝心", "zh", index=None)
+    stored["knowledge"] = {"caption": "蓝心", "keywords": keywords,
+                           "objects": [{"box": [0, 0, 16, 16], "label": "blue heart"}]}
+    from ernie_vilg2.knowledge.textual import analysis
+
+    def no_analysis(*args, **kwargs):
+        raise AssertionError("the analyser ran although the sample carries its key words")
+
+    monkeypatch.setattr(analysis.TextAnalyzer, "analyze", no_analysis)
+    rows = [stored] * 6
+    whole = proc.training_rows(rows, [np.random.default_rng(s) for s in range(6)], (1, 8, 8))
+    part = proc.training_rows(rows[3:], [np.random.default_rng(s) for s in range(3, 6)], (1, 8, 8))
+    np.testing.assert_array_equal(whole["input_ids"][3:], part["input_ids"])
+    np.testing.assert_array_equal(whole["key_token_mask"][3:], part["key_token_mask"])
+    np.testing.assert_array_equal(whole["loss_weight"][3:], part["loss_weight"])
+    assert len({tuple(ids) for ids in whole["input_ids"].tolist()}) > 1  # the rows' draws differ
+    weighted = [w for w in whole["loss_weight"] if (w != 1).any()]
+    assert weighted and all(np.allclose(w[0, :4, :4], 1.5) for w in weighted)  # the stored object's box
