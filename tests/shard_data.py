@@ -18,15 +18,20 @@ def image_bytes(value: int, size=(20, 16), fmt: str = "PNG") -> bytes:
     return out.getvalue()
 
 
+def sample_image(i: int) -> bytes:
+    return image_bytes(i * 7, fmt="JPEG" if i % 2 else "PNG")
+
+
 def write_shards(folder, num_samples: int, shard_size: int, start: int = 0):
-    """Samples ``{i:09d}`` with caption "sample i" (zh every third one), written by ShardWriter."""
+    """Samples ``{i:09d}`` with caption "sample i" (zh every third one; JPEG images for odd i, PNG
+    for even ones), written by ShardWriter."""
     from ernie_vilg2.data.shard_writer import ShardWriter
 
     os.makedirs(folder, exist_ok=True)
     writer = ShardWriter(str(folder), shard_size)
     for i in range(start, start + num_samples):
         zh = i % 3 == 0
-        writer.write(f"{i:09d}", image_bytes(i * 7), f"样本 {i}" if zh else f"sample {i}",
+        writer.write(f"{i:09d}", sample_image(i), f"样本 {i}" if zh else f"sample {i}",
                      {"lang": "zh" if zh else "en", "boxes": [[2, 2, 12, 10]], "labels": [f"thing {i}"]})
     return writer.close()
 

@@ -11,7 +11,7 @@ import tarfile
 
 import numpy as np
 import pytest
-from shard_data import image_bytes, member_offsets, truncate, write_shards, write_sidecar, write_tar
+from shard_data import image_bytes, member_offsets, sample_image, truncate, write_shards, write_sidecar, write_tar
 from tiny_coco import EXPECTED_KEYS, write_tiny_coco
 
 from ernie_vilg2.data.problems import CORRUPT_SHARD, INVALID_SAMPLE, DataReport
@@ -37,7 +37,7 @@ def test_writer_writes_img2dataset_layout_and_reader_reads_it_back(tmp_path):
                                                   for s in (".tar", "_stats.json", ".parquet"))
     with tarfile.open(shards[0]) as tar:  # one sample's members together, by extension
         assert tar.getnames() == ["000000000.json", "000000000.png", "000000000.txt",
-                                  "000000001.json", "000000001.png", "000000001.txt"]
+                                  "000000001.jpg", "000000001.json", "000000001.txt"]
         meta = json.load(tar.extractfile("000000001.json"))
     assert meta["key"] == "000000001" and meta["status"] == "success" and (meta["width"], meta["height"]) == (20, 16)
     assert meta["caption"] == "sample 1" and meta["boxes"] == [[2, 2, 12, 10]] and meta["labels"] == ["thing 1"]
@@ -51,7 +51,7 @@ def test_writer_writes_img2dataset_layout_and_reader_reads_it_back(tmp_path):
     assert [r["key"] for r in records] == [f"{i:09d}" for i in range(5)]
     assert [r["caption"] for r in records[:2]] == ["样本 0", "sample 1"] and records[0]["lang"] == "zh"
     assert records[1]["boxes"] == [[2.0, 2.0, 12.0, 10.0]] and records[1]["labels"] == ["thing 1"]
-    assert records[1]["image"] == image_bytes(7) and records[1]["synthetic_caption"] is None
+    assert records[1]["image"] == sample_image(1) and records[1]["synthetic_caption"] is None
 
 
 def test_a_shard_from_another_writer(tmp_path):
@@ -109,23 +109,23 @@ def test_bad_samples_are_skipped_with_one_problem_naming_shard_and_member(tmp_pa
 
 @pytest.mark.parametrize("cut", ["inside an image", "between samples", "inside a header", "garbage header"])
 def test_a_damaged_shard_keeps_its_samples_before_the_damage(tmp_path, cut):
-    shard = write_shards(tmp_path, 5, shard_size=5)[0]
-    offsets = member_offsets(shard)
-    header, data, _ = offsets["000000003.png"]
+    shard = write_shards(tmp_path, 6, shard_size=6)[0]
+    offsets = member_offsets(shard)  # sample 4's members: .json, .png, .txt
+    header, data, _ = offsets["000000004.png"]
     if cut == "inside an image":
         truncate(shard, data + 10)
-        kept, member = 3, "000000003.png is cut short"
+        kept, member = 4, "000000004.png is cut short"
     elif cut == "between samples":  # a complete last sample may lack members that followed: dropped too
-        truncate(shard, offsets["000000003.json"][0])
-        kept, member = 2, "after member 000000002.txt"
+        truncate(shard, offsets["000000004.json"][0])
+        kept, member = 3, "after member 000000003.txt"
     elif cut == "inside a header":
         truncate(shard, header + 100)
-        kept, member = 3, "after member 000000003.json"
+        kept, member = 4, "after member 000000004.json"
     else:
         with open(shard, "r+b") as f:
             f.seek(header)
             f.write(b"\x01" * 512)
-        kept, member = 3, "after member 000000003.json"
+        kept, member = 4, "after member 000000004.json"
     records, problems = _read(shard)
     assert [r["key"] for r in records] == [f"{i:09d}" for i in range(kept)]
     assert len(problems) == 1 and problems[0].kind == CORRUPT_SHARD and problems[0].where == shard

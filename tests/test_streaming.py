@@ -126,16 +126,16 @@ def test_indexed_data_gives_the_same_batches_with_any_number_of_workers(tmp_path
 def test_problems_found_in_workers_are_reported_once_and_counted(tmp_path, caplog):
     write_shards(tmp_path, 24, shard_size=6)
     damaged = str(tmp_path / "00001.tar")
-    truncate(damaged, member_offsets(damaged)["000000009.png"][1] + 5)
+    truncate(damaged, member_offsets(damaged)["000000008.png"][1] + 5)
     report = DataReport("data of stage base")
     plan = ShardPlan(_shard_set(tmp_path), seed=0, rank=0, world=1, batch_size=4, workers=2, shuffle_buffer=0,
                      knowledge=False)
     with caplog.at_level("WARNING"), BatchLoader(plan, 0, 2, report=report) as loader:
         keys = [m["key"] for _ in range(30) for m in loader.get().metas]  # 120 samples: several epochs
-    assert "000000009" not in keys and "000000008" in keys
+    assert "000000008" not in keys and "000000007" in keys
     assert report.counts() == {CORRUPT_SHARD: 1} and report.samples == 120
     warnings = [r.getMessage() for r in caplog.records if damaged in r.getMessage()]
-    assert len(warnings) == 1 and "000000009.png is cut short" in warnings[0]
+    assert len(warnings) == 1 and "000000008.png is cut short" in warnings[0]
 
 
 def test_an_image_that_fails_to_decode_is_replaced_within_its_batch(tmp_path):
