@@ -16,7 +16,7 @@ DEMO_PROMPTS = --prompt 红苹果 --prompt "red apple" --prompt 蓝心 --prompt 
 	--prompt 香蕉 --prompt "banana" --prompt 青蛙 --prompt "frog" \
 	--prompt 红苹果在猫脸的左边 --prompt "a red apple to the left of a cat face"
 
-.PHONY: install browser test demo export bench bench-deploy bench-peer clean-demo cpp
+.PHONY: install browser cpp-deps test test-fast demo export bench bench-deploy bench-peer clean-demo cpp
 
 $(VENV)/.installed: requirements/lock.txt requirements/build-constraints.txt setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -41,8 +41,18 @@ $(OPS_LIB): ernie_vilg2/ops/cpu_attention.cc ernie_vilg2/ops/cpu_conv.cc ernie_v
 browser:
 	scripts/install_browser.sh
 
-test: install browser
+# System packages of the C++ runner's build (apt-get; a no-op when present). The tests build the
+# runner themselves (deploy/cpp/build, incremental) but never install packages.
+cpp-deps:
+	deploy/cpp/install_deps.sh
+
+# The whole suite (what CI runs), and the quick one: no tiny end-to-end runs, C++ build,
+# browser or multi-process tests (the markers in pytest.ini).
+test: install browser cpp-deps
 	GLOG_minloglevel=2 $(PY) -m pytest -q tests
+
+test-fast: install
+	GLOG_minloglevel=2 $(PY) -m pytest -q -m "not slow and not cpp and not browser and not multiproc" tests
 
 # Train the demo model, sample its grid, then export it and sample the same grid with both
 # Paddle Inference runners (make export).
@@ -65,8 +75,7 @@ export: install cpp
 # The C++ runner (deploy/cpp), built against the paddlepaddle wheel of .venv. Missing system
 # packages (cmake, g++, libpng/zlib/OpenSSL/nlohmann-json headers) are installed with apt-get.
 CPP_BUILD ?= deploy/cpp/build
-cpp: install
-	deploy/cpp/install_deps.sh
+cpp: install cpp-deps
 	cmake -S deploy/cpp -B $(CPP_BUILD) -DPython3_EXECUTABLE=$(abspath $(PY))
 	cmake --build $(CPP_BUILD) -j 2
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Headless Chromium for the side-by-side sheet's browser test (tests/test_compare_sheet.py)
+# Headless Chromium for the side-by-side sheet's browser test (tests/evaluation/test_compare_sheet.py)
 # and for looking at sheets by hand (chromium --headless --screenshot=...). The test drives
 # it over the DevTools protocol on a pipe, so no driver and no Python package is needed.
 # Installs Debian's `chromium` with apt-get only when no Chromium is found: a no-op on a

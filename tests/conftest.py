@@ -17,18 +17,17 @@ import pytest
 
 from ernie_vilg2.utils.cpu_tuning import tune_cpu_process
 
+from helpers import deploy_exports
+from helpers.headless_chromium import find_chromium
+from helpers.paths import CPP_BUILD_DIR, CPP_DIR, SHARED_DIR, TINY_LATENT, TINY_RESOLUTION
+
 # Before paddle is imported anywhere: deterministic kernels, no C++ log noise.
 os.environ.setdefault("FLAGS_cudnn_deterministic", "1")
 os.environ.setdefault("GLOG_minloglevel", "2")
-# The CPU settings of the tools' processes, before Paddle's first MKL call (tests/test_cpu_tuning.py).
+# The CPU settings of the tools' processes, before Paddle's first MKL call (tests/utils/test_cpu_tuning.py).
 tune_cpu_process()
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_DIR = os.path.normpath(os.path.join(REPO_ROOT, "..", "shared"))
 VILG300_CSV = os.path.join(SHARED_DIR, "data", "ViLG-300.csv")
-
-TINY_RESOLUTION = 32  # pixels; latents are 8x8 with the 3-level tiny VAE
-TINY_LATENT = 8
 
 
 def _use_cpu():
@@ -133,32 +132,26 @@ def vilg300_csv():
     return VILG300_CSV
 
 
-# -- exports of the deploy tests (tests/deploy_exports.py makes each once per session) ------------
+# -- exports of the deploy tests (tests/helpers/deploy_exports.py makes each once per session) ------------
 @pytest.fixture(scope="session")
 def export_n1(tiny_pipeline_dir, tmp_path_factory):
-    import deploy_exports
-
     return deploy_exports.n1_export(tiny_pipeline_dir, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def bank(make_tiny_pipeline, tmp_path_factory):
     """The tiny 10-expert bank: (pipeline, saved folder, export folder, ...) of deploy_exports.n10."""
-    import deploy_exports
-
     return deploy_exports.n10(make_tiny_pipeline, tmp_path_factory)
 
 
 # -- the C++ runner (deploy/cpp), built once per session ---------------------------------------------
-CPP_DIR = os.path.join(REPO_ROOT, "deploy", "cpp")
-CPP_BUILD_DIR = os.path.join(CPP_DIR, "build")
 
 
 @pytest.fixture(scope="session")
 def cpp_runner():
-    """Install missing system packages, configure and build deploy/cpp (incremental) into
-    deploy/cpp/build (kept between runs), return the binary's path. Never skipped: CI must
-    build the runner."""
+    """Configure and build deploy/cpp (incremental) into deploy/cpp/build (kept between runs),
+    return the binary's path. Never skipped: CI must build the runner. Its system packages are
+    `make test`'s business (deploy/cpp/install_deps.sh), not a test's."""
     import subprocess
 
     def run(args, timeout=600):
@@ -166,7 +159,32 @@ def cpp_runner():
         output = (proc.stdout + proc.stderr).decode("utf-8", "replace")[-8000:]
         assert proc.returncode == 0, f"{' '.join(args[:3])} failed:\n{output}"
 
-    run([os.path.join(CPP_DIR, "install_deps.sh")])
     run(["cmake", "-S", CPP_DIR, "-B", CPP_BUILD_DIR, f"-DPython3_EXECUTABLE={sys.executable}"])
     run(["cmake", "--build", CPP_BUILD_DIR, "-j", "2"], timeout=1200)
     return os.path.join(CPP_BUILD_DIR, "ernie_vilg2_infer")
+
+
+# -- headless Chromium -----------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def chromium():
+    """Headless Chromium's path. Installing it is `make browser`'s business (`make test` runs it
+    first), not a test's; without it the browser tests skip (fail under CI=1)."""
+    path = find_chromium()
+    if path is None:
+        reason = "headless Chromium is not installed: run `make browser` (scripts/install_browser.sh)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return path
+
+
+# -- markers (pytest.ini): what `make test-fast` leaves out ---------------------------------------
+# A test that uses one of these fixtures gets its marker; other tests mark themselves.
+FIXTURE_MARKERS = {"cpp_runner": "cpp", "chromium": "browser"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for fixture, marker in FIXTURE_MARKERS.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(marker)

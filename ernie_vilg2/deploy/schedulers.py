@@ -10,7 +10,7 @@ with ``clip_sample=False, set_alpha_to_one=False``; DPM-Solver++ with
 ``algorithm_type="dpmsolver++", solver_order=2``), or as saved when no sampler is named.
 Every quantity is float32 as in PPDiffusers. Settings outside these paths (thresholding,
 Karras sigmas, SDE variants, ...) are refused with the field's name.
-tests/test_deploy_schedulers.py compares them with PPDiffusers step by step.
+tests/deploy/test_deploy_schedulers.py compares them with PPDiffusers step by step.
 """
 from __future__ import annotations
 

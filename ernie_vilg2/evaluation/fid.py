@@ -216,7 +216,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     ``sigma1 = B B^T``) are those of the symmetric ``B^T sigma2 B``. ``B`` comes from a
     pivoted Cholesky factorisation that stops at the numerical rank, so a covariance of
     N < 2048 images costs an N x N eigenproblem: about 0.5 s instead of sqrtm's minute
-    here, with the same value to about 1e-7 relative (tests/test_fid.py).
+    here, with the same value to about 1e-7 relative (tests/evaluation/test_fid.py).
     """
     from scipy.linalg import lapack
 

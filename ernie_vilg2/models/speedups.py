@@ -4,8 +4,8 @@ A :class:`~ernie_vilg2.models.expert_bank.MixtureOfDenoisingExperts` (or a U-Net
 plain, as PPDiffusers builds it; whoever builds one to run it (the model factory, the
 pipeline, the trainer, the expert-offload slot, the exporter) calls :func:`apply_speedups`,
 as diffusers' pipelines set attention processors on their models. The function is the same
-as the stock one's within float rounding (tests/test_attention_processor.py,
-tests/test_fast_layers.py).
+as the stock one's within float rounding (tests/models/test_attention_processor.py,
+tests/models/test_fast_layers.py).
 """
 from __future__ import annotations
 

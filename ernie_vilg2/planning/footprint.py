@@ -30,7 +30,7 @@ softmax's input and output gradients): peak = sum + the largest of those. With r
 mid block after the first, every BasicTransformerBlock) a checkpointed piece keeps only its
 input; during backward one piece is recomputed and then differentiated: peak = inputs of
 the checkpointed pieces + the other pieces + the largest checkpointed piece twice (plus
-its probabilities). Checked on CPU against Paddle's allocator (tests/test_plan.py): the
+its probabilities). Checked on CPU against Paddle's allocator (tests/planning/test_plan.py): the
 bytes kept after the forward pass within 1%; the peak errs high, 1.07-1.53x the measured.
 
 ERNIE (when trained): per layer 34 s h + 5 a s^2 bytes per sample at 16 bits (Korthikanti

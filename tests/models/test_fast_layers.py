@@ -1,0 +1,80 @@
+"""The experts' linear and convolution layers made cheaper on CPU (models/fast_layers.py)."""
+import copy
+
+import numpy as np
+import paddle
+import pytest
+from ppdiffusers.models.activations import GEGLU
+from ppdiffusers.models.lora import LoRACompatibleConv, LoRACompatibleLinear
+
+from ernie_vilg2.models import fast_layers
+from ernie_vilg2.models.fast_layers import FastConv, FastConv2D, FastGEGLU, FastLinear, use_fast_layers
+
+from helpers.cpu_ops import require_cpu_ops
+
+
+def outputs_and_grads(layer, x):
+    x = x.detach()
+    x.stop_gradient = False
+    out = layer(x)
+    weights = paddle.to_tensor(np.random.default_rng(1).standard_normal(out.shape).astype("float32"))
+    (out * weights).sum().backward()
+    grads = [x.grad.numpy()] + [p.grad.numpy() for p in layer.parameters()]
+    layer.clear_gradients()
+    return [out.numpy()] + grads
+
+
+def count_calls(monkeypatch, owner, name, replacement=None):
+    calls = []
+    original = getattr(owner, name)
+    monkeypatch.setattr(owner, name, lambda *a: calls.append(1) or (replacement or original)(*a))
+    return calls
+
+
+# conv: the C++ convolution operator, bias included; "conv, no operator" (where it is not built),
+# "same" padding and groups (the operator's cases exclude them): Paddle's conv2d without the
+# bias, then _BiasAdd; geglu: two products, each with _BiasAdd.
+@pytest.mark.parametrize("kind", ["linear", "geglu", "conv", "conv stride 2", "plain conv", "conv, no operator", "conv 'same' padding",
+                                  "conv groups 2"])
+def test_same_function_and_gradients(kind, monkeypatch):
+    monkeypatch.setattr(fast_layers, "MIN_ELEMENTS", 0)  # the fast path at these small sizes
+    paddle.seed(0)
+    if kind == "linear":
+        stock, x = LoRACompatibleLinear(24, 40), paddle.randn([3, 37, 24])
+    elif kind == "geglu":
+        stock, x = GEGLU(24, 20), paddle.randn([3, 37, 24])
+    else:
+        padding = "same" if "same" in kind else 1
+        stock = (paddle.nn.Conv2D if "plain" in kind else LoRACompatibleConv)(6, 10, 3, stride=2 if "2" in kind else 1, padding=padding,
+                                   groups=2 if "groups" in kind else 1)
+        x = paddle.randn([3, 6, 9, 11])
+    fast = copy.deepcopy(stock)
+    use_fast_layers(fast)
+    assert type(fast) is {"linear": FastLinear, "geglu": FastGEGLU, "plain conv": FastConv2D}.get(kind, FastConv)
+    assert fast.state_dict().keys() == stock.state_dict().keys()
+    operator = kind in ("conv", "conv stride 2", "plain conv")
+    if operator:
+        require_cpu_ops()
+    op_calls = count_calls(monkeypatch, fast_layers, "cpu_conv2d",
+                           (lambda *a: None) if kind == "conv, no operator" else None)
+    bias_calls = count_calls(monkeypatch, fast_layers._BiasAdd, "apply")
+    for got, want in zip(outputs_and_grads(fast, x), outputs_and_grads(stock, x)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    with paddle.no_grad():  # inference: the same function
+        np.testing.assert_allclose(fast(x).numpy(), stock(x).numpy(), rtol=1e-5, atol=1e-5)
+    # _BiasAdd in training only: inference adds the bias without the PyLayer.
+    assert len(bias_calls) == (0 if operator else 2 if kind == "geglu" else 1)
+    assert len(op_calls) == (2 if operator or kind == "conv, no operator" else 0)
+
+
+def test_every_expert_carries_them_once_applied():
+    from ernie_vilg2.models.expert_bank import MixtureOfDenoisingExperts
+    from ernie_vilg2.models.speedups import apply_speedups
+
+    model = apply_speedups(MixtureOfDenoisingExperts(num_experts=2, unet=dict(
+        sample_size=8, block_out_channels=[32, 64], down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
+        up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"], layers_per_block=1, attention_head_dim=4,
+        norm_num_groups=8, cross_attention_dim=16)))
+    kinds = {type(m) for e in model.experts for m in e.sublayers()}
+    assert {FastLinear, FastConv, FastConv2D, FastGEGLU} <= kinds
+    assert not {LoRACompatibleLinear, LoRACompatibleConv, paddle.nn.Conv2D, GEGLU} & kinds
