@@ -5,9 +5,9 @@
 
 Writes the text encoder, every expert U-Net and the VAE decoder as PIR programs
 (inference.json + inference.pdiparams), the tokenizer vocab and manifest.json with the
-router, scheduler, sizes and a SHA-256 of every file (layout: deploy/README.md). The
-folder is written beside --out and renamed when complete; experts are exported one at a
-time. Run the result with deploy/python/infer.py or the C++ runner.
+router, the resolved sampler settings, sizes and a SHA-256 of every file (layout:
+deploy/README.md). The folder is written beside --out and renamed when complete; experts are
+exported one at a time. Run the result with deploy/python/infer.py or the C++ runner.
 """
 from __future__ import annotations
 

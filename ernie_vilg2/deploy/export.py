@@ -3,7 +3,8 @@
 One PIR program (``inference.json`` + ``inference.pdiparams``, ``paddle.jit.save``) each for
 the ERNIE text encoder, every expert U-Net and the VAE decoder, plus the tokenizer's vocab
 and ``manifest.json`` (layout: deploy/README.md). The scheduler loop and the timestep router
-stay outside the graphs, as in PPDiffusers' own Paddle Inference pipelines.
+stay outside the graphs, as in PPDiffusers' own Paddle Inference pipelines; the manifest
+carries each sampler's settings as ``build_sampler`` resolves them (:mod:`.sampler_export`).
 
 Two ops are rewritten into exact equivalents first (:mod:`.rewrites`) so that the programs
 also run under oneDNN; the experts then take integer timesteps in ``[0, T)``.
@@ -38,6 +39,7 @@ from ..utils.io import DiskFullError, atomic_directory, atomic_write_text, free_
 from .manifest import write_manifest
 from .program_info import read_program_info
 from .rewrites import rewrite_for_export
+from .sampler_export import resolve_samplers
 from .tokenizer import WordPieceTokenizer, load_vocab
 
 PROGRAM = "inference"  # paddle.jit.save prefix: inference.json + inference.pdiparams
@@ -241,6 +243,20 @@ def _wrappers():
     return TextEncoderProgram, ExpertProgram, VAEDecoderProgram
 
 
+def _samplers(model_dir: str, scheduler_config: Dict, num_train_timesteps: int, log) -> Dict:
+    """The manifest's ``samplers`` (:mod:`.sampler_export`), before anything is written."""
+    path = os.path.join(model_dir, "scheduler", "scheduler_config.json")
+    try:
+        samplers = resolve_samplers(scheduler_config, log)
+    except ValueError as exc:
+        raise ExportError(f"{path}: {exc}") from None
+    for name, entry in samplers.items():
+        if name != "default" and entry["config"]["num_train_timesteps"] != num_train_timesteps:
+            raise ExportError(f"{path}: num_train_timesteps {entry['config']['num_train_timesteps']} differs from the "
+                              f"experts' ({num_train_timesteps}, unet/config.json)")
+    return samplers
+
+
 # -- the export --------------------------------------------------------------------------------
 def export_pipeline(
     model_dir: str,
@@ -287,6 +303,7 @@ def export_pipeline(
 
     router = TimestepRouter(num_experts, num_train_timesteps)  # validates N and T
     paddle.set_device("cpu")  # export on the CPU: the programs run on any device
+    samplers = _samplers(model_dir, scheduler_config, num_train_timesteps, log)
     TextEncoderProgram, ExpertProgram, VAEDecoderProgram = _wrappers()
     owner = _expert_weight_files(os.path.join(model_dir, "unet"))
 
@@ -363,7 +380,7 @@ def export_pipeline(
                 "latent": {"channels": latent_channels, "height": latent_hw[0], "width": latent_hw[1],
                            "scaling_factor": scaling_factor},
                 "router": {"num_experts": num_experts, "num_train_timesteps": num_train_timesteps},
-                "scheduler": scheduler_config,
+                "samplers": samplers,
                 "tokenizer": tok_spec,
                 "programs": programs,
             },

@@ -18,10 +18,12 @@ from .json_limits import JsonLimitError, check_json_text
 from .program_bounds import ManifestError, check_against_programs, check_values
 
 FORMAT = "ernie-vilg2-inference"
-FORMAT_VERSION = 1
+# 2: the resolved sampler settings (``samplers``) replace the saved scheduler config; a
+# version-1 export is refused (re-export), since reading it would need the sampler rules here.
+FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 VERIFY_MODES = ("sha256", "size")
-# A manifest is a few KB (a scheduler's trained_betas list of T numbers is the largest part).
+# A manifest is a few KB (a sampler's trained_betas list of T numbers is the largest part).
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 
 __all__ = [
@@ -46,7 +48,7 @@ _REQUIRED = {
     "latent.scaling_factor": (int, float),
     "router.num_experts": int,
     "router.num_train_timesteps": int,
-    "scheduler": dict,
+    "samplers": dict,
     "tokenizer.vocab": str,
     "tokenizer.max_length": int,
     "tokenizer.do_lower_case": bool,

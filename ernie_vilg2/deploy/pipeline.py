@@ -70,7 +70,7 @@ class InferencePipeline:
 
     ``pipe = InferencePipeline.from_export("output/tiny/export", sampler="dpm")`` then
     ``pipe(["红苹果", "a blue heart"], num_inference_steps=25, guidance_scale=3.0, seed=0).images``.
-    ``pipe.scheduler`` can be replaced: ``pipe.scheduler = build_scheduler("ddim", pipe.scheduler_config)``.
+    ``pipe.scheduler`` can be replaced: ``pipe.scheduler = build_scheduler("ddim", pipe.samplers)``.
     """
 
     def __init__(self, folder: str, manifest: dict, settings: PredictorSettings, sampler: Optional[str] = None,
@@ -83,8 +83,8 @@ class InferencePipeline:
         self.tokenizer = WordPieceTokenizer.from_manifest(folder, manifest["tokenizer"])
         router = manifest["router"]
         self.router = TimestepRouter(router["num_experts"], router["num_train_timesteps"])
-        self.scheduler_config = dict(manifest["scheduler"])
-        self.scheduler = build_scheduler(sampler, self.scheduler_config)
+        self.samplers = manifest["samplers"]  # each sampler's settings as the export resolved them
+        self.scheduler = build_scheduler(sampler, self.samplers)
         programs, inputs = manifest["programs"], program_inputs(manifest)
 
         def program(entry, kind, name):
@@ -108,9 +108,10 @@ class InferencePipeline:
     ) -> "InferencePipeline":
         """Open an export folder: check its manifest and files (``verify``: ``"sha256"`` or
         ``"size"``, see :func:`~ernie_vilg2.deploy.manifest.read_manifest`) and create one
-        predictor per program. ``sampler``: ``"ddim"``, ``"dpm"`` or None for the saved
-        scheduler. ``expert_offload="disk"`` creates an expert's predictor only when its timesteps
-        come and drops the previous one (memory of one expert; sampling visits each expert once).
+        predictor per program. ``sampler``: ``"ddim"``, ``"dpm"`` or None for the export's
+        default (the saved pipeline's sampler; manifest field ``samplers.default``).
+        ``expert_offload="disk"`` creates an expert's predictor only when its timesteps come and
+        drops the previous one (memory of one expert; sampling visits each expert once).
         ``settings`` or keyword overrides (``device="gpu"``, ``threads=2``,
         ``engine="openvino"``, ...) choose how the programs run (:class:`PredictorSettings`)."""
         settings = dataclasses.replace(settings or PredictorSettings(), **setting_overrides)

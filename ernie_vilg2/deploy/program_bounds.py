@@ -10,8 +10,10 @@ Sizes and the program dimension each must equal:
 - ``latent.channels/height/width``: every expert's ``sample`` and the VAE decoder's
   ``latents`` [-1, C, h, w];
 - ``image.height/width``: the VAE decoder's output [-1, 3, H, W];
-- ``router.num_train_timesteps`` (and ``scheduler.num_train_timesteps``, equal to it): the
-  rows of every expert's timestep table (:mod:`.rewrites`).
+- ``router.num_train_timesteps`` (and every sampler's ``num_train_timesteps``, equal to it):
+  the rows of every expert's timestep table (:mod:`.rewrites`).
+
+The ``samplers`` section is checked setting by setting by :func:`.schedulers.check_samplers`.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from typing import Any, Mapping
 
 from ..errors import ErnieViLG2Error
 from .program_info import ProgramInfo, read_program_info
+from .schedulers import SettingError, check_samplers
 
 # The vocab is read whole: a real one is a few hundred KB.
 MAX_VOCAB_BYTES = 64 * 1024 * 1024
@@ -52,9 +55,14 @@ def check_values(path: str, manifest: Mapping) -> None:
     n, T = manifest["router"]["num_experts"], manifest["router"]["num_train_timesteps"]
     if T % n:
         fail("router.num_experts", f"must divide router.num_train_timesteps ({T}), got {n}")
-    scheduler_T = manifest["scheduler"].get("num_train_timesteps")
-    if scheduler_T != T:
-        fail("scheduler.num_train_timesteps", f"must equal router.num_train_timesteps ({T}), got {scheduler_T!r}")
+    try:
+        samplers = check_samplers(manifest["samplers"])
+    except SettingError as exc:
+        fail(exc.field, exc.reason)
+    for name, sampler in samplers.items():
+        if sampler.num_train_timesteps != T:
+            fail(f"samplers.{name}.config.num_train_timesteps",
+                 f"must equal router.num_train_timesteps ({T}), got {sampler.num_train_timesteps}")
     for i, expert in enumerate(manifest["programs"]["experts"]):
         if "timesteps" in expert:
             stage = [i * (T // n), (i + 1) * (T // n)]

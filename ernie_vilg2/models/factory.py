@@ -102,7 +102,8 @@ def build_sampler(name: str, config: Optional[dict] = None, model_cfg: Optional[
     """A sampling scheduler by name, from a saved scheduler config or the model config.
 
     A config of the same class keeps all its settings; one of another class gives only its
-    noise schedule (:data:`NOISE_SCHEDULE_KEYS`).
+    noise schedule (:data:`NOISE_SCHEDULE_KEYS`). These rules live here only: the export writes
+    their result into its manifest, from which the deploy runners build their samplers.
     """
     if name not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {name!r}")

@@ -32,8 +32,12 @@ def max_inference_steps(scheduler) -> int:
     DPM-Solver++ takes one fewer: its grid of n + 1 points over [0, T - 1] repeats a
     timestep when n >= T, the solver's step size becomes zero and the images NaN (black),
     and from n = 2T its last step indexes past its sigmas (IndexError after every step ran).
-    Works for PPDiffusers' schedulers and the runner's NumPy ones (same class names).
+    The deploy runner's schedulers carry the limit their export wrote (``max_steps``, this
+    function's result for PPDiffusers' sampler at export time).
     """
+    own = vars(scheduler).get("max_steps")
+    if own is not None:
+        return int(own)
     steps = _train_timesteps(scheduler)
     return steps - 1 if type(scheduler).__name__ == "DPMSolverMultistepScheduler" else steps
 

@@ -176,27 +176,30 @@ def test_cpp_images_match_the_python_runner(cpp_runner, tiny_export, tmp_path, s
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sampler,scheduler", [
-    ("ddim", {"timestep_spacing": "linspace"}),
-    ("ddim", {"timestep_spacing": "trailing"}),
-    ("dpm", {"timestep_spacing": "leading", "steps_offset": 1}),
-    ("dpm", "saved DPM-Solver++"),  # its config has lambda_min_clipped -inf: -Infinity in the JSON
-    ("ddim", "saved DPM-Solver++"),  # another class's config: only its noise schedule is used
+@pytest.mark.parametrize("sampler,saved_class,settings", [
+    ("ddim", "DDIMScheduler", {"timestep_spacing": "linspace"}),
+    ("ddim", "DDIMScheduler", {"timestep_spacing": "trailing", "prediction_type": "v_prediction"}),
+    ("dpm", "DPMSolverMultistepScheduler", {"timestep_spacing": "leading", "steps_offset": 1}),
+    ("dpm", "DPMSolverMultistepScheduler", {"solver_type": "heun", "lower_order_final": False}),
+    ("ddim", "DPMSolverMultistepScheduler", {"beta_schedule": "scaled_linear", "beta_end": 0.012}),
 ])
-def test_cpp_follows_the_manifest_scheduler_config(cpp_runner, tiny_export, tmp_path, sampler, scheduler):
-    """Other scheduler configs (exports of pipelines saved with other schedulers): the C++
-    runner still matches the Python runner (in process here), guidance off."""
+def test_cpp_follows_the_manifest_samplers(cpp_runner, tiny_export, tmp_path, sampler, saved_class, settings):
+    """Exports of pipelines saved with other scheduler configs (their manifest's samplers as the
+    exporter resolves them): the C++ runner still matches the Python runner (in process here),
+    guidance off."""
+    import ppdiffusers
+
     from ernie_vilg2.deploy import InferencePipeline
-    from ernie_vilg2.models.factory import build_sampler
+    from ernie_vilg2.deploy.sampler_export import resolve_samplers
+    from ernie_vilg2.models.factory import NOISE_SCHEDULE_KEYS
 
     folder = tmp_path / "export"
     shutil.copytree(tiny_export[1], folder)
     manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-    if scheduler == "saved DPM-Solver++":
-        manifest["scheduler"] = {**build_sampler("dpm", manifest["scheduler"]).config,
-                                 "_class_name": "DPMSolverMultistepScheduler", "timestep_spacing": "leading"}
-    else:
-        manifest["scheduler"].update(scheduler)
+    config = json.loads((Path(tiny_export[0]) / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
+    schedule = {key: config[key] for key in NOISE_SCHEDULE_KEYS if key in config}
+    saved = getattr(ppdiffusers, saved_class)(**{**schedule, **settings}).to_json_string()
+    manifest["samplers"] = resolve_samplers(json.loads(saved), log=print)
     (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     noise = np.random.default_rng(3).standard_normal([1, 4, 8, 8]).astype("float32")
     np.save(tmp_path / "noise.npy", noise)
@@ -294,7 +297,8 @@ def test_cpp_bad_input_is_one_line_error(cpp_runner, tiny_export, tmp_path, args
     ("truncate", "damaged (expected"),
     ("delete", "file not found"),
     ("manifest", "not valid JSON"),
-    ("version", "field 'format_version': 99 is not supported"),
+    ("version", "field 'format_version': 99 is not supported by this runner (it reads version 2; re-export"),
+    ("version 1", "field 'format_version': 1 is not supported by this runner (it reads version 2; re-export"),
 ])
 def test_cpp_damaged_export_names_the_file(cpp_runner, tiny_export, tmp_path, damage, message):
     folder = tmp_path / "export"
@@ -309,7 +313,7 @@ def test_cpp_damaged_export_names_the_file(cpp_runner, tiny_export, tmp_path, da
         manifest.write_text(manifest.read_text(encoding="utf-8")[:-20], encoding="utf-8")
     else:
         data = json.loads(manifest.read_text(encoding="utf-8"))
-        data["format_version"] = 99
+        data["format_version"] = 1 if damage == "version 1" else 99
         manifest.write_text(json.dumps(data), encoding="utf-8")
     # DDIM with 4 steps: timesteps 750, 500, 250, 0.
     proc = _run([cpp_runner, "--model", str(folder), "--prompt", "x", "--sampler", "ddim", "--steps", "4",

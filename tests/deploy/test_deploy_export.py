@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import ernie_vilg2.models.attention_processor as attention_processor
 import ernie_vilg2.models.fast_layers as fast_layers
 from ernie_vilg2.deploy import ExportError, export_pipeline, read_manifest
 from ernie_vilg2.deploy.predictor import PredictorSettings, Program, program_inputs
+from ernie_vilg2.deploy.sampler_export import resolve_samplers
 from ernie_vilg2.deploy.tokenizer import WordPieceTokenizer
 from ernie_vilg2.utils.integrity import DamagedFileError
 
@@ -32,19 +34,22 @@ def _program(folder, manifest, entry, kind, engine="paddle"):
 
 
 def test_export_folder_follows_the_contract(bank):
-    _, _, folder, _ = bank
+    _, saved, folder, _ = bank
     manifest = read_manifest(folder)  # every file's size and SHA-256 checked
     names = set(manifest["files"])
     assert {"text_encoder/inference.json", "text_encoder/inference.pdiparams", "vae_decoder/inference.json",
             "vae_decoder/inference.pdiparams", "tokenizer/vocab.txt"} <= names
     assert all(f"unet/expert_{i:02d}/inference.{ext}" in names for i in range(10) for ext in ("json", "pdiparams"))
-    assert manifest["format"] == "ernie-vilg2-inference" and manifest["format_version"] == 1
+    assert manifest["format"] == "ernie-vilg2-inference" and manifest["format_version"] == 2
     assert manifest["image"] == {"height": 32, "width": 32}
     assert manifest["latent"]["channels"] == 4 and (manifest["latent"]["height"], manifest["latent"]["width"]) == (8, 8)
     assert manifest["latent"]["scaling_factor"] > 0
     assert manifest["router"] == {"num_experts": 10, "num_train_timesteps": 1000}
     assert [e["timesteps"] for e in manifest["programs"]["experts"]] == [[100 * i, 100 * i + 100] for i in range(10)]
-    assert manifest["scheduler"]["_class_name"] == "DDIMScheduler"
+    # each sampler as build_sampler builds it from the saved scheduler config; the saved one's the default
+    with open(os.path.join(saved, "scheduler", "scheduler_config.json"), encoding="utf-8") as f:
+        assert manifest["samplers"] == resolve_samplers(json.load(f), log=print)
+    assert manifest["samplers"]["default"] == "ddim" and "scheduler" not in manifest
     assert manifest["tokenizer"]["max_length"] == 16 and "[n]" in manifest["tokenizer"]["never_split"]
     assert manifest["tokenizer"]["normalization"]["\u2019"] == "'"
     assert not [p for p in os.listdir(os.path.dirname(folder)) if p.startswith(".")]  # no temp folder left
@@ -143,6 +148,20 @@ def test_failed_export_leaves_no_folder_behind(tiny_pipeline_dir, tmp_path, monk
 def test_bad_sizes_are_refused_by_flag(tiny_pipeline_dir, tmp_path, kwargs, error, match):
     with pytest.raises(error, match=match):
         export_pipeline(tiny_pipeline_dir, str(tmp_path / "export"), **kwargs)
+    assert not (tmp_path / "export").exists()
+
+
+@pytest.mark.parametrize("setting,message", [
+    (dict(beta_schedule="sigmoid"), "the deploy runners can run neither sampler"),
+    (dict(num_train_timesteps=500), "num_train_timesteps 500 differs from the experts' (1000, unet/config.json)"),
+])
+def test_a_scheduler_the_runners_cannot_run_is_refused_before_the_export(tiny_pipeline_dir, tmp_path, setting,
+                                                                         message):
+    model = shutil.copytree(tiny_pipeline_dir, tmp_path / "model")
+    config = model / "scheduler" / "scheduler_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), **setting}))
+    with pytest.raises(ExportError, match=re.escape(f"{config}: {message}")):
+        export_pipeline(str(model), str(tmp_path / "export"), log=lambda _: None)
     assert not (tmp_path / "export").exists()
 
 

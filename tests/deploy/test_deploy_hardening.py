@@ -34,11 +34,22 @@ FIELDS = {
     "latent.scaling_factor": NUMBER,
     "router.num_experts": INTEGER,
     "router.num_train_timesteps": INTEGER,
-    "scheduler.num_train_timesteps": INTEGER,
-    "scheduler.beta_start": NUMBER,
-    "scheduler.beta_end": NUMBER,
-    "scheduler.steps_offset": INTEGER,
-    "scheduler.trained_betas": [[0.1] * 3, "x", [NAN] * 1000],
+    "samplers.default": ["euler", 5],
+    "samplers.ddim.max_steps": INTEGER,
+    "samplers.dpm.max_steps": INTEGER,
+    "samplers.ddim.class": ["DPMSolverMultistepScheduler", 5],
+    "samplers.ddim.config.num_train_timesteps": INTEGER,
+    "samplers.dpm.config.num_train_timesteps": INTEGER,
+    "samplers.dpm.config.beta_start": NUMBER,
+    "samplers.ddim.config.beta_end": NUMBER,
+    "samplers.ddim.config.beta_schedule": ["cosine", 5],
+    "samplers.dpm.config.steps_offset": INTEGER,
+    "samplers.ddim.config.trained_betas": [[0.1] * 3, "x", [NAN] * 1000],
+    "samplers.dpm.config.timestep_spacing": ["random", 5],
+    "samplers.dpm.config.solver_order": [3, 2.0, True],
+    "samplers.ddim.config.clip_sample_range": NUMBER,
+    "samplers.dpm.config.use_karras_sigmas": [True],  # a setting no runner reads
+    "samplers.dpm": ["x", {}],
     "tokenizer.max_length": INTEGER,
     "tokenizer.never_split": ["x", [5], [""]],
     "tokenizer.normalization": ["x", {"ab": "c"}],
@@ -58,8 +69,9 @@ CASE_IDS = [_case_id(*case) for case in CASES]
 # Probes that would take the machine down or draw black images: both runners must refuse them.
 MUST_REFUSE = {"tokenizer.max_length=1000000000", "latent.height=1000000000", "latent.width=1000000000",
                "latent.height=-8", "router.num_train_timesteps=1000000000",
-               "scheduler.num_train_timesteps=1000000000", "latent.scaling_factor=NaN",
-               "programs.experts[0].timesteps=x"}
+               "samplers.ddim.config.num_train_timesteps=1000000000",
+               "samplers.dpm.config.num_train_timesteps=1000000000", "samplers.ddim.max_steps=1000000000",
+               "samplers.dpm.max_steps=1000000000", "latent.scaling_factor=NaN", "programs.experts[0].timesteps=x"}
 
 
 def _limited():
@@ -178,6 +190,23 @@ def test_step_limit_boundary_in_both_runners(export_n1, cpp_runner, tmp_path, sa
     ok = _run([cpp_runner, *common, "--steps", str(limit), "--out", str(out)], timeout=300)
     assert ok.returncode == 0, ok.stderr.decode(errors="replace")
     assert np.asarray(Image.open(out)).std() > 1, f"a flat image at {limit} steps"
+
+
+@pytest.mark.parametrize("edit,steps,message", [
+    (lambda samplers: samplers["dpm"].update(max_steps=7), 8, "must be <= 7 "),
+    (lambda samplers: samplers.pop("dpm"), 2, "not offered by this export (manifest field 'samplers' offers: ddim"),
+])
+def test_both_runners_take_the_samplers_and_limits_the_manifest_offers(export_n1, cpp_runner, tmp_path, edit, steps,
+                                                                       message):
+    manifest = json.loads(open(os.path.join(export_n1, "manifest.json"), encoding="utf-8").read())
+    edit(manifest["samplers"])
+    folder = _fuzzed_export(export_n1, tmp_path / "export", "samplers", manifest["samplers"])
+    common = ["--model", folder, "--prompt", "a red apple", "--sampler", "dpm", "--steps", str(steps)]
+    for name, command in (("python", [sys.executable, PY_RUNNER]), ("cpp", [cpp_runner])):
+        proc = _run([*command, *common, "--out", str(tmp_path / name / "o.png")])
+        lines = proc.stderr.decode().strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], (name, lines)
+        assert not (tmp_path / name).exists()
 
 
 @pytest.mark.slow

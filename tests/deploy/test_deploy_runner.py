@@ -56,7 +56,7 @@ def test_runner_images_equal_the_dynamic_pipeline(runners, tiny_pipeline, tiny_p
                                                   record_property):
     """Native kernels (default) and oneDNN (``engine="onednn"``, measured ~4e-6)."""
     runner = runners[n]
-    runner.scheduler = build_scheduler(sampler, runner.scheduler_config)
+    runner.scheduler = build_scheduler(sampler, runner.samplers)
     dynamic = _dynamic(*((tiny_pipeline, tiny_pipeline_dir) if n == 1 else bank[:2]), sampler)
     kwargs = dict(num_inference_steps=6, guidance_scale=3.0, seed=7, num_images_per_prompt=2,
                   negative_prompt="blurry")
@@ -73,7 +73,7 @@ def test_runner_images_equal_the_dynamic_pipeline(runners, tiny_pipeline, tiny_p
 
 def test_runner_without_guidance_and_with_given_latents(runners, bank):
     runner, dynamic = runners[10], _dynamic(*bank[:2], "ddim")
-    runner.scheduler = build_scheduler("ddim", runner.scheduler_config)
+    runner.scheduler = build_scheduler("ddim", runner.samplers)
     latents = np.random.default_rng(3).standard_normal((2, 4, 8, 8)).astype("float32")
     import paddle
 
@@ -86,7 +86,7 @@ def test_runner_without_guidance_and_with_given_latents(runners, bank):
 def test_batched_generation_reuses_generate_images(runners):
     """generate_images drives the runner exactly as it drives the dynamic pipeline."""
     runner = runners[1]
-    runner.scheduler = build_scheduler("dpm", runner.scheduler_config)
+    runner.scheduler = build_scheduler("dpm", runner.samplers)
     kw = dict(num_inference_steps=3, guidance_scale=2.0, output_type="np", seed=5)
     one = np.stack(generate_images(runner, PROMPTS + ["一只猫"], batch_size=1, **kw))
     three = np.stack(generate_images(runner, PROMPTS + ["一只猫"], batch_size=3, **kw))
@@ -118,7 +118,7 @@ def test_disk_offload_keeps_one_expert_predictor_and_the_same_images(runners, ba
     reference = runners[10]
     kw = dict(num_inference_steps=5, guidance_scale=3.0, seed=11, output_type="np")
     for runner in (offloaded, reference):
-        runner.scheduler = build_scheduler("ddim", runner.scheduler_config)
+        runner.scheduler = build_scheduler("ddim", runner.samplers)
     ours = offloaded(PROMPTS, **kw).images
     np.testing.assert_array_equal(ours, reference(PROMPTS, **kw).images)
     routed = [f"expert_{offloaded.router.expert_index(int(t)):02d}" for t in offloaded.scheduler.timesteps]
@@ -155,8 +155,12 @@ def test_tampered_or_truncated_file_is_named(export_n1, tmp_path):
 
 
 @pytest.mark.parametrize("edit,match", [
-    (lambda m: m.update(format_version=2),
-     "field 'format_version': this runner reads version 1, the export is version 2"),
+    (lambda m: m.update(format_version=1),
+     "field 'format_version': this runner reads version 2, the export is version 1 (re-export with this version's "
+     "tools/export_model.py)"),
+    (lambda m: m.update(format_version=3),
+     "field 'format_version': this runner reads version 2, the export is version 3"),
+    (lambda m: m.pop("samplers"), "field 'samplers' is missing"),
     (lambda m: m.update(format="something-else"), "field 'format'"),
     (lambda m: m["router"].pop("num_experts"), "field 'router.num_experts' is missing"),
     (lambda m: m["programs"]["experts"].append(m["programs"]["experts"][0]), "field 'programs.experts'"),
@@ -190,7 +194,7 @@ def test_foreign_or_broken_manifest_names_the_field(export_n1, tmp_path, edit, m
 ])
 def test_bad_call_arguments_name_the_field(runners, kwargs, match):
     runner = runners[1]
-    runner.scheduler = build_scheduler("ddim", runner.scheduler_config)
+    runner.scheduler = build_scheduler("ddim", runner.samplers)
     kwargs = {"prompt": PROMPTS, "num_inference_steps": 2, **kwargs}
     with pytest.raises(ValueError, match=re.escape(match)):
         runner(**kwargs)

@@ -10,8 +10,8 @@
 namespace ernie_vilg2 {
 namespace {
 
-// Python's json module writes the non-standard literals NaN, Infinity and -Infinity (a
-// DPM-Solver++ config holds lambda_min_clipped = -inf); they become null before parsing.
+// Python's json module writes the non-standard literals NaN, Infinity and -Infinity for
+// non-finite floats; they become null before parsing (and then fail the field's type check).
 // Also checks the nesting depth (brackets outside strings).
 std::string prepare(const std::string& text, const std::string& path) {
   std::string out;

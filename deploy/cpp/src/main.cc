@@ -40,7 +40,7 @@ Generates images with a pipeline exported by tools/export_model.py.
                           runner's --save-noise (then both runners give the same images)
   --steps N               sampling steps (default 25)
   --guidance G            classifier-free guidance scale; 1 turns it off (default 2.1)
-  --sampler dpm|ddim      DPM-Solver++ (2nd order multistep) or DDIM (default dpm)
+  --sampler dpm|ddim      DPM-Solver++ (multistep) or DDIM, as the export resolved them (default dpm)
   --batch-size N          prompts per run of the programs (default 4)
   --out FILE.png          the image; with several prompts the grid, with the single
                           images FILE_000.png ... and FILE.json beside it (default out.png)
@@ -330,22 +330,23 @@ void report_truncation(const Tokenizer& tokenizer, const std::vector<std::u32str
 int generate(const Options& options, const Manifest& manifest) {
   std::vector<std::string> files = {manifest.vocab, manifest.text_encoder.model, manifest.text_encoder.params,
                                     manifest.vae_decoder.model, manifest.vae_decoder.params};
-  std::unique_ptr<Scheduler> scheduler;
-  try {
-    scheduler = make_scheduler(options.sampler, manifest.scheduler);
-  } catch (const std::runtime_error& error) {
-    throw UserError(manifest.path("manifest.json") + ": " + error.what());
+  const auto offered = manifest.samplers.offered.find(options.sampler);
+  if (offered == manifest.samplers.offered.end()) {
+    std::string names;
+    for (const auto& entry : manifest.samplers.offered) names += (names.empty() ? "" : ", ") + entry.first;
+    throw UserError("--sampler " + options.sampler + ": not offered by this export (manifest field 'samplers' " +
+                    "offers: " + names + "; the exporter's log says why)");
   }
-  // One timestep per step; DPM-Solver++ takes one fewer (its grid of steps + 1 points repeats
-  // a timestep from steps = T on: a zero step size and NaN images), as in the Python pipelines.
-  const int limit = manifest.num_train_timesteps - (options.sampler == "dpm" ? 1 : 0);
-  if (options.steps > limit) {
-    throw UserError("--steps: must be <= " + std::to_string(limit) + " with " + options.sampler +
-                    " (num_train_timesteps " + std::to_string(manifest.num_train_timesteps) + "), got " +
+  const SamplerSettings& settings = offered->second;
+  if (options.steps > settings.max_steps) {
+    throw UserError("--steps: must be <= " + std::to_string(settings.max_steps) + " with " + options.sampler +
+                    " (num_train_timesteps " + std::to_string(settings.num_train_timesteps) + "), got " +
                     std::to_string(options.steps));
   }
+  std::unique_ptr<Scheduler> scheduler;
   std::vector<int> timesteps;
   try {
+    scheduler = make_scheduler(settings);
     timesteps = scheduler->timesteps(options.steps);
   } catch (const std::runtime_error& error) {
     throw UserError(manifest.path("manifest.json") + ": " + error.what());

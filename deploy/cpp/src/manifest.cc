@@ -7,8 +7,8 @@
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <type_traits>
 
+#include "json_fields.h"
 #include "json_limits.h"
 #include "program_info.h"
 #include "unicode_text.h"
@@ -19,9 +19,9 @@ namespace {
 using nlohmann::json;
 
 constexpr const char* kFormat = "ernie-vilg2-inference";
-constexpr int kFormatVersion = 1;
-constexpr std::int64_t kMaxInteger = 1000000000;
-// A manifest is a few KB (a scheduler's trained_betas list of T numbers is the largest part).
+// 2: the resolved sampler settings (`samplers`); version 1 is refused (re-export).
+constexpr int kFormatVersion = 2;
+// A manifest is a few KB (a sampler's trained_betas list of T numbers is the largest part).
 constexpr std::int64_t kMaxManifestBytes = 4ll << 20;
 // The vocab is read whole: a real one is a few hundred KB.
 constexpr std::int64_t kMaxVocabBytes = 64ll << 20;
@@ -31,113 +31,19 @@ bool is_directory(const std::string& path) {
   return stat(path.c_str(), &info) == 0 && S_ISDIR(info.st_mode);
 }
 
-// Typed access to manifest fields; errors name the field by its dotted path.
-class Fields {
- public:
-  explicit Fields(std::string file) : file_(std::move(file)) {}
-
-  [[noreturn]] void fail(const std::string& field, const std::string& reason) const {
-    throw UserError(file_ + ": field '" + field + "': " + reason);
+// A relative path inside the export folder.
+std::string relative_path(const json& parent, const std::string& key, const std::string& field, const Fields& fields) {
+  std::string path = fields.string(parent, key, field);
+  if (path.empty() || path[0] == '/' || path.find("..") != std::string::npos) {
+    fields.fail(field, "expected a path inside the export folder, got '" + path + "'");
   }
-  const json& at(const json& parent, const std::string& key, const std::string& field) const {
-    if (!parent.is_object() || !parent.contains(key)) fail(field, "missing");
-    return parent.at(key);
-  }
-  const json& object(const json& parent, const std::string& key, const std::string& field) const {
-    const json& value = at(parent, key, field);
-    if (!value.is_object()) fail(field, "expected an object");
-    return value;
-  }
-  int integer(const json& parent, const std::string& key, const std::string& field, int minimum) const {
-    const json& value = at(parent, key, field);
-    if (!value.is_number_integer()) fail(field, "expected an integer");
-    const auto number = value.get<std::int64_t>();
-    if (number < minimum || number > kMaxInteger) {
-      fail(field, "must be between " + std::to_string(minimum) + " and " + std::to_string(kMaxInteger) + ", got " +
-                      value.dump());
-    }
-    return static_cast<int>(number);
-  }
-  double number(const json& parent, const std::string& key, const std::string& field) const {
-    const json& value = at(parent, key, field);
-    if (!value.is_number()) fail(field, "expected a number");
-    return value.get<double>();
-  }
-  std::string string(const json& parent, const std::string& key, const std::string& field) const {
-    const json& value = at(parent, key, field);
-    if (!value.is_string()) fail(field, "expected a string");
-    return value.get<std::string>();
-  }
-  bool boolean(const json& parent, const std::string& key, const std::string& field) const {
-    const json& value = at(parent, key, field);
-    if (!value.is_boolean()) fail(field, "expected true or false");
-    return value.get<bool>();
-  }
-  // A relative path inside the export folder.
-  std::string relative_path(const json& parent, const std::string& key, const std::string& field) const {
-    std::string path = string(parent, key, field);
-    if (path.empty() || path[0] == '/' || path.find("..") != std::string::npos) {
-      fail(field, "expected a path inside the export folder, got '" + path + "'");
-    }
-    return path;
-  }
-  ProgramFiles program(const json& value, const std::string& field) const {
-    if (!value.is_object()) fail(field, "expected an object");
-    return {relative_path(value, "model", field + ".model"), relative_path(value, "params", field + ".params")};
-  }
-  ProgramFiles program(const json& parent, const std::string& key, const std::string& field) const {
-    return program(at(parent, key, field), field);
-  }
-
- private:
-  std::string file_;
-};
-
-// Optional scheduler keys keep ppdiffusers' defaults when absent; null counts as absent.
-template <typename T>
-void optional_field(const json& scheduler, const char* key, const Fields& fields, T* target) {
-  if (!scheduler.contains(key) || scheduler.at(key).is_null()) return;
-  const std::string field = std::string("scheduler.") + key;
-  if constexpr (std::is_same_v<T, int>) {
-    *target = fields.integer(scheduler, key, field, 0);
-  } else if constexpr (std::is_same_v<T, bool>) {
-    *target = fields.boolean(scheduler, key, field);
-  } else if constexpr (std::is_same_v<T, double>) {
-    *target = fields.number(scheduler, key, field);
-  } else {
-    *target = fields.string(scheduler, key, field);
-  }
+  return path;
 }
 
-SchedulerConfig read_scheduler(const json& scheduler, const Fields& fields) {
-  SchedulerConfig config;
-  optional_field(scheduler, "_class_name", fields, &config.class_name);
-  optional_field(scheduler, "num_train_timesteps", fields, &config.num_train_timesteps);
-  optional_field(scheduler, "beta_start", fields, &config.beta_start);
-  optional_field(scheduler, "beta_end", fields, &config.beta_end);
-  optional_field(scheduler, "beta_schedule", fields, &config.beta_schedule);
-  optional_field(scheduler, "steps_offset", fields, &config.steps_offset);
-  optional_field(scheduler, "prediction_type", fields, &config.prediction_type);
-  optional_field(scheduler, "timestep_spacing", fields, &config.timestep_spacing);
-  optional_field(scheduler, "solver_type", fields, &config.solver_type);
-  optional_field(scheduler, "lower_order_final", fields, &config.lower_order_final);
-  optional_field(scheduler, "euler_at_final", fields, &config.euler_at_final);
-  for (const auto& [key, beta] : {std::pair<const char*, double>{"beta_start", config.beta_start},
-                                  std::pair<const char*, double>{"beta_end", config.beta_end}}) {
-    if (!(beta >= 0 && beta <= 1)) fields.fail(std::string("scheduler.") + key, "must be a number in [0, 1]");
-  }
-  auto is_set = [&](const char* key) {
-    return scheduler.contains(key) && !scheduler.at(key).is_null() && scheduler.at(key) != false;
-  };
-  // Settings that change the arithmetic and that this runner does not implement. (Python's
-  // json writes lambda_min_clipped = -inf as -Infinity, read here as null: the default.)
-  for (const char* key : {"trained_betas", "rescale_betas_zero_snr", "thresholding"}) {
-    if (is_set(key)) fields.fail(std::string("scheduler.") + key, "is set, which the C++ runner does not support");
-  }
-  for (const char* key : {"use_karras_sigmas", "use_lu_lambdas", "variance_type", "lambda_min_clipped"}) {
-    if (is_set(key)) config.unsupported_by_dpm.push_back(key);
-  }
-  return config;
+ProgramFiles program(const json& value, const std::string& field, const Fields& fields) {
+  if (!value.is_object()) fields.fail(field, "expected an object");
+  return {relative_path(value, "model", field + ".model", fields),
+          relative_path(value, "params", field + ".params", fields)};
 }
 
 TokenizerConfig read_tokenizer(const json& section, const Fields& fields) {
@@ -214,7 +120,7 @@ Manifest load_manifest(const std::string& folder) {
   const int version = fields.integer(root, "format_version", "format_version", 0);
   if (version != kFormatVersion) {
     fields.fail("format_version", std::to_string(version) + " is not supported by this runner (it reads version " +
-                                      std::to_string(kFormatVersion) + ")");
+                                      std::to_string(kFormatVersion) + "; re-export with tools/export_model.py)");
   }
 
   Manifest manifest;
@@ -234,21 +140,25 @@ Manifest load_manifest(const std::string& folder) {
   manifest.num_experts = fields.integer(router, "num_experts", "router.num_experts", 1);
   manifest.num_train_timesteps = fields.integer(router, "num_train_timesteps", "router.num_train_timesteps", 1);
 
-  manifest.scheduler = read_scheduler(fields.object(root, "scheduler", "scheduler"), fields);
-  if (manifest.scheduler.num_train_timesteps != manifest.num_train_timesteps) {
-    fields.fail("scheduler.num_train_timesteps", "differs from router.num_train_timesteps");
+  manifest.samplers = read_samplers(fields.at(root, "samplers", "samplers"), fields);
+  for (const auto& [name, settings] : manifest.samplers.offered) {
+    if (settings.num_train_timesteps != manifest.num_train_timesteps) {
+      fields.fail("samplers." + name + ".config.num_train_timesteps", "differs from router.num_train_timesteps");
+    }
   }
   const json& tokenizer = fields.object(root, "tokenizer", "tokenizer");
-  manifest.vocab = fields.relative_path(tokenizer, "vocab", "tokenizer.vocab");
+  manifest.vocab = relative_path(tokenizer, "vocab", "tokenizer.vocab", fields);
   manifest.tokenizer = read_tokenizer(tokenizer, fields);
   manifest.tokenizer.vocab_file = manifest.path(manifest.vocab);
 
   const json& programs = fields.object(root, "programs", "programs");
-  manifest.text_encoder = fields.program(programs, "text_encoder", "programs.text_encoder");
+  manifest.text_encoder =
+      program(fields.at(programs, "text_encoder", "programs.text_encoder"), "programs.text_encoder", fields);
   if (programs.at("text_encoder").contains("hidden_size")) {
     manifest.hidden_size = fields.integer(programs.at("text_encoder"), "hidden_size", "programs.text_encoder.hidden_size", 1);
   }
-  manifest.vae_decoder = fields.program(programs, "vae_decoder", "programs.vae_decoder");
+  manifest.vae_decoder =
+      program(fields.at(programs, "vae_decoder", "programs.vae_decoder"), "programs.vae_decoder", fields);
   const json& experts = fields.at(programs, "experts", "programs.experts");
   if (!experts.is_array() || static_cast<int>(experts.size()) != manifest.num_experts) {
     fields.fail("programs.experts", "expected a list of router.num_experts (" + std::to_string(manifest.num_experts) +
@@ -261,7 +171,7 @@ Manifest load_manifest(const std::string& folder) {
   const int stage = manifest.num_train_timesteps / manifest.num_experts;
   for (int i = 0; i < manifest.num_experts; ++i) {
     const std::string field = "programs.experts[" + std::to_string(i) + "]";
-    manifest.experts.push_back(fields.program(experts[i], field));
+    manifest.experts.push_back(program(experts[i], field, fields));
     if (experts[i].contains("timesteps")) {  // must agree with the router
       const json& range = experts[i].at("timesteps");
       if (!range.is_array() || range.size() != 2 || range[0] != i * stage || range[1] != (i + 1) * stage) {

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "errors.h"
-#include "scheduler.h"
+#include "sampler_settings.h"
 #include "tokenizer.h"
 
 namespace ernie_vilg2 {
@@ -31,7 +31,7 @@ struct Manifest {
   int hidden_size = 0;  // programs.text_encoder.hidden_size; 0 when not recorded
   double scaling_factor = 1.0;
   int num_experts = 0, num_train_timesteps = 0;
-  SchedulerConfig scheduler;
+  Samplers samplers;  // each sampler's resolved settings; their num_train_timesteps equal the router's
   std::string vocab;          // tokenizer vocab, relative to the folder
   TokenizerConfig tokenizer;  // its vocab_file is path(vocab)
   ProgramFiles text_encoder, vae_decoder;

@@ -1,5 +1,6 @@
 #include "scheduler.h"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 
@@ -43,52 +44,66 @@ std::vector<int> trailing(int n, int steps) {
   return values;
 }
 
-void check_range(const std::vector<int>& timesteps, const SchedulerConfig& config, int steps) {
-  const int n = config.num_train_timesteps;
+void check_range(const std::vector<int>& timesteps, const SamplerSettings& settings, int steps) {
+  const int n = settings.num_train_timesteps;
   for (int t : timesteps) {
     if (t < 0 || t >= n) {
-      throw std::runtime_error("scheduler: with timestep_spacing '" + config.timestep_spacing + "' and steps_offset " +
-                               std::to_string(config.steps_offset) + ", a " + std::to_string(steps) +
-                               "-step run has timestep " + std::to_string(t) + ", outside 0.." + std::to_string(n - 1));
+      throw std::runtime_error("field 'samplers." + settings.name + ".config': with timestep_spacing '" +
+                               settings.timestep_spacing + "' and steps_offset " +
+                               std::to_string(settings.steps_offset) + ", a " + std::to_string(steps) +
+                               "-step run has timestep " + std::to_string(t) + ", outside 0.." +
+                               std::to_string(n - 1));
     }
   }
 }
 
+// PPDiffusers' betas_for_alpha_bar (squaredcos_cap_v2), in Python's double arithmetic.
+std::vector<float> cosine_betas(int n) {
+  constexpr double kPi = 3.141592653589793;  // Python's math.pi
+  auto alpha_bar = [](double t) { return std::pow(std::cos((t + 0.008) / 1.008 * kPi / 2), 2.0); };
+  std::vector<float> betas(n);
+  for (int i = 0; i < n; ++i) {
+    const double t1 = static_cast<double>(i) / n, t2 = static_cast<double>(i + 1) / n;
+    betas[i] = static_cast<float>(std::min(1 - alpha_bar(t2) / alpha_bar(t1), 0.999));
+  }
+  return betas;
+}
+
 class DDIM : public Scheduler {
  public:
-  explicit DDIM(const SchedulerConfig& config) : Scheduler(config) {
-    if (config_.timestep_spacing.empty()) config_.timestep_spacing = "leading";
-  }
+  explicit DDIM(const SamplerSettings& settings)
+      : Scheduler(settings), final_alpha_cumprod_(settings.set_alpha_to_one ? 1.0f : alphas_cumprod_[0]) {}
 
   std::vector<int> timesteps(int steps) const override {
-    const int n = config_.num_train_timesteps;
+    const int n = settings_.num_train_timesteps;
     std::vector<int> out;
-    if (config_.timestep_spacing == "leading") {
-      for (int i = steps - 1; i >= 0; --i) out.push_back(i * (n / steps) + config_.steps_offset);
-    } else if (config_.timestep_spacing == "linspace") {
+    if (settings_.timestep_spacing == "leading") {
+      for (int i = steps - 1; i >= 0; --i) out.push_back(i * (n / steps) + settings_.steps_offset);
+    } else if (settings_.timestep_spacing == "linspace") {
       const std::vector<int> values = rounded_linspace(n - 1, steps);
       out.assign(values.rbegin(), values.rend());
     } else {
       out = trailing(n, steps);
     }
-    check_range(out, config_, steps);
+    check_range(out, settings_, steps);
     return out;
   }
 
   void begin(int steps) override { steps_ = steps; }
 
   void step(const std::vector<float>& model_output, int t, std::vector<float>* sample) override {
-    const int prev = t - config_.num_train_timesteps / steps_;
+    const int prev = t - settings_.num_train_timesteps / steps_;
     const float alpha_t = alphas_cumprod_[t];
-    // set_alpha_to_one=False: the last step uses alphas_cumprod[0].
-    const float alpha_prev = prev >= 0 ? alphas_cumprod_[prev] : alphas_cumprod_[0];
+    const float alpha_prev = prev >= 0 ? alphas_cumprod_[prev] : final_alpha_cumprod_;
     const float beta_t = 1.0f - alpha_t;
     const float sqrt_alpha_t = pow_f(alpha_t, 0.5f), sqrt_beta_t = pow_f(beta_t, 0.5f);
     const float sqrt_alpha_prev = pow_f(alpha_prev, 0.5f);
     // eta = 0: std_dev_t = 0, so the direction coefficient is (1 - alpha_prev - 0) ** 0.5.
     const float direction_coef = pow_f(1.0f - alpha_prev - 0.0f, 0.5f);
-    const bool predicts_epsilon = config_.prediction_type == "epsilon";
-    const bool predicts_sample = config_.prediction_type == "sample";
+    const bool predicts_epsilon = settings_.prediction_type == "epsilon";
+    const bool predicts_sample = settings_.prediction_type == "sample";
+    const bool clip = settings_.clip_sample;
+    const float range = static_cast<float>(settings_.clip_sample_range);
     std::vector<float>& x = *sample;
     for (std::size_t i = 0; i < x.size(); ++i) {
       const float out = model_output[i];
@@ -103,42 +118,35 @@ class DDIM : public Scheduler {
         original = sqrt_alpha_t * x[i] - sqrt_beta_t * out;
         epsilon = sqrt_alpha_t * out + sqrt_beta_t * x[i];
       }
+      if (clip) original = original < -range ? -range : (original > range ? range : original);
       x[i] = sqrt_alpha_prev * original + direction_coef * epsilon;
     }
   }
 
  private:
+  float final_alpha_cumprod_;  // alpha at the step after the last timestep
   int steps_ = 1;
 };
 
 class DPMSolverPlusPlus : public Scheduler {
  public:
-  explicit DPMSolverPlusPlus(const SchedulerConfig& config) : Scheduler(config) {
-    if (config_.timestep_spacing.empty()) config_.timestep_spacing = "linspace";
-    if (!config_.unsupported_by_dpm.empty()) {
-      throw std::runtime_error("scheduler." + config_.unsupported_by_dpm[0] +
-                               ": is set, which the C++ runner's DPM-Solver++ does not implement (use --sampler ddim)");
-    }
-    if (config_.solver_type != "midpoint" && config_.solver_type != "heun") {
-      throw std::runtime_error("scheduler.solver_type: '" + config_.solver_type + "' is not supported (midpoint, heun)");
-    }
-  }
+  explicit DPMSolverPlusPlus(const SamplerSettings& settings) : Scheduler(settings) {}
 
-  // As DPMSolverMultistepScheduler.set_timesteps with lambda_min_clipped = -inf: steps + 1
+  // As DPMSolverMultistepScheduler.set_timesteps (lambda_min_clipped = -inf): steps + 1
   // points, the last one dropped.
   std::vector<int> timesteps(int steps) const override {
-    const int n = config_.num_train_timesteps;
+    const int n = settings_.num_train_timesteps;
     std::vector<int> out;
-    if (config_.timestep_spacing == "linspace") {
+    if (settings_.timestep_spacing == "linspace") {
       const std::vector<int> values = rounded_linspace(n - 1, steps + 1);
       for (int i = steps; i >= 1; --i) out.push_back(values[i]);
-    } else if (config_.timestep_spacing == "leading") {
+    } else if (settings_.timestep_spacing == "leading") {
       const int ratio = n / (steps + 1);
-      for (int i = steps; i >= 1; --i) out.push_back(i * ratio + config_.steps_offset);
+      for (int i = steps; i >= 1; --i) out.push_back(i * ratio + settings_.steps_offset);
     } else {
       out = trailing(n, steps);
     }
-    check_range(out, config_, steps);
+    check_range(out, settings_, steps);
     return out;
   }
 
@@ -165,15 +173,15 @@ class DPMSolverPlusPlus : public Scheduler {
     const std::size_t n = timesteps_.size(), k = step_index_;
     if (k + 1 >= sigmas_.size()) throw std::runtime_error("DPM-Solver++: more steps than timesteps");
     const bool final_step =
-        k == n - 1 && (config_.euler_at_final || (config_.lower_order_final && n < 15));
+        k == n - 1 && (settings_.euler_at_final || (settings_.lower_order_final && n < 15));
     std::vector<float> x0 = model_to_x0(model_output, *sample, sigmas_[k]);
-    if (lower_order_nums_ < 1 || final_step) {
+    if (settings_.solver_order == 1 || lower_order_nums_ < 1 || final_step) {
       first_order(x0, k, sample);
     } else {
       second_order(x0, k, sample);
     }
     previous_ = std::move(x0);
-    if (lower_order_nums_ < 2) ++lower_order_nums_;
+    if (lower_order_nums_ < settings_.solver_order) ++lower_order_nums_;
     ++step_index_;
   }
 
@@ -194,12 +202,12 @@ class DPMSolverPlusPlus : public Scheduler {
   // convert_model_output (dpmsolver++): the predicted clean sample.
   std::vector<float> model_to_x0(const std::vector<float>& output, const std::vector<float>& sample,
                                  float sigma) const {
-    if (config_.prediction_type == "sample") return output;
+    if (settings_.prediction_type == "sample") return output;
     const AlphaSigma s = alpha_sigma(sigma);
     std::vector<float> x0(output.size());
     for (std::size_t i = 0; i < x0.size(); ++i) {
-      x0[i] = config_.prediction_type == "epsilon" ? (sample[i] - s.sigma * output[i]) / s.alpha
-                                                   : s.alpha * sample[i] - s.sigma * output[i];
+      x0[i] = settings_.prediction_type == "epsilon" ? (sample[i] - s.sigma * output[i]) / s.alpha
+                                                     : s.alpha * sample[i] - s.sigma * output[i];
     }
     return x0;
   }
@@ -221,7 +229,7 @@ class DPMSolverPlusPlus : public Scheduler {
     const float ratio = t.sigma / s0.sigma;
     const float expm1 = std::exp(-h) - 1.0f;
     const float coef = t.alpha * expm1;
-    const bool midpoint = config_.solver_type == "midpoint";
+    const bool midpoint = settings_.solver_type == "midpoint";
     const float d1_weight = midpoint ? 0.5f * coef : t.alpha * (expm1 / h + 1.0f);
     std::vector<float>& x = *sample;
     for (std::size_t i = 0; i < x.size(); ++i) {
@@ -239,28 +247,27 @@ class DPMSolverPlusPlus : public Scheduler {
 
 }  // namespace
 
-Scheduler::Scheduler(const SchedulerConfig& config) : config_(config) {
-  const int n = config.num_train_timesteps;
-  if (n < 1) throw std::runtime_error("scheduler.num_train_timesteps: must be >= 1");
+Scheduler::Scheduler(const SamplerSettings& settings) : settings_(settings) {
+  const int n = settings.num_train_timesteps;
+  const std::string field = "field 'samplers." + settings.name + ".config.";
+  if (n < 1) throw std::runtime_error(field + "num_train_timesteps': must be >= 1");
   std::vector<float> betas;
-  if (config.beta_schedule == "linear") {
-    betas = paddle_linspace(config.beta_start, config.beta_end, n);
-  } else if (config.beta_schedule == "scaled_linear") {
-    // Paddle squares with its vectorised pow, which can differ from x*x in the last bit:
-    // with this schedule the runners agree to about 1 ulp of some betas, not bit for bit.
-    betas = paddle_linspace(std::sqrt(config.beta_start), std::sqrt(config.beta_end), n);
+  if (!settings.trained_betas.empty()) {
+    if (static_cast<int>(settings.trained_betas.size()) != n) {
+      throw std::runtime_error(field + "trained_betas': expected num_train_timesteps numbers");
+    }
+    for (double beta : settings.trained_betas) betas.push_back(static_cast<float>(beta));
+  } else if (settings.beta_schedule == "linear") {
+    betas = paddle_linspace(settings.beta_start, settings.beta_end, n);
+  } else if (settings.beta_schedule == "scaled_linear") {
+    // The square roots are Python's beta ** 0.5. Paddle squares with its vectorised pow, which
+    // can differ from x*x in the last bit: about 1 ulp of some betas, not bit for bit.
+    betas = paddle_linspace(std::pow(settings.beta_start, 0.5), std::pow(settings.beta_end, 0.5), n);
     for (float& beta : betas) beta = beta * beta;
+  } else if (settings.beta_schedule == "squaredcos_cap_v2") {
+    betas = cosine_betas(n);
   } else {
-    throw std::runtime_error("scheduler.beta_schedule: '" + config.beta_schedule +
-                             "' is not supported by the C++ runner (linear, scaled_linear)");
-  }
-  if (config.prediction_type != "epsilon" && config.prediction_type != "v_prediction" &&
-      config.prediction_type != "sample") {
-    throw std::runtime_error("scheduler.prediction_type: '" + config.prediction_type + "' is not supported");
-  }
-  if (!config.timestep_spacing.empty() && config.timestep_spacing != "leading" &&
-      config.timestep_spacing != "linspace" && config.timestep_spacing != "trailing") {
-    throw std::runtime_error("scheduler.timestep_spacing: '" + config.timestep_spacing + "' is not supported");
+    throw std::runtime_error(field + "beta_schedule': '" + settings.beta_schedule + "' is not implemented");
   }
   // alphas = 1 - betas; alphas_cumprod = cumprod(alphas), sequentially in float32.
   alphas_cumprod_.resize(n);
@@ -271,29 +278,10 @@ Scheduler::Scheduler(const SchedulerConfig& config) : config_(config) {
   }
 }
 
-namespace {
-
-// The noise schedule alone (ernie_vilg2.models.factory.NOISE_SCHEDULE_KEYS).
-SchedulerConfig noise_schedule_of(const SchedulerConfig& config) {
-  SchedulerConfig schedule;
-  schedule.num_train_timesteps = config.num_train_timesteps;
-  schedule.beta_start = config.beta_start;
-  schedule.beta_end = config.beta_end;
-  schedule.beta_schedule = config.beta_schedule;
-  schedule.prediction_type = config.prediction_type;
-  return schedule;
-}
-
-SchedulerConfig for_class(const SchedulerConfig& config, const std::string& class_name) {
-  return config.class_name.empty() || config.class_name == class_name ? config : noise_schedule_of(config);
-}
-
-}  // namespace
-
-std::unique_ptr<Scheduler> make_scheduler(const std::string& sampler, const SchedulerConfig& config) {
-  if (sampler == "ddim") return std::make_unique<DDIM>(for_class(config, "DDIMScheduler"));
-  if (sampler == "dpm") return std::make_unique<DPMSolverPlusPlus>(for_class(config, "DPMSolverMultistepScheduler"));
-  throw std::runtime_error("unknown sampler '" + sampler + "' (ddim, dpm)");
+std::unique_ptr<Scheduler> make_scheduler(const SamplerSettings& settings) {
+  if (settings.name == "ddim") return std::make_unique<DDIM>(settings);
+  if (settings.name == "dpm") return std::make_unique<DPMSolverPlusPlus>(settings);
+  throw std::runtime_error("unknown sampler '" + settings.name + "' (ddim, dpm)");
 }
 
 }  // namespace ernie_vilg2

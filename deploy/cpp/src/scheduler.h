@@ -1,12 +1,14 @@
-// Samplers with the semantics of PPDiffusers 0.29's schedulers as the project's pipeline
-// builds them (ernie_vilg2.models.factory.build_sampler), computed with the same float32
+// The samplers, built from an export's resolved settings (the manifest's `samplers`, written
+// by the exporter from ernie_vilg2.models.factory.build_sampler: no rules or defaults here),
+// with the semantics of PPDiffusers 0.29's schedulers, computed with the same float32
 // operations in the same order as Paddle does:
-//   ddim: DDIMScheduler, clip_sample=False, set_alpha_to_one=False, eta = 0. Bit for bit
-//         equal to Paddle's for the linear beta schedule.
-//   dpm:  DPMSolverMultistepScheduler, algorithm_type="dpmsolver++", solver_order=2
-//         (midpoint or heun, lower_order_final, euler_at_final). Paddle computes its sigma
-//         table with a vectorised pow that differs from std::pow in the last bit for some
-//         timesteps, so this one agrees to about 1e-7 relative, not bit for bit.
+//   ddim: DDIMScheduler, eta = 0. Bit for bit equal to Paddle's for the linear beta schedule.
+//   dpm:  DPMSolverMultistepScheduler, dpmsolver++, multistep, order 1 or 2 (midpoint or
+//         heun, lower_order_final, euler_at_final). Paddle computes its sigma table with a
+//         vectorised pow that differs from std::pow in the last bit for some timesteps, so
+//         this one agrees to about 1e-7 relative, not bit for bit.
+// tests/deploy/test_deploy_schedulers.py compares both with PPDiffusers step by step (through the
+// scheduler_trace tool, deploy/cpp/tools/scheduler_trace.cc).
 #pragma once
 
 #include <memory>
@@ -15,28 +17,32 @@
 
 namespace ernie_vilg2 {
 
-// The scheduler config of the manifest (ppdiffusers names).
-struct SchedulerConfig {
-  std::string class_name;                    // _class_name of the saved scheduler; empty: unknown
-  int num_train_timesteps = 1000;
-  double beta_start = 0.0001;
-  double beta_end = 0.02;
-  std::string beta_schedule = "linear";      // linear | scaled_linear
-  std::string prediction_type = "epsilon";   // epsilon | v_prediction | sample
-  std::string timestep_spacing;              // leading | linspace | trailing; empty: the sampler's default
+// One sampler's settings, as the manifest's `samplers.<name>` holds them (PPDiffusers' config
+// names; read and range-checked by read_samplers in sampler_settings.h).
+struct SamplerSettings {
+  std::string name;                   // ddim | dpm
+  int max_steps = 0;                  // the most steps a run may take
+  int num_train_timesteps = 0;
+  std::string beta_schedule;          // linear | scaled_linear | squaredcos_cap_v2
+  double beta_start = 0, beta_end = 0;
+  std::vector<double> trained_betas;  // empty: the betas of beta_schedule
+  std::string prediction_type;        // epsilon | v_prediction | sample
+  std::string timestep_spacing;       // leading | linspace | trailing
   int steps_offset = 0;
-  std::string solver_type = "midpoint";      // DPM-Solver++: midpoint | heun
-  bool lower_order_final = true;             // DPM-Solver++
-  bool euler_at_final = false;               // DPM-Solver++
-  // Fields set to something the DPM-Solver++ here does not implement (Karras or Lu
-  // sigmas, learned variance, lambda clipping): refused when that sampler is chosen.
-  std::vector<std::string> unsupported_by_dpm;
+  // ddim
+  bool clip_sample = false, set_alpha_to_one = false;
+  double clip_sample_range = 0;
+  // dpm (algorithm_type dpmsolver++)
+  int solver_order = 0;               // 1 | 2
+  std::string solver_type;            // midpoint | heun
+  bool lower_order_final = false, euler_at_final = false;
 };
 
 class Scheduler {
  public:
   virtual ~Scheduler() = default;
-  // The timesteps of a run of `steps` steps, first to last (set_timesteps).
+  // The timesteps of a run of `steps` steps, first to last (set_timesteps); throws
+  // std::runtime_error if the spacing and offset reach outside [0, T).
   virtual std::vector<int> timesteps(int steps) const = 0;
   // Starts a run of `steps` steps (clears the multistep history).
   virtual void begin(int steps) = 0;
@@ -45,15 +51,13 @@ class Scheduler {
   virtual void step(const std::vector<float>& model_output, int t, std::vector<float>* sample) = 0;
 
  protected:
-  explicit Scheduler(const SchedulerConfig& config);
-  SchedulerConfig config_;
+  explicit Scheduler(const SamplerSettings& settings);
+  SamplerSettings settings_;
   std::vector<float> alphas_cumprod_;
 };
 
-// `sampler` is "ddim" or "dpm"; throws std::runtime_error naming the config field
-// ("scheduler.beta_schedule: ...") for settings this runner does not implement. As in
-// build_sampler, a config saved by the other scheduler class gives only its noise schedule
-// (num_train_timesteps, betas, prediction_type); the sampler's own settings keep their defaults.
-std::unique_ptr<Scheduler> make_scheduler(const std::string& sampler, const SchedulerConfig& config);
+// The sampler of `settings` (checked by read_samplers; throws std::runtime_error for a value
+// it does not implement).
+std::unique_ptr<Scheduler> make_scheduler(const SamplerSettings& settings);
 
 }  // namespace ernie_vilg2
