@@ -20,10 +20,11 @@ import paddle
 import ppdiffusers
 import pytest
 
-from conftest import CPP_BUILD_DIR
 from ernie_vilg2.deploy.sampler_export import resolve_samplers
 from ernie_vilg2.deploy.schedulers import SettingError, build_scheduler, check_samplers
 from ernie_vilg2.models.factory import build_sampler
+
+from helpers.paths import CPP_BUILD_DIR
 
 BASE = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
             prediction_type="epsilon")
