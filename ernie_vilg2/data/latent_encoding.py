@@ -35,7 +35,7 @@ from .problems import MISSING_IMAGE, UNREADABLE_SIDECAR, DataReport, Problem
 from .samples import OVERSIZED_IMAGE, UNDECODABLE_IMAGE, SampleError, decode_sample
 from .shard_writer import MTIME
 from .shards import ShardReader, read_sidecar, sidecar_path
-from .sources import MapDataset, ShardSet
+from .sources import LatentShardSet, ShardSet
 
 Encode = Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray]]
 
@@ -73,8 +73,8 @@ def _jobs(source, shard_size: int, keep_order: bool) -> Tuple[List[_Job], dict]:
 
     jobs = [_Job(f"{j:0{digits}d}", f"records {j * shard_size}-{min(n, (j + 1) * shard_size) - 1}",
                  indexed_records(j * shard_size, (j + 1) * shard_size)) for j in range(num)]
-    description = {"root": os.path.abspath(source.records.path), "format": "indexed", "records": n, "shard_size": shard_size,
-                   "order": "source" if keep_order else "seed 0"}
+    description = {"root": os.path.abspath(source.records.path), "format": "indexed", "records": n,
+                   "shard_size": shard_size, "order": "source" if keep_order else "seed 0"}
     return jobs, description
 
 
@@ -209,8 +209,8 @@ def encode_latent_shards(source, out_dir: str, spec: LatentSpec, encode: Encode,
     ``written``: the shards this call wrote."""
     from tqdm import tqdm
 
-    if not isinstance(source, (ShardSet, MapDataset)) or getattr(source, "latent_spec", None) is not None:
-        raise DatasetError(f"data.root {getattr(source, 'spec', '')}: these already are latent shards")
+    if isinstance(source, LatentShardSet):
+        raise DatasetError(f"data.root {source.spec}: these already are latent shards")
     report = report or DataReport("encode latents")
     jobs, description = _jobs(source, shard_size, keep_order)
     done = _start(out_dir, spec, description, vae)

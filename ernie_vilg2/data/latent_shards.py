@@ -129,7 +129,7 @@ def shards_spec(shards: Sequence[str]) -> Tuple[LatentSpec, str]:
             continue
         for name, value in spec.as_dict().items():
             if value != getattr(first[0], name):
-                raise DatasetError(f"{path}: {name} {value!r} differs from {first[0].__dict__[name]!r} in "
+                raise DatasetError(f"{path}: {name} {value!r} differs from {getattr(first[0], name)!r} in "
                                    f"{first[1]}: the shards of one run must come from one encoding")
     return first
 

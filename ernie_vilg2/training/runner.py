@@ -316,7 +316,8 @@ class ExperimentRunner:
         )
         model = self.ctx.wrap_model(module, stage)
         batches = None
-        check_latent_vae(self.dataset, vae, stage_dir(cfg, "vae" if stage == "base" else "base"))
+        check_latent_vae(self.dataset, vae, stage_dir(cfg, "vae") if stage == "base"
+                         else os.path.join(stage_dir(cfg, "base"), "vae"))
         if isinstance(self.dataset, LatentShardSet):
             batches = self._batches(stage, batch_size)
             source = StoredLatents(batches, vae.config.scaling_factor)
