@@ -35,7 +35,8 @@ logger = logging.getLogger(__name__)
 
 
 def detect_format(root: str) -> str:
-    """``jsonl``, ``coco`` or ``webdataset`` for ``data.root`` (see the module docstring)."""
+    """``jsonl``, ``coco``, ``webdataset`` or ``latents`` for ``data.root`` (see the module docstring;
+    a pattern or list of latent shards is told apart when the shards are listed)."""
     if os.path.isdir(root):
         if os.path.isfile(manifest_path(root)):
             return "latents"
@@ -167,7 +168,7 @@ class LatentShardSet(ShardSet):
     """Latent shards (:mod:`.latent_shards`): streamed like image shards, the stored posterior
     of each sample instead of its image."""
 
-    latent_spec: LatentSpec = None
+    latent_spec: Optional[LatentSpec] = None
     manifest: str = ""  # the manifest's path
 
     @property

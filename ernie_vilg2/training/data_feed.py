@@ -15,9 +15,9 @@ import numpy as np
 
 from ..config import ConfigError
 from ..data.batch_plans import make_plan
+from ..data.latent_shards import check_vae, vae_fingerprint
 from ..data.loader import BatchLoader
 from ..data.problems import DataReport
-from ..data.latent_shards import check_vae, vae_fingerprint
 from ..data.samples import batch_pixel_values
 from ..data.sources import LatentShardSet, ShardSet, open_source
 
