@@ -13,6 +13,8 @@ knowledge's random choices stay in the training step (they draw from the step's 
   stream (:mod:`.stream_order`). An image that fails to decode although its header read fine
   is reported and replaced by the next decoded sample of its batch, so every batch takes the
   same samples from its stream whatever decodes.
+- :class:`LatentShardPlan` (latent shards): as :class:`ShardPlan`, each sample's stored posterior
+  (:func:`~.latent_shards.latent_sample`) in place of its decoded image.
 """
 from __future__ import annotations
 
@@ -24,10 +26,11 @@ from typing import Any, Dict, Iterator, List, Optional
 import numpy as np
 
 from .jsonl import DatasetError
-from .problems import UNREADABLE_SIDECAR, Problem
+from .latent_shards import LatentShardReader, latent_sample
+from .problems import UNDECODABLE_LATENT, UNREADABLE_SIDECAR, Problem
 from .samples import OVERSIZED_IMAGE, UNDECODABLE_IMAGE, SampleError, decode_sample
 from .shards import ShardReader, load_image, read_sidecar, sidecar_path
-from .sources import MapDataset, ShardSet
+from .sources import LatentShardSet, MapDataset, ShardSet
 from .stream_order import ShardStream
 
 META_KEYS = ("caption", "lang", "boxes", "labels", "synthetic_caption", "index", "key", "knowledge")
@@ -51,17 +54,21 @@ def batch_indices(step: int, batch_size: int, num_records: int, seed: int) -> Li
 
 @dataclass
 class Batch:
-    """A rank's batch of one step: ``pixels`` uint8 [B, R, R, 3] and one meta dict per sample."""
+    """A rank's batch of one step: ``pixels`` uint8 [B, R, R, 3] (or, from latent shards,
+    ``latents`` float32 [B, 2, C, h, w]: posterior mean and std) and one meta dict per sample."""
 
     step: int
-    pixels: np.ndarray
+    pixels: Optional[np.ndarray]
     metas: List[Dict[str, Any]]
     problems: List[Problem] = field(default_factory=list)
+    latents: Optional[np.ndarray] = None
 
 
 def collate(step: int, samples: List[Dict[str, Any]], problems: List[Problem]) -> Batch:
-    return Batch(step, np.stack([s["pixels"] for s in samples]), [{k: s.get(k) for k in META_KEYS} for s in samples],
-                 problems)
+    metas = [{k: s.get(k) for k in META_KEYS} for s in samples]
+    if "latent" in samples[0]:
+        return Batch(step, None, metas, problems, latents=np.stack([s["latent"] for s in samples]))
+    return Batch(step, np.stack([s["pixels"] for s in samples]), metas, problems)
 
 
 def local_batch_size(batch_size: int, rank: int, world: int) -> int:
@@ -92,11 +99,18 @@ class ShardPlan:
         self.knowledge = knowledge
         self.stream(0, [])  # too few shards for the ranks and workers: an error before training
 
-    def stream(self, worker: int, problems: List[Problem]) -> ShardStream:
+    def reader(self, problems: List[Problem]) -> ShardReader:
         s = self.shards
-        reader = ShardReader(s.caption_field, s.languages, s.max_image_pixels, on_problem=problems.append)
-        return ShardStream(s.shards, reader, self.seed, self.rank, self.world, worker, self.workers,
-                           self.shuffle_buffer)
+        return ShardReader(s.caption_field, s.languages, s.max_image_pixels, on_problem=problems.append)
+
+    def sample(self, record: dict) -> Dict[str, Any]:
+        """The training sample of a record (:class:`~.samples.SampleError` when it cannot be used)."""
+        s = self.shards
+        return decode_sample(record, s.resolution, s.image_fit, s.max_image_pixels)
+
+    def stream(self, worker: int, problems: List[Problem]) -> ShardStream:
+        return ShardStream(self.shards.shards, self.reader(problems), self.seed, self.rank, self.world, worker,
+                           self.workers, self.shuffle_buffer)
 
     def batches(self, first_step: int, stride: int) -> Iterator[Batch]:
         if stride != self.workers:
@@ -126,7 +140,6 @@ class ShardPlan:
         return cache[shard]
 
     def _decode(self, records: List[dict], sidecars, problems: List[Problem]) -> List[Dict[str, Any]]:
-        s = self.shards
         samples: List[Optional[Dict[str, Any]]] = []
         for record in records:
             try:
@@ -135,26 +148,40 @@ class ShardPlan:
                 if self.knowledge:
                     knowledge = self._sidecar(record["shard"], sidecars, problems).get(record["key"])
                     record = {**record, "knowledge": knowledge}
-                samples.append(decode_sample(record, s.resolution, s.image_fit, s.max_image_pixels))
+                samples.append(self.sample(record))
             except (SampleError, OSError) as exc:
                 reason = str(exc)
-                kind = OVERSIZED_IMAGE if reason.startswith(OVERSIZED_IMAGE) else UNDECODABLE_IMAGE
+                kind = next((k for k in (OVERSIZED_IMAGE, UNDECODABLE_LATENT) if reason.startswith(k)),
+                            UNDECODABLE_IMAGE)
                 problems.append(Problem(kind, f"{record['shard']}:{record['member']}",
                                         f"{reason}; replaced by another sample of its batch"))
                 samples.append(None)
         good = [i for i, sample in enumerate(samples) if sample is not None]
         if not good:
             names = ", ".join(r["image_name"] for r in records[:3])
-            raise DatasetError(f"no image of a batch could be decoded ({names}{', ...' if len(records) > 3 else ''}): "
+            raise DatasetError(f"no sample of a batch could be decoded ({names}{', ...' if len(records) > 3 else ''}): "
                                "the shards are likely damaged")
         # The next decoded sample of the batch, cyclically, takes a failed one's place.
         return [sample if sample is not None else samples[next((j for j in good if j > i), good[0])]
                 for i, sample in enumerate(samples)]
 
 
+class LatentShardPlan(ShardPlan):
+    """Latent shards: the records' ``.latent.npy`` members instead of their images."""
+
+    def reader(self, problems: List[Problem]) -> LatentShardReader:
+        return LatentShardReader(self.shards.latent_spec, self.shards.languages, on_problem=problems.append)
+
+    def sample(self, record: dict) -> Dict[str, Any]:
+        return latent_sample(record, self.shards.latent_spec)
+
+
 def make_plan(source, seed: int, rank: int, world: int, batch_size: int, workers: int = 0,
               shuffle_buffer: int = 0, knowledge: bool = False):
-    """The plan of ``source`` (a :class:`MapDataset` or :class:`ShardSet`) for one rank."""
+    """The plan of ``source`` (a :class:`MapDataset`, :class:`ShardSet` or :class:`LatentShardSet`)
+    for one rank."""
+    if isinstance(source, LatentShardSet):
+        return LatentShardPlan(source, seed, rank, world, batch_size, workers, shuffle_buffer, knowledge)
     if isinstance(source, ShardSet):
         return ShardPlan(source, seed, rank, world, batch_size, workers, shuffle_buffer, knowledge)
     return MapPlan(source, seed, rank, world, batch_size)

@@ -3,7 +3,7 @@
 ``root: null`` (the default) means the built-in offline dataset: Twemoji images with
 bilingual emoji names plus two-object scenes, written once to ``builtin.out_dir`` and
 then loaded like any user dataset (see :mod:`ernie_vilg2.data.jsonl` for the format).
-Other roots are JSON lines, webdataset shards or a COCO folder (:mod:`.sources`).
+Other roots are JSON lines, webdataset shards, a COCO folder or latent shards (:mod:`.sources`).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from ..config import check
 
 LANGUAGES = ("zh", "en")
 IMAGE_FITS = ("center_crop", "squash")
-FORMATS = ("auto", "jsonl", "webdataset", "coco")
+FORMATS = ("auto", "jsonl", "webdataset", "coco", "latents")
 # Images with more pixels are skipped (data.max_image_pixels): 8192 x 8192, 192 MiB as RGB.
 MAX_IMAGE_PIXELS = 8192 * 8192
 
@@ -67,7 +67,7 @@ class DataConfig:
     # pattern such as shards/{00000..00099}.tar or a .txt list of shard paths; a COCO folder
     # (annotations/captions_*.json); null: the built-in data.
     root: Optional[str] = None
-    format: str = "auto"  # auto (from root), jsonl, webdataset or coco
+    format: str = "auto"  # auto (from root), jsonl, webdataset, coco or latents (tools/encode_latents.py)
     resolution: int = 32  # images are resized/cropped to resolution x resolution
     val_root: Optional[str] = None  # .jsonl or folder for split "val"; null: val.jsonl beside root
     languages: List[str] = field(default_factory=lambda: ["zh", "en"])  # keep records in these

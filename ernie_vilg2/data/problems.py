@@ -14,7 +14,9 @@ CORRUPT_SHARD = "corrupt shard"  # truncated, not a tar, a damaged header: the r
 INVALID_SAMPLE = "invalid sample"  # no image or caption, a caption that is not UTF-8, a bad .json
 MISSING_IMAGE = "missing image"
 UNREADABLE_SIDECAR = "unreadable knowledge sidecar"
-KINDS = (CORRUPT_SHARD, INVALID_SAMPLE, MISSING_IMAGE, UNDECODABLE_IMAGE, OVERSIZED_IMAGE, UNREADABLE_SIDECAR)
+UNDECODABLE_LATENT = "undecodable latent"  # latent shards: a damaged .latent.npy member
+KINDS = (CORRUPT_SHARD, INVALID_SAMPLE, MISSING_IMAGE, UNDECODABLE_IMAGE, OVERSIZED_IMAGE, UNDECODABLE_LATENT,
+         UNREADABLE_SIDECAR)
 MAX_WARNINGS = 20  # then only counted
 
 

@@ -38,7 +38,7 @@ import os
 import posixpath
 import re
 import tarfile
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .config import MAX_IMAGE_PIXELS
 from .jsonl import DatasetError, parse_fields
@@ -125,8 +125,13 @@ class ShardReader:
     ``load_images`` is False), ``image_ref`` ((offset, size) in the shard: :func:`load_image`),
     ``member`` (the image's member name), ``image_name`` ("SHARD: KEY.jpg"), ``caption``,
     ``lang``, ``boxes``, ``labels`` and ``synthetic_caption``. Skipped samples and damaged shards go to ``on_problem``; samples
-    whose language is not in ``languages`` are left out and counted in ``num_filtered``.
+    whose language is not in ``languages`` are left out and counted in ``num_filtered``. A
+    subclass reads another payload than the image (:class:`~.latent_shards.LatentShardReader`):
+    :attr:`payload_extensions` and :meth:`_payload_error`.
     """
+
+    payload_extensions = IMAGE_EXTENSIONS  # the member a sample needs (the first of these it has)
+    payload_name = "image"
 
     def __init__(self, caption_field: Optional[str] = None, languages: Optional[Sequence[str]] = None,
                  max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS,
@@ -140,6 +145,14 @@ class ShardReader:
 
     def _problem(self, kind: str, where: str, message: str) -> None:
         self.on_problem(Problem(kind, where, message))
+
+    def _payload_error(self, member, name: str) -> Optional[Tuple[str, str]]:
+        """(kind, reason) when the payload ``member`` (a binary file) cannot be used, judged by
+        its header; None when it can."""
+        reason = image_header_error(member, name, self.max_image_pixels)
+        if reason is None:
+            return None
+        return (OVERSIZED_IMAGE if reason.startswith(OVERSIZED_IMAGE) else UNDECODABLE_IMAGE), reason
 
     def iter_shard(self, path: str) -> Iterator[dict]:
         """The valid samples of the shard at ``path``, in its order."""
@@ -219,10 +232,10 @@ class ShardReader:
         return caption.strip()
 
     def _sample(self, tar, path: str, key: str, group: Dict) -> Iterator[dict]:
-        ext = next((e for e in IMAGE_EXTENSIONS if e in group), None)
+        ext = next((e for e in self.payload_extensions if e in group), None)
         if ext is None:
-            self._problem(INVALID_SAMPLE, f"{path}:{key}",
-                          f"{path}: {key}: the sample has no image member (.{', .'.join(IMAGE_EXTENSIONS)}); skipped")
+            self._problem(INVALID_SAMPLE, f"{path}:{key}", f"{path}: {key}: the sample has no {self.payload_name} "
+                                                           f"member (.{', .'.join(self.payload_extensions)}); skipped")
             return
         meta = {}
         if "json" in group:
@@ -250,10 +263,9 @@ class ShardReader:
             return
         info = group[ext]
         image_name = f"{path}: {info.name}"
-        reason = image_header_error(tar.extractfile(info), image_name, self.max_image_pixels)
-        if reason:
-            kind = OVERSIZED_IMAGE if reason.startswith(OVERSIZED_IMAGE) else UNDECODABLE_IMAGE
-            self._problem(kind, f"{path}:{info.name}", f"{reason}; sample skipped")
+        error = self._payload_error(tar.extractfile(info), image_name)
+        if error:
+            self._problem(error[0], f"{path}:{info.name}", f"{error[1]}; sample skipped")
             return
         image = tar.extractfile(info).read() if self.load_images else None
         yield {"key": key, "shard": path, "image": image, "image_ref": (info.offset_data, info.size),

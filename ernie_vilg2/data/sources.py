@@ -5,7 +5,8 @@
 - a ``.jsonl`` file, or a folder holding ``train.jsonl`` -> ``jsonl`` (null root: the built-in data);
 - a folder holding ``annotations/captions_*.json`` -> ``coco``;
 - a ``.tar`` file, a folder of ``.tar`` files, a brace pattern (``shards/{00000..00999}.tar``) or a
-  ``.txt`` list of shard paths -> ``webdataset``.
+  ``.txt`` list of shard paths -> ``webdataset``, or ``latents`` when ``latents.json`` is beside
+  them (latent shards, :mod:`.latent_shards`: streamed as shards, no image decoded).
 
 JSON lines and COCO are indexed records (:class:`MapDataset`): the order of training step
 ``k`` is :func:`~.batch_plans.batch_indices` of ``k``, images are decoded when read. Shards
@@ -24,6 +25,7 @@ from .coco import CocoCaptions
 from .config import DataConfig
 from .jsonl import DatasetError, resolve_jsonl_path
 from .jsonl_index import JsonlIndex
+from .latent_shards import LatentSpec, check_data_settings, has_manifest, manifest_path, shards_spec
 from .prepare import prepare_builtin_dataset
 from .problems import MISSING_IMAGE, Problem
 from .samples import OVERSIZED_IMAGE, UNDECODABLE_IMAGE, SampleError, decode_sample, to_pixel_values
@@ -33,8 +35,11 @@ logger = logging.getLogger(__name__)
 
 
 def detect_format(root: str) -> str:
-    """``jsonl``, ``coco`` or ``webdataset`` for ``data.root`` (see the module docstring)."""
+    """``jsonl``, ``coco``, ``webdataset`` or ``latents`` for ``data.root`` (see the module docstring;
+    a pattern or list of latent shards is told apart when the shards are listed)."""
     if os.path.isdir(root):
+        if os.path.isfile(manifest_path(root)):
+            return "latents"
         if os.path.isfile(os.path.join(root, "train.jsonl")):
             return "jsonl"
         if glob.glob(os.path.join(root, "annotations", "captions_*.json")):
@@ -158,15 +163,35 @@ class ShardSet:
         return f"{self.spec}: {len(self.shards):,} shards"
 
 
-def open_source(cfg: DataConfig, split: str = "train") -> Union[MapDataset, ShardSet]:
+@dataclass
+class LatentShardSet(ShardSet):
+    """Latent shards (:mod:`.latent_shards`): streamed like image shards, the stored posterior
+    of each sample instead of its image."""
+
+    latent_spec: Optional[LatentSpec] = None
+    manifest: str = ""  # the manifest's path
+
+    @property
+    def summary(self) -> str:
+        return f"{self.spec}: {len(self.shards):,} latent shards"
+
+
+def open_source(cfg: DataConfig, split: str = "train") -> Union[MapDataset, ShardSet, LatentShardSet]:
     """The ``split`` data of ``cfg`` (the built-in data is written first when root is null)."""
     root = prepare_builtin_dataset(cfg.builtin, cfg.resolution) if cfg.root is None else cfg.root
     kind = detect_format(root) if cfg.format == "auto" else cfg.format
-    if kind == "webdataset":
+    if kind in ("webdataset", "latents"):
         if cfg.max_samples is not None:
             raise DatasetError("data.max_samples applies to jsonl and coco data; for shards name fewer of them")
-        shards = ShardSet(root, list_shards(root), cfg.caption_field, cfg.languages, cfg.resolution, cfg.image_fit,
-                          cfg.max_image_pixels)
+        paths = list_shards(root)
+        if kind == "latents" or (cfg.format == "auto" and has_manifest(paths)):
+            spec, manifest = shards_spec(paths)
+            check_data_settings(spec, manifest, cfg.resolution, cfg.image_fit, cfg.caption_field, cfg.languages)
+            shards = LatentShardSet(root, paths, None, cfg.languages, cfg.resolution, cfg.image_fit, None,
+                                    latent_spec=spec, manifest=manifest)
+        else:
+            shards = ShardSet(root, paths, cfg.caption_field, cfg.languages, cfg.resolution, cfg.image_fit,
+                              cfg.max_image_pixels)
         logger.info("%s", shards.summary)
         return shards
     if kind == "coco":

@@ -8,8 +8,8 @@ checkpointed for an exact resume.
 
 A latent source gives a step the rows of the global batch this rank trains
 (``local_batch(step, batch_size, seed, rows)`` -> metas, posterior mean, std): from the
-in-memory cache (:class:`LatentSource`, small indexed data) or by encoding the loader's batch
-(:class:`StreamedLatents`).
+in-memory cache (:class:`LatentSource`, small indexed data), by encoding the loader's batch
+(:class:`StreamedLatents`) or as the loader read them from latent shards (:class:`StoredLatents`).
 """
 from __future__ import annotations
 
@@ -96,6 +96,21 @@ class StreamedLatents:
         pixels, metas, self.data_wait = self.batches.get(step)
         mean, std = encode_images(self.vae, pixels)
         return metas, mean, std
+
+
+class StoredLatents:
+    """The loader's batch of each step from latent shards: the posterior mean and std stored by
+    ``tools/encode_latents.py``, drawn from as encoded ones are."""
+
+    data_wait = 0.0
+
+    def __init__(self, batches, scaling_factor: float):
+        self.batches = batches
+        self.scaling_factor = scaling_factor
+
+    def local_batch(self, step: int, batch_size: int, seed: int, rows: Sequence[int]):
+        batch, self.data_wait = self.batches.get_batch(step)
+        return batch.metas, batch.latents[:, 0], batch.latents[:, 1]
 
 
 def estimate_scaling_factor(vae, pixels: np.ndarray, seed: int = 0) -> float:

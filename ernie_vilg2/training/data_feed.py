@@ -15,25 +15,33 @@ import numpy as np
 
 from ..config import ConfigError
 from ..data.batch_plans import make_plan
+from ..data.latent_shards import check_vae, vae_fingerprint
 from ..data.loader import BatchLoader
 from ..data.problems import DataReport
 from ..data.samples import batch_pixel_values
-from ..data.sources import ShardSet, open_source
+from ..data.sources import LatentShardSet, ShardSet, open_source
 
 logger = logging.getLogger(__name__)
 
 
 def open_training_data(cfg):
-    """The training data of ``cfg`` (an ExperimentConfig): a MapDataset or a ShardSet."""
+    """The training data of ``cfg`` (an ExperimentConfig): a MapDataset, ShardSet or LatentShardSet."""
     source = open_source(cfg.data)
     if isinstance(source, ShardSet):
         for section in ("textual_knowledge", "visual_knowledge"):
             if getattr(getattr(cfg, section), "annotations", None):
                 raise ConfigError(f"{section}.annotations", "an annotation file is keyed by JSON-lines record; "
                                   "shards take their knowledge from NAME.knowledge.jsonl beside NAME.tar")
-        if cfg.train.cache_latents:
+        if cfg.train.cache_latents and not isinstance(source, LatentShardSet):
             logger.info("train.cache_latents does not apply to streamed shards: latents are encoded each step")
     return source
+
+
+def check_latent_vae(source, vae, vae_dir: str) -> None:
+    """Latent shards must come from the run's VAE (its weights and scaling factor)."""
+    if isinstance(source, LatentShardSet):
+        check_vae(source.latent_spec, source.manifest, vae_fingerprint(vae.state_dict()),
+                  float(vae.config.scaling_factor), vae_dir)
 
 
 class StageBatches:
@@ -51,13 +59,17 @@ class StageBatches:
         self.report = DataReport(f"data of stage {stage}", warned)
         self._loader: Optional[BatchLoader] = None
 
-    def get(self, step: int):
+    def get_batch(self, step: int):
+        """(the loader's :class:`~ernie_vilg2.data.batch_plans.Batch` of ``step``, seconds waited)."""
         if self._loader is None or self._loader.next_step != step:
             if self._loader is not None:
                 self._loader.close()
             self._loader = BatchLoader(self.plan, step, self.num_workers, self.prefetch, self.report)
-        batch = self._loader.get()
-        return batch_pixel_values(batch.pixels), batch.metas, self._loader.wait
+        return self._loader.get(), self._loader.wait
+
+    def get(self, step: int):
+        batch, wait = self.get_batch(step)
+        return batch_pixel_values(batch.pixels), batch.metas, wait
 
     def close(self, log: bool = True) -> None:
         """Stop the loader; log the stage's data summary."""

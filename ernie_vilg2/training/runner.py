@@ -28,7 +28,7 @@ import numpy as np
 import paddle
 
 from ..config import ConfigError, to_dict
-from ..data.sources import ShardSet
+from ..data.sources import LatentShardSet, ShardSet
 from ..models.expert_bank import MixtureOfDenoisingExperts
 from ..models.factory import build_denoiser, build_noise_scheduler, build_sampler, build_text_encoder_from_config, build_vae
 from ..models.speedups import apply_speedups
@@ -38,10 +38,10 @@ from ..text.tokenizer import build_tokenizer
 from ..utils.images import make_grid
 from ..utils.integrity import check_model_folder
 from ..utils.io import atomic_directory, atomic_save_image
-from .batches import LatentSource, StreamedLatents, estimate_scaling_factor, shard
+from .batches import LatentSource, StoredLatents, StreamedLatents, estimate_scaling_factor, shard
 from .checkpoint import set_aside_damaged
 from .config import STAGES, ExperimentConfig
-from .data_feed import StageBatches, open_training_data, report_read_problems, scaling_pixels
+from .data_feed import StageBatches, check_latent_vae, open_training_data, report_read_problems, scaling_pixels
 from .diffusion_step import DiffusionStep, TimestepSampler
 from .distributed import DistContext, init_distributed, job_layout, launch_position
 from .expert_parallel import assemble_bank, remove_final_experts, write_final_experts
@@ -243,6 +243,9 @@ class ExperimentRunner:
         cfg = self.cfg
         stage_cfg = cfg.train.vae
         batch_size = stage_cfg.batch_size or cfg.train.batch_size
+        if isinstance(self.dataset, LatentShardSet):
+            raise ConfigError("data.root", f"{cfg.data.root} holds latent shards, and the vae stage trains on "
+                                           "images: train it with the images' data.root, then encode them")
         batches = self._batches("vae", batch_size)  # the data's summary or error before the progress bar
         paddle.seed(cfg.train.seed)
         vae = build_vae(cfg.model.vae, cfg.data.resolution)
@@ -313,7 +316,12 @@ class ExperimentRunner:
         )
         model = self.ctx.wrap_model(module, stage)
         batches = None
-        if cfg.train.cache_latents and not isinstance(self.dataset, ShardSet):
+        check_latent_vae(self.dataset, vae, stage_dir(cfg, "vae") if stage == "base"
+                         else os.path.join(stage_dir(cfg, "base"), "vae"))
+        if isinstance(self.dataset, LatentShardSet):
+            batches = self._batches(stage, batch_size)
+            source = StoredLatents(batches, vae.config.scaling_factor)
+        elif cfg.train.cache_latents and not isinstance(self.dataset, ShardSet):
             source = LatentSource(self.dataset, vae, vae.config.scaling_factor, show_progress=self.ctx.is_main)
             report_read_problems(self.dataset, f"data of stage {stage} (latent cache)", len(self.dataset),
                                  self._warned)
