@@ -17,9 +17,6 @@ import tarfile
 
 import numpy as np
 import pytest
-from shard_data import image_bytes, member_offsets, write_shards, write_sidecar, write_tar
-from test_resume_safety import _assert_same_weights, _crash_after
-from test_training import REPO, TINY_YAML, _unet_weights, tiny_overrides
 
 from ernie_vilg2.data.config import DataConfig
 from ernie_vilg2.data.jsonl import DatasetError
@@ -27,15 +24,20 @@ from ernie_vilg2.data.problems import UNDECODABLE_IMAGE, UNDECODABLE_LATENT
 from ernie_vilg2.training import runner as runner_mod
 from ernie_vilg2.training.config import load_config
 
-ENV = {**os.environ, "GLOG_minloglevel": "2", "PYTHONPATH": REPO}
+from helpers.paths import REPO_ROOT, TINY_YAML
+from helpers.shard_data import image_bytes, member_offsets, write_shards, write_sidecar, write_tar
+from helpers.training_runs import TRAIN_ENV, assert_same_weights, crash_after, tiny_overrides, unet_weights
+
+pytestmark = pytest.mark.slow  # every test here encodes with, or trains, a tiny model
+
 TIMEOUT = 300
 
 
 def _cli(script, opts, *flags, cwd):
-    args = [sys.executable, os.path.join(REPO, "tools", script), "--config", TINY_YAML, *flags]
+    args = [sys.executable, os.path.join(REPO_ROOT, "tools", script), "--config", TINY_YAML, *flags]
     for o in opts:
         args += ["-o", o]
-    return subprocess.run(args, capture_output=True, text=True, env=ENV, cwd=str(cwd), timeout=TIMEOUT)
+    return subprocess.run(args, capture_output=True, text=True, env=TRAIN_ENV, cwd=str(cwd), timeout=TIMEOUT)
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +135,7 @@ def _not_called(name):
     return fail
 
 
+@pytest.mark.multiproc
 def test_training_from_latent_shards_trains_what_training_from_the_images_does(data, monkeypatch):
     images = _base_cfg(data, "from-images", data / "shards")
     image_steps = _record_steps(monkeypatch)
@@ -145,23 +148,24 @@ def test_training_from_latent_shards_trains_what_training_from_the_images_does(d
     latents = _base_cfg(data, "from-latents", data / "latents")
     runner_mod.run_training(latents, resume=True)
     assert latent_steps == image_steps and len(image_steps) == 6
-    a, b = _unet_weights(images.train.output_dir, "base"), _unet_weights(latents.train.output_dir, "base")
+    a, b = unet_weights(images.train.output_dir, "base"), unet_weights(latents.train.output_dir, "base")
     assert a.keys() == b.keys()
     for key in a:  # a batch of other samples moves a parameter by far more than this
         assert np.abs(a[key] - b[key]).max() <= 1e-4 * np.abs(a[key]).max(), key
 
 
+@pytest.mark.multiproc
 def test_a_resumed_run_from_latent_shards_equals_the_uninterrupted_one(data, monkeypatch):
     straight = _base_cfg(data, "from-latents", data / "latents")
     if not (data / "from-latents" / "run" / "base").exists():
         runner_mod.run_training(straight, resume=True)
     cfg = _base_cfg(data, "from-latents-resumed", data / "latents")
-    restore = _crash_after(monkeypatch, "base", 3)  # both workers in the middle of their first shards
+    restore = crash_after(monkeypatch, "base", 3)  # both workers in the middle of their first shards
     with pytest.raises(KeyboardInterrupt):
         runner_mod.run_training(cfg, resume=True)
     restore()
     runner_mod.run_training(cfg, resume=True)
-    _assert_same_weights(straight.train.output_dir, cfg.train.output_dir)
+    assert_same_weights(straight.train.output_dir, cfg.train.output_dir)
 
 
 def _perturbed_vae(src, dst):
