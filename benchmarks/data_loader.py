@@ -351,7 +351,8 @@ def print_speed(args, speed, image_kib) -> None:
         cells = [f"{med[w]:,.0f}" for w in args.workers]
         cells += [f"**{med[b] / med[a]:.2f}x**" for a, b in pairs]
         print(f"| {res} | {short * 4 // 3}x{short}, {image_kib[res]:.0f} KiB | " + " | ".join(cells) + " |")
-    print(f"\ntarget: 2 workers >= {SPEEDUP_TARGET}x one worker.")
+    print(f"\ntarget: 2 workers >= {SPEEDUP_TARGET}x one worker. Load average after this part: "
+          f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} cores.")
 
 
 def print_wait(args, wait) -> None:
@@ -363,7 +364,8 @@ def print_wait(args, wait) -> None:
         blocks = wait[w]
         step, waited, share = (statistics.median(b[i] for b in blocks) for i in range(3))
         print(f"| {w} | {step * 1e3:.1f} | {waited * 1e3:.1f} | **{share:.1%}** |")
-    print(f"\ntarget: data wait < {WAIT_TARGET:.0%} of the step with workers.")
+    print(f"\ntarget: data wait < {WAIT_TARGET:.0%} of the step with workers. Load average after this part: "
+          f"{os.getloadavg()[0]:.2f}.")
 
 
 def print_rss(rss) -> None:
@@ -414,7 +416,7 @@ def run(args, work: str) -> None:
             rss["JSON lines (offset index)", n] = measure_rss(jsonl, n, 32, args.batch_size)
             shutil.rmtree(folder)
         print_rss(dict(sorted(rss.items())))
-    print(f"\n(whole run: {time.time() - start:.0f} s)")
+    print(f"\n(whole run: {time.time() - start:.0f} s; load average at the end {os.getloadavg()[0]:.2f})")
 
 
 def main(argv=None) -> int:
