@@ -1,7 +1,7 @@
 """Loader speed and memory: samples/s from JPEG shards, the data wait of a shard-fed training
 step, and the loader's peak RSS against the number of records.
 
-    python benchmarks/data_loader.py            # about 10 minutes on 2 cores
+    python benchmarks/data_loader.py            # about 6 minutes on 2 cores
     python benchmarks/data_loader.py --quick    # a smoke run
     python benchmarks/data_loader.py --parts speed --repeats 9 --workdir /tmp
 
@@ -18,12 +18,13 @@ under ``--workdir``) and removed at the end:
   the batches a block's workers had prefetched while other variants ran are taken before the
   clock starts. samples/s is the median over the blocks.
 - wait: configs/tiny.yaml's base-stage step (text encoder, VAE encoding of the batch, U-Net
-  forward/backward, AdamW; knowledge as the config has it) fed from the 256-px shards, blocks of
+  forward/backward, AdamW; knowledge as the config has it but label enrichment, which needs a
+  labels.json and has no boxes to use here) fed from the 256-px shards, blocks of
   steps interleaved over data.num_workers; the wait is what ``BatchLoader.get`` waited, the
   share is waits / step times of a block (median over blocks).
-- rss: one pass over 32-px samples (shards) and a JSON-lines file (its offset index) of N
-  records, each in a fresh process with data.num_workers 0 (the training process's own part),
-  peak RSS from ``getrusage`` of that process.
+- rss: one pass over N records of 32-px samples, as shards and as a JSON-lines file (its
+  offset index), each in a fresh process with data.num_workers 0 (the training process's own
+  part); the peak RSS (VmHWM) of that process, after its imports and at the end.
 """
 from __future__ import annotations
 
