@@ -52,6 +52,7 @@ PARTS = ("speed", "wait", "rss")
 SPEEDUP_TARGET = 1.8  # 2 workers / 1
 WAIT_TARGET = 0.05  # data wait / step, with workers
 SCALE = 1.2  # stored short side / data.resolution
+WAIT_RESOLUTION = 256  # the shards the tiny step reads: img2dataset's default image size
 POOL = 24  # distinct images per data set (decoding costs the same for a repeated one)
 CAPTIONS = [("一只猫坐在红色的沙发上", "a cat on a red sofa"),
             ("雪山下的湖面倒映着蓝天", "a lake below snowy mountains"),
@@ -78,14 +79,10 @@ def parse_args(argv=None):
         args.records = [min(n, r) for n, r in zip(args.records, (500, 2_000))]
     args.repeats = args.repeats or (1 if args.quick else 7)
     args.batches = args.batches or (2 if args.quick else 8)
-    for name in ("resolutions", "records"):
-        if min(getattr(args, name)) < 8:
-            p.error(f"--{name} must be >= 8")
-    if min(args.workers) < 0:
-        p.error("--workers must be >= 0")
-    for name in ("repeats", "batches", "batch_size"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    for name, low in (("resolutions", 8), ("records", 8), ("workers", 0), ("repeats", 1), ("batches", 1),
+                      ("batch_size", 1)):
+        if min(np.atleast_1d(getattr(args, name))) < low:
+            p.error(f"--{name.replace('_', '-')} must be >= {low}")
     if "wait" in args.parts and not os.path.isfile(args.config):
         p.error(f"--config {args.config}: not a file")
     return args
@@ -115,17 +112,16 @@ def photo_like(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def jpeg(pixels: np.ndarray, quality: int = 90) -> bytes:
-    out = io.BytesIO()
-    Image.fromarray(pixels).save(out, format="JPEG", quality=quality)
-    return out.getvalue()
-
-
 def image_pool(resolution: int, seed: int):
-    """POOL JPEGs, 4:3, the short side SCALE x ``resolution``."""
+    """POOL JPEGs (quality 90), 4:3, the short side SCALE x ``resolution``."""
     rng = np.random.default_rng([seed, resolution])
     short = round(SCALE * resolution)
-    return [jpeg(photo_like(rng, short * 4 // 3, short)) for _ in range(POOL)]
+    pool = []
+    for _ in range(POOL):
+        out = io.BytesIO()
+        Image.fromarray(photo_like(rng, short * 4 // 3, short)).save(out, format="JPEG", quality=90)
+        pool.append(out.getvalue())
+    return pool
 
 
 def caption(i: int):
@@ -332,15 +328,8 @@ def measure_rss(root: str, records: int, resolution: int, batch_size: int) -> di
 
 
 # -- the run --------------------------------------------------------------------------------------
-WAIT_RESOLUTION = 256  # the shards the tiny step reads: img2dataset's default image size
-
-
-def ratio_columns(workers):
-    return [(a, b) for a, b in zip(workers, workers[1:])]
-
-
 def print_speed(args, speed, image_kib) -> None:
-    pairs = ratio_columns(args.workers)
+    pairs = list(zip(args.workers, args.workers[1:]))
     print(f"\n## Samples/s from JPEG shards (batch {args.batch_size}, median of {args.repeats} blocks of "
           f"{args.batches} batches)\n")
     print("| data.resolution | stored JPEG | " + " | ".join(f"{w} workers (samples/s)" for w in args.workers)
@@ -384,7 +373,7 @@ def print_rss(rss) -> None:
 
 def run(args, work: str) -> None:
     start = time.time()
-    shards = 4 if args.quick else 8
+    shards = max(4 if args.quick else 8, max(args.workers))  # a worker reads shards of its own
     per_shard = 16 if args.quick else 64
     roots, image_kib = {}, {}
     resolutions = sorted(set(args.resolutions if "speed" in args.parts else [])
