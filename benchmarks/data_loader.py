@@ -384,7 +384,7 @@ def run(args, work: str) -> None:
         roots[res] = write_shards(os.path.join(work, f"shards-{res}"), images, shards * per_shard, per_shard)
     load = os.getloadavg()
     print("# Data loader: speed and memory\n")
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; load average before the run {load[0]:.2f}; shards of "
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; load average at the start {load[0]:.2f}; shards of "
           f"{per_shard} samples written by ShardWriter (photo-like JPEGs, quality 90, short side {SCALE}x "
           f"data.resolution, 4:3), data.prefetch 2, data.shuffle_buffer 1000")
     if "speed" in args.parts:
