@@ -67,11 +67,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-try:  # the dataset is a paddle.io.Dataset when Paddle is there (it always is in training)
-    from paddle.io import Dataset as _DatasetBase
-except ImportError:  # pragma: no cover - lets tools that only read records run without Paddle
-    _DatasetBase = object
-
 from ..errors import ErnieViLG2Error
 from ..text.lang import detect_lang
 from .config import MAX_IMAGE_PIXELS
@@ -278,7 +273,7 @@ def report_skipped(path: str, num_records: int, skipped: Sequence[Tuple[int, str
                            "JSON Lines: one {\"image\": ..., \"caption\": ...} object per line")
 
 
-class JsonlDataset(_DatasetBase):
+class JsonlDataset:
     """Image/caption records from a ``.jsonl`` file (format in the module docstring).
 
     Args:
@@ -290,7 +285,7 @@ class JsonlDataset(_DatasetBase):
         max_samples: keep only the first N valid records.
         max_image_pixels: skip images with more pixels (None: no limit but Pillow's own).
 
-    Counters are per process: with a multi-worker DataLoader, decode failures found in
+    Counters are per process: with data workers, decode failures found in
     workers are logged there but not added to the parent's :attr:`decode_failures`.
     """
 

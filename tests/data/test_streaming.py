@@ -6,10 +6,13 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
+from ernie_vilg2.data import batch_plans
 from ernie_vilg2.data.batch_plans import MapPlan, ShardPlan
 from ernie_vilg2.data.jsonl import DatasetError
 from ernie_vilg2.data.loader import BatchLoader, DataWorkerError
@@ -202,3 +205,19 @@ def test_a_worker_that_dies_is_an_error_naming_it(shards):
         for _ in range(4):  # what it made before it died comes first
             loader.get()
     assert loader._procs == []  # the other worker was stopped too
+
+
+def test_indexed_order_is_each_epochs_permutation_made_once_per_epoch():
+    batch_plans.epoch_order.cache_clear()
+    got = [i for step in range(5) for i in batch_plans.batch_indices(step, 4, 10, seed=7)]
+    expected = [int(i) for epoch in (0, 1) for i in np.random.default_rng([7, epoch]).permutation(10)]
+    assert got == expected
+    assert batch_plans.epoch_order.cache_info().misses == 2  # not once per step
+
+
+def test_the_data_workers_modules_do_not_import_paddle():
+    """A worker process reads and decodes; Paddle (hundreds of MB) stays in the training process."""
+    code = ("import sys, ernie_vilg2.data.sources, ernie_vilg2.data.batch_plans, ernie_vilg2.data.loader; "
+            "print('paddle' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "False", proc.stderr
