@@ -60,7 +60,7 @@ def _check_record(record, where: str) -> dict:
     return record
 
 
-def _scan(path: str) -> Tuple[List[Tuple[int, dict]], int, bool]:
+def _scan(path: str, check=_check_record) -> Tuple[List[Tuple[int, dict]], int, bool]:
     """Parse ``path``: ([(line number, record)], byte length of the complete lines, torn tail?).
 
     A last line without its newline that is not valid JSON is a write cut short by a crash:
@@ -80,13 +80,13 @@ def _scan(path: str) -> Tuple[List[Tuple[int, dict]], int, bool]:
             record = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ValueError(f"{path}:{lineno}: invalid JSON ({exc})") from None
-        records.append((lineno, _check_record(record, f"{path}:{lineno}")))
+        records.append((lineno, check(record, f"{path}:{lineno}")))
     torn = False
     if tail.strip():
         lineno = len(complete) + 1
         try:
             record = json.loads(tail.decode("utf-8"))
-            records.append((lineno, _check_record(record, f"{path}:{lineno}")))
+            records.append((lineno, check(record, f"{path}:{lineno}")))
             good_bytes += len(tail)
         except (UnicodeDecodeError, json.JSONDecodeError):
             torn = True
@@ -115,7 +115,11 @@ class AnnotationWriter:
     torn last line left by a crash (the only bytes ever removed: an incomplete record).
     Every ``write`` appends one line; :meth:`sync` (flush + fsync) runs every
     ``sync_every`` records or after ``sync_seconds``, whichever comes first, and at close.
+    A subclass names another identifying field (``key_field``) and record check (``check``).
     """
+
+    key_field = "index"
+    check = staticmethod(_check_record)
 
     def __init__(self, path: str, sync_every: int = SYNC_EVERY, sync_seconds: float = SYNC_SECONDS):
         if sync_every < 1:
@@ -123,7 +127,7 @@ class AnnotationWriter:
         self.path = path
         self.sync_every = sync_every
         self.sync_seconds = sync_seconds
-        self.done: Set[int] = set()
+        self.done: Set = set()  # the key_field values written
         self._file = None
         self._unsynced = 0
         self._last_sync = time.monotonic()
@@ -139,8 +143,8 @@ class AnnotationWriter:
         folder = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(folder, exist_ok=True)
         if os.path.exists(self.path):
-            records, good_bytes, torn = _scan(self.path)
-            self.done = {r["index"] for _, r in records}
+            records, good_bytes, torn = _scan(self.path, self.check)
+            self.done = {r[self.key_field] for _, r in records}
             if torn:
                 logger.warning("%s: dropping an incomplete last line (interrupted run)", self.path)
                 os.truncate(self.path, good_bytes)
@@ -157,9 +161,9 @@ class AnnotationWriter:
     def write(self, record: dict) -> None:
         if self._file is None:
             raise RuntimeError("AnnotationWriter is not open")
-        _check_record(record, "annotation")
+        self.check(record, "annotation")
         self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self.done.add(record["index"])
+        self.done.add(record[self.key_field])
         self._unsynced += 1
         if self._unsynced >= self.sync_every or time.monotonic() - self._last_sync >= self.sync_seconds:
             self.sync()
