@@ -7,8 +7,10 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from shard_data import image_bytes, member_offsets, truncate, write_shards, write_tar
@@ -122,6 +124,33 @@ def test_interrupted_shards_resume_without_duplicate_keys(extracted, tmp_path):
     assert result["00000.tar"].splitlines() == [lines0[i] for i in (0, 2, 1, 3)]  # the resumed lines first
     assert result["00001.tar"] == reference["00001.tar"] and result["00002.tar"] == reference["00002.tar"]
     assert not [name for name in os.listdir(folder) if name.endswith(".partial")]
+
+
+def test_a_killed_worker_stops_the_run_in_one_line_and_a_rerun_completes(extracted, tmp_path):
+    psutil = pytest.importorskip("psutil")
+    folder = _shards_only(extracted, tmp_path / "shards")
+    env = {**os.environ, "GLOG_minloglevel": "2", "PYTHONPATH": REPO_ROOT}
+    proc = subprocess.Popen([sys.executable, TOOL, "--data", folder, "--workers", "2", "--no-progress"], cwd=REPO_ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        workers = []
+        while not workers and time.monotonic() < deadline and proc.poll() is None:
+            workers = [p for p in psutil.Process(proc.pid).children()
+                       if "spawn_main" in " ".join(p.cmdline())]  # not the resource tracker
+            time.sleep(0.05)
+        assert workers, "no worker process appeared"
+        os.kill(workers[0].pid, signal.SIGKILL)  # while it starts: long before its first shard is done
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "stopped (exit code -9)" in errors[0] and "rerun to resume" in errors[0], stderr
+    summary = _succeeded(_run_tool("--data", folder, "--workers", 2))
+    assert "sidecars written" in summary
+    assert _sidecar_bytes(folder) == _sidecar_bytes(extracted)
 
 
 def test_damaged_shards_are_counted_and_the_others_complete(tmp_path):

@@ -127,8 +127,7 @@ def _run_workers(todo: List[str], options: ExtractionOptions, summary: Extractio
             try:
                 message = events.get(timeout=POLL_SECONDS)
             except queue.Empty:
-                _check_alive(procs, current, events)
-                continue
+                message = ("idle",)
             kind = message[0]
             if kind == "progress":
                 bar.update(message[1])
@@ -139,8 +138,10 @@ def _run_workers(todo: List[str], options: ExtractionOptions, summary: Extractio
             elif kind == "done":
                 summary.results.append(message[1])
                 bar.set_postfix_str(f"shards {len(summary.results)}/{len(todo)}")
-            else:
+            elif kind == "error":
                 raise ShardExtractionError(f"knowledge worker {message[1]} failed on {message[2]}: {message[3]}")
+            if len(summary.results) < len(todo):
+                _check_alive(procs, current, events)  # also while the others keep reporting
         for proc in procs:  # each has its end-of-work marker
             proc.join(timeout=30)
     finally:
