@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import logging
 import os
 import sys
 import warnings
@@ -108,7 +107,6 @@ def main(argv=None) -> int:
 
 
 def annotate_shards(args, shards) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from ernie_vilg2.knowledge.shard_extraction import ExtractionOptions
     from ernie_vilg2.knowledge.shard_workers import extract_shards
     from ernie_vilg2.knowledge.textual.user_dict import load_user_dict

@@ -12,7 +12,6 @@ out of memory) is an error naming it; the shards not finished keep their partial
 """
 from __future__ import annotations
 
-import logging
 import multiprocessing
 import queue
 import signal
@@ -60,7 +59,7 @@ class ExtractionSummary:
         if self.results:
             written, already = sum(r.written for r in self.results), sum(r.already for r in self.results)
             text += (f"; {self.samples:,} samples ({written:,} annotated, {already:,} resumed from partial files), "
-                     f"{self.report.num_problems - damaged:,} invalid skipped; {self.per_process_rate:.0f} "
+                     f"{self.report.num_problems - damaged:,} invalid skipped; {self.per_process_rate:,.0f} "
                      f"samples/s per process x {self.processes}")
         return text + f"; {self.seconds:.1f} s"
 
@@ -76,7 +75,7 @@ def extract_shards(shards: List[str], options: ExtractionOptions, workers: int =
     start = time.perf_counter()
     todo = [shard for shard in shards if not is_done(shard)]
     summary = ExtractionSummary(len(shards), len(shards) - len(todo), min(workers, len(todo)))
-    bar = tqdm(unit="sample", desc="knowledge", disable=not progress or not todo)
+    bar = tqdm(unit=" samples", desc="knowledge", disable=not progress or not todo)
     try:
         if summary.processes == 1:
             annotator = ShardAnnotator(options)
@@ -93,7 +92,6 @@ def extract_shards(shards: List[str], options: ExtractionOptions, workers: int =
 
 def _worker(index: int, options: ExtractionOptions, tasks, events) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the caller stops us
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     annotator = None
     while True:
         shard = tasks.get()
