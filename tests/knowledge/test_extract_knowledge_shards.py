@@ -13,7 +13,6 @@ import sys
 import time
 
 import pytest
-from shard_data import image_bytes, member_offsets, truncate, write_shards, write_tar
 
 from ernie_vilg2.data.batch_plans import ShardPlan
 from ernie_vilg2.data.loader import BatchLoader
@@ -23,7 +22,9 @@ from ernie_vilg2.data.sources import ShardSet
 from ernie_vilg2.knowledge.shard_extraction import ExtractionOptions, ShardAnnotator, partial_path
 from ernie_vilg2.knowledge.textual.inputs import _words_from_analysis
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers.paths import REPO_ROOT
+from helpers.shard_data import image_bytes, member_offsets, truncate, write_shards, write_tar
+
 TOOL = os.path.join(REPO_ROOT, "tools", "extract_knowledge.py")
 
 
@@ -66,6 +67,7 @@ def extracted(tmp_path_factory):
     return folder
 
 
+@pytest.mark.multiproc
 def test_two_workers_write_the_same_sidecars_as_one(extracted, tmp_path):
     folder = _shards_only(extracted, tmp_path / "shards")
     summary = _succeeded(_run_tool("--data", folder, "--workers", 2))
@@ -90,6 +92,7 @@ def test_the_loader_joins_the_sidecars_and_training_takes_their_key_words(extrac
         assert _words_from_analysis(meta["knowledge"], meta["caption"], meta["key"]) is not None
 
 
+@pytest.mark.multiproc
 def test_a_rerun_skips_finished_shards_and_redoes_a_rewritten_one(extracted, tmp_path):
     folder = tmp_path / "shards"
     shutil.copytree(extracted, folder)
@@ -105,6 +108,7 @@ def test_a_rerun_skips_finished_shards_and_redoes_a_rewritten_one(extracted, tmp
     assert _sidecar_bytes(folder) == _sidecar_bytes(extracted)
 
 
+@pytest.mark.multiproc
 def test_interrupted_shards_resume_without_duplicate_keys(extracted, tmp_path):
     """Shard 0 was cut mid-way (two lines synced, one torn); shard 1 was written to its end but not
     renamed yet. The rerun completes both and writes no key twice."""
@@ -126,6 +130,7 @@ def test_interrupted_shards_resume_without_duplicate_keys(extracted, tmp_path):
     assert not [name for name in os.listdir(folder) if name.endswith(".partial")]
 
 
+@pytest.mark.multiproc
 def test_a_killed_worker_stops_the_run_in_one_line_and_a_rerun_completes(extracted, tmp_path):
     psutil = pytest.importorskip("psutil")
     folder = _shards_only(extracted, tmp_path / "shards")
@@ -153,6 +158,7 @@ def test_a_killed_worker_stops_the_run_in_one_line_and_a_rerun_completes(extract
     assert _sidecar_bytes(folder) == _sidecar_bytes(extracted)
 
 
+@pytest.mark.multiproc
 def test_damaged_shards_are_counted_and_the_others_complete(tmp_path):
     folder = tmp_path / "shards"
     write_shards(folder, 12, shard_size=4)
