@@ -63,6 +63,7 @@ def parse_args(argv=None):
 
 def shard_list(spec: str):
     """The shards ``spec`` names (as data.root would), or None when it names JSON lines."""
+    from ernie_vilg2.data.latent_shards import has_manifest
     from ernie_vilg2.data.shards import ShardError, is_shard_spec, list_shards
 
     shard_folder = (os.path.isdir(spec) and not os.path.isfile(os.path.join(spec, "train.jsonl"))
@@ -70,9 +71,13 @@ def shard_list(spec: str):
     if not (is_shard_spec(spec) or shard_folder):
         return None
     try:
-        return list_shards(spec)
+        shards = list_shards(spec)
     except ShardError as exc:
         fail(f"--data: {exc}")
+    if has_manifest(shards):  # their samples have no image, and their knowledge comes from the image shards
+        fail(f"--data: {spec} are latent shards (latents.json beside them): extract the knowledge of the image "
+             "shards before encoding them (tools/encode_latents.py carries the sidecars over)")
+    return shards
 
 
 def visual_config(args):

@@ -1,10 +1,12 @@
 """Knowledge of webdataset shards: one sidecar per shard (``NAME.knowledge.jsonl`` beside
-``NAME.tar``, the loader joins it by sample key), written by :func:`extract_shards`.
+``NAME.tar``, the loader joins it by sample key), written one shard at a time by
+:class:`ShardAnnotator` (many shards in worker processes: :mod:`.shard_workers`).
 
 A sidecar line is an annotation record (:mod:`.annotations`) keyed by the sample's ``key``
 instead of a line index: ``{"key", "caption", "keywords", "objects"?}``; ``caption`` is the
 caption the loader reads for that sample (the ``.txt`` member, or ``caption_field`` of its
-``.json``), every sample that :func:`~ernie_vilg2.data.iter_shard` reads gets one.
+``.json``). Every sample that :func:`~ernie_vilg2.data.iter_shard` reads gets one, except, with
+the detector, one whose image it cannot decode.
 
 Resume: a shard is done when its sidecar exists and is not older than the shard (a shard
 rewritten since is done again). A shard's lines are appended to ``NAME.knowledge.jsonl.partial``
@@ -13,8 +15,8 @@ to its end the partial file is renamed to the sidecar. An interrupted shard is c
 its partial file, skipping the keys already there (a torn last line is dropped), so no key is
 written twice and at most the lines since the last sync are redone. Why both rather than only
 a temporary file renamed at the end: the rename still makes "done" a fact of the file system
-(a rerun needs no pass over finished shards), and the partial file keeps the work of an
-interrupted shard, which with a detector on the CPU is many minutes per shard.
+(a rerun needs no pass over finished shards), and the partial file keeps the work done on an
+interrupted shard, which with a detector is most of the cost.
 """
 from __future__ import annotations
 

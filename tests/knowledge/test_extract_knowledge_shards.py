@@ -187,6 +187,8 @@ def test_a_missing_shard_and_bad_flags_are_one_line_before_any_work(extracted, t
     assert _one_error_line(_run_tool("--data", folder, "--workers", 0)) == "error: --workers must be >= 1, got 0"
     assert _one_error_line(_run_tool("--data", folder, "--out", tmp_path / "a.jsonl")).startswith(
         "error: --out: shards get their knowledge beside them")
+    (tmp_path / "shards" / "latents.json").write_text("{}", encoding="utf-8")  # as tools/encode_latents.py writes
+    assert _one_error_line(_run_tool("--data", folder)).startswith(f"error: --data: {folder} are latent shards")
     jsonl = tmp_path / "train.jsonl"
     jsonl.write_text(json.dumps({"image": "a.png", "caption": "一只猫"}, ensure_ascii=False) + "\n", encoding="utf-8")
     assert _one_error_line(_run_tool("--data", jsonl, "--out", tmp_path / "a.jsonl", "--workers", 2)) == \
