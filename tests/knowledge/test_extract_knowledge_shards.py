@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -53,7 +54,7 @@ def _shards_only(src, dst):
 
 
 def _sidecar_bytes(folder):
-    return {os.path.basename(s): open(sidecar_path(s), "rb").read() for s in list_shards(str(folder))}
+    return {os.path.basename(s): Path(sidecar_path(s)).read_bytes() for s in list_shards(str(folder))}
 
 
 @pytest.fixture(scope="module")
