@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import logging
 import os
 import sys
 import warnings
@@ -113,7 +114,9 @@ def main(argv=None) -> int:
 
 def annotate_shards(args, shards) -> int:
     from ernie_vilg2.knowledge.shard_extraction import ExtractionOptions
-    from ernie_vilg2.knowledge.shard_workers import extract_shards
+    from ernie_vilg2.knowledge.shard_workers import LOG_FORMAT, extract_shards
+
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)  # before LAC's import of Paddle
     from ernie_vilg2.knowledge.textual.user_dict import load_user_dict
 
     try:

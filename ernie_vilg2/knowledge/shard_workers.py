@@ -12,6 +12,7 @@ out of memory) is an error naming it; the shards not finished keep their partial
 """
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import queue
 import signal
@@ -24,6 +25,7 @@ from ..errors import ErnieViLG2Error
 from .shard_extraction import ExtractionOptions, ShardAnnotator, ShardResult, is_done
 
 POLL_SECONDS = 1.0  # how often the calling process checks that its workers are alive
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"  # the tools' (ernie_vilg2.cli_utils)
 
 
 class ShardExtractionError(ErnieViLG2Error, RuntimeError):
@@ -92,6 +94,7 @@ def extract_shards(shards: List[str], options: ExtractionOptions, workers: int =
 
 def _worker(index: int, options: ExtractionOptions, tasks, events) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the caller stops us
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)  # before Paddle's import sets up its own
     annotator = None
     while True:
         shard = tasks.get()
