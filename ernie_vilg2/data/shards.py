@@ -306,7 +306,7 @@ def sidecar_path(shard: str) -> str:
     return base + SIDECAR_SUFFIX
 
 
-def _check_sidecar_record(record, where: str) -> dict:
+def check_sidecar_record(record, where: str) -> dict:
     if not isinstance(record, dict):
         raise DatasetError(f"{where}: expected a JSON object")
     if not isinstance(record.get("key"), str) or not isinstance(record.get("caption"), str):
@@ -336,6 +336,6 @@ def read_sidecar(path: str) -> Dict[str, dict]:
             if lineno == len(lines):  # no newline after it: an interrupted write
                 break
             raise DatasetError(f"{path}:{lineno}: not valid JSON ({exc})") from None
-        record = _check_sidecar_record(record, f"{path}:{lineno}")
+        record = check_sidecar_record(record, f"{path}:{lineno}")
         out[record["key"]] = record
     return out

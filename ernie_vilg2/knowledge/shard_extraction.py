@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, List, Optional
 
 from ..data.problems import UNDECODABLE_IMAGE, Problem
-from ..data.shards import _check_sidecar_record, iter_shard, sidecar_path
+from ..data.shards import check_sidecar_record, iter_shard, sidecar_path
 from ..utils.io import disk_full_as_error
 from .annotations import AnnotationWriter, make_annotation
 
@@ -61,7 +61,7 @@ class SidecarWriter(AnnotationWriter):
     """The resumable appender of annotation files, for sidecar lines (keyed by ``key``)."""
 
     key_field = "key"
-    check = staticmethod(_check_sidecar_record)  # exactly what the loader's read_sidecar accepts
+    check = staticmethod(check_sidecar_record)  # exactly what the loader's read_sidecar accepts
 
 
 def make_sidecar_record(key: str, caption: str, words) -> dict:
