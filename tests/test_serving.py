@@ -525,8 +525,10 @@ def test_a_dead_sampling_process_fails_the_requests_instead_of_hanging(start_ser
             assert reply.status_code == 500
             assert reply.json()["error"] == "generation failed: the sampling process died (exit status -9)"
     health = httpx.get(f"{srv.url}/health", timeout=WAIT).json()
-    assert (health["ready"], health["queue_depth"]) == (False, 0)
-    assert _post(srv.url, {"prompt": "c"}).status_code == 503
+    assert (health["status"], health["ready"], health["queue_depth"]) == ("sampling process died", False, 0)
+    refused = _post(srv.url, {"prompt": "c"})
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
+    assert refused.json()["error"] == "the sampling process died; restart the service"
 
 
 # -- the page in a browser ------------------------------------------------------------------------

@@ -85,9 +85,9 @@ async def _health(request: web.Request) -> web.Response:
 async def _generate(request: web.Request) -> web.StreamResponse:
     arrived = time.monotonic()
     service = request.app[SERVICE]
-    if not service.ready:
-        return error_response(503, None, "the service is stopping" if service.stopping else "the model is not loaded",
-                              headers={"Retry-After": "5"})
+    reason = service.unavailable()
+    if reason is not None:
+        return error_response(503, None, reason, headers={"Retry-After": "5"})
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import secrets
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 from ...errors import ErnieViLG2Error
 from ..schedulers import SAMPLERS, build_scheduler
@@ -52,7 +52,7 @@ class DeadlineExceeded(ErnieViLG2Error, RuntimeError):
 
 
 class ServiceNotReady(ErnieViLG2Error, RuntimeError):
-    """The model is not loaded, or the service is stopping."""
+    """The model is not loaded, the service is stopping or its sampling process died."""
 
 
 class Service:
@@ -76,14 +76,23 @@ class Service:
         schedulers = {name: build_scheduler(name, info["scheduler_config"]) for name in SAMPLERS}
         self.rules = RequestRules(schedulers, tuple(info["image_size"]), self.config.max_images)
 
-    @property
-    def ready(self) -> bool:
-        return self.rules is not None and not self.stopping and self.worker.is_alive()
+    def state(self) -> Tuple[str, Optional[str]]:
+        """``/health``'s status, and why requests cannot be taken now (None: they can)."""
+        if self.stopping:
+            return "stopping", "the service is stopping"
+        if self.rules is None:
+            return "not loaded", "the model is not loaded"
+        if not self.worker.is_alive():
+            return "sampling process died", "the sampling process died; restart the service"
+        return "ok", None
+
+    def unavailable(self) -> Optional[str]:
+        return self.state()[1]
 
     def health(self) -> dict:
         height, width = self.rules.image_size if self.rules else (None, None)
-        return {"status": "stopping" if self.stopping else "ok" if self.ready else "not ready",
-                "ready": self.ready, "model": self.config.model, **self.queue.stats(),
+        status, reason = self.state()
+        return {"status": status, "ready": reason is None, "model": self.config.model, **self.queue.stats(),
                 "max_queue": self.config.max_queue, "max_batch": self.config.max_batch,
                 "max_images": self.config.max_images, "timeout": self.config.timeout,
                 "image": {"height": height, "width": width}}
@@ -96,8 +105,9 @@ class Service:
         """Queue ``request`` and wait for it at most ``timeout`` seconds. Raises
         :class:`~.batching.QueueFull`, :class:`ServiceNotReady` or :class:`DeadlineExceeded`; a
         cancelled wait (the client left) cancels the job. The job may hold an ``error``."""
-        if not self.ready:
-            raise ServiceNotReady("the service is stopping" if self.stopping else "the model is not loaded")
+        reason = self.unavailable()
+        if reason is not None:
+            raise ServiceNotReady(reason)
         loop = asyncio.get_running_loop()
         done = loop.create_future()
 
