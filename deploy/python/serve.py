@@ -29,15 +29,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--model", required=True, help="export folder (with manifest.json) from tools/export_model.py")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (0: a free one, printed in the log)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: a free one, printed in the log)")
     limits = p.add_argument_group("limits")
-    limits.add_argument("--max-batch", type=int, default=8, help="images per pipeline call (1: no batching)")
+    limits.add_argument("--max-batch", type=int, default=8, help="images per pipeline call (default 8; 1: no batching)")
     limits.add_argument("--max-queue", type=int, default=32,
-                        help="requests waiting or being generated; more are answered 429 with Retry-After")
+                        help="requests waiting or being generated (default 32); more are answered 429 with Retry-After")
     limits.add_argument("--timeout", type=float, default=60.0,
-                        help="seconds from a request's arrival to its answer; 504 after it and its work is dropped")
-    limits.add_argument("--max-images", type=int, default=8, help="images one request may ask for")
-    limits.add_argument("--max-body", type=int, default=64 * 1024, help="bytes of a request body (413 past it)")
+                        help="seconds from a request's arrival to its answer (default 60); 504 after it, "
+                             "its work dropped")
+    limits.add_argument("--max-images", type=int, default=8, help="images one request may ask for (default 8)")
+    limits.add_argument("--max-body", type=int, default=64 * 1024,
+                        help="bytes of a request body (default 65536; 413 past it)")
     run = p.add_argument_group("Paddle Inference (as deploy/python/infer.py)")
     run.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="gpu needs paddlepaddle-gpu")
     run.add_argument("--threads", type=int, help="CPU math library threads per predictor (default: Paddle's, 1)")
