@@ -67,12 +67,12 @@ def sampler_main(conn, abandon, load_pipeline, log_level: str) -> None:
             traceback.print_exc()
         conn.send(("load_error", type(exc).__name__ if isinstance(exc, FileNotFoundError) else "other", str(exc)))
         return
-    conn.send(("ready", {"scheduler_config": dict(pipe.scheduler_config), "image_size": tuple(pipe.image_size),
+    conn.send(("ready", {"samplers": dict(pipe.samplers), "image_size": tuple(pipe.image_size),
                          "latent": dict(pipe.manifest["latent"])}))
-    from ..schedulers import SAMPLERS, build_scheduler
+    from ..schedulers import check_samplers
 
-    # One scheduler per sampler, swapped into the pipeline for each call (set_timesteps resets it).
-    schedulers = {name: build_scheduler(name, pipe.scheduler_config) for name in SAMPLERS}
+    # One scheduler per offered sampler, swapped into the pipeline for each call (set_timesteps resets it).
+    schedulers = check_samplers(pipe.samplers)
     while True:
         try:
             message = conn.recv()

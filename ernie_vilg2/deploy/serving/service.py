@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
 from ...errors import ErnieViLG2Error
-from ..schedulers import SAMPLERS, build_scheduler
 from .batching import BatchQueue, Job
 from .validation import GenerationRequest, RequestRules
 from .worker import SamplingWorker
@@ -73,8 +72,7 @@ class Service:
         if self.worker.load_error is not None:
             raise self.worker.load_error
         info = self.worker.info
-        schedulers = {name: build_scheduler(name, info["scheduler_config"]) for name in SAMPLERS}
-        self.rules = RequestRules(schedulers, tuple(info["image_size"]), self.config.max_images)
+        self.rules = RequestRules.from_export(info["samplers"], info["image_size"], self.config.max_images)
 
     def state(self) -> Tuple[str, Optional[str]]:
         """``/health``'s status, and why requests cannot be taken now (None: they can)."""

@@ -18,13 +18,13 @@ from ...errors import ErnieViLG2Error
 from ...pipelines.checks import check_guidance_scale, check_sampling_settings, check_seed
 from ...text.tokenizer import check_prompts, lone_surrogate
 from ..json_limits import JsonLimitError, check_json_text
-from ..schedulers import SAMPLERS
+from ..schedulers import SAMPLERS, check_samplers
 
 FORMATS = ("png", "json")
 # The defaults of deploy/python/infer.py's flags (ernie_vilg2.cli_utils.add_sampling_arguments).
 DEFAULT_STEPS = 25
 DEFAULT_GUIDANCE = 2.1
-DEFAULT_SAMPLER = "dpm"
+DEFAULT_SAMPLER = "dpm"  # when the export offers it; else the export's default
 # Prompts are a sentence or two and the text encoder keeps max_length tokens of them: the bound
 # keeps a request's prompts, its tokenizing and its JSON answer small.
 MAX_PROMPT_CHARS = 1000
@@ -81,12 +81,21 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class RequestRules:
-    """What requests are checked against: a scheduler of each sampler (for its step limit;
-    read only here, never stepped), the export's image size and the images a request may ask for."""
+    """What requests are checked against: a scheduler of each sampler the export offers (for its
+    step limit; read only here, never stepped), the sampler of a request without one, the
+    export's image size and the images a request may ask for."""
 
     schedulers: Mapping[str, object]
+    default_sampler: str
     image_size: Tuple[int, int]
     max_images: int
+
+    @classmethod
+    def from_export(cls, samplers: Mapping, image_size, max_images: int) -> "RequestRules":
+        """``samplers``: the manifest's ``samplers`` section (``InferencePipeline.samplers``)."""
+        schedulers = check_samplers(samplers)
+        default = DEFAULT_SAMPLER if DEFAULT_SAMPLER in schedulers else samplers["default"]
+        return cls(schedulers, default, tuple(image_size), max_images)
 
 
 def parse_body(raw: bytes) -> dict:
@@ -123,9 +132,12 @@ def check_request(body: Mapping, rules: RequestRules, new_seed: Callable[[], int
     if seed is None:
         seed = new_seed()
     guidance = body.get("guidance", DEFAULT_GUIDANCE)
-    sampler = body.get("sampler", DEFAULT_SAMPLER)
+    sampler = body.get("sampler", rules.default_sampler)
     if sampler not in SAMPLERS:
         raise RequestError("sampler", f"sampler must be one of {', '.join(SAMPLERS)}, got {_short(sampler)}")
+    if sampler not in rules.schedulers:
+        raise RequestError("sampler", f"sampler: {sampler} is not offered by this export (manifest field "
+                                      f"'samplers' offers: {', '.join(rules.schedulers)})")
     try:
         check_seed(seed)
         check_guidance_scale(guidance)

@@ -27,9 +27,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO_ROOT
-from deploy_exports import load_tool
-from headless_chromium import HeadlessChromium
+from helpers.deploy_exports import load_tool
+from helpers.headless_chromium import HeadlessChromium
+from helpers.paths import REPO_ROOT
+
+# Every test exports the tiny model and starts the service's processes.
+pytestmark = [pytest.mark.slow, pytest.mark.multiproc]
 
 SERVE = os.path.join(REPO_ROOT, "deploy", "python", "serve.py")
 WAIT = 60  # seconds: the bound of every wait (a hung server fails the test instead of hanging it)
@@ -228,6 +231,22 @@ RAW_REFUSED = [
 def test_malformed_body_is_refused(server, content, status, message):
     reply = _post(server.url, content=content, headers={"Content-Type": "application/json"})
     assert reply.status_code == status and reply.json()["error"].startswith(message), reply.text
+
+
+def test_only_the_samplers_the_export_offers(export_n1):
+    from ernie_vilg2.deploy.manifest import read_manifest
+    from ernie_vilg2.deploy.serving.validation import RequestError, RequestRules, check_request
+
+    samplers = read_manifest(export_n1, verify="size")["samplers"]
+    assert samplers["default"] == "ddim" and {"ddim", "dpm"} <= set(samplers)
+    rules = RequestRules.from_export(samplers, (32, 32), 8)
+    assert check_request({"prompt": "x"}, rules, lambda: 0).sampler == "dpm"  # infer.py's --sampler default
+    only_ddim = RequestRules.from_export({"ddim": samplers["ddim"], "default": "ddim"}, (32, 32), 8)
+    assert check_request({"prompt": "x"}, only_ddim, lambda: 0).sampler == "ddim"  # else the export's default
+    with pytest.raises(RequestError) as refused:
+        check_request({"prompt": "x", "sampler": "dpm"}, only_ddim, lambda: 0)
+    assert refused.value.field == "sampler"
+    assert str(refused.value) == "sampler: dpm is not offered by this export (manifest field 'samplers' offers: ddim)"
 
 
 def test_accept_png_for_several_images_is_406(server):
@@ -532,9 +551,6 @@ def test_a_dead_sampling_process_fails_the_requests_instead_of_hanging(start_ser
 
 
 # -- the page in a browser ------------------------------------------------------------------------
-from test_compare_sheet import chromium  # noqa: E402,F401  (the fixture: installs Chromium, or skips/fails)
-
-
 def test_page_generates_an_image_in_chromium(server, chromium):
     with HeadlessChromium(chromium, timeout=60) as browser:
         browser.goto(server.url + "/")
