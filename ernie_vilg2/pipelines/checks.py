@@ -55,7 +55,11 @@ def check_guidance_scale(guidance_scale) -> None:
     """A finite number >= 0: NaN or inf guidance turns every latent NaN (black images)."""
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real):
         raise ValueError(f"guidance_scale must be a number, got {guidance_scale!r}")
-    if not (math.isfinite(guidance_scale) and guidance_scale >= 0):
+    try:
+        finite = math.isfinite(guidance_scale)
+    except OverflowError:  # an integer no float holds (a JSON request may carry one)
+        finite = False
+    if not (finite and guidance_scale >= 0):
         raise ValueError(f"guidance_scale must be >= 0 and finite, got {guidance_scale}")
 
 

@@ -21,7 +21,7 @@ SAVE_CALL = re.compile(r"\.save(?:_pretrained)?\(\s*[\"']([^\"']+)[\"']")
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.M | re.S)
 INLINE_CODE = re.compile(r"`([^`]+)`")
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
-SCRIPT = re.compile(r"(?<![\w./-])((?:tools|benchmarks)/\w+\.py|deploy/python/infer\.py)(?![\w.])")
+SCRIPT = re.compile(r"(?<![\w./-])((?:tools|benchmarks|deploy/python)/\w+\.py)(?![\w.])")
 LONG_FLAG = re.compile(r"(?<![\w-])--[A-Za-z][\w-]*")
 COMMAND_END = re.compile(r";|&&|\|\||\s\|\s|\s#")
 

@@ -17,7 +17,7 @@ from helpers.paths import REPO_ROOT as REPO
 ENTRY_POINTS = ["tools/branch_experts.py", "tools/compare.py", "tools/convert_fid_inception.py", "tools/evaluate.py",
                 "tools/export_model.py", "tools/extract_knowledge.py", "tools/generate.py", "tools/judge_accuracy.py",
                 "tools/plan.py", "tools/prepare_data.py", "tools/train.py", "tools/train_detector.py",
-                "deploy/python/infer.py"]
+                "deploy/python/infer.py", "deploy/python/serve.py"]
 
 AMD_CPUINFO = "vendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx avx2 fma bmi2\n"
 # Runs the given code on a CPU that reads as an AMD one with AVX2 and FMA (where MKL's setting
