@@ -34,17 +34,17 @@ def snr_boundaries(alphas_cumprod: Sequence[float], num_experts: int) -> List[in
     timestep whose log-SNR is at or below ``λ(0) - i/N * (λ(0) - λ(T-1))``, so expert ``i``
     denoises the i-th equal slice of log-SNR. A schedule too short to give every expert a
     timestep of its own is refused."""
-    a = np.asarray(alphas_cumprod, dtype=np.float64)
-    if a.ndim != 1 or len(a) < 2 or not np.all((a > 0) & (a < 1)):
+    alpha_bar = np.asarray(alphas_cumprod, dtype=np.float64)
+    if alpha_bar.ndim != 1 or len(alpha_bar) < 2 or not np.all((alpha_bar > 0) & (alpha_bar < 1)):
         raise ValueError("snr boundaries need the schedule's alphas_cumprod: at least 2 values in (0, 1)")
-    log_snr = np.log(a) - np.log1p(-a)
+    log_snr = np.log(alpha_bar) - np.log1p(-alpha_bar)
     if not np.all(np.diff(log_snr) < 0):
         raise ValueError("snr boundaries need a noise schedule whose SNR falls at every timestep")
     top, bottom = log_snr[0], log_snr[-1]
     levels = top - (top - bottom) * np.arange(1, num_experts) / num_experts
     boundaries = [int(np.argmax(log_snr <= level)) for level in levels]
-    if any(b <= a for a, b in zip([0] + boundaries, boundaries)):
-        raise ValueError(f"snr boundaries {boundaries}: {len(a)} timesteps are too few to give each of "
+    if any(b <= previous for previous, b in zip([0] + boundaries, boundaries)):
+        raise ValueError(f"snr boundaries {boundaries}: {len(alpha_bar)} timesteps are too few to give each of "
                          f"{num_experts} experts a share of log-SNR; use fewer experts or list the boundaries")
     return boundaries
 
@@ -95,11 +95,6 @@ class TimestepRouter:
         else:
             self.boundaries = check_boundaries(boundaries, num_experts, num_train_timesteps)
         self.edges = [0, *self.boundaries, num_train_timesteps]
-
-    @property
-    def is_uniform(self) -> bool:
-        return self.num_train_timesteps % self.num_experts == 0 and self.boundaries == uniform_boundaries(
-            self.num_experts, self.num_train_timesteps)
 
     def expert_index(self, timestep):
         """Expert of each timestep: a number (Python or NumPy scalar) gives an int; an array
