@@ -15,7 +15,7 @@ import sys
 import warnings
 from typing import Dict, List, NoReturn, Optional, Sequence
 
-from .pipelines.checks import check_guidance_scale, check_seed
+from .pipelines.checks import check_seed, expert_guidance_scales
 from .pipelines.generation import generate_images, save_generation
 from .text.tokenizer import lone_surrogate
 from .utils.io import DiskFullError
@@ -50,7 +50,9 @@ def add_sampling_arguments(p: argparse.ArgumentParser, size_help: str = "default
     p.add_argument("--seed", type=int, default=0, help="seed of the initial noise (>= 0)")
     p.add_argument("--steps", type=int, default=25,
                    help="sampling steps (at most 999 for dpm, 1000 for ddim with the usual T = 1000)")
-    p.add_argument("--guidance", type=float, default=2.1, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--guidance", default=2.1, metavar="G[,G...]",
+                   help="classifier-free guidance scale (1 = off), or one per expert separated by commas "
+                        "(3,3,2,...: expert 0, the least noisy, first)")
     p.add_argument("--sampler", choices=("ddim", "dpm"), default="dpm", help="ddim or dpm (DPM-Solver++)")
     p.add_argument("--height", type=int, help=f"image height ({size_help})")
     p.add_argument("--width", type=int, help=f"image width ({size_help})")
@@ -100,14 +102,26 @@ def check_sampling_arguments(args: argparse.Namespace) -> None:
     for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size)):
         if value < 1:
             fail(f"{flag} must be >= 1, got {value}")
+    args.guidance = parse_guidance(args.guidance)
     try:
         check_seed(args.seed)
-        check_guidance_scale(args.guidance)
+        expert_guidance_scales(args.guidance, len(args.guidance) if isinstance(args.guidance, list) else 1)
     except ValueError as exc:
         fail(flag_message(exc))
     problem = argument_text_error(args.negative_prompt or "")
     if problem:
         fail(f"--negative-prompt: {problem}")
+
+
+def parse_guidance(value):
+    """``--guidance``: a number, or one number per expert separated by commas (a list)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        scales = [float(part) for part in value.split(",")]
+    except ValueError:
+        fail(f"--guidance: expected a number or one number per expert separated by commas (e.g. 3,3,2), got {value!r}")
+    return scales[0] if len(scales) == 1 else scales
 
 
 def check_generation_arguments(args: argparse.Namespace) -> None:

@@ -1,6 +1,7 @@
 """Stage 2 initialisation: copy a stage-1 pipeline's U-Net into N denoising experts.
 
     python tools/branch_experts.py --model output/stage1/pipeline --num-experts 10 --out output/stage2_init
+    python tools/branch_experts.py --model output/stage1/pipeline --num-experts 2 --boundaries snr --out output/snr
 
 The VAE, text encoder, tokenizer and scheduler are saved unchanged; the output folder
 is written atomically (temporary folder beside --out, renamed when complete).
@@ -23,13 +24,27 @@ from ernie_vilg2.utils.io import DiskFullError  # noqa: E402
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="stage-1 pipeline folder (1 expert)")
-    p.add_argument("--num-experts", type=int, required=True, help="number of experts N (must divide T)")
+    p.add_argument("--num-experts", type=int, required=True,
+                   help="number of experts N (with --boundaries uniform it must divide T)")
+    p.add_argument("--boundaries", default="uniform", metavar="uniform|snr|T1,T2,...",
+                   help="where the experts switch: uniform (the paper), snr (equal shares of log-SNR over the "
+                        "model's noise schedule) or N-1 increasing timesteps (model.expert_boundaries)")
     p.add_argument("--out", required=True, help="output pipeline folder")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     return p.parse_args(argv)
 
 
-def precheck(model_dir: str, num_experts: int) -> None:
+def parse_boundaries(text: str):
+    """``--boundaries``: ``uniform``, ``snr`` or comma-separated timesteps (a list)."""
+    if text in ("uniform", "snr"):
+        return text
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        fail(f"--boundaries: expected uniform, snr or increasing timesteps separated by commas, got {text!r}")
+
+
+def precheck(model_dir: str, num_experts: int, boundaries) -> None:
     """Fail in a second, before the heavy imports, on what the denoiser config already tells."""
     path = os.path.join(model_dir, "unet", "config.json")
     if not os.path.isfile(path):
@@ -42,7 +57,7 @@ def precheck(model_dir: str, num_experts: int) -> None:
         fail(f"--model: {model_dir} is not a stage-1 model: its unet has {config['num_experts']} experts, "
              "branching needs 1 expert")
     steps = config.get("num_train_timesteps", 1000)
-    if steps % num_experts:
+    if boundaries == "uniform" and steps % num_experts:
         fail(f"--num-experts: {num_experts} does not divide num_train_timesteps ({steps})")
 
 
@@ -55,19 +70,24 @@ def main(argv=None) -> int:
         fail(f"--model: model folder not found: {args.model}")
     if os.path.exists(args.out) and not args.overwrite:
         fail(f"--out: {args.out} already exists (pass --overwrite to replace it)")
-    precheck(args.model, args.num_experts)
+    boundaries = parse_boundaries(args.boundaries)
+    precheck(args.model, args.num_experts, boundaries)
 
     quiet_third_party_logs()
     from ernie_vilg2.pipelines import branch_pipeline_folder
 
     try:
-        branch_pipeline_folder(args.model, args.num_experts, args.out, overwrite=args.overwrite)
+        branch_pipeline_folder(args.model, args.num_experts, args.out, overwrite=args.overwrite,
+                               expert_boundaries=boundaries)
     except DiskFullError as exc:
         fail(f"--out: {exc}")
     except (FileNotFoundError, ErnieViLG2Error) as exc:
         fail(f"--model: {exc}")
-    except ValueError as exc:  # 'unet: ... has N experts' or N not dividing T
-        flag = "--num-experts" if "num_experts" in str(exc) else "--model"
+    except ValueError as exc:  # 'unet: ... has N experts', N not dividing T or bad boundaries
+        message = str(exc)
+        if message.startswith("expert_boundaries: "):
+            fail(f"--boundaries: {message[len('expert_boundaries: '):]}")
+        flag = "--num-experts" if "num_experts" in message else "--model"
         fail(f"{flag}: {exc}")
     print(f"wrote {args.num_experts}-expert pipeline to {os.path.abspath(args.out)}")
     return 0

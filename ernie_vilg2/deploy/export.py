@@ -301,7 +301,10 @@ def export_pipeline(
     import paddle
     from paddle.static import InputSpec
 
-    router = TimestepRouter(num_experts, num_train_timesteps)  # validates N and T
+    try:  # validates N, T and the boundaries (none saved: uniform)
+        router = TimestepRouter(num_experts, num_train_timesteps, unet_config.get("expert_boundaries"))
+    except ValueError as exc:
+        raise ExportError(f"{os.path.join(model_dir, 'unet', 'config.json')}: expert_boundaries: {exc}") from None
     paddle.set_device("cpu")  # export on the CPU: the programs run on any device
     samplers = _samplers(model_dir, scheduler_config, num_train_timesteps, log)
     TextEncoderProgram, ExpertProgram, VAEDecoderProgram = _wrappers()
@@ -379,7 +382,8 @@ def export_pipeline(
                 "image": {"height": height, "width": width},
                 "latent": {"channels": latent_channels, "height": latent_hw[0], "width": latent_hw[1],
                            "scaling_factor": scaling_factor},
-                "router": {"num_experts": num_experts, "num_train_timesteps": num_train_timesteps},
+                "router": {"num_experts": num_experts, "num_train_timesteps": num_train_timesteps,
+                           "boundaries": router.boundaries},
                 "samplers": samplers,
                 "tokenizer": tok_spec,
                 "programs": programs,

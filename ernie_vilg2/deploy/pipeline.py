@@ -17,7 +17,7 @@ from typing import Callable, List, Optional, Sequence, Union
 import numpy as np
 
 from ..models.routing import TimestepRouter
-from ..pipelines.checks import check_finite_latents, check_sampling_settings
+from ..pipelines.checks import check_finite_latents, check_sampling_settings, expert_guidance_scales
 from ..text.tokenizer import check_prompts
 from .manifest import read_manifest
 from .predictor import PredictorSettings, Program, program_inputs
@@ -82,7 +82,8 @@ class InferencePipeline:
         self.settings = settings
         self.tokenizer = WordPieceTokenizer.from_manifest(folder, manifest["tokenizer"])
         router = manifest["router"]
-        self.router = TimestepRouter(router["num_experts"], router["num_train_timesteps"])
+        # an export without router.boundaries (before they were written) switches uniformly
+        self.router = TimestepRouter(router["num_experts"], router["num_train_timesteps"], router.get("boundaries"))
         self.samplers = manifest["samplers"]  # each sampler's settings as the export resolved them
         self.scheduler = build_scheduler(sampler, self.samplers)
         programs, inputs = manifest["programs"], program_inputs(manifest)
@@ -149,13 +150,13 @@ class InferencePipeline:
         return images.transpose(0, 2, 3, 1).astype("float32")
 
     # -- sampling ------------------------------------------------------------------------------
-    def check_inputs(self, num_inference_steps: int = 50, guidance_scale: float = 2.1, height: Optional[int] = None,
+    def check_inputs(self, num_inference_steps: int = 50, guidance_scale=2.1, height: Optional[int] = None,
                      width: Optional[int] = None, num_images_per_prompt: int = 1, seed: Optional[int] = None,
                      output_type: str = "pil"):
         """ErnieViLG2Pipeline's checks and messages (each names its argument), plus the export's
         fixed size; returns (height, width). ``__call__`` runs it first."""
         check_sampling_settings(self.scheduler, num_inference_steps, guidance_scale, num_images_per_prompt, seed,
-                                output_type)
+                                output_type, self.router.num_experts)
         for name, value in (("height", height), ("width", width)):
             built = self.manifest["image"][name]
             if value is not None and value != built:
@@ -171,7 +172,7 @@ class InferencePipeline:
         prompt: Union[str, List[str]],
         negative_prompt: Optional[Union[str, List[str]]] = None,
         num_inference_steps: int = 50,
-        guidance_scale: float = 2.1,
+        guidance_scale: Union[float, Sequence[float]] = 2.1,
         height: Optional[int] = None,
         width: Optional[int] = None,
         generator: Optional[np.random.Generator] = None,
@@ -195,7 +196,8 @@ class InferencePipeline:
 
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
         batch = len(prompts)
-        do_cfg = guidance_scale != 1.0
+        scales = expert_guidance_scales(guidance_scale, self.router.num_experts)
+        do_cfg = any(scale != 1.0 for scale in scales)
         context = self.encode_prompt(prompts)
         if do_cfg:
             negatives = _as_list(negative_prompt or "", batch // num_images_per_prompt, "negative_prompt")
@@ -219,7 +221,8 @@ class InferencePipeline:
             noise = self.denoise(model_input, int(t), context)
             if do_cfg:
                 noise_uncond, noise_text = np.split(noise, 2)
-                noise = noise_uncond + np.float32(guidance_scale) * (noise_text - noise_uncond)
+                scale = np.float32(scales[self.router.expert_index(int(t))])
+                noise = noise_uncond + scale * (noise_text - noise_uncond)
             with np.errstate(over="ignore", invalid="ignore"):  # reported by the check, in one line
                 latents = scheduler.step(noise, int(t), latents)
             check_finite_latents(latents, i, num_inference_steps)

@@ -13,6 +13,9 @@ Sizes and the program dimension each must equal:
 - ``router.num_train_timesteps`` (and every sampler's ``num_train_timesteps``, equal to it):
   the rows of every expert's timestep table (:mod:`.rewrites`).
 
+``router.boundaries`` (N - 1 increasing timesteps in [1, T - 1]; absent in older exports:
+uniform) must agree with every ``programs.experts[i].timesteps`` (``[b_i, b_{i+1})``).
+
 The ``samplers`` section is checked setting by setting by :func:`.schedulers.check_samplers`.
 """
 from __future__ import annotations
@@ -22,6 +25,7 @@ import os
 from typing import Any, Mapping
 
 from ..errors import ErnieViLG2Error
+from ..models.routing import TimestepRouter
 from .program_info import ProgramInfo, read_program_info
 from .schedulers import SettingError, check_samplers
 
@@ -52,9 +56,16 @@ def check_values(path: str, manifest: Mapping) -> None:
     scaling = manifest["latent"]["scaling_factor"]
     if isinstance(scaling, bool) or not (math.isfinite(scaling) and scaling > 0):
         fail("latent.scaling_factor", f"must be a finite number > 0, got {scaling!r}")
-    n, T = manifest["router"]["num_experts"], manifest["router"]["num_train_timesteps"]
-    if T % n:
+    router = manifest["router"]
+    n, T = router["num_experts"], router["num_train_timesteps"]
+    if "boundaries" not in router and T % n:  # an export from before router.boundaries: uniform
         fail("router.num_experts", f"must divide router.num_train_timesteps ({T}), got {n}")
+    if not isinstance(router.get("boundaries", []), list):
+        fail("router.boundaries", f"expected a list of {n - 1} timesteps, got {router['boundaries']!r}")
+    try:
+        edges = TimestepRouter(n, T, router.get("boundaries")).edges
+    except ValueError as exc:
+        fail("router.boundaries", str(exc))
     try:
         samplers = check_samplers(manifest["samplers"])
     except SettingError as exc:
@@ -65,10 +76,10 @@ def check_values(path: str, manifest: Mapping) -> None:
                  f"must equal router.num_train_timesteps ({T}), got {sampler.num_train_timesteps}")
     for i, expert in enumerate(manifest["programs"]["experts"]):
         if "timesteps" in expert:
-            stage = [i * (T // n), (i + 1) * (T // n)]
+            stage = edges[i:i + 2]
             if not (isinstance(expert["timesteps"], list) and expert["timesteps"] == stage
                     and all(_is_int(t) for t in expert["timesteps"])):
-                fail(f"programs.experts[{i}].timesteps", f"expected {stage} (t * N // T routing), "
+                fail(f"programs.experts[{i}].timesteps", f"expected {stage} (the router's stage {i}), "
                                                          f"got {expert['timesteps']!r}")
     hidden = manifest["programs"]["text_encoder"].get("hidden_size")
     if hidden is not None and not (_is_int(hidden) and hidden >= 1):

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Union
 
-from ..config import check
+from ..config import ConfigError, check
+from .routing import BOUNDARY_RULES, check_boundaries, resolve_boundaries
 
 _DOWN_BLOCKS = ("CrossAttnDownBlock2D", "DownBlock2D", "SimpleCrossAttnDownBlock2D")
 _UP_BLOCKS = ("CrossAttnUpBlock2D", "UpBlock2D", "SimpleCrossAttnUpBlock2D")
@@ -78,6 +79,8 @@ class VAEConfig:
 class ModelConfig:
     num_experts: int = 1  # experts of stage 2; stage 1 always trains one U-Net
     num_train_timesteps: int = 1000
+    # where the experts switch: uniform (the paper), snr (equal shares of log-SNR) or N-1 timesteps
+    expert_boundaries: Union[str, List[int]] = "uniform"
     beta_schedule: str = "linear"
     beta_start: float = 0.0001
     beta_end: float = 0.02
@@ -89,11 +92,31 @@ class ModelConfig:
     def __post_init__(self):
         check(self.num_experts >= 1, "model.num_experts", "must be >= 1")
         check(self.num_train_timesteps >= 1, "model.num_train_timesteps", "must be >= 1")
-        check(self.num_train_timesteps % self.num_experts == 0, "model.num_experts",
-              f"must divide num_train_timesteps ({self.num_train_timesteps}) into equal stages, "
-              f"got {self.num_experts}")
+        check(self.num_train_timesteps >= self.num_experts, "model.num_experts",
+              f"must be <= num_train_timesteps ({self.num_train_timesteps}), got {self.num_experts}")
+        if isinstance(self.expert_boundaries, str):
+            check(self.expert_boundaries in BOUNDARY_RULES, "model.expert_boundaries",
+                  f"must be one of {BOUNDARY_RULES} or a list of {self.num_experts - 1} timesteps, "
+                  f"got {self.expert_boundaries!r}")
+            check(self.expert_boundaries != "uniform" or self.num_train_timesteps % self.num_experts == 0,
+                  "model.num_experts", f"must divide num_train_timesteps ({self.num_train_timesteps}) into equal "
+                                       f"stages (model.expert_boundaries: uniform), got {self.num_experts}")
+        else:
+            try:
+                check_boundaries(self.expert_boundaries, self.num_experts, self.num_train_timesteps)
+            except ValueError as exc:
+                raise ConfigError("model.expert_boundaries", str(exc)) from None
         check(self.beta_schedule in ("linear", "scaled_linear"), "model.beta_schedule",
               "must be 'linear' or 'scaled_linear'")
         check(0 < self.beta_start < self.beta_end < 1, "model.beta_end", "need 0 < beta_start < beta_end < 1")
         check(self.prediction_type in ("epsilon", "v_prediction"), "model.prediction_type",
               "must be 'epsilon' or 'v_prediction'")
+
+    def boundaries(self, alphas_cumprod=None) -> List[int]:
+        """The N-1 timesteps where the experts switch; ``snr`` needs the training schedule's
+        ``alphas_cumprod`` (``build_noise_scheduler(cfg).alphas_cumprod``)."""
+        try:
+            return resolve_boundaries(self.expert_boundaries, self.num_experts, self.num_train_timesteps,
+                                      None if alphas_cumprod is None else [float(a) for a in alphas_cumprod])
+        except ValueError as exc:
+            raise ConfigError("model.expert_boundaries", str(exc)) from None

@@ -5,7 +5,8 @@ each stage its own U-Net. A fixed router sends timestep ``t`` to expert
 ``t * N // T`` (equivalently ``t // (T / N)``), so one expert runs per sampling step
 and the per-step compute equals one U-Net, while capacity grows N-fold. diffusers'
 Wan pipeline picks one of two experts by a timestep boundary; this generalises it
-to N equal stages. With N = 1 the model is a plain U-Net.
+to N stages, equal or placed by ``expert_boundaries`` (:mod:`.routing`). With N = 1 the
+model is a plain U-Net.
 
 A bank may hold only some of the N experts (``expert_ids``), e.g. the experts one group of
 ranks trains: the router still maps every ``t`` to its expert id, and the parameter names
@@ -82,9 +83,10 @@ class MixtureOfDenoisingExperts(ModelMixin, ConfigMixin):
 
     @register_to_config
     def __init__(self, num_experts: int = 1, num_train_timesteps: int = 1000, unet: Optional[Dict] = None,
-                 expert_ids: Optional[Sequence[int]] = None):
+                 expert_ids: Optional[Sequence[int]] = None, expert_boundaries: Optional[Sequence[int]] = None):
         super().__init__()
-        self.router = TimestepRouter(num_experts, num_train_timesteps)
+        # expert_boundaries: the N-1 timesteps where the experts switch; None = uniform (t * N // T)
+        self.router = TimestepRouter(num_experts, num_train_timesteps, expert_boundaries)
         ids = range(num_experts) if expert_ids is None else sorted(set(int(i) for i in expert_ids))
         for i in ids:
             if not 0 <= i < num_experts:
@@ -109,24 +111,27 @@ class MixtureOfDenoisingExperts(ModelMixin, ConfigMixin):
 
     @classmethod
     def from_unet(cls, unet: UNet2DConditionModel, num_experts: int, num_train_timesteps: int = 1000,
-                  expert_ids: Optional[Sequence[int]] = None):
+                  expert_ids: Optional[Sequence[int]] = None, expert_boundaries: Optional[Sequence[int]] = None):
         """Branch a trained U-Net into ``num_experts`` identical experts (stage 2 init);
-        ``expert_ids``: build only these of them."""
+        ``expert_ids``: build only these of them; ``expert_boundaries``: where they switch."""
         unet_config = {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}
         model = cls(num_experts=num_experts, num_train_timesteps=num_train_timesteps, unet=unet_config,
-                    expert_ids=expert_ids)
+                    expert_ids=expert_ids,
+                    expert_boundaries=None if expert_boundaries is None else [int(b) for b in expert_boundaries])
         state = unet.state_dict()
         for expert in model.experts:
             expert.set_state_dict(copy.deepcopy(state))
         return model
 
     @classmethod
-    def branch(cls, model: "MixtureOfDenoisingExperts", num_experts: int,
-               expert_ids: Optional[Sequence[int]] = None) -> "MixtureOfDenoisingExperts":
-        """Branch a single-expert model into ``num_experts`` experts (or only ``expert_ids`` of them)."""
+    def branch(cls, model: "MixtureOfDenoisingExperts", num_experts: int, expert_ids: Optional[Sequence[int]] = None,
+               expert_boundaries: Optional[Sequence[int]] = None) -> "MixtureOfDenoisingExperts":
+        """Branch a single-expert model into ``num_experts`` experts (or only ``expert_ids`` of them),
+        switching at ``expert_boundaries`` (None: uniform)."""
         if model.num_experts != 1:
             raise ValueError(f"can only branch a single-expert model, this one has {model.num_experts}")
-        return cls.from_unet(model.experts[0], num_experts, model.config.num_train_timesteps, expert_ids)
+        return cls.from_unet(model.experts[0], num_experts, model.config.num_train_timesteps, expert_ids,
+                             expert_boundaries)
 
     # -- properties -----------------------------------------------------------------
     @property

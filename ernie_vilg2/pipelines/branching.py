@@ -4,15 +4,18 @@ from __future__ import annotations
 import os
 
 from ..models.expert_bank import MixtureOfDenoisingExperts
+from ..models.routing import resolve_boundaries
 from ..utils.io import atomic_directory
 from .loading import load_pipeline
 
 
-def branch_pipeline(pipe, num_experts: int):
+def branch_pipeline(pipe, num_experts: int, expert_boundaries="uniform"):
     """A new pipeline whose denoiser holds ``num_experts`` copies of ``pipe``'s one U-Net.
 
-    The VAE, text encoder, tokenizer and scheduler are shared with ``pipe`` (same
-    objects), so only the experts cost new memory. ``pipe`` itself is not changed.
+    ``expert_boundaries`` (``uniform``, ``snr`` over ``pipe``'s noise schedule, or ``N - 1``
+    timesteps) is where the experts switch (:mod:`ernie_vilg2.models.routing`). The VAE, text
+    encoder, tokenizer and scheduler are shared with ``pipe`` (same objects), so only the
+    experts cost new memory. ``pipe`` itself is not changed.
     """
     if isinstance(num_experts, bool) or not isinstance(num_experts, int) or num_experts < 1:
         raise ValueError(f"num_experts must be a positive integer, got {num_experts!r}")
@@ -23,12 +26,21 @@ def branch_pipeline(pipe, num_experts: int):
         raise ValueError(
             f"unet: can only branch a stage-1 model with 1 expert, this one has {unet.num_experts}"
         )
-    branched = MixtureOfDenoisingExperts.branch(unet, num_experts)
+    boundaries = None
+    if expert_boundaries != "uniform":
+        steps = unet.config.num_train_timesteps
+        try:
+            boundaries = resolve_boundaries(expert_boundaries, num_experts, steps,
+                                            pipe.scheduler.alphas_cumprod.numpy().tolist())
+        except ValueError as exc:
+            raise ValueError(f"expert_boundaries: {exc}") from None
+    branched = MixtureOfDenoisingExperts.branch(unet, num_experts, expert_boundaries=boundaries)
     branched.train(unet.training)
     return type(pipe)(**{**pipe.components, "unet": branched})
 
 
-def branch_pipeline_folder(model_dir: str, num_experts: int, out_dir: str, overwrite: bool = False) -> str:
+def branch_pipeline_folder(model_dir: str, num_experts: int, out_dir: str, overwrite: bool = False,
+                           expert_boundaries="uniform") -> str:
     """Load the stage-1 pipeline in ``model_dir``, branch it and save it to ``out_dir``.
 
     The folder is written atomically (a temporary folder beside ``out_dir`` renamed
@@ -39,7 +51,7 @@ def branch_pipeline_folder(model_dir: str, num_experts: int, out_dir: str, overw
     if os.path.exists(out_dir) and not overwrite:
         raise FileExistsError(f"out_dir already exists: {out_dir} (use overwrite to replace it)")
     pipe = load_pipeline(model_dir)
-    branched = branch_pipeline(pipe, num_experts)
+    branched = branch_pipeline(pipe, num_experts, expert_boundaries)
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         branched.save_pretrained(str(tmp))
     return out_dir

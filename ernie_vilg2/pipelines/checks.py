@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import List
 
 import numpy as np
 
@@ -63,6 +64,21 @@ def check_guidance_scale(guidance_scale) -> None:
         raise ValueError(f"guidance_scale must be >= 0 and finite, got {guidance_scale}")
 
 
+def expert_guidance_scales(guidance_scale, num_experts: int) -> List[float]:
+    """One guidance scale per expert: a number is every expert's, a list or tuple of
+    ``num_experts`` numbers gives expert ``i`` its own (diffusers' Wan pipeline has a
+    ``guidance_scale_2`` for its second expert)."""
+    if isinstance(guidance_scale, (list, tuple)):
+        if len(guidance_scale) != num_experts:
+            raise ValueError(f"guidance_scale must be one number or {num_experts} (one per expert), "
+                             f"got {len(guidance_scale)}")
+        for scale in guidance_scale:
+            check_guidance_scale(scale)
+        return [float(scale) for scale in guidance_scale]
+    check_guidance_scale(guidance_scale)
+    return [float(guidance_scale)] * num_experts
+
+
 def check_finite_latents(latents, step: int, num_steps: int) -> None:
     """Raise :class:`NonFiniteLatentsError` if ``latents`` (a NumPy array or a Paddle tensor,
     the result of denoising step ``step``, 0-based) hold NaN or inf: every later step and the
@@ -77,7 +93,7 @@ def check_finite_latents(latents, step: int, num_steps: int) -> None:
 
 
 def check_sampling_settings(scheduler, num_inference_steps, guidance_scale, num_images_per_prompt, seed,
-                            output_type) -> None:
+                            output_type, num_experts: int = 1) -> None:
     """The settings of a sampling call (the size is each pipeline's own check)."""
     if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps <= 0:
         raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
@@ -87,7 +103,7 @@ def check_sampling_settings(scheduler, num_inference_steps, guidance_scale, num_
             f"num_inference_steps must be <= {limit} with {type(scheduler).__name__} "
             f"(num_train_timesteps {_train_timesteps(scheduler)}), got {num_inference_steps}"
         )
-    check_guidance_scale(guidance_scale)
+    expert_guidance_scales(guidance_scale, num_experts)
     if num_images_per_prompt < 1:
         raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
     check_seed(seed)

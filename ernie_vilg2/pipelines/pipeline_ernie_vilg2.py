@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import List, Optional, Union
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import paddle
@@ -17,7 +17,7 @@ from ..models.speedups import apply_speedups
 from ..models.text_encoder import encode_text
 from ..text.tokenizer import check_prompts, tokenize
 from ..utils.integrity import check_pipeline_folder
-from .checks import check_finite_latents, check_sampling_settings
+from .checks import check_finite_latents, check_sampling_settings, expert_guidance_scales
 from .offload import EXPERT_OFFLOADS, ExpertOffload, ExpertWeightsFile, ModelCpuOffload, lazy_mixture
 
 logger = logging.getLogger(__name__)
@@ -185,14 +185,14 @@ class ErnieViLG2Pipeline(DiffusionPipeline):
         images = (images / 2 + 0.5).clip(0, 1)
         return images.transpose([0, 2, 3, 1]).astype("float32").numpy()
 
-    def check_inputs(self, num_inference_steps: int = 50, guidance_scale: float = 2.1, height: Optional[int] = None,
+    def check_inputs(self, num_inference_steps: int = 50, guidance_scale=2.1, height: Optional[int] = None,
                      width: Optional[int] = None, num_images_per_prompt: int = 1, seed: Optional[int] = None,
                      output_type: str = "pil"):
         """Validate the sampling settings (each error names its argument); return (height, width)
         with the model's resolution filled in. ``__call__`` runs it first; callers that loop
         over many batches run it once before the first."""
         check_sampling_settings(self.scheduler, num_inference_steps, guidance_scale, num_images_per_prompt, seed,
-                                output_type)
+                                output_type, self.unet.num_experts)
         default_size = self.unet.sample_size * self.vae_scale_factor
         height = default_size if height is None else height
         width = default_size if width is None else width
@@ -207,7 +207,7 @@ class ErnieViLG2Pipeline(DiffusionPipeline):
         prompt: Union[str, List[str]],
         negative_prompt: Optional[Union[str, List[str]]] = None,
         num_inference_steps: int = 50,
-        guidance_scale: float = 2.1,
+        guidance_scale: Union[float, Sequence[float]] = 2.1,
         height: Optional[int] = None,
         width: Optional[int] = None,
         generator: Optional[np.random.Generator] = None,
@@ -224,7 +224,9 @@ class ErnieViLG2Pipeline(DiffusionPipeline):
         ``seed`` (or a ``numpy.random.Generator``) draws the initial noise with NumPy, so
         a seed gives the same images on CPU and GPU. ``key_token_mask`` ([B, max_length],
         from the textual-knowledge module) enables key-word emphasis at sampling when the
-        experts carry a knowledge attention processor. ``guidance_scale`` 1 disables CFG.
+        experts carry a knowledge attention processor. ``guidance_scale`` 1 disables CFG;
+        a list of one scale per expert guides each step with its expert's scale (CFG then runs
+        unless every scale is 1).
         """
         prompts = check_prompts(prompt)
         height, width = self.check_inputs(num_inference_steps, guidance_scale, height, width,
@@ -232,7 +234,8 @@ class ErnieViLG2Pipeline(DiffusionPipeline):
 
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
         batch = len(prompts)
-        do_cfg = guidance_scale != 1.0
+        scales = expert_guidance_scales(guidance_scale, self.unet.num_experts)
+        do_cfg = any(scale != 1.0 for scale in scales)
         self._onload("text_encoder")
         context = self.encode_prompt(prompts)
         cross_attention_kwargs = None
@@ -268,7 +271,8 @@ class ErnieViLG2Pipeline(DiffusionPipeline):
             noise = self.unet(model_input, t, context, cross_attention_kwargs=cross_attention_kwargs).sample
             if do_cfg:
                 noise_uncond, noise_text = noise.chunk(2)
-                noise = noise_uncond + guidance_scale * (noise_text - noise_uncond)
+                scale = scales[self.unet.router.expert_index(int(t))]
+                noise = noise_uncond + scale * (noise_text - noise_uncond)
             latents = self.scheduler.step(noise, t, latents).prev_sample
             check_finite_latents(latents, i, num_inference_steps)
             if callback is not None:

@@ -11,7 +11,12 @@ from .batches import group_mean, shard
 
 
 class TimestepSampler:
-    """Uniform timesteps, optionally restricted to the stages of some experts.
+    """Timesteps uniform on [0, T), optionally restricted to the stages of some experts.
+
+    With ``boundaries`` (``model.expert_boundaries``) the stages may differ in length: an expert
+    is then chosen with probability proportional to its stage's length and ``t`` uniformly
+    within its stage, so the timesteps of a run over all experts stay uniform on [0, T) and
+    every expert sees a uniform share of its own stage.
 
     ``one_expert_per_step`` draws one expert per step and all of the batch's timesteps
     from its stage: every expert still sees a uniform share of its own stage, but a
@@ -21,14 +26,18 @@ class TimestepSampler:
     With an expert ``layout`` (:class:`~.expert_layout.ExpertLayout`) the rows of each expert
     group get timesteps of that group's experts only (one expert per group and step with
     ``one_expert_per_step``); all groups are drawn in order, so every rank draws the same
-    global batch. Equal groups keep the timesteps of the whole batch uniform on [0, T).
+    global batch. Equal groups of equal stages keep the timesteps of the whole batch uniform
+    on [0, T); with unequal stages each group still gets its equal share of the rows.
     """
 
     def __init__(self, num_train_timesteps: int, num_experts: int, expert_ids: Optional[List[int]] = None,
-                 one_expert_per_step: bool = False, layout=None):
+                 one_expert_per_step: bool = False, layout=None, boundaries: Optional[List[int]] = None):
         self.T = num_train_timesteps
         self.N = num_experts
-        self.stage = TimestepRouter(num_experts, num_train_timesteps).stage_length
+        router = TimestepRouter(num_experts, num_train_timesteps, boundaries)
+        self.boundaries = router.boundaries
+        self.starts = np.asarray(router.edges[:-1], dtype="int64")
+        self.lengths = np.asarray(router.stage_lengths(), dtype="int64")
         self.expert_ids = np.asarray(expert_ids if expert_ids else range(num_experts))
         self.restricted = bool(expert_ids)
         self.one_expert_per_step = one_expert_per_step
@@ -46,13 +55,17 @@ class TimestepSampler:
         return t
 
     def _draw(self, n: int, expert_ids: np.ndarray, restricted: bool, rng: np.random.Generator) -> np.ndarray:
+        lengths = self.lengths[expert_ids]
+        equal = bool((lengths == lengths[0]).all())
+        weights = None if equal else lengths / lengths.sum()  # an expert as often as its stage is long
         if self.one_expert_per_step:
-            experts = np.full(n, rng.choice(expert_ids))
+            experts = np.full(n, rng.choice(expert_ids, p=weights))
         elif restricted:
-            experts = rng.choice(expert_ids, size=n)
+            experts = rng.choice(expert_ids, size=n, p=weights)
         else:
             return rng.integers(0, self.T, size=n).astype("int64")
-        return (experts * self.stage + rng.integers(0, self.stage, size=n)).astype("int64")
+        high = self.lengths[experts[0]] if equal else self.lengths[experts]
+        return (self.starts[experts] + rng.integers(0, high, size=n)).astype("int64")
 
 
 class DiffusionStep:
@@ -74,7 +87,7 @@ class DiffusionStep:
         self.batch_size = batch_size
         self.mine = shard(list(range(batch_size)), rank, world_size)
         self.bf16 = cfg.train.mixed_precision == "bf16"
-        self.router = TimestepRouter(cfg.model.num_experts, cfg.model.num_train_timesteps)
+        self.router = TimestepRouter(cfg.model.num_experts, cfg.model.num_train_timesteps, timesteps.boundaries)
         latent = cfg.data.resolution // cfg.model.vae.scale_factor
         self.weight_shape = (1, latent, latent)
 

@@ -294,8 +294,16 @@ class ExperimentRunner:
         self._require("base", "experts")
         base = load_pipeline(stage_dir(cfg, "base"))
         held = self.ctx.experts.experts if self.ctx.experts else None  # expert parallel: the group's experts
-        unet = apply_speedups(MixtureOfDenoisingExperts.branch(base.unet, cfg.model.num_experts, expert_ids=held))
+        unet = apply_speedups(MixtureOfDenoisingExperts.branch(base.unet, cfg.model.num_experts, expert_ids=held,
+                                                               expert_boundaries=self._expert_boundaries()))
         self._train_diffusion("experts", index, base.vae, base.text_encoder, base.tokenizer, unet)
+
+    def _expert_boundaries(self) -> Optional[List[int]]:
+        """``model.expert_boundaries`` as timesteps over the training schedule; None for the
+        paper's uniform split (its saved model config is as without the option)."""
+        if self.cfg.model.expert_boundaries == "uniform":
+            return None
+        return self.cfg.model.boundaries(build_noise_scheduler(self.cfg.model).alphas_cumprod.numpy())
 
     def _train_diffusion(self, stage: str, index: int, vae, text_encoder, tokenizer, unet) -> None:
         cfg = self.cfg
@@ -335,6 +343,7 @@ class ExperimentRunner:
             cfg.train.expert_ids if stage == "experts" else None,
             one_expert_per_step=stage == "experts" and cfg.train.one_expert_per_step,
             layout=self.ctx.experts if expert_parallel else None,
+            boundaries=self._expert_boundaries(),
         )
         step_fn = DiffusionStep(cfg, source, captions, model, timesteps, batch_size,
                                 self.ctx.rank, self.ctx.world_size)

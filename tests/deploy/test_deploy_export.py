@@ -44,7 +44,8 @@ def test_export_folder_follows_the_contract(bank):
     assert manifest["image"] == {"height": 32, "width": 32}
     assert manifest["latent"]["channels"] == 4 and (manifest["latent"]["height"], manifest["latent"]["width"]) == (8, 8)
     assert manifest["latent"]["scaling_factor"] > 0
-    assert manifest["router"] == {"num_experts": 10, "num_train_timesteps": 1000}
+    assert manifest["router"] == {"num_experts": 10, "num_train_timesteps": 1000,
+                                  "boundaries": [100 * i for i in range(1, 10)]}
     assert [e["timesteps"] for e in manifest["programs"]["experts"]] == [[100 * i, 100 * i + 100] for i in range(10)]
     # each sampler as build_sampler builds it from the saved scheduler config; the saved one's the default
     with open(os.path.join(saved, "scheduler", "scheduler_config.json"), encoding="utf-8") as f:

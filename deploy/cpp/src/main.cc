@@ -39,7 +39,8 @@ Generates images with a pipeline exported by tools/export_model.py.
   --noise FILE.npy        initial noise [images, C, h, w] instead, e.g. from the Python
                           runner's --save-noise (then both runners give the same images)
   --steps N               sampling steps (default 25)
-  --guidance G            classifier-free guidance scale; 1 turns it off (default 2.1)
+  --guidance G[,G...]     classifier-free guidance scale; 1 turns it off (default 2.1); or one
+                          per expert, separated by commas (expert 0, the least noisy, first)
   --sampler dpm|ddim      DPM-Solver++ (multistep) or DDIM, as the export resolved them (default dpm)
   --batch-size N          prompts per run of the programs (default 4)
   --out FILE.png          the image; with several prompts the grid, with the single
@@ -68,7 +69,7 @@ struct Options {
   std::uint64_t seed = 0;
   int steps = 25, batch_size = 4, threads = 1, gpu_id = 0, repeat = 1, max_length = 0;
   std::string device = "cpu", sampler = "dpm", engine = "paddle";
-  double guidance = 2.1;
+  std::vector<double> guidance = {2.1};  // one scale, or one per expert
   bool timing = false, tokenize_only = false, verify_checksums = false, version = false;
 };
 
@@ -158,8 +159,13 @@ Options parse_args(int argc, char** argv) {
     } else if (flag == "--steps") {
       options.steps = static_cast<int>(parse_integer(flag, value, 1));
     } else if (flag == "--guidance") {
-      options.guidance = parse_number(flag, value);
-      if (options.guidance < 0) throw UserError("--guidance: must be >= 0, got " + value);
+      options.guidance.clear();
+      std::stringstream parts(value);
+      for (std::string part; std::getline(parts, part, ',');) {
+        options.guidance.push_back(parse_number(flag, part));
+        if (options.guidance.back() < 0) throw UserError("--guidance: must be >= 0, got " + part);
+      }
+      if (options.guidance.empty() || value.back() == ',') throw UserError("--guidance: expected a number, got ''");
     } else if (flag == "--out") {
       options.out = value;
     } else if (flag == "--threads") {
@@ -281,7 +287,9 @@ void save_images(const Options& options, const std::vector<RgbImage>& images) {
   const std::string base = stem.substr(stem.find_last_of('/') + 1);
   nlohmann::json record = {{"model", options.model}, {"runner", "ernie_vilg2_infer (C++)"},
                            {"sampler", options.sampler}, {"steps", options.steps},
-                           {"guidance", options.guidance}, {"negative_prompt", options.negative_prompt},
+                           {"guidance", options.guidance.size() == 1 ? nlohmann::json(options.guidance[0])
+                                                                     : nlohmann::json(options.guidance)},
+                           {"negative_prompt", options.negative_prompt},
                            {"grid", base + ".png"}};
   record["seed"] = options.noise.empty() ? nlohmann::json(options.seed) : nlohmann::json(nullptr);
   record["noise"] = options.noise.empty() ? nlohmann::json(nullptr) : nlohmann::json(options.noise);
@@ -369,7 +377,14 @@ int generate(const Options& options, const Manifest& manifest) {
   request.negative_prompt = decode_prompt("--negative-prompt", options.negative_prompt);
   report_truncation(tokenizer, request.prompts);
   request.steps = options.steps;
-  request.guidance = static_cast<float>(options.guidance);
+  const std::size_t experts_count = static_cast<std::size_t>(manifest.num_experts);
+  if (options.guidance.size() != 1 && options.guidance.size() != experts_count) {
+    throw UserError("--guidance: expected one number or " + std::to_string(experts_count) + " (one per expert), got " +
+                    std::to_string(options.guidance.size()));
+  }
+  for (std::size_t i = 0; i < experts_count; ++i) {
+    request.guidance.push_back(static_cast<float>(options.guidance[options.guidance.size() == 1 ? 0 : i]));
+  }
   const std::vector<std::int64_t> shape = {static_cast<std::int64_t>(request.prompts.size()), manifest.latent_channels,
                                            manifest.latent_height, manifest.latent_width};
   request.noise = options.noise.empty() ? generate_noise(options.seed, shape[0] * shape[1] * shape[2] * shape[3])

@@ -97,11 +97,35 @@ std::string sha256_hex(const std::string& path) {
   return hex;
 }
 
+// router.boundaries: N - 1 strictly increasing timesteps in [1, T - 1]; without them (an
+// export from before they were written) the uniform split, which needs N to divide T.
+void read_boundaries(const json& router, const Fields& fields, Manifest* manifest) {
+  const int n = manifest->num_experts, T = manifest->num_train_timesteps;
+  if (!router.contains("boundaries")) {
+    if (T % n != 0) fields.fail("router.num_experts", "must divide router.num_train_timesteps (" + std::to_string(T) + ")");
+    for (int i = 1; i < n; ++i) manifest->boundaries.push_back(i * (T / n));
+    return;
+  }
+  const json& list = router.at("boundaries");
+  if (!list.is_array() || static_cast<int>(list.size()) != n - 1) {
+    fields.fail("router.boundaries", "expected a list of " + std::to_string(n - 1) + " timesteps (one fewer than the " +
+                                         std::to_string(n) + " experts)");
+  }
+  for (const json& value : list) {
+    const int previous = manifest->boundaries.empty() ? 0 : manifest->boundaries.back();
+    if (!value.is_number_integer() || value.get<std::int64_t>() <= previous || value.get<std::int64_t>() >= T) {
+      fields.fail("router.boundaries", "expected strictly increasing integer timesteps in [1, " + std::to_string(T - 1) +
+                                           "], got " + list.dump());
+    }
+    manifest->boundaries.push_back(value.get<int>());
+  }
+}
+
 }  // namespace
 
 int Manifest::expert_for_timestep(int t) const {
   const int clamped = std::min(std::max(t, 0), num_train_timesteps - 1);
-  return static_cast<int>(static_cast<std::int64_t>(clamped) * num_experts / num_train_timesteps);
+  return static_cast<int>(std::upper_bound(boundaries.begin(), boundaries.end(), clamped) - boundaries.begin());
 }
 
 Manifest load_manifest(const std::string& folder) {
@@ -164,19 +188,17 @@ Manifest load_manifest(const std::string& folder) {
     fields.fail("programs.experts", "expected a list of router.num_experts (" + std::to_string(manifest.num_experts) +
                                         ") programs");
   }
-  if (manifest.num_train_timesteps % manifest.num_experts != 0) {
-    fields.fail("router.num_experts", "must divide router.num_train_timesteps (" +
-                                          std::to_string(manifest.num_train_timesteps) + ")");
-  }
-  const int stage = manifest.num_train_timesteps / manifest.num_experts;
+  read_boundaries(router, fields, &manifest);
   for (int i = 0; i < manifest.num_experts; ++i) {
     const std::string field = "programs.experts[" + std::to_string(i) + "]";
     manifest.experts.push_back(program(experts[i], field, fields));
     if (experts[i].contains("timesteps")) {  // must agree with the router
+      const int lo = i == 0 ? 0 : manifest.boundaries[i - 1];
+      const int hi = i + 1 == manifest.num_experts ? manifest.num_train_timesteps : manifest.boundaries[i];
       const json& range = experts[i].at("timesteps");
-      if (!range.is_array() || range.size() != 2 || range[0] != i * stage || range[1] != (i + 1) * stage) {
-        fields.fail(field + ".timesteps", "expected [" + std::to_string(i * stage) + ", " +
-                                              std::to_string((i + 1) * stage) + "] (t * N // T routing)");
+      if (!range.is_array() || range.size() != 2 || range[0] != lo || range[1] != hi) {
+        fields.fail(field + ".timesteps", "expected [" + std::to_string(lo) + ", " + std::to_string(hi) +
+                                              "] (the router's stage " + std::to_string(i) + ")");
       }
     }
   }

@@ -31,15 +31,18 @@ struct Manifest {
   int hidden_size = 0;  // programs.text_encoder.hidden_size; 0 when not recorded
   double scaling_factor = 1.0;
   int num_experts = 0, num_train_timesteps = 0;
+  // router.boundaries: the N - 1 increasing timesteps where the experts switch (an export
+  // without them: uniform, i * T / N)
+  std::vector<int> boundaries;
   Samplers samplers;  // each sampler's resolved settings; their num_train_timesteps equal the router's
   std::string vocab;          // tokenizer vocab, relative to the folder
   TokenizerConfig tokenizer;  // its vocab_file is path(vocab)
   ProgramFiles text_encoder, vae_decoder;
-  std::vector<ProgramFiles> experts;  // expert i runs timesteps [i T / N, (i + 1) T / N)
+  std::vector<ProgramFiles> experts;  // expert i runs timesteps [b_i, b_{i+1}), b_0 = 0, b_N = T
   std::map<std::string, FileRecord> files;
 
   std::string path(const std::string& relative) const { return folder + "/" + relative; }
-  // The router: expert = min(max(t, 0), T - 1) * N // T.
+  // The router: the number of boundaries at or below min(max(t, 0), T - 1).
   int expert_for_timestep(int t) const;
 };
 

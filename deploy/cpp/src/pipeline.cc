@@ -52,7 +52,7 @@ std::vector<float> Pipeline::encode_text(const std::vector<std::u32string>& text
 std::vector<RgbImage> Pipeline::generate(const GenerationRequest& request, Timing* timing) {
   const auto start = Clock::now();
   const int batch = static_cast<int>(request.prompts.size());
-  const bool guided = request.guidance != 1.0f;
+  const bool guided = std::any_of(request.guidance.begin(), request.guidance.end(), [](float g) { return g != 1.0f; });
 
   // Text: the prompts, and with guidance the negative prompt for each, encoded apart (as
   // the Python pipeline does) and stacked [unconditional; conditional].
@@ -79,7 +79,8 @@ std::vector<RgbImage> Pipeline::generate(const GenerationRequest& request, Timin
     phase = Clock::now();
     model_input = latents;
     if (guided) model_input.insert(model_input.end(), latents.begin(), latents.end());
-    Program& expert = *experts_.at(manifest_.expert_for_timestep(t));
+    const int index = manifest_.expert_for_timestep(t);
+    Program& expert = *experts_.at(index);
     const float timestep = static_cast<float>(t);
     expert.set_input("sample", sample_shape, model_input.data());
     expert.set_input("timestep", {1}, &timestep);
@@ -87,10 +88,11 @@ std::vector<RgbImage> Pipeline::generate(const GenerationRequest& request, Timin
     std::vector<int> eps_shape;
     std::vector<float> eps = expert.run(&eps_shape);
     if (eps_shape != sample_shape) throw std::runtime_error("expert for t=" + std::to_string(t) + ": unexpected output shape");
-    if (guided) {  // eps = eps_uncond + g * (eps_text - eps_uncond), in float32
+    if (guided) {  // eps = eps_uncond + g * (eps_text - eps_uncond), in float32, g this expert's scale
+      const float scale = request.guidance.at(index);
       for (std::size_t i = 0; i < per_batch; ++i) {
         const float uncond = eps[i], text = eps[per_batch + i];
-        eps[i] = uncond + request.guidance * (text - uncond);
+        eps[i] = uncond + scale * (text - uncond);
       }
       eps.resize(per_batch);
     }

@@ -20,7 +20,7 @@ struct GenerationRequest {
   std::vector<std::u32string> prompts;
   std::u32string negative_prompt;  // for every prompt; empty = unconditional
   int steps = 25;
-  float guidance = 2.1f;           // 1 disables classifier-free guidance
+  std::vector<float> guidance;     // one scale per expert; all 1 disable classifier-free guidance
   std::vector<float> noise;        // [prompts, C, h, w]
 };
 
