@@ -1,14 +1,16 @@
 """Build models and schedulers from the ``model:`` config section."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 from ppdiffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
+from ..utils.integrity import check_model_folder
 from .config import ModelConfig, VAEConfig
 from .expert_bank import MixtureOfDenoisingExperts
+from .pretrained import load_pretrained_unet, load_pretrained_vae
 from .speedups import apply_speedups
-from .text_encoder import build_text_encoder
+from .text_encoder import build_text_encoder, with_context_projection
 
 SAMPLERS = ("ddim", "dpm")
 
@@ -28,6 +30,11 @@ def build_vae(cfg: VAEConfig, resolution: int) -> AutoencoderKL:
     )
 
 
+def context_dim(cfg: ModelConfig) -> int:
+    """Width of the text context the U-Net attends to (the text encoder projects to it)."""
+    return cfg.unet.cross_attention_dim or cfg.text_encoder.hidden_size
+
+
 def unet_kwargs(cfg: ModelConfig, latent_size: int) -> dict:
     u = cfg.unet
     return dict(
@@ -40,28 +47,44 @@ def unet_kwargs(cfg: ModelConfig, latent_size: int) -> dict:
         layers_per_block=u.layers_per_block,
         attention_head_dim=u.attention_head_dim,
         norm_num_groups=u.norm_num_groups,
-        cross_attention_dim=cfg.text_encoder.hidden_size,
+        cross_attention_dim=context_dim(cfg),
     )
 
 
-def build_denoiser(cfg: ModelConfig, resolution: int, num_experts: int = 1) -> MixtureOfDenoisingExperts:
-    """A freshly initialised bank of ``num_experts`` experts with the project's speed-ups."""
+def load_vae(cfg: ModelConfig, stage_vae_dir: str) -> AutoencoderKL:
+    """The frozen VAE of the diffusion stages: ``model.vae.pretrained``'s, else the one the vae
+    stage saved in ``stage_vae_dir``."""
+    if cfg.vae.pretrained:
+        return load_pretrained_vae(cfg.vae.pretrained)
+    check_model_folder(stage_vae_dir)  # a damaged file: one line naming it
+    return AutoencoderKL.from_pretrained(stage_vae_dir)
+
+
+def build_denoiser(cfg: ModelConfig, resolution: int, num_experts: int = 1,
+                   expert_ids: Optional[Sequence[int]] = None) -> MixtureOfDenoisingExperts:
+    """A bank of ``num_experts`` experts (or ``expert_ids`` of them) with the project's speed-ups:
+    copies of ``model.unet.pretrained``'s U-Net, else freshly initialised."""
     if resolution % cfg.vae.scale_factor:
         raise ValueError(
             f"data.resolution ({resolution}) must be a multiple of the VAE downsampling factor "
             f"({cfg.vae.scale_factor})"
         )
-    denoiser = MixtureOfDenoisingExperts(
-        num_experts=num_experts,
-        num_train_timesteps=cfg.num_train_timesteps,
-        unet=unet_kwargs(cfg, resolution // cfg.vae.scale_factor),
-    )
+    latent_size = resolution // cfg.vae.scale_factor
+    if cfg.unet.pretrained:
+        unet = load_pretrained_unet(cfg.unet.pretrained)
+        unet.register_to_config(sample_size=latent_size)  # the pipeline's default image size: the data's
+        denoiser = MixtureOfDenoisingExperts.from_unet(unet, num_experts, cfg.num_train_timesteps, expert_ids)
+    else:
+        denoiser = MixtureOfDenoisingExperts(num_experts=num_experts, num_train_timesteps=cfg.num_train_timesteps,
+                                             unet=unet_kwargs(cfg, latent_size), expert_ids=expert_ids)
     return apply_speedups(denoiser)
 
 
 def build_text_encoder_from_config(cfg: ModelConfig, tokenizer):
+    """ERNIE (``model.text_encoder.pretrained``'s or fresh), with a learned projection to the
+    U-Net's context width where its hidden size differs (:func:`context_dim`)."""
     te = cfg.text_encoder
-    return build_text_encoder(
+    encoder = build_text_encoder(
         vocab_size=len(tokenizer),
         pretrained=te.pretrained,
         hidden_size=te.hidden_size,
@@ -71,6 +94,7 @@ def build_text_encoder_from_config(cfg: ModelConfig, tokenizer):
         max_position_embeddings=te.max_length,
         pad_token_id=tokenizer.pad_token_id,
     )
+    return with_context_projection(encoder, context_dim(cfg))
 
 
 def _schedule_kwargs(cfg: ModelConfig) -> dict:
