@@ -59,3 +59,11 @@ def write_pickle_weights(path, marker):
 
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("archive/data.pkl", pickle.dumps({"conv_in.weight": _Payload(str(marker))}))
+
+
+def pretrained_run_overrides(tmp_path, **extra):
+    """configs/tiny_pretrained.yaml shrunk as tiny_overrides shrinks configs/tiny.yaml (the U-Net
+    and VAE stay the fixture's): 2 experts, a 16-wide ERNIE (projected to the U-Net's 32)."""
+    from helpers.training_runs import tiny_overrides
+
+    return [o for o in tiny_overrides(tmp_path, **extra) if not o.startswith(("model.unet.", "model.vae."))]
