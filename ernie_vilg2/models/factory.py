@@ -51,6 +51,11 @@ def unet_kwargs(cfg: ModelConfig, latent_size: int) -> dict:
     )
 
 
+def build_or_load_vae(cfg: ModelConfig, resolution: int) -> AutoencoderKL:
+    """``model.vae.pretrained``'s VAE, else a freshly initialised one."""
+    return load_pretrained_vae(cfg.vae.pretrained) if cfg.vae.pretrained else build_vae(cfg.vae, resolution)
+
+
 def load_vae(cfg: ModelConfig, stage_vae_dir: str) -> AutoencoderKL:
     """The frozen VAE of the diffusion stages: ``model.vae.pretrained``'s, else the one the vae
     stage saved in ``stage_vae_dir``."""

@@ -66,4 +66,6 @@ def pretrained_run_overrides(tmp_path, **extra):
     and VAE stay the fixture's): 2 experts, a 16-wide ERNIE (projected to the U-Net's 32)."""
     from helpers.training_runs import tiny_overrides
 
-    return [o for o in tiny_overrides(tmp_path, **extra) if not o.startswith(("model.unet.", "model.vae."))]
+    extra = {"model.unet.pretrained": TINY_SD, "model.vae.pretrained": TINY_SD, **extra}  # wherever pytest runs
+    return [o for o in tiny_overrides(tmp_path, **extra)
+            if not o.startswith(("model.unet.block", "model.vae.block"))]
