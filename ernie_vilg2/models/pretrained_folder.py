@@ -85,3 +85,19 @@ def weight_files(path: str, component: str) -> WeightFiles:
         raise DamagedFileError(os.path.join(folder, pickles[0]),
                                f"pickle weights are never loaded (they can run code); {CONVERT_HINT}")
     raise DamagedFileError(folder, f"no weights file (expected {' or '.join(n for n, _ in _WEIGHTS)})")
+
+
+NOISE_SCHEDULE_FIELDS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type")
+
+
+def schedule_differences(path: str, schedule: dict) -> List[str]:
+    """``field: ours vs the folder's`` for each noise-schedule field of ``schedule`` that differs from
+    the pipeline folder's ``scheduler/scheduler_config.json`` (none without one)."""
+    config_path = os.path.join(os.fspath(path), "scheduler", "scheduler_config.json")
+    if not os.path.isfile(config_path):
+        return []
+    folder = read_json_file(config_path)
+    if not isinstance(folder, dict):
+        raise DamagedFileError(config_path, "not a scheduler config (expected a JSON object)")
+    return [f"model.{name}: {schedule[name]!r} vs {folder[name]!r}" for name in NOISE_SCHEDULE_FIELDS
+            if name in folder and name in schedule and schedule[name] != folder[name]]

@@ -170,3 +170,15 @@ def test_text_encoder_of_another_width_gets_a_projection(tiny_tokenizer):
                                                 + projection.bias).numpy(), rtol=1e-5, atol=1e-6)
     same_width = build_text_encoder_from_config(ModelConfig(), tiny_tokenizer)
     assert not hasattr(same_width, "context_projection")
+
+
+def test_schedule_differences_name_the_fields():
+    from ernie_vilg2.config import to_dict
+    from ernie_vilg2.models.pretrained_folder import schedule_differences
+
+    sd_schedule = ModelConfig(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    assert schedule_differences(TINY_SD, to_dict(sd_schedule)) == []
+    assert schedule_differences(TINY_SD, to_dict(ModelConfig())) == [
+        "model.beta_schedule: 'linear' vs 'scaled_linear'", "model.beta_start: 0.0001 vs 0.00085",
+        "model.beta_end: 0.02 vs 0.012"]
+    assert schedule_differences(os.path.join(TINY_SD, "unet"), to_dict(ModelConfig())) == []  # no scheduler/

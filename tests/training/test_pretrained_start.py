@@ -23,8 +23,10 @@ def _train(tmp_path, **extra):
     return load_pipeline(run_training(cfg))
 
 
-def test_experts_start_as_the_pretrained_unet_and_the_vae_is_the_folders(tmp_path):
-    pipe = _train(tmp_path, **{"train.experts.steps": 0})
+def test_experts_start_as_the_pretrained_unet_and_the_vae_is_the_folders(tmp_path, caplog):
+    pipe = _train(tmp_path, **{"train.experts.steps": 0, "model.beta_end": 0.02})
+    assert "noise schedule differs from the pretrained model's" in caplog.text
+    assert "model.beta_end: 0.02 vs 0.012" in caplog.text
     assert not os.path.exists(tmp_path / "run" / "vae")  # no vae stage
     assert not os.path.exists(tmp_path / "run" / "base")  # no base stage
     data = diffusers_outputs()
