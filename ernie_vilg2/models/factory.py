@@ -8,9 +8,9 @@ from ppdiffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, DPMSolverMu
 from ..utils.integrity import check_model_folder
 from .config import ModelConfig, VAEConfig
 from .expert_bank import MixtureOfDenoisingExperts
-from .pretrained import load_pretrained_unet, load_pretrained_vae
+from .pretrained import load_pretrained_unet, load_pretrained_vae, pretrained_unet_kwargs
 from .speedups import apply_speedups
-from .text_encoder import build_text_encoder, with_context_projection
+from .text_encoder import build_text_encoder
 
 SAMPLERS = ("ddim", "dpm")
 
@@ -66,22 +66,26 @@ def load_vae(cfg: ModelConfig, stage_vae_dir: str) -> AutoencoderKL:
 
 
 def build_denoiser(cfg: ModelConfig, resolution: int, num_experts: int = 1,
-                   expert_ids: Optional[Sequence[int]] = None) -> MixtureOfDenoisingExperts:
+                   expert_ids: Optional[Sequence[int]] = None, pretrained_weights: bool = True
+                   ) -> MixtureOfDenoisingExperts:
     """A bank of ``num_experts`` experts (or ``expert_ids`` of them) with the project's speed-ups:
-    copies of ``model.unet.pretrained``'s U-Net, else freshly initialised."""
+    copies of ``model.unet.pretrained``'s U-Net, else freshly initialised. ``pretrained_weights=False``:
+    the pretrained architecture, freshly initialised (e.g. under LazyGuard, to count parameters)."""
     if resolution % cfg.vae.scale_factor:
         raise ValueError(
             f"data.resolution ({resolution}) must be a multiple of the VAE downsampling factor "
             f"({cfg.vae.scale_factor})"
         )
     latent_size = resolution // cfg.vae.scale_factor
-    if cfg.unet.pretrained:
+    if cfg.unet.pretrained and pretrained_weights:
         unet = load_pretrained_unet(cfg.unet.pretrained)
         unet.register_to_config(sample_size=latent_size)  # the pipeline's default image size: the data's
         denoiser = MixtureOfDenoisingExperts.from_unet(unet, num_experts, cfg.num_train_timesteps, expert_ids)
     else:
+        kwargs = ({**pretrained_unet_kwargs(cfg.unet.pretrained), "sample_size": latent_size} if cfg.unet.pretrained
+                  else unet_kwargs(cfg, latent_size))
         denoiser = MixtureOfDenoisingExperts(num_experts=num_experts, num_train_timesteps=cfg.num_train_timesteps,
-                                             unet=unet_kwargs(cfg, latent_size), expert_ids=expert_ids)
+                                             unet=kwargs, expert_ids=expert_ids)
     return apply_speedups(denoiser)
 
 
@@ -89,7 +93,7 @@ def build_text_encoder_from_config(cfg: ModelConfig, tokenizer):
     """ERNIE (``model.text_encoder.pretrained``'s or fresh), with a learned projection to the
     U-Net's context width where its hidden size differs (:func:`context_dim`)."""
     te = cfg.text_encoder
-    encoder = build_text_encoder(
+    return build_text_encoder(
         vocab_size=len(tokenizer),
         pretrained=te.pretrained,
         hidden_size=te.hidden_size,
@@ -98,8 +102,8 @@ def build_text_encoder_from_config(cfg: ModelConfig, tokenizer):
         intermediate_size=te.intermediate_size,
         max_position_embeddings=te.max_length,
         pad_token_id=tokenizer.pad_token_id,
+        context_dim=context_dim(cfg),
     )
-    return with_context_projection(encoder, context_dim(cfg))
 
 
 def _schedule_kwargs(cfg: ModelConfig) -> dict:

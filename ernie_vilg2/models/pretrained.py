@@ -14,7 +14,7 @@ import os
 from ppdiffusers import AutoencoderKL, UNet2DConditionModel
 
 from ..utils.integrity import DamagedFileError
-from .pretrained_folder import weight_files
+from .pretrained_folder import component_folder, weight_files
 
 
 def _load(cls, path: str, component: str):
@@ -47,3 +47,9 @@ def load_pretrained_unet(path: str) -> UNet2DConditionModel:
 def load_pretrained_vae(path: str) -> AutoencoderKL:
     """The VAE of a pipeline folder (``vae/``) or of a VAE folder, with its scaling factor."""
     return _load(AutoencoderKL, path, "vae")
+
+
+def pretrained_unet_kwargs(path: str) -> dict:
+    """The keyword config of the folder's U-Net (its architecture; no weights read)."""
+    config = UNet2DConditionModel.load_config(component_folder(path, "unet"))
+    return UNet2DConditionModel.extract_init_dict(config)[0]

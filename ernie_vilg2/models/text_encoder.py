@@ -82,8 +82,10 @@ def build_text_encoder(
     intermediate_size: int = 128,
     max_position_embeddings: int = 64,
     pad_token_id: int = 0,
+    context_dim: Optional[int] = None,
 ):
-    """ERNIE from a local pretrained folder, or a fresh one from the given sizes.
+    """ERNIE from a local pretrained folder, or a fresh one from the given sizes; with
+    ``context_dim`` other than its hidden size, followed by a new projection to it.
 
     A pretrained model whose vocabulary is smaller than the tokenizer's (e.g. without
     our POS tokens) gets its embedding table grown, new rows randomly initialised.
@@ -100,8 +102,8 @@ def build_text_encoder(
             raise DamagedFileError(pretrained, f"could not be loaded as an ERNIE model ({exc})") from None
         if model.config.vocab_size < vocab_size:
             model.resize_token_embeddings(vocab_size)
-        return model
-    config = ErnieConfig(
+        return with_context_projection(model, context_dim or context_width(model))
+    sizes = dict(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
         num_hidden_layers=num_hidden_layers,
@@ -112,7 +114,9 @@ def build_text_encoder(
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
     )
-    return ErnieModel(config)
+    if context_dim and context_dim != hidden_size:  # built as such: no weights to copy (also under LazyGuard)
+        return _projected_class()(ErnieConfig(**sizes, context_dim=context_dim))
+    return ErnieModel(ErnieConfig(**sizes))
 
 
 def encode_text(text_encoder, input_ids: paddle.Tensor) -> paddle.Tensor:
