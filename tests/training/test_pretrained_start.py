@@ -74,3 +74,14 @@ def test_a_pickle_only_unet_folder_is_one_line_naming_the_file(tmp_path):
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: {folder}/unet/diffusion_pytorch_model.bin: pickle weights are never loaded")
+
+
+def test_a_base_stage_fine_tunes_the_pretrained_unet_and_the_experts_branch_from_it(tmp_path):
+    pipe = _train(tmp_path, **{"train.stages": "[vae, base, experts]", "train.base.steps": 0,
+                               "train.experts.steps": 0})
+    assert not os.path.exists(tmp_path / "run" / "vae")  # listed, but the VAE is pretrained
+    base = load_pipeline(str(tmp_path / "run" / "base"))
+    data = diffusers_outputs()
+    np.testing.assert_allclose(unet_outputs(base.unet, data), data["unet_out"], rtol=RTOL, atol=ATOL)
+    for expert in pipe.unet.experts:
+        np.testing.assert_allclose(unet_outputs(expert, data), data["unet_out"], rtol=RTOL, atol=ATOL)
