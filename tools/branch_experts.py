@@ -2,9 +2,14 @@
 
     python tools/branch_experts.py --model output/stage1/pipeline --num-experts 10 --out output/stage2_init
     python tools/branch_experts.py --model output/stage1/pipeline --num-experts 2 --boundaries snr --out output/snr
+    python tools/branch_experts.py --model tests/fixtures/pretrained/tiny-sd --config configs/tiny_pretrained.yaml \
+        --num-experts 10 --out output/branched
 
-The VAE, text encoder, tokenizer and scheduler are saved unchanged; the output folder
-is written atomically (temporary folder beside --out, renamed when complete).
+The VAE, text encoder, tokenizer and scheduler are saved unchanged. --model may also be a
+pretrained U-Net folder or a pipeline folder with unet/ (diffusers or PPDiffusers format, e.g.
+Stable Diffusion's): its U-Net is branched, and --config (an experiment config) gives the
+rest: the VAE, the text encoder, the noise schedule (its model.unet.pretrained is --model).
+The output folder is written atomically (temporary folder beside --out, renamed when complete).
 """
 from __future__ import annotations
 
@@ -23,7 +28,10 @@ from ernie_vilg2.utils.io import DiskFullError  # noqa: E402
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="stage-1 pipeline folder (1 expert)")
+    p.add_argument("--model", required=True, help="stage-1 pipeline folder (1 expert), or a pretrained U-Net or "
+                                                  "pipeline folder (with --config)")
+    p.add_argument("--config", help="experiment config (YAML) for a pretrained --model: VAE, text encoder, schedule")
+    p.add_argument("-o", "--opt", action="append", default=[], help="config override section.key=value (repeatable)")
     p.add_argument("--num-experts", type=int, required=True,
                    help="number of experts N (with --boundaries uniform it must divide T)")
     p.add_argument("--boundaries", default="uniform", metavar="uniform|snr|T1,T2,...",
@@ -61,6 +69,42 @@ def precheck(model_dir: str, num_experts: int, boundaries) -> None:
         fail(f"--num-experts: {num_experts} does not divide num_train_timesteps ({steps})")
 
 
+def is_ernie_vilg2_pipeline(model_dir: str) -> bool:
+    path = os.path.join(model_dir, "model_index.json")
+    if not os.path.isfile(path):
+        return False
+    try:
+        index = read_json_file(path)
+    except DamagedFileError as exc:
+        fail(f"--model: {exc}")
+    return isinstance(index, dict) and index.get("_class_name") == "ErnieViLG2Pipeline"
+
+
+def branch_pretrained(args, boundaries) -> None:
+    """A pipeline of --config whose experts are copies of --model's U-Net, switching at
+    ``boundaries`` (--boundaries), saved to --out."""
+    from ernie_vilg2.pipelines.building import build_pipeline
+    from ernie_vilg2.training.config import load_config
+    from ernie_vilg2.utils.io import atomic_directory
+
+    try:
+        rule = boundaries if isinstance(boundaries, str) else "[" + ", ".join(map(str, boundaries)) + "]"
+        cfg = load_config(args.config, list(args.opt) + [f"model.unet.pretrained={args.model}",
+                                                         f"model.num_experts={args.num_experts}",
+                                                         f"model.expert_boundaries={rule}"])
+        if boundaries == "uniform" and cfg.model.num_train_timesteps % args.num_experts:
+            fail(f"--num-experts: {args.num_experts} does not divide model.num_train_timesteps "
+                 f"({cfg.model.num_train_timesteps})")
+        pipe = build_pipeline(cfg.model, cfg.data.resolution, num_experts=args.num_experts,
+                              sampler=cfg.sample.sampler)
+        with atomic_directory(args.out, overwrite=args.overwrite) as tmp:
+            pipe.save_pretrained(str(tmp))
+    except DiskFullError as exc:
+        fail(f"--out: {exc}")
+    except (OSError, ErnieViLG2Error) as exc:  # a config error names its field, a damaged folder its file
+        fail(str(exc))
+
+
 def main(argv=None) -> int:
     tune_cpu_process()
     args = parse_args(argv)
@@ -71,6 +115,16 @@ def main(argv=None) -> int:
     if os.path.exists(args.out) and not args.overwrite:
         fail(f"--out: {args.out} already exists (pass --overwrite to replace it)")
     boundaries = parse_boundaries(args.boundaries)
+    if not is_ernie_vilg2_pipeline(args.model):
+        if not args.config:
+            fail(f"--config: --model {args.model} is not an ERNIE-ViLG 2.0 pipeline; branching a pretrained U-Net "
+                 "needs an experiment config for the VAE, the text encoder and the noise schedule")
+        quiet_third_party_logs()
+        branch_pretrained(args, boundaries)
+        print(f"wrote {args.num_experts}-expert pipeline to {os.path.abspath(args.out)}")
+        return 0
+    if args.config or args.opt:
+        fail("--config/-o: only for a pretrained --model (an ERNIE-ViLG 2.0 pipeline carries its own)")
     precheck(args.model, args.num_experts, boundaries)
 
     quiet_third_party_logs()

@@ -31,7 +31,7 @@ from .. import __version__
 from ..errors import ErnieViLG2Error
 from ..models.routing import TimestepRouter
 from ..models.speedups import apply_speedups
-from ..models.text_encoder import encode_text
+from ..models.text_encoder import context_width, encode_text
 from ..text.normalize import TYPOGRAPHIC_MAP
 from ..text.tokenizer import tokenize
 from ..utils.integrity import check_safetensors
@@ -322,7 +322,7 @@ def export_pipeline(
         write_vocab(tokenizer, os.path.join(tmp, VOCAB_FILE))
         tok_spec = tokenizer_spec(tokenizer, max_length)
         check_tokenizer(tmp, tok_spec, tokenizer)
-        hidden_size = int(text_encoder.config.hidden_size)
+        hidden_size = context_width(text_encoder)  # its output: ERNIE's width, or its projection's
         layer = _static(TextEncoderProgram(text_encoder), [InputSpec([None, max_length], "int64", "input_ids")])
         programs: Dict = {"text_encoder": {**_save(layer, tmp, "text_encoder"), "hidden_size": hidden_size}}
         del tokenizer, text_encoder, layer

@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Union
 
 from ..config import ConfigError, check
+from ..utils.integrity import DamagedFileError
+from .pretrained_folder import component_config, component_folder
 from .routing import BOUNDARY_RULES, check_boundaries, resolve_boundaries
 
 _DOWN_BLOCKS = ("CrossAttnDownBlock2D", "DownBlock2D", "SimpleCrossAttnDownBlock2D")
@@ -32,18 +34,67 @@ class TextEncoderConfig:
         check(self.max_length >= 4, "model.text_encoder.max_length", "must be at least 4")
 
 
+def _architecture(cfg, section: str, component: str, defaults: dict) -> None:
+    """Fill the architecture fields left out (None): from the pretrained folder's config.json if
+    ``cfg.pretrained`` is set, else from ``defaults``. A field given that contradicts the folder
+    is an error naming it."""
+    if cfg.pretrained is None:
+        for name, value in defaults.items():
+            if getattr(cfg, name) is None:
+                setattr(cfg, name, value)
+        return
+    try:
+        folder = component_folder(cfg.pretrained, component)
+        config = component_config(folder, component)
+    except DamagedFileError as exc:
+        raise ConfigError(f"{section}.pretrained", str(exc)) from None
+    expected = _PRETRAINED_CLASSES[component]
+    check(config.get("_class_name", expected) == expected, f"{section}.pretrained",
+          f"{folder}/config.json is a {config.get('_class_name')} config, expected {expected}")
+    for name in defaults:
+        found = config.get(name)
+        given = getattr(cfg, name)
+        if given is None:
+            setattr(cfg, name, list(found) if isinstance(found, (list, tuple)) else found)
+        elif _plain(given) != _plain(found):
+            raise ConfigError(f"{section}.{name}", f"{given!r} contradicts the pretrained {component}'s {found!r} "
+                                                   f"({folder}/config.json): leave it out to take the folder's")
+
+
+def _plain(value):
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+_PRETRAINED_CLASSES = {"unet": "UNet2DConditionModel", "vae": "AutoencoderKL"}
+
+
 @dataclass
 class UNetConfig:
-    """Per-expert UNet2DConditionModel sizes (SD-style cross-attention blocks by default)."""
+    """Per-expert UNet2DConditionModel sizes (SD-style cross-attention blocks by default).
 
-    block_out_channels: List[int] = field(default_factory=lambda: [32, 64])
-    down_block_types: List[str] = field(default_factory=lambda: ["CrossAttnDownBlock2D", "DownBlock2D"])
-    up_block_types: List[str] = field(default_factory=lambda: ["UpBlock2D", "CrossAttnUpBlock2D"])
-    layers_per_block: int = 1
-    attention_head_dim: int = 4
-    norm_num_groups: int = 8
+    ``pretrained``: a local U-Net folder or a pipeline folder with ``unet/`` (diffusers or
+    PPDiffusers format, safetensors): the architecture and weights are the folder's; the
+    fields below may then be left out (null), and one given must agree with the folder.
+    """
+
+    pretrained: Optional[str] = None
+    block_out_channels: Optional[List[int]] = None  # null: [32, 64]
+    down_block_types: Optional[List[str]] = None  # null: [CrossAttnDownBlock2D, DownBlock2D]
+    up_block_types: Optional[List[str]] = None  # null: [UpBlock2D, CrossAttnUpBlock2D]
+    layers_per_block: Optional[int] = None  # null: 1
+    attention_head_dim: Optional[Union[int, List[int]]] = None  # null: 4
+    norm_num_groups: Optional[int] = None  # null: 8
+    # Width of the text context the U-Net attends to; null: the text encoder's hidden size (or the
+    # pretrained folder's). Where the two differ, a learned projection sits between them.
+    cross_attention_dim: Optional[int] = None
 
     def __post_init__(self):
+        _architecture(self, "model.unet", "unet", dict(
+            block_out_channels=[32, 64], down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
+            up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"], layers_per_block=1, attention_head_dim=4,
+            norm_num_groups=8, cross_attention_dim=None))
+        if self.pretrained is not None:
+            return  # PPDiffusers builds what the folder describes
         n = len(self.block_out_channels)
         check(n >= 1 and all(c > 0 for c in self.block_out_channels), "model.unet.block_out_channels",
               "must be a non-empty list of positive ints")
@@ -55,16 +106,27 @@ class UNetConfig:
             check(b in _UP_BLOCKS, f"model.unet.up_block_types[{i}]", f"unknown block {b!r}; use {_UP_BLOCKS}")
         check(all(c % self.norm_num_groups == 0 for c in self.block_out_channels), "model.unet.norm_num_groups",
               "must divide every entry of block_out_channels")
+        check(self.cross_attention_dim is None or self.cross_attention_dim > 0, "model.unet.cross_attention_dim",
+              "must be positive or null")
 
 
 @dataclass
 class VAEConfig:
-    block_out_channels: List[int] = field(default_factory=lambda: [32, 64, 64])
-    layers_per_block: int = 1
-    latent_channels: int = 4
-    norm_num_groups: int = 8
+    """The AutoencoderKL's sizes; ``pretrained``: a local VAE folder or a pipeline folder with
+    ``vae/`` (as for the U-Net). A pretrained VAE is not trained (the vae stage is skipped) and
+    keeps its folder's latent scaling factor."""
+
+    pretrained: Optional[str] = None
+    block_out_channels: Optional[List[int]] = None  # null: [32, 64, 64]
+    layers_per_block: Optional[int] = None  # null: 1
+    latent_channels: Optional[int] = None  # null: 4
+    norm_num_groups: Optional[int] = None  # null: 8
 
     def __post_init__(self):
+        _architecture(self, "model.vae", "vae", dict(block_out_channels=[32, 64, 64], layers_per_block=1,
+                                                     latent_channels=4, norm_num_groups=8))
+        if self.pretrained is not None:
+            return
         check(len(self.block_out_channels) >= 1, "model.vae.block_out_channels", "must not be empty")
         check(all(c % self.norm_num_groups == 0 for c in self.block_out_channels), "model.vae.norm_num_groups",
               "must divide every entry of block_out_channels")

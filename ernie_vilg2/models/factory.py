@@ -1,12 +1,14 @@
 """Build models and schedulers from the ``model:`` config section."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional, Sequence
 
 from ppdiffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
+from ..utils.integrity import check_model_folder
 from .config import ModelConfig, VAEConfig
 from .expert_bank import MixtureOfDenoisingExperts
+from .pretrained import load_pretrained_unet, load_pretrained_vae, pretrained_unet_kwargs
 from .speedups import apply_speedups
 from .text_encoder import build_text_encoder
 
@@ -28,6 +30,11 @@ def build_vae(cfg: VAEConfig, resolution: int) -> AutoencoderKL:
     )
 
 
+def context_dim(cfg: ModelConfig) -> int:
+    """Width of the text context the U-Net attends to (the text encoder projects to it)."""
+    return cfg.unet.cross_attention_dim or cfg.text_encoder.hidden_size
+
+
 def unet_kwargs(cfg: ModelConfig, latent_size: int) -> dict:
     u = cfg.unet
     return dict(
@@ -40,26 +47,53 @@ def unet_kwargs(cfg: ModelConfig, latent_size: int) -> dict:
         layers_per_block=u.layers_per_block,
         attention_head_dim=u.attention_head_dim,
         norm_num_groups=u.norm_num_groups,
-        cross_attention_dim=cfg.text_encoder.hidden_size,
+        cross_attention_dim=context_dim(cfg),
     )
 
 
-def build_denoiser(cfg: ModelConfig, resolution: int, num_experts: int = 1) -> MixtureOfDenoisingExperts:
-    """A freshly initialised bank of ``num_experts`` experts with the project's speed-ups."""
+def build_or_load_vae(cfg: ModelConfig, resolution: int) -> AutoencoderKL:
+    """``model.vae.pretrained``'s VAE, else a freshly initialised one."""
+    return load_pretrained_vae(cfg.vae.pretrained) if cfg.vae.pretrained else build_vae(cfg.vae, resolution)
+
+
+def load_vae(cfg: ModelConfig, stage_vae_dir: str) -> AutoencoderKL:
+    """The frozen VAE of the diffusion stages: ``model.vae.pretrained``'s, else the one the vae
+    stage saved in ``stage_vae_dir``."""
+    if cfg.vae.pretrained:
+        return load_pretrained_vae(cfg.vae.pretrained)
+    check_model_folder(stage_vae_dir)  # a damaged file: one line naming it
+    return AutoencoderKL.from_pretrained(stage_vae_dir)
+
+
+def build_denoiser(cfg: ModelConfig, resolution: int, num_experts: int = 1,
+                   expert_ids: Optional[Sequence[int]] = None, pretrained_weights: bool = True
+                   ) -> MixtureOfDenoisingExperts:
+    """A bank of ``num_experts`` experts (or ``expert_ids`` of them) with the project's speed-ups:
+    copies of ``model.unet.pretrained``'s U-Net, else freshly initialised. ``pretrained_weights=False``:
+    the pretrained architecture, freshly initialised (e.g. under LazyGuard, to count parameters)."""
     if resolution % cfg.vae.scale_factor:
         raise ValueError(
             f"data.resolution ({resolution}) must be a multiple of the VAE downsampling factor "
             f"({cfg.vae.scale_factor})"
         )
-    denoiser = MixtureOfDenoisingExperts(
-        num_experts=num_experts,
-        num_train_timesteps=cfg.num_train_timesteps,
-        unet=unet_kwargs(cfg, resolution // cfg.vae.scale_factor),
-    )
+    latent_size = resolution // cfg.vae.scale_factor
+    boundaries = expert_boundaries(cfg) if num_experts == cfg.num_experts else None
+    if cfg.unet.pretrained and pretrained_weights:
+        unet = load_pretrained_unet(cfg.unet.pretrained)
+        unet.register_to_config(sample_size=latent_size)  # the pipeline's default image size: the data's
+        denoiser = MixtureOfDenoisingExperts.from_unet(unet, num_experts, cfg.num_train_timesteps, expert_ids,
+                                                       boundaries)
+    else:
+        kwargs = ({**pretrained_unet_kwargs(cfg.unet.pretrained), "sample_size": latent_size} if cfg.unet.pretrained
+                  else unet_kwargs(cfg, latent_size))
+        denoiser = MixtureOfDenoisingExperts(num_experts=num_experts, num_train_timesteps=cfg.num_train_timesteps,
+                                             unet=kwargs, expert_ids=expert_ids, expert_boundaries=boundaries)
     return apply_speedups(denoiser)
 
 
 def build_text_encoder_from_config(cfg: ModelConfig, tokenizer):
+    """ERNIE (``model.text_encoder.pretrained``'s or fresh), with a learned projection to the
+    U-Net's context width where its hidden size differs (:func:`context_dim`)."""
     te = cfg.text_encoder
     return build_text_encoder(
         vocab_size=len(tokenizer),
@@ -70,6 +104,7 @@ def build_text_encoder_from_config(cfg: ModelConfig, tokenizer):
         intermediate_size=te.intermediate_size,
         max_position_embeddings=te.max_length,
         pad_token_id=tokenizer.pad_token_id,
+        context_dim=context_dim(cfg),
     )
 
 
@@ -81,6 +116,14 @@ def _schedule_kwargs(cfg: ModelConfig) -> dict:
         beta_schedule=cfg.beta_schedule,
         prediction_type=cfg.prediction_type,
     )
+
+
+def expert_boundaries(cfg: ModelConfig) -> Optional[List[int]]:
+    """``model.expert_boundaries`` as timesteps over the training schedule; None for the paper's
+    uniform split (a bank saved with it has a config as without the option)."""
+    if cfg.expert_boundaries == "uniform" or cfg.num_experts == 1:
+        return None
+    return cfg.boundaries(build_noise_scheduler(cfg).alphas_cumprod.numpy())
 
 
 def build_noise_scheduler(cfg: ModelConfig) -> DDPMScheduler:

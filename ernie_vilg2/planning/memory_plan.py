@@ -140,7 +140,7 @@ def measure_models(cfg: ExperimentConfig) -> ModelSizes:
     tokenizer = build_tokenizer(m.text_encoder.vocab_file, m.text_encoder.max_length)
     with lazy_init():
         text_encoder = _lazy_text_encoder(m, tokenizer)
-        unet = build_denoiser(m, cfg.data.resolution, num_experts=1).experts[0]
+        unet = build_denoiser(m, cfg.data.resolution, num_experts=1, pretrained_weights=False).experts[0]
         vae = build_vae(m.vae, cfg.data.resolution)
     return ModelSizes(
         text_encoder=count_parameters(text_encoder),

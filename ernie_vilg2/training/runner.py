@@ -30,13 +30,11 @@ import paddle
 from ..config import ConfigError, to_dict
 from ..data.sources import LatentShardSet, ShardSet
 from ..models.expert_bank import MixtureOfDenoisingExperts
-from ..models.factory import build_denoiser, build_noise_scheduler, build_sampler, build_text_encoder_from_config, build_vae
+from ..models.factory import build_noise_scheduler, build_sampler, build_vae, expert_boundaries
 from ..models.speedups import apply_speedups
 from ..pipelines.loading import load_pipeline
 from ..pipelines.pipeline_ernie_vilg2 import ErnieViLG2Pipeline
-from ..text.tokenizer import build_tokenizer
 from ..utils.images import make_grid
-from ..utils.integrity import check_model_folder
 from ..utils.io import atomic_directory, atomic_save_image
 from .batches import LatentSource, StoredLatents, StreamedLatents, estimate_scaling_factor, shard
 from .checkpoint import set_aside_damaged
@@ -50,6 +48,7 @@ from .loop import LoopSettings, Trainer
 from .modules import DiffusionTrainingModule, VAETrainingModule
 from .resume import ResumePlan, checkpoint_dir, plan_resume
 from .run_folder import RunLock, record_config_changes, write_run_config
+from .starting_point import models_from_config
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +103,8 @@ def stages_to_run(cfg: ExperimentConfig, selected: List[str], reopen) -> List[st
             continue
         if stage == "experts" and cfg.model.num_experts == 1:
             logger.info("model.num_experts is 1: no expert stage (the base U-Net is the model)")
+        elif stage == "vae" and cfg.model.vae.pretrained:
+            logger.info("model.vae.pretrained is set: no vae stage (the pretrained VAE is used, frozen)")
         elif stage_done(cfg, stage) and stage not in reopen:
             logger.info("stage %s already finished: %s", stage, stage_dir(cfg, stage))
         else:
@@ -276,34 +277,31 @@ class ExperimentRunner:
             save_atomically(vae.save_pretrained, stage_dir(cfg, "vae"))
 
     # -- stages: diffusion -------------------------------------------------------------------
-    def run_base(self, index: int) -> None:
-        from ppdiffusers import AutoencoderKL
+    def vae_dir(self) -> str:
+        """The folder of the diffusion stages' VAE: the pretrained one, else the vae stage's."""
+        return self.cfg.model.vae.pretrained or stage_dir(self.cfg, "vae")
 
+    def run_base(self, index: int) -> None:
         cfg = self.cfg
-        self._require("vae", "base")
-        paddle.seed(cfg.train.seed)
-        check_model_folder(stage_dir(cfg, "vae"))  # a damaged file: one line naming it
-        vae = AutoencoderKL.from_pretrained(stage_dir(cfg, "vae"))
-        tokenizer = build_tokenizer(cfg.model.text_encoder.vocab_file, cfg.model.text_encoder.max_length)
-        text_encoder = build_text_encoder_from_config(cfg.model, tokenizer)
-        unet = build_denoiser(cfg.model, cfg.data.resolution, num_experts=1)
-        self._train_diffusion("base", index, vae, text_encoder, tokenizer, unet)
+        if not cfg.model.vae.pretrained:
+            self._require("vae", "base")
+        self._train_diffusion("base", index, *models_from_config(cfg, "base", self.vae_dir(), num_experts=1))
 
     def run_experts(self, index: int) -> None:
         cfg = self.cfg
+        held = self.ctx.experts.experts if self.ctx.experts else None  # expert parallel: the group's experts
+        if not stage_done(cfg, "base") and cfg.model.unet.pretrained:
+            if not cfg.model.vae.pretrained:
+                self._require("vae", "experts")
+            # Straight from the pretrained U-Net: every expert starts as a copy of it.
+            models = models_from_config(cfg, "experts", self.vae_dir(), cfg.model.num_experts, expert_ids=held)
+            self._train_diffusion("experts", index, *models)
+            return
         self._require("base", "experts")
         base = load_pipeline(stage_dir(cfg, "base"))
-        held = self.ctx.experts.experts if self.ctx.experts else None  # expert parallel: the group's experts
         unet = apply_speedups(MixtureOfDenoisingExperts.branch(base.unet, cfg.model.num_experts, expert_ids=held,
-                                                               expert_boundaries=self._expert_boundaries()))
+                                                               expert_boundaries=expert_boundaries(cfg.model)))
         self._train_diffusion("experts", index, base.vae, base.text_encoder, base.tokenizer, unet)
-
-    def _expert_boundaries(self) -> Optional[List[int]]:
-        """``model.expert_boundaries`` as timesteps over the training schedule; None for the
-        paper's uniform split (its saved model config is as without the option)."""
-        if self.cfg.model.expert_boundaries == "uniform":
-            return None
-        return self.cfg.model.boundaries(build_noise_scheduler(self.cfg.model).alphas_cumprod.numpy())
 
     def _train_diffusion(self, stage: str, index: int, vae, text_encoder, tokenizer, unet) -> None:
         cfg = self.cfg
@@ -324,8 +322,8 @@ class ExperimentRunner:
         )
         model = self.ctx.wrap_model(module, stage)
         batches = None
-        check_latent_vae(self.dataset, vae, stage_dir(cfg, "vae") if stage == "base"
-                         else os.path.join(stage_dir(cfg, "base"), "vae"))
+        check_latent_vae(self.dataset, vae, os.path.join(stage_dir(cfg, "base"), "vae")
+                         if stage == "experts" and stage_done(cfg, "base") else self.vae_dir())
         if isinstance(self.dataset, LatentShardSet):
             batches = self._batches(stage, batch_size)
             source = StoredLatents(batches, vae.config.scaling_factor)
@@ -343,7 +341,7 @@ class ExperimentRunner:
             cfg.train.expert_ids if stage == "experts" else None,
             one_expert_per_step=stage == "experts" and cfg.train.one_expert_per_step,
             layout=self.ctx.experts if expert_parallel else None,
-            boundaries=self._expert_boundaries(),
+            boundaries=expert_boundaries(cfg.model),
         )
         step_fn = DiffusionStep(cfg, source, captions, model, timesteps, batch_size,
                                 self.ctx.rank, self.ctx.world_size)
