@@ -57,6 +57,7 @@ def parse_args(argv=None):
     p.add_argument("--max-queue", type=int, default=8, help="the service's queue limit in the overload runs")
     p.add_argument("--timeout", type=float, default=30.0, help="the service's request timeout in the overload runs")
     p.add_argument("--overload-seconds", type=float, default=15.0, help="length of each overload round")
+    p.add_argument("--threads", type=int, default=1, help="the service's --threads (math library threads per predictor)")
     p.add_argument("--workdir", help="keep the export here (default: a temporary folder)")
     args = p.parse_args(argv)
     for name in ("requests", "steps", "max_queue"):
@@ -261,11 +262,12 @@ def main(argv=None) -> int:
         workdir = args.workdir or tmp
         os.makedirs(workdir, exist_ok=True)
         model = args.model or tiny_export(args.config, workdir)
-        print(f"model: {model}; {args.steps} DPM-Solver++ steps per image; server logs in {workdir}")
+        print(f"model: {model}; {args.steps} DPM-Solver++ steps per image; --threads {args.threads}; "
+              f"server logs in {workdir}")
         rows = {}
         for batch in args.batches:
             server = Server(model, os.path.join(workdir, f"serve-batch{batch}.log"), "--max-batch", batch,
-                            "--max-queue", max(32, 2 * max(args.clients)), "--timeout", 600)
+                            "--max-queue", max(32, 2 * max(args.clients)), "--timeout", 600, "--threads", args.threads)
             try:
                 for clients in args.clients:
                     rows[batch, clients] = asyncio.run(closed_loop(server.url, clients, max(args.requests, 2 * clients),
@@ -279,7 +281,7 @@ def main(argv=None) -> int:
                   f"| {r['p99'] / r['p50']:.2f} | {r['failed']} |")
 
         server = Server(model, os.path.join(workdir, "serve-overload.log"), "--max-batch", 8, "--max-queue",
-                        args.max_queue, "--timeout", args.timeout)
+                        args.max_queue, "--timeout", args.timeout, "--threads", args.threads)
         try:
             clients = 2 * args.max_queue
             print(f"\noverload: {clients} clients, --max-queue {args.max_queue}, --timeout {args.timeout:g} s, "
