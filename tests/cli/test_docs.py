@@ -52,17 +52,24 @@ def _expand(path):
     return [q for alt in match.group(1).split(",") for q in _expand(path[:match.start()] + alt + path[match.end():])]
 
 
+def _git_ignored(paths, as_folders_too=False):
+    """Those of ``paths`` git ignores. A folder that does not exist yet matches a ``folder/``
+    pattern only when asked with its slash: ``as_folders_too`` asks each path that way too."""
+    if not paths:
+        return set()
+    asked = [q for p in paths for q in ((p, p.rstrip("/") + "/") if as_folders_too else (p,))]
+    reported = set(subprocess.run(["git", "check-ignore", "--no-index", *asked], cwd=REPO, capture_output=True,
+                                  text=True).stdout.split())
+    return {p for p in paths if p in reported or (as_folders_too and p.rstrip("/") + "/" in reported)}
+
+
 @pytest.mark.parametrize("doc", sorted(_docs()))
 def test_named_repository_paths_exist(doc):
     text = _docs()[doc]
     named = {q for p in REPO_PATH.findall(text) for q in _expand(p)}
     missing = sorted(p for p in named if not os.path.exists(os.path.join(REPO, p)))
     # What a build makes (deploy/cpp/build/..., the ops' _build/) is git-ignored and need not exist yet.
-    # (A folder that does not exist yet matches a "folder/" pattern only when asked with its slash.)
-    asked = [q for p in missing for q in (p, p.rstrip("/") + "/")]
-    built = {p.rstrip("/") for p in subprocess.run(["git", "check-ignore", "--no-index", *asked], cwd=REPO,
-                                                     capture_output=True, text=True).stdout.split()} if missing else set()
-    missing = sorted(set(missing) - built)
+    missing = sorted(set(missing) - _git_ignored(missing, as_folders_too=True))
     assert not missing, f"{doc} names paths that do not exist: {missing}"
 
 
@@ -75,11 +82,7 @@ def _outputs(text):
 @pytest.mark.parametrize("doc", _pages())
 def test_examples_write_only_to_ignored_folders(doc):
     outputs = _outputs(_read(doc))
-    if not outputs:
-        return
-    ignored = subprocess.run(["git", "check-ignore", "--no-index", *outputs], cwd=REPO, capture_output=True,
-                             text=True).stdout.split()
-    assert sorted(set(outputs) - set(ignored)) == [], f"{doc}: examples write outside git-ignored folders"
+    assert sorted(set(outputs) - _git_ignored(outputs)) == [], f"{doc}: examples write outside git-ignored folders"
 
 
 def test_the_output_patterns_find_the_examples():

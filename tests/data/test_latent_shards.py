@@ -24,9 +24,9 @@ from ernie_vilg2.data.problems import UNDECODABLE_IMAGE, UNDECODABLE_LATENT
 from ernie_vilg2.training import runner as runner_mod
 from ernie_vilg2.training.config import load_config
 
-from helpers.paths import REPO_ROOT, TINY_YAML
+from helpers.paths import REPO_ROOT, TINY_YAML, TOOL_ENV
 from helpers.shard_data import image_bytes, member_offsets, write_shards, write_sidecar, write_tar
-from helpers.training_runs import TRAIN_ENV, assert_same_weights, crash_after, tiny_overrides, unet_weights
+from helpers.training_runs import assert_same_weights, crash_after, tiny_overrides, unet_weights
 
 pytestmark = pytest.mark.slow  # every test here encodes with, or trains, a tiny model
 
@@ -37,7 +37,7 @@ def _cli(script, opts, *flags, cwd):
     args = [sys.executable, os.path.join(REPO_ROOT, "tools", script), "--config", TINY_YAML, *flags]
     for o in opts:
         args += ["-o", o]
-    return subprocess.run(args, capture_output=True, text=True, env=TRAIN_ENV, cwd=str(cwd), timeout=TIMEOUT)
+    return subprocess.run(args, capture_output=True, text=True, env=TOOL_ENV, cwd=str(cwd), timeout=TIMEOUT)
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,10 @@ from ernie_vilg2.data.samples import UNDECODABLE_IMAGE
 from ernie_vilg2.data.shards import ShardError, ShardReader, expand_braces, list_shards, read_sidecar
 
 from helpers.paths import REPO_ROOT as REPO
+from helpers.paths import TOOL_ENV
 from helpers.shard_data import image_bytes, member_offsets, sample_image, truncate, write_shards, write_sidecar, write_tar
 from helpers.tiny_coco import EXPECTED_KEYS, write_tiny_coco
 
-ENV = {**os.environ, "GLOG_minloglevel": "2", "PYTHONPATH": REPO}
 
 
 def _read(path, **kwargs):
@@ -183,7 +183,7 @@ def test_sidecar_is_read_by_key_and_a_torn_last_line_is_ignored(tmp_path):
 
 def _prepare(*args, cwd):
     return subprocess.run([sys.executable, os.path.join(REPO, "tools", "prepare_data.py"), "--no-progress", *args],
-                          capture_output=True, text=True, env=ENV, cwd=str(cwd), timeout=300)
+                          capture_output=True, text=True, env=TOOL_ENV, cwd=str(cwd), timeout=300)
 
 
 @pytest.mark.slow

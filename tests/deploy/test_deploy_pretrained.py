@@ -1,7 +1,6 @@
 """A pipeline branched from a pretrained U-Net whose text encoder projects ERNIE's states to the
 U-Net's context width exports to Paddle Inference and samples the dynamic pipeline's images."""
 import json
-import os
 
 import numpy as np
 import paddle

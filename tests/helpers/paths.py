@@ -9,5 +9,8 @@ TINY_YAML = os.path.join(REPO_ROOT, "configs", "tiny.yaml")
 CPP_DIR = os.path.join(REPO_ROOT, "deploy", "cpp")
 CPP_BUILD_DIR = os.path.join(CPP_DIR, "build")
 
+# The environment of the repository's tools run as subprocesses (this checkout first on the path).
+TOOL_ENV = {**os.environ, "GLOG_minloglevel": "2", "PYTHONPATH": REPO_ROOT}
+
 TINY_RESOLUTION = 32  # pixels; latents are 8x8 with the 3-level tiny VAE
 TINY_LATENT = 8

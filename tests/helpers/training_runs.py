@@ -13,9 +13,6 @@ from ernie_vilg2.training.loop import Trainer
 
 from helpers.paths import REPO_ROOT, TINY_YAML
 
-TRAIN_ENV = {**os.environ, "GLOG_minloglevel": "2", "PYTHONPATH": REPO_ROOT}
-
-
 def tiny_overrides(tmp_path, **extra):
     """configs/tiny.yaml shrunk to a few hundred thousand parameters and a few steps."""
     opts = {

@@ -12,11 +12,11 @@ import sys
 import pytest
 
 from helpers.paths import REPO_ROOT as REPO
+from helpers.paths import TOOL_ENV
 
 PLAN = os.path.join(REPO, "tools", "plan.py")
 CONFIG_24B = os.path.join(REPO, "configs", "ernie_vilg2_24b.yaml")
 CONFIG_MID = os.path.join(REPO, "configs", "ernie_vilg2_mid.yaml")
-ENV = {**os.environ, "GLOG_minloglevel": "2", "PYTHONPATH": REPO}
 GiB = 2 ** 30
 
 
@@ -25,7 +25,7 @@ def _numel(layer) -> int:
 
 
 def _run_plan(*args, timeout=300):
-    return subprocess.run([sys.executable, PLAN, *args], capture_output=True, text=True, env=ENV, timeout=timeout)
+    return subprocess.run([sys.executable, PLAN, *args], capture_output=True, text=True, env=TOOL_ENV, timeout=timeout)
 
 
 @pytest.mark.slow
@@ -69,7 +69,7 @@ def test_24b_plan_prints_the_table_without_allocating_the_model():
                   " file=sys.stderr)); "
                   f"sys.argv = [{PLAN!r}] + sys.argv[1:]; runpy.run_path({PLAN!r}, run_name='__main__')")
     proc = subprocess.run([sys.executable, "-c", report_rss, "--config", CONFIG_24B, "--gpus", "320", "--gpu-mem", "80",
-                           "--expert-groups", "10", "--json"], capture_output=True, text=True, env=ENV, timeout=300)
+                           "--expert-groups", "10", "--json"], capture_output=True, text=True, env=TOOL_ENV, timeout=300)
     assert proc.returncode == 0, proc.stderr
     plan = json.loads(proc.stdout)
     p = plan["parameters"]

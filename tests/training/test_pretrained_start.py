@@ -11,9 +11,10 @@ from ernie_vilg2.pipelines.loading import load_pipeline
 from ernie_vilg2.training.config import load_config
 from ernie_vilg2.training.runner import run_training
 
+from helpers.paths import TOOL_ENV
 from helpers.pretrained_folders import (ATOL, RTOL, TINY_PRETRAINED_YAML, TINY_SD, diffusers_outputs,
                                         pretrained_run_overrides, unet_outputs, vae_outputs)
-from helpers.training_runs import TRAIN_ENV, train_cli
+from helpers.training_runs import train_cli
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +56,7 @@ def test_a_short_run_trains_the_experts_and_the_projection(tmp_path):
 def _cli(tmp_path, *opts, config=TINY_PRETRAINED_YAML):
     args = train_cli(pretrained_run_overrides(tmp_path) + list(opts))
     args[args.index("--config") + 1] = config
-    return subprocess.run(args, env=TRAIN_ENV, capture_output=True, text=True, timeout=600)
+    return subprocess.run(args, env=TOOL_ENV, capture_output=True, text=True, timeout=600)
 
 
 def test_a_frozen_new_projection_is_refused_naming_the_field(tmp_path):

@@ -17,8 +17,8 @@ from ernie_vilg2.training.config import load_config
 from ernie_vilg2.training.loop import Trainer
 
 from helpers.paths import REPO_ROOT as REPO
-from helpers.paths import TINY_YAML
-from helpers.training_runs import TRAIN_ENV, assert_same_weights, interrupted_run, run_config, run_overrides, train_cli
+from helpers.paths import TINY_YAML, TOOL_ENV
+from helpers.training_runs import assert_same_weights, interrupted_run, run_config, run_overrides, train_cli
 
 # ------------------------------------------------------------------------ config changes
 def test_config_diff_lists_dotted_fields_and_classifies_them():
@@ -51,7 +51,7 @@ def test_changed_lr_refused_without_flag_then_recorded_with_it(tmp_path, monkeyp
     assert not (run / "base").exists() and (run / "config.yaml").read_bytes() == original
 
     # The CLI says the same in one line and exits 2.
-    proc = subprocess.run(train_cli(lr_opts, "--resume"), capture_output=True, text=True, env=TRAIN_ENV, timeout=300)
+    proc = subprocess.run(train_cli(lr_opts, "--resume"), capture_output=True, text=True, env=TOOL_ENV, timeout=300)
     assert proc.returncode == 2, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "train.base.lr: 0.001 -> 0.002" in last and "Traceback" not in proc.stderr
@@ -216,7 +216,7 @@ def test_second_trainer_is_refused_and_a_stale_lock_is_taken_over(tmp_path, capl
 
     cfg = run_config(tmp_path, **{"train.stages": "[vae]", "train.vae.steps": 1})
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, cfg.train.output_dir], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True, env=TRAIN_ENV)
+                              stdout=subprocess.PIPE, text=True, env=TOOL_ENV)
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(RuntimeError) as err:
@@ -241,7 +241,7 @@ def test_sigterm_releases_the_lock(tmp_path):
     opts = run_overrides(tmp_path, **{"train.stages": "[vae]", "train.vae.steps": 100000})
     log = tmp_path / "train.log"  # a file, not a pipe: the progress bar never blocks the trainer
     with open(log, "w") as out:
-        proc = subprocess.Popen(train_cli(opts), stdout=out, stderr=subprocess.STDOUT, text=True, env=TRAIN_ENV)
+        proc = subprocess.Popen(train_cli(opts), stdout=out, stderr=subprocess.STDOUT, text=True, env=TOOL_ENV)
     lock = tmp_path / "run" / ".lock"
     try:
         deadline = time.time() + 180

@@ -14,10 +14,10 @@ import pytest
 from ernie_vilg2.training import runner as runner_mod
 from ernie_vilg2.training.config import load_config
 
-from helpers.paths import REPO_ROOT, TINY_YAML
+from helpers.paths import REPO_ROOT, TINY_YAML, TOOL_ENV
 from helpers.shard_data import member_offsets, truncate
 from helpers.tiny_coco import write_tiny_coco
-from helpers.training_runs import TRAIN_ENV, assert_same_weights, crash_after, tiny_overrides, unet_weights
+from helpers.training_runs import assert_same_weights, crash_after, tiny_overrides, unet_weights
 
 pytestmark = pytest.mark.slow  # every test here trains, samples or exports a tiny model
 
@@ -102,7 +102,7 @@ def test_a_missing_shard_stops_the_run_before_training(data, tmp_path):
     args = [sys.executable, os.path.join(REPO_ROOT, "tools", "train.py"), "--config", TINY_YAML]
     for o in opts:
         args += ["-o", o]
-    done = subprocess.run(args, capture_output=True, text=True, env=TRAIN_ENV, cwd=str(tmp_path), timeout=300)
+    done = subprocess.run(args, capture_output=True, text=True, env=TOOL_ENV, cwd=str(tmp_path), timeout=300)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines()[-1] == f"error: shard not found: {data / 'shards' / '00003.tar'}"
     assert "Traceback" not in done.stderr and not (tmp_path / "run" / "vae").exists()

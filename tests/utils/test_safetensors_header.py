@@ -18,9 +18,9 @@ from ernie_vilg2.utils.integrity import (
 )
 
 from helpers.paths import REPO_ROOT as REPO
+from helpers.paths import TOOL_ENV
 from helpers.training_runs import interrupted_run, run_overrides, train_cli
 
-ENV = {**os.environ, "GLOG_minloglevel": "2", "PYTHONPATH": REPO}
 
 
 def read_header(path):
@@ -208,7 +208,7 @@ def test_generate_cli_one_line_and_exit_2_for_a_malformed_header(model_copy, tmp
     proc = subprocess.run(
         [sys.executable, os.path.join(REPO, "tools", "generate.py"), "--model", str(model_copy), "--prompt", "猫",
          "--steps", "1", "--out", str(tmp_path / "g.png")],
-        capture_output=True, text=True, env=ENV, timeout=300,
+        capture_output=True, text=True, env=TOOL_ENV, timeout=300,
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
@@ -259,7 +259,7 @@ def test_train_resume_one_line_and_exit_2_for_a_malformed_checkpoint(tmp_path, m
     path = ckpt / "model.safetensors"
     name = _make_integer(path)
     _rerecord(str(ckpt))
-    proc = subprocess.run(train_cli(run_overrides(tmp_path), "--resume"), capture_output=True, text=True, env=ENV,
+    proc = subprocess.run(train_cli(run_overrides(tmp_path), "--resume"), capture_output=True, text=True, env=TOOL_ENV,
                           timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
