@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from ..config import check
+from .scenes import RELATIONS
 
 LANGUAGES = ("zh", "en")
 IMAGE_FITS = ("center_crop", "squash")
@@ -34,6 +35,7 @@ class BuiltinDataConfig:
     num_scenes: int = 4000  # two-object training scenes
     num_val_scenes: int = 400  # held-out scenes (val.jsonl), drawn from another seed
     scene_classes: Optional[List[str]] = None  # exact English names; null: SCENE_CLASSES
+    scene_relations: Optional[List[str]] = None  # some of left, right, above, below; null: all four
     scene_min_size: float = 0.4  # scene emoji side, fraction of the image side
     scene_max_size: float = 0.5
     background: List[int] = field(default_factory=lambda: [255, 255, 255])  # RGB
@@ -54,6 +56,8 @@ class BuiltinDataConfig:
               "include_singles is false and num_scenes is 0: the training set would be empty")
         check(self.scene_classes is None or len(set(self.scene_classes)) >= 2, "data.builtin.scene_classes",
               "needs at least 2 different classes (or null for the default list)")
+        check(self.scene_relations is None or (len(self.scene_relations) > 0 and set(self.scene_relations) <= set(RELATIONS)),
+              "data.builtin.scene_relations", f"must be a non-empty list of {', '.join(RELATIONS)} (or null for all)")
         check(0.0 < self.scene_min_size <= self.scene_max_size, "data.builtin.scene_min_size",
               "must be > 0 and <= scene_max_size")
         check(self.scene_max_size <= 0.5, "data.builtin.scene_max_size", "must be <= 0.5 so two emoji fit side by side")

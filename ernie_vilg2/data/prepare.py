@@ -29,7 +29,7 @@ from ..utils.io import disk_full_as_error, umask_mode
 from .config import BuiltinDataConfig, DataConfig
 from .emoji_catalog import EmojiEntry, find_by_name, load_emoji_catalog, package_versions
 from .render import render_single
-from .scenes import SCENE_CLASSES, sample_scene, with_article
+from .scenes import RELATIONS, SCENE_CLASSES, sample_scene, with_article
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +121,7 @@ def _generate(tmp_dir: str, builtin: BuiltinDataConfig, resolution: int, progres
     class_names = {e.name_en for e in classes}
     background = tuple(builtin.background)
     size_range = (builtin.scene_min_size, builtin.scene_max_size)
+    relations = builtin.scene_relations or RELATIONS
     train: List[dict] = []
     val: List[dict] = []
 
@@ -145,7 +146,7 @@ def _generate(tmp_dir: str, builtin: BuiltinDataConfig, resolution: int, progres
             ("val", builtin.num_val_scenes, random.Random(f"scenes-val-{builtin.seed}"), val, "val"),
         ):
             for k in range(count):
-                scene = sample_scene(classes, resolution, rng, background, size_range)
+                scene = sample_scene(classes, resolution, rng, background, size_range, relations=relations)
                 records += _pair(save(scene.image, f"{prefix}_{k:05d}"), scene.caption_en, scene.caption_zh,
                                  scene.synthetic_en, scene.synthetic_zh, scene.boxes, scene.labels,
                                  relation=scene.relation)

@@ -145,16 +145,19 @@ def sample_scene(
     background: Sequence[int] = (255, 255, 255),
     size_range: Tuple[float, float] = (0.4, 0.5),
     max_tries: int = 50,
+    relations: Sequence[str] = RELATIONS,
 ) -> Scene:
-    """Draw one scene from ``classes`` (at least 2) with ``rng``."""
+    """Draw one scene from ``classes`` (at least 2) with ``rng``, its relation one of ``relations``."""
     if len(classes) < 2:
         raise ValueError("a scene needs at least 2 classes")
+    if not relations or not set(relations) <= set(RELATIONS):
+        raise ValueError(f"relations must be some of {', '.join(RELATIONS)}, got {list(relations)}")
     lo, hi = size_range
     if not 0 < lo <= hi <= 0.5:
         raise ValueError(f"size_range must satisfy 0 < min <= max <= 0.5 (two must fit), got {size_range}")
     for _ in range(max_tries):
         a, b = rng.sample(list(classes), 2)
-        relation = rng.choice(RELATIONS)
+        relation = rng.choice(list(relations))
         size_a = max(1, int(rng.uniform(lo, hi) * resolution))
         size_b = max(1, int(rng.uniform(lo, hi) * resolution))
         # "a right of b" is "b left of a": place the first-in-reading-order square first.

@@ -117,6 +117,16 @@ def test_scene_boxes_match_stated_relation():
     assert len(seen) == 4
 
 
+def test_scenes_keep_to_the_chosen_relations():
+    classes = [find_by_name(n) for n in ("red apple", "banana", "frog")]
+    rng = random.Random(1)
+    relations = {sample_scene(classes, 32, rng, relations=("left", "right")).relation for _ in range(40)}
+    assert relations == {"left", "right"}
+    for bad in ((), ("left", "near")):
+        with pytest.raises(ValueError, match="relations must be some of left, right, above, below"):
+            sample_scene(classes, 32, rng, relations=bad)
+
+
 def test_relation_holds_and_captions():
     left, right = [0, 10, 10, 20], [12, 12, 22, 22]
     assert relation_holds(left, right, "left") and relation_holds(right, left, "right")
@@ -172,6 +182,16 @@ def test_prepare_builtin_dataset_writes_files_once(tmp_path):
         prepare_builtin_dataset(_tiny_builtin(tmp_path), 32, out_dir=str(tmp_path / "mine"), progress=False)
 
 
+def test_built_in_scenes_of_chosen_relations(tmp_path):
+    from ernie_vilg2.data.prepare import prepare_builtin_dataset
+
+    out = prepare_builtin_dataset(_tiny_builtin(tmp_path, num_scenes=30, num_val_scenes=10,
+                                                scene_relations=["left", "right"]), 32, progress=False)
+    for split in ("train", "val"):
+        records = [json.loads(line) for line in open(os.path.join(out, f"{split}.jsonl"), encoding="utf-8")]
+        assert {r["relation"] for r in records if "relation" in r} == {"left", "right"}
+
+
 def test_build_dataset_from_config(tmp_path):
     from ernie_vilg2.data.builder import build_dataset
 
@@ -194,6 +214,10 @@ def test_data_config_validation():
         DataConfig(languages=["fr"])
     with pytest.raises(ConfigError, match="data.builtin.typo"):
         from_dict(DataConfig, {"builtin": {"typo": 1}}, "data")
+    assert from_dict(DataConfig, {"builtin": {"scene_relations": ["left", "right"]}}, "data").builtin.scene_relations
+    for relations in ([], ["left", "near"]):
+        with pytest.raises(ConfigError, match="data.builtin.scene_relations': must be a non-empty list"):
+            from_dict(DataConfig, {"builtin": {"scene_relations": relations}}, "data")
 
 
 # ---------------------------------------------------------------- JSONL loader
