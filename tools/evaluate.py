@@ -3,6 +3,8 @@ r"""Evaluate a saved pipeline: generate images for held-out prompts and compute 
     python tools/evaluate.py --model output/tiny/experts --fid-ref data/emoji-demo-32/val.jsonl \
         --out output/tiny/eval --sampler dpm --steps 25 --guidance 3 --seed 0
     python tools/evaluate.py --fid-ref data/my-real-images --save-ref-stats output/real_stats.npz
+    python tools/evaluate.py --model output/demo/experts --out output/demo/score --prompts PROMPTS.txt -k 4 \
+        --detector-weights output/detector/detector.safetensors --labels output/detector-data/emoji-32/labels.json
     python tools/evaluate.py --model output/tiny/experts --protocol coco-fid30k --coco-root data/coco \
         --out output/tiny/coco-fid30k
 
@@ -13,6 +15,8 @@ trained on (from the run's config.yaml beside the model folder). K images per pr
 kept, and the noise of image i is the same as in an uninterrupted run), OUT/generation.json
 maps them to their prompts, OUT/report.json holds the settings and the FID against --fid-ref
 (a folder of images, a .jsonl dataset's images, or a .npz of statistics with mu and sigma).
+With --detector-weights the judge also scores the two-object scene and single-object prompts
+(docs/evaluation.md); without --fid-ref it is the judge alone.
 
 --protocol coco-fid30k: the paper's COCO zero-shot FID-30k instead (docs/evaluation.md): N
 captions of a COCO split, one per image, and the FID against those N real images, both sets
@@ -42,7 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", help="saved pipeline folder (with model_index.json)")
     p.add_argument("--fid-ref",
                    help="real images: a folder (recursively), a .jsonl dataset (its images) or a .npz with mu, sigma "
-                        "(required unless --protocol)")
+                        "(required unless --protocol or --detector-weights)")
     p.add_argument("--out", help="output folder: images/, generation.json, features.npz, report.json")
     p.add_argument("--save-ref-stats", metavar="FILE",
                    help="only write the statistics of --fid-ref to FILE (.npz) and exit (no --model/--out)")
@@ -56,7 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sampler", choices=("ddim", "dpm"), default="dpm", help="ddim or dpm (DPM-Solver++)")
     p.add_argument("--batch-size", type=int, default=16, help="images per pipeline call")
     p.add_argument("--fid-batch-size", type=int, default=32, help="images per Inception forward")
-    judge = p.add_argument_group("composition score (two-object scene prompts, judged by a detector)")
+    judge = p.add_argument_group("composition score (two-object scene and single-object prompts, judged by a detector)")
     judge.add_argument("--detector-weights", help="the judge's weights (tools/train_detector.py); omit to skip the score")
     judge.add_argument("--detector-config", default=DETECTOR_CONFIG,
                        help="PaddleDetection YAML of the judge (default: the shipped PicoDet)")
@@ -89,8 +93,8 @@ def check_protocol_arguments(args: argparse.Namespace) -> None:
         given = [flag for flag, name, _ in PROTOCOL_FLAGS if getattr(args, name) is not None]
         if given:
             fail(f"{given[0]} applies to --protocol coco-fid30k only")
-        if not args.fid_ref:
-            fail("--fid-ref is required (unless --protocol)")
+        if not args.fid_ref and (args.save_ref_stats or not args.detector_weights):
+            fail("--fid-ref is required (unless --protocol, or --detector-weights to score with the judge only)")
         return
     for flag, value in (("--fid-ref", args.fid_ref), ("--save-ref-stats", args.save_ref_stats),
                         ("--prompts", args.prompts), ("--column", args.column), ("--limit", args.limit),
@@ -241,10 +245,8 @@ def composition_score(args, prompt_source: str, names, captions, images_dir: str
     except (FileNotFoundError, ValueError) as exc:  # missing labels, damaged or mismatched weights: named
         fail(f"composition judge: {exc}")
     report = composition_report(detector, args.detector_weights, labels, names, captions, images_dir, threshold)
-    if not report["num_images"]:
-        print("composition score: no prompt is a two-object scene the judge knows; skipped")
-    elif composition_line(report):
-        print(composition_line(report))
+    line = composition_line(report)
+    print(line or "composition score: no prompt is a two-object scene or a single object the judge knows; skipped")
     return report
 
 
@@ -295,16 +297,16 @@ def model_settings(args: argparse.Namespace) -> dict:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from ernie_vilg2.evaluation.output_folder import FEATURES_FILE, IMAGES_DIR, REPORT_FILE, image_names, write_json
+    from ernie_vilg2.evaluation.output_folder import IMAGES_DIR, REPORT_FILE, image_names, write_json
 
     check_arguments(args)
     if args.protocol:
         return evaluate_coco(args)
-    ref_kind, ref_value = check_reference(args.fid_ref)
+    ref_kind, ref_value = check_reference(args.fid_ref) if args.fid_ref else (None, None)
     if args.save_ref_stats:
         return save_reference_statistics(args, ref_kind, ref_value)
     prompts, prompt_source = collect_prompts(args)
-    if len(prompts) * args.num_images_per_prompt < 2:
+    if args.fid_ref and len(prompts) * args.num_images_per_prompt < 2:
         fail(f"FID needs at least 2 generated images: {len(prompts)} prompt x {args.num_images_per_prompt} "
              "(raise --num-images-per-prompt)")
 
@@ -315,28 +317,38 @@ def evaluate(args: argparse.Namespace) -> int:
     }
     check_resumable(args.out, settings)
     pipe = load_checked_pipeline(args, settings)
-    from ernie_vilg2.evaluation.fid import frechet_distance, statistics
-    from ernie_vilg2.evaluation.report import fid_report
+    from ernie_vilg2.evaluation.report import base_report
 
     captions = [p for p in prompts for _ in range(args.num_images_per_prompt)]
     names = image_names(len(captions))
     generate(args, pipe, settings, names, captions)
     images_dir = os.path.join(args.out, IMAGES_DIR)
 
+    report = base_report(settings, len(names))
+    if args.fid_ref:
+        report = fid_of_images(args, settings, names, images_dir, ref_kind, ref_value)
+    if args.detector_weights:
+        report["composition"] = composition_score(args, prompt_source, names, captions, images_dir)
+    write_json(os.path.join(args.out, REPORT_FILE), report)
+    print(f"wrote {os.path.join(args.out, REPORT_FILE)}")
+    return 0
+
+
+def fid_of_images(args: argparse.Namespace, settings: dict, names, images_dir: str, ref_kind, ref_value) -> dict:
+    """The report with the FID of the images against --fid-ref (printed too)."""
+    from ernie_vilg2.evaluation.fid import frechet_distance, statistics
+    from ernie_vilg2.evaluation.output_folder import FEATURES_FILE
+    from ernie_vilg2.evaluation.report import fid_report
+
     extractor, weights = make_extractor(args)
     features = extractor.file_features([os.path.join(images_dir, n) for n in names],
                                        cache=os.path.join(args.out, FEATURES_FILE), progress=True)
     mu_ref, sigma_ref = reference_stats(args, ref_kind, ref_value, extractor)
     fid = frechet_distance(*statistics(features), mu_ref, sigma_ref)
-    report = fid_report(settings, len(names), fid, args.fid_ref, ref_kind,
-                        None if ref_kind == "npz" else len(ref_value), weights)
-    if args.detector_weights:
-        report["composition"] = composition_score(args, prompt_source, names, captions, images_dir)
-    write_json(os.path.join(args.out, REPORT_FILE), report)
     ref_n = "statistics" if ref_kind == "npz" else f"{len(ref_value)} images"
     print(f"FID {fid:.3f} ({len(names)} generated images vs {ref_n} of {args.fid_ref})")
-    print(f"wrote {os.path.join(args.out, REPORT_FILE)}")
-    return 0
+    return fid_report(settings, len(names), fid, args.fid_ref, ref_kind,
+                      None if ref_kind == "npz" else len(ref_value), weights)
 
 
 def evaluate_coco(args: argparse.Namespace) -> int:

@@ -46,7 +46,7 @@ import functools
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -74,9 +74,9 @@ ZH_RELATIONS = {
     "above": ("上面", "上方", "上边", "之上"),
     "below": ("下面", "下方", "下边", "之下", "底下"),
 }
-_EN_ARTICLE = "(?:(?:a|an|the|one) )?"
+EN_ARTICLE = "(?:(?:a|an|the|one) )?"
 _EN_VERB = "(?:(?:is|are|sits|stands) )?"
-_ZH_MEASURE = "(?:一[个只串根条颗朵片块])?"
+ZH_MEASURE = "(?:一[个只串根条颗朵片块])?"
 
 
 @dataclass(frozen=True)
@@ -116,11 +116,20 @@ def _patterns(names_en: tuple, names_zh: tuple):
     en_lookup = {" ".join(en.lower().split()): en for en in names_en}
     zh_lookup = {"".join(zh.split()): en for en, zh in zip(names_en, names_zh)}
     en_names, zh_names = _alternation(list(en_lookup)), _alternation(list(zh_lookup))
-    en = re.compile(rf"{_EN_ARTICLE}(?P<obj_a>{en_names}) {_EN_VERB}(?:{_relation_groups(EN_RELATIONS)})"
-                    rf" {_EN_ARTICLE}(?P<obj_b>{en_names})")
-    zh = re.compile(rf"{_ZH_MEASURE}(?P<obj_a>{zh_names})是?在{_ZH_MEASURE}(?P<obj_b>{zh_names})的?"
+    en = re.compile(rf"{EN_ARTICLE}(?P<obj_a>{en_names}) {_EN_VERB}(?:{_relation_groups(EN_RELATIONS)})"
+                    rf" {EN_ARTICLE}(?P<obj_b>{en_names})")
+    zh = re.compile(rf"{ZH_MEASURE}(?P<obj_a>{zh_names})是?在{ZH_MEASURE}(?P<obj_b>{zh_names})的?"
                     rf"(?:{_relation_groups(ZH_RELATIONS)})")
     return (en, en_lookup), (zh, zh_lookup)
+
+
+def normalize_prompt(prompt: str) -> Tuple[str, str]:
+    """(text, lang) of a prompt as the parsers read it: NFKC (full-width letters and
+    punctuation typed in Chinese input modes become ASCII), end punctuation stripped;
+    Chinese without spaces, English lower-cased with single spaces."""
+    text = unicodedata.normalize("NFKC", prompt).strip().strip(".!?;,。！？；，").strip()
+    lang = detect_lang(text)
+    return (re.sub(r"\s+", "", text) if lang == "zh" else re.sub(r"\s+", " ", text.lower())), lang
 
 
 def parse_scene_prompt(prompt: str, labels) -> Optional[ScenePrompt]:
@@ -134,13 +143,8 @@ def parse_scene_prompt(prompt: str, labels) -> Optional[ScenePrompt]:
         return None
     label_map = LabelMap.coerce(labels)
     english, chinese = _patterns(tuple(label_map.en), tuple(label_map.zh))
-    # NFKC: full-width letters and punctuation typed in Chinese input modes become ASCII.
-    text = unicodedata.normalize("NFKC", prompt).strip().strip(".!?;,。！？；，").strip()
-    lang = detect_lang(text)
-    if lang == "zh":
-        (pattern, lookup), text = chinese, re.sub(r"\s+", "", text)
-    else:
-        (pattern, lookup), text = english, re.sub(r"\s+", " ", text.lower())
+    text, lang = normalize_prompt(prompt)
+    pattern, lookup = chinese if lang == "zh" else english
     match = pattern.fullmatch(text)
     if match is None:
         return None
@@ -219,9 +223,10 @@ def judge_images(detector, images: Sequence, scenes: Sequence[ScenePrompt],
 
 
 # ---------------------------------------------------------------------------- summaries
-def _bootstrap(values: np.ndarray, groups: np.ndarray, n_boot: int, rng: np.random.Generator) -> dict:
-    """Mean of ``values`` [N, M] per column, with 95% percentile intervals from resampling
-    whole groups (a group's images enter a resample together)."""
+def _bootstrap(values: np.ndarray, groups: np.ndarray, n_boot: int, rng: np.random.Generator,
+               metrics: Sequence[str]) -> dict:
+    """Mean of ``values`` [N, M] per column (named ``metrics``), with 95% percentile intervals
+    from resampling whole groups (a group's images enter a resample together)."""
     _, inverse = np.unique(groups, return_inverse=True)
     n_groups = int(inverse.max()) + 1
     sums = np.zeros((n_groups, values.shape[1]))
@@ -233,7 +238,7 @@ def _bootstrap(values: np.ndarray, groups: np.ndarray, n_boot: int, rng: np.rand
     means = values.mean(axis=0)
     return {name: {"mean": round(float(means[k]), 4), "low": round(float(min(low[k], means[k])), 4),
                    "high": round(float(max(high[k], means[k])), 4), "n": int(len(values))}
-            for k, name in enumerate(METRICS)}
+            for k, name in enumerate(metrics)}
 
 
 def summarize(scores: Sequence[ImageScore], langs: Sequence[str], n_boot: int = 1000, seed: int = 0,
@@ -242,21 +247,29 @@ def summarize(scores: Sequence[ImageScore], langs: Sequence[str], n_boot: int = 
     (a seeded percentile bootstrap 95% interval, n images). ``groups``: the unit to
     resample per image (e.g. its prompt, so that its K images move together); None
     resamples images. Languages without images are left out."""
-    if len(langs) != len(scores):
-        raise ValueError(f"langs: expected one per score ({len(scores)}), got {len(langs)}")
-    if groups is not None and len(groups) != len(scores):
-        raise ValueError(f"groups: expected one per score ({len(scores)}), got {len(groups)}")
+    values = [[getattr(s, m) for m in METRICS] for s in scores]
+    return summarize_values(values, METRICS, langs, n_boot, seed, groups)
+
+
+def summarize_values(values: Sequence[Sequence[bool]], metrics: Sequence[str], langs: Sequence[str],
+                     n_boot: int = 1000, seed: int = 0, groups: Optional[Sequence] = None) -> dict:
+    """:func:`summarize` of any per-image verdicts: ``values`` [N, M], one column per name of
+    ``metrics``."""
+    if len(langs) != len(values):
+        raise ValueError(f"langs: expected one per score ({len(values)}), got {len(langs)}")
+    if groups is not None and len(groups) != len(values):
+        raise ValueError(f"groups: expected one per score ({len(values)}), got {len(groups)}")
     if n_boot < 1:
         raise ValueError(f"n_boot: must be >= 1, got {n_boot}")
-    values = np.array([[getattr(s, m) for m in METRICS] for s in scores], dtype=np.float64).reshape(-1, len(METRICS))
-    group_ids = np.asarray(list(groups) if groups is not None else range(len(scores)), dtype=object).astype(str)
+    values = np.array(values, dtype=np.float64).reshape(-1, len(metrics))
+    group_ids = np.asarray(list(groups) if groups is not None else range(len(values)), dtype=object).astype(str)
     langs = np.asarray(langs, dtype=object)
     out = {}
     for subset in sorted(set(langs.tolist())) + ["all"]:
         mask = np.ones(len(langs), bool) if subset == "all" else langs == subset
         if mask.any():
             # A fresh generator per subset: one language's interval does not depend on the others.
-            out[subset] = _bootstrap(values[mask], group_ids[mask], n_boot, np.random.default_rng(seed))
+            out[subset] = _bootstrap(values[mask], group_ids[mask], n_boot, np.random.default_rng(seed), metrics)
     return out
 
 

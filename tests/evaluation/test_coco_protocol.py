@@ -176,7 +176,7 @@ def test_protocol_flag_errors_are_one_line(tiny_pipeline_dir, coco_root, tmp_pat
 @pytest.mark.parametrize("argv,expected", [
     (["--coco-root", "x"], "error: --coco-root applies to --protocol coco-fid30k only"),
     (["--num-samples", "10"], "error: --num-samples applies to --protocol coco-fid30k only"),
-    ([], "error: --fid-ref is required (unless --protocol)"),
+    ([], "error: --fid-ref is required (unless --protocol, or --detector-weights to score with the judge only)"),
 ])
 def test_protocol_flags_need_the_protocol_and_fid_ref_is_needed_without_it(tiny_pipeline_dir, tmp_path, capsys,
                                                                            argv, expected):

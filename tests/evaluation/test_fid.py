@@ -328,9 +328,9 @@ def test_evaluate_default_prompts_come_from_the_runs_held_out_data(tiny_pipeline
 
 
 @pytest.mark.slow
-def test_evaluate_adds_the_composition_score_of_scene_prompts(tiny_pipeline_dir, fid_cache, tmp_path):
-    """--detector-weights: scene prompts are judged (others skipped), per image and summarised;
-    a judge with random weights finds nothing at the default threshold."""
+def test_evaluate_adds_the_composition_score_of_scene_and_object_prompts(tiny_pipeline_dir, fid_cache, tmp_path):
+    """--detector-weights: scene prompts and single-object prompts are judged (others skipped),
+    per image and summarised; a judge with random weights finds nothing at the default threshold."""
     from ernie_vilg2.data.scenes import SCENE_CLASSES
     from ernie_vilg2.knowledge.visual.detector import Detector
 
@@ -354,6 +354,20 @@ def test_evaluate_adds_the_composition_score_of_scene_prompts(tiny_pipeline_dir,
         ("00004.png", "a frog above a star", "en"), ("00005.png", "a frog above a star", "en")]
     assert composition["summary"]["all"]["relation_correct"] == {"mean": 0.0, "low": 0.0, "high": 0.0, "n": 4}
     assert composition["judge"]["score_threshold"] == 0.35 and "composition (4 images)" in proc.stdout
+    objects = composition["objects"]  # "red apple" names one object: is it there?
+    assert [(r["image"], r["object"], r["lang"], r["present"]) for r in objects["images"]] == [
+        ("00002.png", "red apple", "en", False), ("00003.png", "red apple", "en", False)]
+    assert objects["summary"]["all"]["present"] == {"mean": 0.0, "low": 0.0, "high": 0.0, "n": 2}
+    assert "single objects (2 images): found 0.000" in proc.stdout
+
+    # Without --fid-ref: the judge alone (no FID, no Inception features), the same verdicts.
+    judge_only = [a for a in args if a not in ("--fid-ref", os.path.join(DATA, "a"))]
+    judge_only[judge_only.index(out)] = tmp_path / "judge-only"
+    proc = run_tool(EVALUATE, *judge_only, "--detector-weights", weights, env=env)
+    report = json.loads((tmp_path / "judge-only" / "report.json").read_text(encoding="utf-8"))
+    assert "fid" not in report and "FID" not in proc.stdout and not (tmp_path / "judge-only" / "features.npz").exists()
+    assert report["composition"]["images"] == composition["images"]
+    assert report["composition"]["objects"]["images"] == objects["images"]
 
     missing = run_tool(EVALUATE, *args, "--detector-weights", tmp_path / "nope.safetensors", env=env, check=False)
     assert missing.returncode == 2
