@@ -6,17 +6,25 @@ PY := $(VENV)/bin/python
 # The Paddle wheel: the CPU one by default. For CUDA, e.g.
 #   make install PADDLE="paddlepaddle-gpu==3.3.1 -i https://www.paddlepaddle.org.cn/packages/stable/cu118/"
 PADDLE ?= paddlepaddle==3.3.1
-DEMO_DIR ?= output/tiny
+DEMO_CONFIG ?= configs/demo.yaml
+DEMO_DIR ?= output/demo
 NPROC ?= 1
 OPS_LIB := ernie_vilg2/ops/_build/ernie_vilg2_cpu_ops/ernie_vilg2_cpu_ops.so
 
-# The demo grid's prompts (make demo samples them; make export runs them through the export).
-DEMO_PROMPTS = --prompt 红苹果 --prompt "red apple" --prompt 蓝心 --prompt "blue heart" \
-	--prompt 黄色方块 --prompt "yellow square" --prompt 紫色圆 --prompt "purple circle" \
-	--prompt 香蕉 --prompt "banana" --prompt 青蛙 --prompt "frog" \
-	--prompt 红苹果在猫脸的左边 --prompt "a red apple to the left of a cat face"
+# The demo grid's prompts (make demo samples them, make export runs them through the export,
+# make demo-score judges them): each object of the demo data alone, then two-object scenes.
+DEMO_PROMPTS = --prompt 红苹果 --prompt "red apple" --prompt 香蕉 --prompt "banana" \
+	--prompt 蓝心 --prompt "blue heart" --prompt 西兰花 --prompt "broccoli" \
+	--prompt 红苹果在香蕉的左边 --prompt "a red apple to the left of a banana" \
+	--prompt 蓝心在西兰花的右边 --prompt "a blue heart to the right of a broccoli" \
+	--prompt 西兰花在红苹果的左边 --prompt "a broccoli to the left of a red apple" \
+	--prompt 香蕉在蓝心的右边 --prompt "a banana to the right of a blue heart"
+DEMO_SAMPLING = --sampler dpm --steps 25 --guidance 3.0
+# The judge of make demo-score: the project's detector (make detector trains it, about 25 minutes).
+DETECTOR_DIR ?= output/detector
+DETECTOR_DATA ?= output/detector-data
 
-.PHONY: install browser cpp-deps test test-fast demo export bench bench-deploy bench-peer clean-demo cpp
+.PHONY: install browser cpp-deps test test-fast demo export demo-score detector bench bench-deploy bench-peer clean-demo cpp
 
 $(VENV)/.installed: requirements/lock.txt requirements/build-constraints.txt setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -58,8 +66,8 @@ test-fast: install
 # Paddle Inference runners (make export).
 demo: install
 	GLOG_minloglevel=2 $(PY) -m paddle.distributed.launch --nproc_per_node $(NPROC) --log_dir $(DEMO_DIR)/launch_log \
-		tools/train.py --config configs/tiny.yaml -o train.output_dir=$(DEMO_DIR) --resume
-	GLOG_minloglevel=2 $(PY) tools/generate.py --model $(DEMO_DIR)/experts --sampler dpm --steps 25 --guidance 3.0 --seed 0 \
+		tools/train.py --config $(DEMO_CONFIG) -o train.output_dir=$(DEMO_DIR) --resume
+	GLOG_minloglevel=2 $(PY) tools/generate.py --model $(DEMO_DIR)/experts $(DEMO_SAMPLING) --seed 0 \
 		$(DEMO_PROMPTS) --out $(DEMO_DIR)/demo/grid.png
 	$(MAKE) --no-print-directory export
 
@@ -67,10 +75,24 @@ demo: install
 # the C++ runner (fed the Python runner's noise): the images of $(DEMO_DIR)/demo/grid.png.
 export: install cpp
 	GLOG_minloglevel=2 $(PY) tools/export_model.py --model $(DEMO_DIR)/experts --out $(DEMO_DIR)/export --overwrite
-	GLOG_minloglevel=2 $(PY) deploy/python/infer.py --model $(DEMO_DIR)/export --sampler dpm --steps 25 --guidance 3.0 \
+	GLOG_minloglevel=2 $(PY) deploy/python/infer.py --model $(DEMO_DIR)/export $(DEMO_SAMPLING) \
 		--seed 0 $(DEMO_PROMPTS) --out $(DEMO_DIR)/deploy/python/grid.png --save-noise $(DEMO_DIR)/deploy/noise.npy
-	GLOG_minloglevel=2 $(CPP_BUILD)/ernie_vilg2_infer --model $(DEMO_DIR)/export --sampler dpm --steps 25 --guidance 3.0 \
+	GLOG_minloglevel=2 $(CPP_BUILD)/ernie_vilg2_infer --model $(DEMO_DIR)/export $(DEMO_SAMPLING) \
 		--noise $(DEMO_DIR)/deploy/noise.npy $(DEMO_PROMPTS) --out $(DEMO_DIR)/deploy/cpp/grid.png
+
+# The demo's scores (docs/evaluation.md): K = 4 images of each demo prompt (other noise than the
+# grid's), judged by the detector: the named object found, both objects of a scene, its relation.
+demo-score: install $(DETECTOR_DIR)/detector.safetensors
+	mkdir -p $(DEMO_DIR)/score
+	set -- $(DEMO_PROMPTS); while [ $$# -gt 1 ]; do printf '%s\n' "$$2"; shift 2; done > $(DEMO_DIR)/score/prompts.txt
+	GLOG_minloglevel=2 $(PY) tools/evaluate.py --model $(DEMO_DIR)/experts --prompts $(DEMO_DIR)/score/prompts.txt \
+		-k 4 $(DEMO_SAMPLING) --seed 0 --out $(DEMO_DIR)/score/eval \
+		--detector-weights $(DETECTOR_DIR)/detector.safetensors --labels $(DETECTOR_DATA)/emoji-32/labels.json
+
+detector: $(DETECTOR_DIR)/detector.safetensors
+$(DETECTOR_DIR)/detector.safetensors: | install
+	GLOG_minloglevel=2 $(PY) tools/train_detector.py --data $(DETECTOR_DATA)/emoji-32 $(DETECTOR_DATA)/emoji-64 \
+		--build-data 32 64 --out $(DETECTOR_DIR) --max-steps 1400
 
 # The C++ runner (deploy/cpp), built against the paddlepaddle wheel of .venv. Missing system
 # packages (cmake, g++, libpng/zlib/OpenSSL/nlohmann-json headers) are installed with apt-get.
