@@ -4,8 +4,8 @@
 
 Each expert becomes OUT/expert-XX/ (config.json + diffusion_pytorch_model.safetensors), which
 diffusers' UNet2DConditionModel.from_pretrained loads; OUT/experts.json says which timesteps each
-expert owns; the VAE and the scheduler are written beside them (vae/, scheduler/). The text
-encoder (ERNIE, PaddleNLP) is not. The folder is written beside --out and renamed when complete.
+expert owns (LoRA experts are merged into full ones first); the VAE and the scheduler are
+written beside them (vae/, scheduler/). The text encoder (ERNIE, PaddleNLP) is not. The folder is written beside --out and renamed when complete.
 """
 from __future__ import annotations
 
@@ -39,10 +39,10 @@ def main(argv=None) -> int:
 
     quiet_third_party_logs()
     from ernie_vilg2.models.diffusers_export import export_to_diffusers
-    from ernie_vilg2.pipelines.loading import load_pipeline
+    from ernie_vilg2.pipelines import load_pipeline, merge_lora_pipeline
 
     try:
-        pipe = load_pipeline(args.model)
+        pipe = merge_lora_pipeline(load_pipeline(args.model))  # LoRA experts are written as full U-Nets
         record = export_to_diffusers(pipe.unet, args.out, vae=pipe.vae, scheduler=pipe.scheduler,
                                      overwrite=args.overwrite)
     except DiskFullError as exc:

@@ -132,6 +132,9 @@ class ExperimentConfig:
               f"must be a multiple of the VAE downsampling factor {self.model.vae.scale_factor}")
         check(not (self.train.expert_parallel and self.train.expert_ids is not None), "train.expert_ids",
               "must be null with train.expert_parallel: true (the expert groups are assigned their experts)")
+        check(not (self.train.expert_parallel and self.model.expert_type == "lora"), "train.expert_parallel",
+              "must be false with model.expert_type: lora (LoRA experts share one base U-Net, about one U-Net "
+              "of memory: train them data-parallel)")
         if self.train.expert_ids is not None:
             for i, e in enumerate(self.train.expert_ids):
                 check(0 <= e < self.model.num_experts, f"train.expert_ids[{i}]",
