@@ -1,6 +1,6 @@
 """The knowledge / MoDE ablation at equal training compute (ERNIE-ViLG 2.0, section 4.3).
 
-Trains five variants on the same data, with the same number of U-Net training steps and
+Trains the variants on the same data, with the same number of U-Net training steps and
 samples, and evaluates each with FID and the detector-judged composition score
 (tools/evaluate.py):
 
@@ -9,6 +9,7 @@ samples, and evaluates each with FID and the detector-judged composition score
   c  a + visual knowledge             (salient-box loss weights, label enrichment)
   d  10 experts, no knowledge         stage 1 for base.steps, then stage 2 for experts.steps
   e  ERNIE-ViLG 2.0: d + both kinds of knowledge
+  f  e with LoRA experts               (model.expert_type: lora; benchmarks/lora_experts.py --quality)
 
 One VAE is trained once (or given with --vae) and shared by every run: it is not part of
 the comparison. Each (variant, seed) is an ordinary training run folder under --out, so an
@@ -42,7 +43,9 @@ VARIANTS = {
     "c": ("+ visual knowledge", False, False, True),
     "d": ("10 experts, no knowledge", True, False, False),
     "e": ("ERNIE-ViLG 2.0 (experts + both)", True, True, True),
+    "f": ("e with LoRA experts", True, True, True),
 }
+LORA_VARIANTS = {"f"}
 
 
 def parse_args(argv=None):
@@ -51,7 +54,8 @@ def parse_args(argv=None):
     p.add_argument("-o", "--opt", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override applied to every run (repeatable)")
     p.add_argument("--out", default="output/ablation", help="folder of the runs, reports and results.json")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=[v for v in VARIANTS if v not in LORA_VARIANTS],
+                   choices=list(VARIANTS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--jobs", type=int, default=2, help="runs trained / evaluated at the same time")
     p.add_argument("--threads", type=int, default=1, help="CPU threads per run")
@@ -90,7 +94,7 @@ def variant_overrides(name: str, base_steps: int, expert_steps: int, num_experts
     else:
         opts = ["train.stages=[base]", "model.num_experts=1", f"train.base.steps={base_steps + expert_steps}"]
     opts += [f"textual_knowledge.enabled={str(textual).lower()}", f"visual_knowledge.enabled={str(visual).lower()}"]
-    return opts
+    return opts + (["model.expert_type=lora"] if name in LORA_VARIANTS else [])
 
 
 def train_vae(args, out: str) -> str:
