@@ -58,6 +58,27 @@ def test_sample_guidance_scale_per_expert_and_for_the_base_stage():
     assert one.guidance_for(10) == one.guidance_for(1) == 2.0
 
 
+def test_sample_grids_guide_each_expert_with_its_scale(tmp_path, tiny_pipeline, tiny_mode_pipeline):
+    """The experts stage's grid is the pipeline's with the list; the base stage's (one U-Net)
+    with its first scale."""
+    from PIL import Image
+
+    from ernie_vilg2.utils.images import make_grid
+
+    scales = [3.0, 1.0, 0.5, 2.0]
+    cfg = load_config(TINY_YAML, tiny_overrides(tmp_path, **{"model.num_experts": 4,
+                                                             "sample.guidance_scale": str(scales)}))
+    runner = runner_mod.ExperimentRunner(cfg)
+    s = cfg.sample
+    for pipe, stage, guidance in ((tiny_mode_pipeline, "experts", scales), (tiny_pipeline, "base", 3.0)):
+        path = runner.sample_grid(pipe, stage, 0)
+        images = pipe(s.prompts, num_inference_steps=s.steps, guidance_scale=guidance, seed=s.seed).images
+        np.testing.assert_array_equal(np.asarray(Image.open(path)), np.asarray(make_grid(images, cols=2)))
+    images = tiny_mode_pipeline(s.prompts, num_inference_steps=s.steps, guidance_scale=3.0, seed=s.seed).images
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / "run" / "samples" / "experts.png")),
+                              np.asarray(make_grid(images, cols=2)))  # the list decides
+
+
 def _linear_trainer(tmp_path, step_fn, steps=4, every=1):
     paddle.seed(0)
     layer = paddle.nn.Linear(3, 1)
