@@ -401,7 +401,7 @@ class ExperimentRunner:
         for module in (pipe.unet, pipe.text_encoder, pipe.vae):
             module.eval()
         images = pipe(s.prompts, negative_prompt=s.negative_prompt or None, num_inference_steps=s.steps,
-                      guidance_scale=s.guidance_scale, seed=s.seed).images
+                      guidance_scale=s.guidance_for(pipe.unet.num_experts), seed=s.seed).images
         grid = make_grid(images, cols=min(len(images), 4))
         path = os.path.join(self.cfg.train.output_dir, "samples", f"{name or stage}.png")
         atomic_save_image(grid, path)
