@@ -130,3 +130,22 @@ def test_lora_folders_are_refused_where_full_experts_are_needed(lora_folders, tm
             ErnieViLG2Pipeline.from_pretrained(lora, expert_offload=offload)
     with pytest.raises(ValueError, match="merge them into full experts first"):
         load_pipeline(lora).enable_expert_offload("cpu")
+
+
+def test_diffusers_export_writes_the_merged_experts(lora_folders, tmp_path):
+    from ppdiffusers import UNet2DConditionModel
+
+    _, lora, merged = lora_folders
+    _ok(_tool("tools/export_diffusers.py", "--model", lora, "--out", tmp_path / "diffusers"))
+    bank = load_pipeline(merged).unet
+    rng = np.random.default_rng(0)
+    sample = paddle.to_tensor(rng.standard_normal([2, 4, 8, 8]).astype("float32"))
+    context = paddle.to_tensor(rng.standard_normal([2, 5, bank.experts[0].config.cross_attention_dim])
+                               .astype("float32"))
+    for i in (0, 3):
+        loaded = UNet2DConditionModel.from_pretrained(str(tmp_path / "diffusers" / f"expert-{i:02d}"),
+                                                      from_diffusers=True)
+        with paddle.no_grad():
+            ours, theirs = (u(sample, paddle.to_tensor([900]), context).sample.numpy()
+                            for u in (bank.experts[i], loaded))
+        np.testing.assert_allclose(theirs, ours, rtol=1e-5, atol=1e-5)
