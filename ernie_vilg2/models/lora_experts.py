@@ -158,14 +158,6 @@ class LoRAExperts(ModelMixin, ConfigMixin):
         return self.router.num_experts
 
     @property
-    def expert_ids(self) -> List[int]:
-        return list(range(self.num_experts))
-
-    @property
-    def is_partial(self) -> bool:
-        return False
-
-    @property
     def in_channels(self) -> int:
         return self.base.config.in_channels
 
