@@ -43,6 +43,14 @@ def quiet_third_party_logs(level: str = "WARNING") -> None:
 
 
 # -- the generation arguments of tools/generate.py, tools/compare.py and deploy/python/infer.py ----
+def check_model_and_out(args: argparse.Namespace) -> None:
+    """The folder tools (export, merge, branch): --model an existing folder, --out new unless --overwrite."""
+    if not os.path.isdir(args.model):
+        fail(f"--model: model folder not found: {args.model}")
+    if os.path.exists(args.out) and not args.overwrite:
+        fail(f"--out: {args.out} already exists (pass --overwrite to replace it)")
+
+
 def add_guidance_argument(p) -> None:
     """``--guidance G[,G...]`` (also tools/evaluate.py's); :func:`check_seed_and_guidance` parses it."""
     p.add_argument("--guidance", default=2.1, metavar="G[,G...]",

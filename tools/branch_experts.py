@@ -21,7 +21,7 @@ import sys
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 
-from ernie_vilg2.cli_utils import fail, quiet_third_party_logs  # noqa: E402
+from ernie_vilg2.cli_utils import check_model_and_out, fail, quiet_third_party_logs  # noqa: E402
 from ernie_vilg2.errors import ErnieViLG2Error  # noqa: E402
 from ernie_vilg2.utils.cpu_tuning import tune_cpu_process  # noqa: E402
 from ernie_vilg2.utils.integrity import DamagedFileError, read_json_file  # noqa: E402
@@ -147,10 +147,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.num_experts < 1:
         fail(f"--num-experts must be >= 1, got {args.num_experts}")
-    if not os.path.isdir(args.model):
-        fail(f"--model: model folder not found: {args.model}")
-    if os.path.exists(args.out) and not args.overwrite:
-        fail(f"--out: {args.out} already exists (pass --overwrite to replace it)")
+    check_model_and_out(args)
     boundaries = parse_boundaries(args.boundaries)
     lora = lora_settings(args)
     if not is_ernie_vilg2_pipeline(args.model):
