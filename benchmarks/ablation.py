@@ -34,6 +34,8 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # name -> (description, mixture of experts, textual knowledge, visual knowledge)
@@ -67,6 +69,8 @@ def parse_args(argv=None):
     p.add_argument("--samples-per-prompt", type=int, default=2)
     p.add_argument("--train-only", action="store_true", help="train the runs, evaluate later")
     p.add_argument("--eval-args", default="", help="extra arguments for tools/evaluate.py (one string)")
+    p.add_argument("--compare", nargs=2, action="append", default=[], metavar=("A", "B"),
+                   help="also print B - A paired over seeds and prompts (repeatable), e.g. --compare a e")
     return p.parse_args(argv)
 
 
@@ -170,6 +174,30 @@ def table(results, variants) -> str:
     return "\n".join(rows)
 
 
+def comparison_table(results, pairs) -> str:
+    """Markdown: for each (a, b) of ``pairs``, b - a on the composition metrics over the (seed,
+    prompt) pairs both ran (paired sign-flip test over prompts, evaluation/paired.py), and FID
+    per shared seed."""
+    from ernie_vilg2.evaluation.paired import paired_difference
+
+    rows = ["| comparison | metric | a | b | b - a [95% interval] | p (sign flips over prompts) |",
+            "|---|---|---:|---:|---|---:|"]
+    for a, b in pairs:
+        reports = {v: {r["seed"]: r["report"] for r in results if r["variant"] == v and "report" in r} for v in (a, b)}
+        for metric in ("both_present", "relation_correct"):
+            d = paired_difference(*({seed: rep["composition"]["images"] for seed, rep in reports[v].items()}
+                                    for v in (a, b)), metric)
+            rows.append(f"| {a} vs {b} (seeds {', '.join(map(str, d['seeds']))}; {d['prompts']} prompts) | {metric} | "
+                        f"{d['mean_a']:.3f} | {d['mean_b']:.3f} | {d['difference']:+.3f} [{d['low']:+.3f}, "
+                        f"{d['high']:+.3f}] | {d['p_value']:.3f} |")
+        seeds = sorted(set(reports[a]) & set(reports[b]))
+        fids = {v: [reports[v][seed]["fid"]["value"] for seed in seeds] for v in (a, b)}
+        per_seed = ", ".join(f"{y - x:+.1f}" for x, y in zip(fids[a], fids[b]))
+        rows.append(f"| {a} vs {b} | FID (lower is better) | {np.mean(fids[a]):.1f} | {np.mean(fids[b]):.1f} | "
+                    f"{np.mean(fids[b]) - np.mean(fids[a]):+.1f} (per seed: {per_seed}) | |")
+    return "\n".join(rows)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = os.path.abspath(args.out)
@@ -190,6 +218,8 @@ def main(argv=None) -> int:
         json.dump({"config": args.config, "overrides": args.opt, "seeds": args.seeds, "steps": steps,
                    "runs": results}, f, indent=1, ensure_ascii=False)
     print(table(results, args.variants))
+    if args.compare:
+        print("\n" + comparison_table(results, [tuple(pair) for pair in args.compare]))
     return 0
 
 

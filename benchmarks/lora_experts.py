@@ -45,7 +45,8 @@ VARIANTS = ("full", "lora")
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    p.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS),
+                   help="configs to time (none: only --quality)")
     p.add_argument("--experts", type=int, default=10, help="N (must divide 1000)")
     p.add_argument("--rank", type=int, default=4, help="LoRA rank (model.lora.rank)")
     p.add_argument("--rounds", type=int, default=2, help="A B rounds (a fresh process per variant and round)")
@@ -185,38 +186,7 @@ def _cpu_name() -> str:
         return "unknown CPU"
 
 
-def _quality_rows(path: str) -> list:
-    """FID and composition of ablation variants e (full) and f (LoRA), pooled over seeds."""
-    from ernie_vilg2.evaluation.composition import summarize_records
-
-    with open(path, encoding="utf-8") as f:
-        results = json.load(f)
-    rows = []
-    for variant, label in (("e", "full"), ("f", "lora")):
-        runs = [r for r in results["runs"] if r["variant"] == variant and "report" in r]
-        if not runs:
-            raise SystemExit(f"error: --quality: {path} has no evaluated runs of variant {variant}")
-        fids = [r["report"]["fid"]["value"] for r in runs]
-        pooled = summarize_records([rec for r in runs for rec in r["report"]["composition"]["images"]])["all"]
-        rows.append((label, fids, pooled))
-    return rows
-
-
-def _interval(stat: dict) -> str:
-    return f"{stat['mean']:.2f} [{stat['low']:.2f}, {stat['high']:.2f}]"
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    if args.worker:
-        return _worker(args)
-    results = {(c, v): [] for c in args.configs for v in VARIANTS}
-    for rnd in range(args.rounds):
-        for name in args.configs:
-            for variant in (VARIANTS if rnd % 2 == 0 else VARIANTS[::-1]):
-                print(f"round {rnd + 1}/{args.rounds}: {name} {variant} ...", file=sys.stderr, flush=True)
-                results[(name, variant)].append(_run_worker(args, name, variant))
-
+def _speed_table(args, results) -> None:
     print(f"# Full vs LoRA experts, N = {args.experts}, rank {args.rank}\n")
     print(f"CPU: {_cpu_name()}; {args.threads} thread(s); {args.rounds} rounds of fresh processes, A B interleaved; "
           "times are medians over rounds and steps\n")
@@ -240,13 +210,29 @@ def main(argv=None) -> int:
             verdict = "" if target is None else f"<= {target}: {'met' if ratio <= target else 'NOT met'}"
             print(f"| {name} | {row} (ms) | {med['full'] * 1e3:.1f} | {med['lora'] * 1e3:.1f} | {ratio:.2f} | "
                   f"{verdict} |")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        return _worker(args)
+    results = {(c, v): [] for c in args.configs for v in VARIANTS}
+    for rnd in range(args.rounds):
+        for name in args.configs:
+            for variant in (VARIANTS if rnd % 2 == 0 else VARIANTS[::-1]):
+                print(f"round {rnd + 1}/{args.rounds}: {name} {variant} ...", file=sys.stderr, flush=True)
+                results[(name, variant)].append(_run_worker(args, name, variant))
+
+    if args.configs:
+        _speed_table(args, results)
     if args.quality:
-        rows = _quality_rows(args.quality)
-        print("\n| experts | FID (per seed) | both objects | relation |")
-        print("|---|---|---|---|")
-        for label, fids, pooled in rows:
-            print(f"| {label} | {', '.join(f'{v:.1f}' for v in fids)} | {_interval(pooled['both_present'])} | "
-                  f"{_interval(pooled['relation_correct'])} |")
+        from ablation import comparison_table, table
+
+        with open(args.quality, encoding="utf-8") as f:
+            runs = json.load(f)["runs"]
+        if not {"e", "f"} <= {r["variant"] for r in runs if "report" in r}:
+            raise SystemExit(f"error: --quality: {args.quality} needs evaluated runs of variants e and f")
+        print("\n" + table(runs, ["e", "f"]) + "\n\n" + comparison_table(runs, [("e", "f")]))
     return 0
 
 
