@@ -177,14 +177,6 @@ def _run_worker(args, name: str, variant: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration, subprocess.SubprocessError):
-        return "unknown CPU"
-
-
 def _quality_rows(path: str) -> list:
     """FID and composition of ablation variants e (full) and f (LoRA), pooled over seeds."""
     from ernie_vilg2.evaluation.composition import summarize_records
@@ -218,7 +210,10 @@ def main(argv=None) -> int:
                 results[(name, variant)].append(_run_worker(args, name, variant))
 
     print(f"# Full vs LoRA experts, N = {args.experts}, rank {args.rank}\n")
-    print(f"CPU: {_cpu_name()}; {args.threads} thread(s); {args.rounds} rounds of fresh processes, A B interleaved; "
+    from ernie_vilg2.utils.cpu_report import machine_report
+
+    print(machine_report())
+    print(f"{args.threads} thread(s); {args.rounds} rounds of fresh processes, A B interleaved; "
           "times are medians over rounds and steps\n")
     print("| config | quantity | full | LoRA | LoRA / full | target |")
     print("|---|---|---:|---:|---:|---|")
