@@ -85,6 +85,7 @@ bench: install
 	$(PY) benchmarks/visual_knowledge.py
 	$(PY) benchmarks/knowledge_training_step.py
 	$(PY) benchmarks/annotation_writer.py
+	$(PY) benchmarks/cpu_ops.py
 
 # Dynamic graph vs the exported runners (Python, C++; native, oneDNN, OpenVINO): about 7 minutes.
 bench-deploy: install cpp

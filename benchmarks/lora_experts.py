@@ -28,6 +28,8 @@ import subprocess
 import sys
 import time
 
+from ernie_vilg2.utils.cpu_report import machine_report
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGETS = {"params": 1.15, "train, mixed timesteps": 1.1}
 TINY_YAML = os.path.join(ROOT, "configs", "tiny.yaml")
@@ -210,8 +212,6 @@ def main(argv=None) -> int:
                 results[(name, variant)].append(_run_worker(args, name, variant))
 
     print(f"# Full vs LoRA experts, N = {args.experts}, rank {args.rank}\n")
-    from ernie_vilg2.utils.cpu_report import machine_report
-
     print(machine_report())
     print(f"{args.threads} thread(s); {args.rounds} rounds of fresh processes, A B interleaved; "
           "times are medians over rounds and steps\n")

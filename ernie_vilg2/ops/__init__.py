@@ -150,8 +150,10 @@ def mkl_code_path() -> str:
     """The code branch the MKL of Paddle's wheel runs on this CPU (after MKL_ENABLE_INSTRUCTIONS
     and MKL_DEBUG_CPU_TYPE), or "unknown"."""
     lib = _paddle_library("libmklml_intel.so")
-    branch = getattr(lib, "mkl_serv_cbwr_get_auto_branch", None) if lib else None
-    return MKL_BRANCHES.get(branch(), f"branch {branch()}") if branch else "unknown"
+    if lib is None or not hasattr(lib, "mkl_serv_cbwr_get_auto_branch"):
+        return "unknown"
+    branch = lib.mkl_serv_cbwr_get_auto_branch()
+    return MKL_BRANCHES.get(branch, f"branch {branch}")
 
 
 def onednn_code_path() -> str:

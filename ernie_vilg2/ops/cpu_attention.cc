@@ -5,9 +5,10 @@
 // [B, N, H, e]. The scale rides on the matrix products (no pass over q).
 // Each (batch, head) is processed in blocks of query rows whose scores [rows, L] stay in
 // the L2 cache (its size read at run time); the forward keeps only the log-sum-exp of every
-// query row, and the backward recomputes each block's probabilities from it. Matrix products call the MKL that ships
-// with the Paddle wheel (the BLAS behind Paddle's own matmul), exponentials its vsExp; the
-// row loops between them run the code path of this CPU (AVX-512, AVX2 or generic).
+// query row, and the backward recomputes each block's probabilities from it. Matrix products
+// call the MKL that ships with the Paddle wheel (the BLAS behind Paddle's own matmul),
+// exponentials its vsExp; the row loops between them run the code path of this CPU (AVX-512,
+// AVX2 or generic).
 #include <omp.h>
 
 #include <algorithm>

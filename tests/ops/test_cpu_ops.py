@@ -1,5 +1,7 @@
 """The C++ CPU operators (ernie_vilg2/ops: attention, convolution) and the MKL dispatch setting."""
 import os
+import platform
+import shutil
 
 import numpy as np
 import paddle
@@ -161,6 +163,17 @@ def test_build_without_a_compiler_says_so(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.strip().splitlines() == [
         "error: CPU operators: no C++ compiler: '/nonexistent/g++' not found (install g++, or set CXX)"]
+
+
+def test_a_compiler_without_avx512_builds_the_operators_without_that_path(tmp_path):
+    fake = tmp_path / "c++"
+    fake.write_text("#!/bin/sh\necho 'no such instruction: vfmadd231ps %zmm1' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    assert ops_build.avx512_flags(str(fake)) == (["-DERNIE_VILG2_NO_AVX512"] if x86 else [])
+    assert ops_build.avx512_flags(str(tmp_path / "missing")) == (["-DERNIE_VILG2_NO_AVX512"] if x86 else [])
+    if shutil.which(ops_build.compiler()):
+        assert ops_build.avx512_flags(ops_build.compiler()) == []  # GCC and Clang of the last decade can
 
 
 AMD = "vendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx avx2 fma bmi2\n"
