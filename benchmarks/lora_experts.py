@@ -28,6 +28,8 @@ import subprocess
 import sys
 import time
 
+from ernie_vilg2.utils.cpu_report import machine_report
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGETS = {"params": 1.15, "train, mixed timesteps": 1.1}
 TINY_YAML = os.path.join(ROOT, "configs", "tiny.yaml")
@@ -178,17 +180,10 @@ def _run_worker(args, name: str, variant: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration, subprocess.SubprocessError):
-        return "unknown CPU"
-
-
 def _speed_table(args, results) -> None:
     print(f"# Full vs LoRA experts, N = {args.experts}, rank {args.rank}\n")
-    print(f"CPU: {_cpu_name()}; {args.threads} thread(s); {args.rounds} rounds of fresh processes, A B interleaved; "
+    print(machine_report())
+    print(f"{args.threads} thread(s); {args.rounds} rounds of fresh processes, A B interleaved; "
           "times are medians over rounds and steps\n")
     print("| config | quantity | full | LoRA | LoRA / full | target |")
     print("|---|---|---:|---:|---:|---|")
