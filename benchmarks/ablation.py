@@ -189,7 +189,7 @@ def comparison_table(results, pairs) -> str:
                                     for v in (a, b)), metric)
             rows.append(f"| {a} vs {b} (seeds {', '.join(map(str, d['seeds']))}; {d['prompts']} prompts) | {metric} | "
                         f"{d['mean_a']:.3f} | {d['mean_b']:.3f} | {d['difference']:+.3f} [{d['low']:+.3f}, "
-                        f"{d['high']:+.3f}] | {d['p_value']:.3f} |")
+                        f"{d['high']:+.3f}] | {'< 0.001' if d['p_value'] < 0.001 else format(d['p_value'], '.3f')} |")
         seeds = sorted(set(reports[a]) & set(reports[b]))
         fids = {v: [reports[v][seed]["fid"]["value"] for seed in seeds] for v in (a, b)}
         per_seed = ", ".join(f"{y - x:+.1f}" for x, y in zip(fids[a], fids[b]))
