@@ -42,7 +42,7 @@ install: $(VENV)/.installed $(OPS_LIB)
 
 # The C++ CPU operators (ernie_vilg2/ops: attention, convolution), built against the installed Paddle;
 # without a C++ compiler this stops with a one-line error (the package then runs without it).
-$(OPS_LIB): ernie_vilg2/ops/cpu_attention.cc ernie_vilg2/ops/cpu_conv.cc ernie_vilg2/ops/build.py $(VENV)/.installed
+$(OPS_LIB): $(wildcard ernie_vilg2/ops/*.cc ernie_vilg2/ops/*.h ernie_vilg2/ops/*.inc) ernie_vilg2/ops/build.py $(VENV)/.installed
 	GLOG_minloglevel=2 $(PY) -m ernie_vilg2.ops.build
 
 # Headless Chromium for the side-by-side sheet's browser test (apt-get; a no-op when present).
@@ -107,6 +107,7 @@ bench: install
 	$(PY) benchmarks/visual_knowledge.py
 	$(PY) benchmarks/knowledge_training_step.py
 	$(PY) benchmarks/annotation_writer.py
+	$(PY) benchmarks/cpu_ops.py
 
 # Dynamic graph vs the exported runners (Python, C++; native, oneDNN, OpenVINO): about 7 minutes.
 bench-deploy: install cpp

@@ -1,6 +1,6 @@
 """The knowledge / MoDE ablation at equal training compute (ERNIE-ViLG 2.0, section 4.3).
 
-Trains five variants on the same data, with the same number of U-Net training steps and
+Trains the variants on the same data, with the same number of U-Net training steps and
 samples, and evaluates each with FID and the detector-judged composition score
 (tools/evaluate.py):
 
@@ -9,6 +9,7 @@ samples, and evaluates each with FID and the detector-judged composition score
   c  a + visual knowledge             (salient-box loss weights, label enrichment)
   d  10 experts, no knowledge         stage 1 for base.steps, then stage 2 for experts.steps
   e  ERNIE-ViLG 2.0: d + both kinds of knowledge
+  f  e with LoRA experts               (model.expert_type: lora; benchmarks/lora_experts.py --quality)
 
 One VAE is trained once (or given with --vae) and shared by every run: it is not part of
 the comparison. Each (variant, seed) is an ordinary training run folder under --out, so an
@@ -33,6 +34,8 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # name -> (description, mixture of experts, textual knowledge, visual knowledge)
@@ -42,7 +45,9 @@ VARIANTS = {
     "c": ("+ visual knowledge", False, False, True),
     "d": ("10 experts, no knowledge", True, False, False),
     "e": ("ERNIE-ViLG 2.0 (experts + both)", True, True, True),
+    "f": ("e with LoRA experts", True, True, True),
 }
+LORA_VARIANTS = {"f"}
 
 
 def parse_args(argv=None):
@@ -51,7 +56,8 @@ def parse_args(argv=None):
     p.add_argument("-o", "--opt", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override applied to every run (repeatable)")
     p.add_argument("--out", default="output/ablation", help="folder of the runs, reports and results.json")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=[v for v in VARIANTS if v not in LORA_VARIANTS],
+                   choices=list(VARIANTS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--jobs", type=int, default=2, help="runs trained / evaluated at the same time")
     p.add_argument("--threads", type=int, default=1, help="CPU threads per run")
@@ -63,6 +69,8 @@ def parse_args(argv=None):
     p.add_argument("--samples-per-prompt", type=int, default=2)
     p.add_argument("--train-only", action="store_true", help="train the runs, evaluate later")
     p.add_argument("--eval-args", default="", help="extra arguments for tools/evaluate.py (one string)")
+    p.add_argument("--compare", nargs=2, action="append", default=[], metavar=("A", "B"),
+                   help="also print B - A paired over seeds and prompts (repeatable), e.g. --compare a e")
     return p.parse_args(argv)
 
 
@@ -90,7 +98,7 @@ def variant_overrides(name: str, base_steps: int, expert_steps: int, num_experts
     else:
         opts = ["train.stages=[base]", "model.num_experts=1", f"train.base.steps={base_steps + expert_steps}"]
     opts += [f"textual_knowledge.enabled={str(textual).lower()}", f"visual_knowledge.enabled={str(visual).lower()}"]
-    return opts
+    return opts + (["model.expert_type=lora"] if name in LORA_VARIANTS else [])
 
 
 def train_vae(args, out: str) -> str:
@@ -166,6 +174,30 @@ def table(results, variants) -> str:
     return "\n".join(rows)
 
 
+def comparison_table(results, pairs) -> str:
+    """Markdown: for each (a, b) of ``pairs``, b - a on the composition metrics over the (seed,
+    prompt) pairs both ran (paired sign-flip test over prompts, evaluation/paired.py), and FID
+    per shared seed."""
+    from ernie_vilg2.evaluation.paired import paired_difference
+
+    rows = ["| comparison | metric | a | b | b - a [95% interval] | p (sign flips over prompts) |",
+            "|---|---|---:|---:|---|---:|"]
+    for a, b in pairs:
+        reports = {v: {r["seed"]: r["report"] for r in results if r["variant"] == v and "report" in r} for v in (a, b)}
+        for metric in ("both_present", "relation_correct"):
+            d = paired_difference(*({seed: rep["composition"]["images"] for seed, rep in reports[v].items()}
+                                    for v in (a, b)), metric)
+            rows.append(f"| {a} vs {b} (seeds {', '.join(map(str, d['seeds']))}; {d['prompts']} prompts) | {metric} | "
+                        f"{d['mean_a']:.3f} | {d['mean_b']:.3f} | {d['difference']:+.3f} [{d['low']:+.3f}, "
+                        f"{d['high']:+.3f}] | {'< 0.001' if d['p_value'] < 0.001 else format(d['p_value'], '.3f')} |")
+        seeds = sorted(set(reports[a]) & set(reports[b]))
+        fids = {v: [reports[v][seed]["fid"]["value"] for seed in seeds] for v in (a, b)}
+        per_seed = ", ".join(f"{y - x:+.1f}" for x, y in zip(fids[a], fids[b]))
+        rows.append(f"| {a} vs {b} | FID (lower is better) | {np.mean(fids[a]):.1f} | {np.mean(fids[b]):.1f} | "
+                    f"{np.mean(fids[b]) - np.mean(fids[a]):+.1f} (per seed: {per_seed}) | |")
+    return "\n".join(rows)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = os.path.abspath(args.out)
@@ -186,6 +218,8 @@ def main(argv=None) -> int:
         json.dump({"config": args.config, "overrides": args.opt, "seeds": args.seeds, "steps": steps,
                    "runs": results}, f, indent=1, ensure_ascii=False)
     print(table(results, args.variants))
+    if args.compare:
+        print("\n" + comparison_table(results, [tuple(pair) for pair in args.compare]))
     return 0
 
 

@@ -19,6 +19,7 @@ import statistics
 import tempfile
 import time
 
+from ernie_vilg2.utils.cpu_report import cpu_line
 from ernie_vilg2.utils.cpu_tuning import tune_cpu_process
 
 os.environ.setdefault("GLOG_minloglevel", "2")
@@ -88,6 +89,7 @@ def main(argv=None):
                 fn(path, sync_every)
                 rates[(row, name)].append(args.records / (time.perf_counter() - start))
                 os.remove(path)
+    print(cpu_line())
     print(f"{args.records} records per measurement, {args.rounds} rounds, files in {folder}\n")
     print("| measurement | sync every record (rec/s) | batched (rec/s) | speed-up |")
     print("|---|---:|---:|---:|")

@@ -16,6 +16,7 @@ import os
 import statistics
 import time
 
+from ernie_vilg2.utils.cpu_report import machine_report
 from ernie_vilg2.utils.cpu_tuning import tune_cpu_process
 
 os.environ.setdefault("GLOG_minloglevel", "2")
@@ -86,6 +87,7 @@ def main(argv=None):
                     times[(name, mode)].append(time.perf_counter() - start)
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     kind = f"cross-attention to {args.text} tokens" if cross else "self-attention"
+    print(machine_report())
     print(f"{kind}: batch {args.batch}, {args.tokens} queries, {args.channels} channels, {args.heads} heads, "
           f"{os.environ.get('OMP_NUM_THREADS', '1')} thread(s), MKL_DEBUG_CPU_TYPE="
           f"{os.environ.get('MKL_DEBUG_CPU_TYPE', 'unset')}")

@@ -41,6 +41,7 @@ import time
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 
+from ernie_vilg2.utils.cpu_report import cpu_line  # noqa: E402
 from ernie_vilg2.utils.cpu_tuning import tune_cpu_process  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -86,17 +87,6 @@ def parse_args(argv=None):
     if "wait" in args.parts and not os.path.isfile(args.config):
         p.error(f"--config {args.config}: not a file")
     return args
-
-
-def cpu_model() -> str:
-    """lscpu's model name (the first processor's in /proc/cpuinfo without lscpu)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        lines = out.splitlines()
-    except (OSError, subprocess.SubprocessError):
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    return next((line.split(":", 1)[1].strip() for line in lines if line.lower().startswith("model name")), "unknown")
 
 
 # -- data, written once ---------------------------------------------------------------------------
@@ -384,7 +374,8 @@ def run(args, work: str) -> None:
         roots[res] = write_shards(os.path.join(work, f"shards-{res}"), images, shards * per_shard, per_shard)
     load = os.getloadavg()
     print("# Data loader: speed and memory\n")
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; load average at the start {load[0]:.2f}; shards of "
+    print(cpu_line())
+    print(f"Load average at the start {load[0]:.2f}; shards of "
           f"{per_shard} samples written by ShardWriter (photo-like JPEGs, quality 90, short side {SCALE}x "
           f"data.resolution, 4:3), data.prefetch 2, data.shuffle_buffer 1000")
     if "speed" in args.parts:

@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 
+from ernie_vilg2.utils.cpu_report import machine_report
 from ernie_vilg2.utils.cpu_tuning import tune_cpu_process
 
 os.environ.setdefault("GLOG_minloglevel", "2")
@@ -241,6 +242,7 @@ def run_cpp(binary, export_dir, batch, args, noise_file, images_file, env, engin
 def print_table(args, cells, variants, results, workdir, cpp):
     import numpy as np
 
+    print(machine_report())
     print(f"\nCPU, {args.threads} thread(s), {args.steps} {args.sampler} steps, guidance 2.1, "
           f"{args.rounds} interleaved rounds x {args.repeats} calls; medians over rounds\n")
     print("| N | batch | runner | step (ms) | image (ms) | step speed-up | image speed-up | peak RSS (MiB) "

@@ -32,6 +32,7 @@ import tempfile
 import time
 from typing import Dict, List, Optional, Sequence
 
+from ernie_vilg2.utils.cpu_report import machine_report
 from ernie_vilg2.utils.cpu_tuning import tune_cpu_process
 
 os.environ.setdefault("GLOG_minloglevel", "2")
@@ -225,6 +226,7 @@ def main(argv=None) -> int:
     quiet_third_party_logs()
     result = offload_rows(args.experts, args.channels, args.layers, args.resolution, args.steps, args.sampler,
                           args.rounds, args.runs, args.workdir, log=lambda m: print(m, file=sys.stderr))
+    print(machine_report())
     print("# Expert offload: sampling a bank larger than memory\n")
     print(format_table(result))
     if args.json:

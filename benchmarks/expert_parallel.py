@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 
+from ernie_vilg2.utils.cpu_report import machine_report
 from ernie_vilg2.utils.cpu_tuning import tune_cpu_process
 
 os.environ.setdefault("GLOG_minloglevel", "2")
@@ -184,6 +185,7 @@ def main(argv=None) -> int:
 def print_table(args, results) -> None:
     n = args.experts
     base = None
+    print(machine_report())
     print(f"\nExpert-parallel experts stage on CPU: N={n} experts of {args.channels} channels, global batch "
           f"{args.batch}, median of {args.steps - 2} steps x {args.rounds} round(s); RSS = peak per rank\n")
     print("| ranks | groups x ranks | experts per rank | U-Net parameters per rank | step (ms) | step vs 1 rank "

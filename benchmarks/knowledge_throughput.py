@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
 
 from textual_knowledge import VILG300, load_prompts
 
+from ernie_vilg2.utils.cpu_report import cpu_line
 from ernie_vilg2.utils.cpu_tuning import tune_cpu_process
 
 os.environ.setdefault("GLOG_minloglevel", "2")
@@ -38,14 +37,6 @@ def parse_args(argv=None):
     if not args.seconds > 0:
         p.error("--seconds must be > 0")
     return args
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration, subprocess.SubprocessError):
-        return platform.processor() or "unknown CPU"
 
 
 def captions_per_second(run, captions, seconds):
@@ -102,7 +93,8 @@ def main(argv=None) -> int:
         ("English tagger (TextBlob + fixes)", captions_per_second(lambda b: analyzer.analyze(b), en, args.seconds)),
         (f"one shard of all {len(zh) + len(en)} prompts, end to end", shard_rate(zh, en, args.seconds)),
     ]
-    print(f"\nKnowledge extraction, one process ({cpu_name()}, OMP_NUM_THREADS="
+    print(cpu_line())
+    print(f"\nKnowledge extraction, one process (OMP_NUM_THREADS="
           f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, batches of {BATCH})\n")
     print("| step | captions/s | minutes per 1M captions |\n|---|---|---|")
     for name, rate in rows:

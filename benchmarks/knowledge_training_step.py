@@ -22,6 +22,7 @@ import time
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 
+from ernie_vilg2.utils.cpu_report import machine_report  # noqa: E402
 from ernie_vilg2.utils.cpu_tuning import tune_cpu_process  # noqa: E402
 
 tune_cpu_process()  # before paddle's import, as the tools' processes
@@ -111,6 +112,7 @@ def main(argv=None) -> int:
 
     base_med = statistics.median(times["knowledge off"])
     base_min = min(times["knowledge off"])
+    print(machine_report())
     print(f"# Knowledge overhead per training step ({os.path.relpath(args.config, REPO)}, batch "
           f"{cfg.train.batch_size}, {args.repeats} interleaved repeats, paddle {paddle.__version__}, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})")

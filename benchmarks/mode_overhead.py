@@ -30,6 +30,7 @@ import statistics
 import sys
 import time
 
+from ernie_vilg2.utils.cpu_report import machine_report
 from ernie_vilg2.utils.cpu_tuning import tune_cpu_process
 
 os.environ.setdefault("GLOG_minloglevel", "2")
@@ -218,6 +219,7 @@ def main(argv=None) -> int:
                 times[(name, n)].append(time.perf_counter() - start)
 
     threads = os.environ.get("OMP_NUM_THREADS", "unset")
+    print(machine_report())
     print(f"# MoDE overhead: N=1 vs N={n_big}\n")
     print(f"config: {args.config or 'built-in defaults'}; resolution {resolution} (latent {latent}x{latent}); "
           f"train batch {batch}, sampling batch {2 * batch} (CFG); text encoder "

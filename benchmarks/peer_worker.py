@@ -234,6 +234,25 @@ def init(spec_path: str) -> None:
         latents=rng.standard_normal((spec["sample_batch"], c, s, s)).astype("float32"),
         sample_context=rng.standard_normal((2 * spec["sample_batch"],) + ctx).astype("float32"),
     )
+    spec["flops"] = unet_step_flops(model, spec)
+    with open(spec_path, "w") as f:
+        json.dump(spec, f)
+
+
+def unet_step_flops(model, spec: dict) -> dict:
+    """Flops of a training step (3x the forward on the training batch) and of a sampling step
+    (the forward on the doubled sampling batch), counted on the stock U-Net (flop_count.py)."""
+    from flop_count import count_flops
+
+    paddle, unet = model.paddle, model.unet
+    s, c = spec["unet"]["sample_size"], spec["unet"]["in_channels"]
+    ctx = [spec["text_length"], spec["unet"]["cross_attention_dim"]]
+
+    def forward(batch):
+        return sum(count_flops(unet, lambda: unet(paddle.zeros([batch, c, s, s]), paddle.zeros([batch], "int64"),
+                                                  paddle.zeros([batch] + ctx))).values())
+
+    return {"train": 3 * forward(spec["batch"]), "sample": forward(2 * spec["sample_batch"])}
 
 
 def prepare_unet(framework: str, mode: str, spec: dict, arrays: dict, inputs: dict, variant: str):
@@ -264,6 +283,19 @@ def prepare_unet(framework: str, mode: str, spec: dict, arrays: dict, inputs: di
     else:
         raise SystemExit(f"error: --mode must be train or sample, got {mode!r}")
     return check, step
+
+
+def code_path(framework: str) -> str:
+    """One line on the CPU code the framework's kernels run: the C++ operators' paths (Paddle)
+    or ATen's CPU capability (PyTorch)."""
+    if framework == "torch":
+        import torch
+
+        return f"ATen CPU capability {torch.backends.cpu.get_cpu_capability()}"
+    from ernie_vilg2 import ops
+    from ernie_vilg2.utils.cpu_report import ops_line
+
+    return ops_line(ops.cpu_ops_config())
 
 
 def run(spec_path: str, framework: str, mode: str, variant: str, out: str) -> None:
@@ -297,7 +329,8 @@ def run(spec_path: str, framework: str, mode: str, variant: str, out: str) -> No
     first_loss = step() if mode == "train" else None
     for _ in range(spec["warmup"] - (mode == "train")):
         step()
-    print("READY " + json.dumps({"first_loss": first_loss, "import_rss_mib": import_rss}), flush=True)
+    print("READY " + json.dumps({"first_loss": first_loss, "import_rss_mib": import_rss,
+                                 "code_path": code_path(framework)}), flush=True)
     for line in sys.stdin:
         cmd = line.split()
         if cmd and cmd[0] == "run":

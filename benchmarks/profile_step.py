@@ -96,7 +96,10 @@ def main(argv=None):
     from paddle.profiler.profiler_statistic import StatisticData
 
     import peer_worker
+    from flop_count import gflops_line
     from vs_pytorch import CONFIGS, init_config
+
+    from ernie_vilg2.utils import cpu_report
 
     with tempfile.TemporaryDirectory(prefix="profile_step_") as out:
         spec_path, spec, n_params = init_config(args.config, CONFIGS[args.config], out,
@@ -142,9 +145,13 @@ def main(argv=None):
 
     what = f"batch {spec['batch']}, training step" if args.mode == "train" else \
         f"batch {spec['sample_batch']} (x2 with guidance), sampling step"
+    print(cpu_report.machine_report())
     print(f"{args.config} U-Net ({n_params:,} parameters), {what}, "
           f"{args.threads} thread(s), {args.variant}: {wall:,.0f} ms per profiled step, "
           f"{total:,.0f} ms of it in recorded operators, {wall - total:,.0f} ms elsewhere (Python, dynamic graph)")
+    if spec.get("flops"):  # counted from the layer shapes by the init (flop_count.py)
+        step_name = "training step (3x the forward)" if args.mode == "train" else "sampling step"
+        print(gflops_line(step_name, spec["flops"][args.mode], wall / 1e3, args.threads, cpu_report.core_peak_gflops()))
     print()
     print("| operator | calls/step | ms/step | share |")
     print("|---|---:|---:|---:|")

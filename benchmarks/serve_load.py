@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 
+from ernie_vilg2.utils.cpu_report import machine_report
 from ernie_vilg2.utils.cpu_tuning import tune_cpu_process
 
 os.environ.setdefault("GLOG_minloglevel", "2")
@@ -274,6 +275,7 @@ def main(argv=None) -> int:
                                                                    args.steps))
             finally:
                 server.stop()
+        print(machine_report())
         print("\n| max batch | clients | images/s | p50 (s) | p95 (s) | p99 (s) | p99/p50 | failed |")
         print("|---:|---:|---:|---:|---:|---:|---:|---:|")
         for (batch, clients), r in rows.items():

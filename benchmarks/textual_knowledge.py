@@ -32,6 +32,7 @@ import statistics
 import sys
 import time
 
+from ernie_vilg2.utils.cpu_report import machine_report
 from ernie_vilg2.utils.cpu_tuning import tune_cpu_process
 
 os.environ.setdefault("GLOG_minloglevel", "2")
@@ -254,6 +255,7 @@ def main(argv=None) -> int:
     if not args.skip_unet:
         rows += unet_rows(args.batch, args.max_length, args.repeats, args.warmup)
         rows += attention_rows(args.batch, args.max_length, args.repeats)
+    print(machine_report())
     print(f"\nTextual knowledge benchmark (CPU threads: OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
           f"batch {args.batch}, L={args.max_length}, {args.repeats} interleaved steps)\n")
     print("| measurement | value |\n|---|---|")

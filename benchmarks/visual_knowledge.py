@@ -27,6 +27,7 @@ import sys
 import time
 import warnings
 
+from ernie_vilg2.utils.cpu_report import machine_report
 from ernie_vilg2.utils.cpu_tuning import tune_cpu_process
 
 os.environ.setdefault("GLOG_minloglevel", "2")
@@ -194,6 +195,7 @@ def main(argv=None) -> int:
     rows += bench_data(demo)
     rows += bench_unet(args, demo)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(machine_report())
     print(f"\npaddle {paddle.__version__}, {paddle.get_device()}, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, load average {load:.2f} "
           f"on {os.cpu_count()} CPUs (other processes skew timings)\n")

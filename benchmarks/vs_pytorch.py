@@ -211,12 +211,35 @@ def fmt_ms(seconds):
     return f"{seconds * 1e3:,.0f}" if seconds >= 0.1 else f"{seconds * 1e3:.1f}"
 
 
+def print_gflops(rows, flops, labels):
+    """Achieved GFLOP/s of each U-Net row and its share of the float32 peak of the cores used
+    (flops counted from the layer shapes by the init: benchmarks/flop_count.py)."""
+    from ernie_vilg2.utils import cpu_report
+
+    peak = cpu_report.core_peak_gflops()
+    counted = [row for row in rows if flops.get(row[:2])]
+    if not counted:
+        return
+    print()
+    print(f"Achieved GFLOP/s (convolutions, linear layers and attention products; training step = 3x the "
+          f"forward) and share of the float32 peak of the cores used ({peak or 0:,.1f} GFLOP/s per core):")
+    print("| config | step | threads | GFLOP | " + " | ".join(f"{lab} GFLOP/s (peak)" for lab in labels) + " |")
+    print("|---|---|---:|---:|" + "---:|" * len(labels))
+    for name, step_name, threads, med, *_ in counted:
+        count = flops[name, step_name]
+        cells = [name, step_name, str(threads), f"{count / 1e9:,.1f}"]
+        for lab in labels:
+            rate = count / med[lab] / 1e9
+            cells.append(f"{rate:,.1f} ({rate / (peak * threads):.1%})" if peak else f"{rate:,.1f}")
+        print("| " + " | ".join(cells) + " |")
+
+
 def main(argv=None):
     args = parse_args(argv)
     out = args.keep or tempfile.mkdtemp(prefix="vs_pytorch_")
     os.makedirs(out, exist_ok=True)
     labels = [f"paddle-{v}" for v in args.variants]
-    rows, checks = [], []
+    rows, checks, flops = [], [], {}
     for name in args.configs:
         cfg = CONFIGS[name]
         spec_path, spec, n_params = init_config(name, cfg, out, args)
@@ -234,10 +257,21 @@ def main(argv=None):
                 diffs = {lab: float(np.abs(np.load(os.path.join(out, f"check-{lab}-{mode}.npy")) - ref).max())
                          for lab in labels}
                 rows.append((name, step_name, threads, med, peak, ready))
+                flops[name, step_name] = spec.get("flops", {}).get(mode)
                 checks.append((name, CHECKED[kind, mode], mode, threads, diffs, ready))
                 print(f"# {name} {mode} {threads} thread(s): " + ", ".join(
                     f"{k} {fmt_ms(v)} ms" for k, v in med.items()), file=sys.stderr, flush=True)
 
+    from ernie_vilg2.utils import cpu_report
+
+    print(cpu_report.cpu_line())
+    code_paths = {}
+    for *_, ready in rows:
+        for label, info in ready.items():
+            code_paths.setdefault(label, info["code_path"])
+    for label, path in code_paths.items():
+        print(f"- {label}: {path}")
+    print()
     head = ["config", "step", "threads"] + [f"{lab} (ms)" for lab in labels] + ["torch (ms)"]
     head += [f"{lab}/torch" for lab in labels]
     head += [f"peak MiB {lab}" for lab in labels] + ["peak MiB torch"] + [f"mem {lab}/torch" for lab in labels]
@@ -257,6 +291,7 @@ def main(argv=None):
         extra = "" if mode != "train" else "; first loss " + ", ".join(f"{k} {v:.6f}" for k, v in loss.items())
         print(f"- {name} {mode} {threads}t ({checked}): " + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items())
               + extra)
+    print_gflops(rows, flops, labels + ["torch"])
     imports = {k: v["import_rss_mib"] for k, v in rows[0][5].items()} if rows else {}
     print("RSS after import (MiB, included in the peaks): " + ", ".join(f"{k} {v:,.0f}" for k, v in imports.items()))
     print(f"(worker logs, weights and outputs: {out})")

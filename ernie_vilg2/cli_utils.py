@@ -43,6 +43,21 @@ def quiet_third_party_logs(level: str = "WARNING") -> None:
 
 
 # -- the generation arguments of tools/generate.py, tools/compare.py and deploy/python/infer.py ----
+def check_model_and_out(args: argparse.Namespace) -> None:
+    """The folder tools (export, merge, branch): --model an existing folder, --out new unless --overwrite."""
+    if not os.path.isdir(args.model):
+        fail(f"--model: model folder not found: {args.model}")
+    if os.path.exists(args.out) and not args.overwrite:
+        fail(f"--out: {args.out} already exists (pass --overwrite to replace it)")
+
+
+def add_guidance_argument(p) -> None:
+    """``--guidance G[,G...]`` (also tools/evaluate.py's); :func:`check_seed_and_guidance` parses it."""
+    p.add_argument("--guidance", default=2.1, metavar="G[,G...]",
+                   help="classifier-free guidance scale (1 = off), or one per expert separated by commas "
+                        "(3,3,2,...: expert 0, the least noisy, first)")
+
+
 def add_sampling_arguments(p: argparse.ArgumentParser, size_help: str = "default: the model's resolution") -> None:
     """The sampler settings every generating tool takes (tools/generate.py, tools/compare.py,
     deploy/python/infer.py): negative prompt, seed, steps, guidance, sampler, size, batch size."""
@@ -50,9 +65,7 @@ def add_sampling_arguments(p: argparse.ArgumentParser, size_help: str = "default
     p.add_argument("--seed", type=int, default=0, help="seed of the initial noise (>= 0)")
     p.add_argument("--steps", type=int, default=25,
                    help="sampling steps (at most 999 for dpm, 1000 for ddim with the usual T = 1000)")
-    p.add_argument("--guidance", default=2.1, metavar="G[,G...]",
-                   help="classifier-free guidance scale (1 = off), or one per expert separated by commas "
-                        "(3,3,2,...: expert 0, the least noisy, first)")
+    add_guidance_argument(p)
     p.add_argument("--sampler", choices=("ddim", "dpm"), default="dpm", help="ddim or dpm (DPM-Solver++)")
     p.add_argument("--height", type=int, help=f"image height ({size_help})")
     p.add_argument("--width", type=int, help=f"image width ({size_help})")
@@ -102,15 +115,21 @@ def check_sampling_arguments(args: argparse.Namespace) -> None:
     for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size)):
         if value < 1:
             fail(f"{flag} must be >= 1, got {value}")
+    check_seed_and_guidance(args)
+    problem = argument_text_error(args.negative_prompt or "")
+    if problem:
+        fail(f"--negative-prompt: {problem}")
+
+
+def check_seed_and_guidance(args: argparse.Namespace) -> None:
+    """``--seed`` and ``--guidance`` by the pipelines' rules; ``args.guidance`` becomes a number or
+    a list (its length is checked against the model's experts once the model is loaded)."""
     args.guidance = parse_guidance(args.guidance)
     try:
         check_seed(args.seed)
         expert_guidance_scales(args.guidance, len(args.guidance) if isinstance(args.guidance, list) else 1)
     except ValueError as exc:
         fail(flag_message(exc))
-    problem = argument_text_error(args.negative_prompt or "")
-    if problem:
-        fail(f"--negative-prompt: {problem}")
 
 
 def parse_guidance(value):

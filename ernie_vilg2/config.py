@@ -26,7 +26,11 @@ class ConfigError(ErnieViLG2Error, ValueError):
 
 
 def _type_name(tp) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+    if typing.get_origin(tp) in (Union, types.UnionType):  # Optional[float]: "float or null"
+        return " or ".join("null" if arg is type(None) else _type_name(arg) for arg in typing.get_args(tp))
+    if typing.get_origin(tp) is not None:  # List[float], not "List"
+        return str(tp).replace("typing.", "")
+    return getattr(tp, "__name__", None) or str(tp)
 
 
 def _convert(value: Any, tp, field: str):

@@ -32,8 +32,7 @@ import warnings
 os.environ.setdefault("GLOG_minloglevel", "2")
 warnings.filterwarnings("ignore", message="No ccache found")  # paddle's import-time notice
 
-from ernie_vilg2.cli_utils import fail, flag_message  # noqa: E402
-from ernie_vilg2.pipelines.checks import check_guidance_scale, check_seed  # noqa: E402
+from ernie_vilg2.cli_utils import add_guidance_argument, check_seed_and_guidance, fail  # noqa: E402
 from ernie_vilg2.utils.cpu_tuning import tune_cpu_process  # noqa: E402
 
 DETECTOR_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -56,7 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-images-per-prompt", "-k", type=int, default=1, help="K images per prompt (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial noise (>= 0)")
     p.add_argument("--steps", type=int, default=25, help="sampling steps")
-    p.add_argument("--guidance", type=float, default=2.1, help="classifier-free guidance scale (1 = off)")
+    add_guidance_argument(p)
     p.add_argument("--sampler", choices=("ddim", "dpm"), default="dpm", help="ddim or dpm (DPM-Solver++)")
     p.add_argument("--batch-size", type=int, default=16, help="images per pipeline call")
     p.add_argument("--fid-batch-size", type=int, default=32, help="images per Inception forward")
@@ -123,11 +122,7 @@ def check_arguments(args: argparse.Namespace) -> None:
                         ("--limit", args.limit)):
         if value is not None and value < 1:
             fail(f"{flag} must be >= 1, got {value}")
-    try:  # the pipelines' own rules for the seed and the guidance scale
-        check_seed(args.seed)
-        check_guidance_scale(args.guidance)
-    except ValueError as exc:
-        fail(flag_message(exc))
+    check_seed_and_guidance(args)  # the pipelines' own rules, as tools/generate.py
     for flag, path in (("--detector-weights", args.detector_weights), ("--labels", args.labels)):
         if path and not os.path.isfile(path):
             fail(f"{flag}: file not found: {path}")

@@ -4,8 +4,8 @@
 
 Each expert becomes OUT/expert-XX/ (config.json + diffusion_pytorch_model.safetensors), which
 diffusers' UNet2DConditionModel.from_pretrained loads; OUT/experts.json says which timesteps each
-expert owns; the VAE and the scheduler are written beside them (vae/, scheduler/). The text
-encoder (ERNIE, PaddleNLP) is not. The folder is written beside --out and renamed when complete.
+expert owns (LoRA experts are merged into full ones first); the VAE and the scheduler are
+written beside them (vae/, scheduler/). The text encoder (ERNIE, PaddleNLP) is not. The folder is written beside --out and renamed when complete.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import sys
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 
-from ernie_vilg2.cli_utils import fail, quiet_third_party_logs  # noqa: E402
+from ernie_vilg2.cli_utils import check_model_and_out, fail, quiet_third_party_logs  # noqa: E402
 from ernie_vilg2.errors import ErnieViLG2Error  # noqa: E402
 from ernie_vilg2.utils.cpu_tuning import tune_cpu_process  # noqa: E402
 from ernie_vilg2.utils.io import DiskFullError  # noqa: E402
@@ -32,17 +32,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     tune_cpu_process()
     args = parse_args(argv)
-    if not os.path.isdir(args.model):
-        fail(f"--model: model folder not found: {args.model}")
-    if os.path.exists(args.out) and not args.overwrite:
-        fail(f"--out: {args.out} already exists (pass --overwrite to replace it)")
+    check_model_and_out(args)
 
     quiet_third_party_logs()
     from ernie_vilg2.models.diffusers_export import export_to_diffusers
-    from ernie_vilg2.pipelines.loading import load_pipeline
+    from ernie_vilg2.pipelines import load_pipeline, merge_lora_pipeline
 
     try:
-        pipe = load_pipeline(args.model)
+        pipe = merge_lora_pipeline(load_pipeline(args.model))  # LoRA experts are written as full U-Nets
         record = export_to_diffusers(pipe.unet, args.out, vae=pipe.vae, scheduler=pipe.scheduler,
                                      overwrite=args.overwrite)
     except DiskFullError as exc:

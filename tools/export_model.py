@@ -19,7 +19,7 @@ import time
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 
-from ernie_vilg2.cli_utils import fail, quiet_third_party_logs  # noqa: E402
+from ernie_vilg2.cli_utils import check_model_and_out, fail, quiet_third_party_logs  # noqa: E402
 from ernie_vilg2.errors import ErnieViLG2Error  # noqa: E402
 from ernie_vilg2.utils.cpu_tuning import tune_cpu_process  # noqa: E402
 
@@ -39,10 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     tune_cpu_process()
     args = parse_args(argv)
-    if not os.path.isdir(args.model):
-        fail(f"--model: model folder not found: {args.model}")
-    if os.path.exists(args.out) and not args.overwrite:
-        fail(f"--out: {args.out} already exists (pass --overwrite to replace it)")
+    check_model_and_out(args)
 
     quiet_third_party_logs()
     from ernie_vilg2.deploy.export import export_pipeline

@@ -2,11 +2,14 @@
 
 The models are built under paddle.LazyGuard (nothing allocated; counts from the shapes), so
 the 24B config is planned in seconds on a laptop. The layout: --gpus ranks in --expert-groups
-equal groups, each group owning num_experts / groups experts, sharded within the group.
+equal groups, each group owning num_experts / groups experts, sharded within the group
+(LoRA experts, model.expert_type: lora, have no groups: one frozen U-Net and all adapters per rank).
 
     python tools/plan.py --config configs/ernie_vilg2_24b.yaml --gpus 320 --gpu-mem 80 --expert-groups 10
     python tools/plan.py --config configs/ernie_vilg2_mid.yaml --gpus 1 --gpu-mem 80
     python tools/plan.py -c configs/tiny.yaml --gpus 2 --gpu-mem 16 -o model.num_experts=4 --json
+    python tools/plan.py -c configs/ernie_vilg2_24b.yaml --gpus 320 --gpu-mem 80 \
+        -o model.expert_type=lora -o train.expert_parallel=false
 """
 import argparse
 import os
@@ -34,7 +37,7 @@ def parse_args(argv=None):
     p.add_argument("--expert-groups", type=int,
                    help="equal groups of ranks; each owns num_experts / groups experts (default: as the trainer "
                         "forms them: with train.expert_parallel train.expert_groups or min(num_experts, gpus), "
-                        "else 1, every rank holding all experts)")
+                        "else 1, every rank holding all experts; LoRA experts have none)")
     p.add_argument("--sharding-stage", type=int, choices=(0, 1, 2, 3),
                    help="within a group: 1 shards the optimizer state, 2 also gradients, 3 also parameters "
                         "(default: train.sharding_stage if train.sharding_degree > 1, else 0)")
@@ -64,7 +67,7 @@ def main(argv=None) -> int:
                                 sharding_stage=args.sharding_stage, micro_batch=args.micro_batch,
                                 precision=args.precision, recompute=args.recompute, attention=args.attention,
                                 margin=args.margin)
-        layout.validate(cfg.model.num_experts)  # before the slow imports
+        layout.validate(cfg.model)  # before the slow imports
         from ernie_vilg2.cli_utils import quiet_third_party_logs
 
         quiet_third_party_logs()

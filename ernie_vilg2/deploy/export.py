@@ -283,6 +283,10 @@ def export_pipeline(
     vae_config = _read_json(os.path.join(model_dir, "vae", "config.json"))
     scheduler_config = _read_json(os.path.join(model_dir, "scheduler", "scheduler_config.json"))
     expert_config = {k: v for k, v in (unet_config.get("unet") or {}).items() if not k.startswith("_")}
+    if unet_config.get("_class_name") == "LoRAExperts":
+        raise ExportError(f"{os.path.join(model_dir, 'unet', 'config.json')}: LoRA experts; merge them into full "
+                          f"experts first (python tools/merge_lora_experts.py --model {model_dir} --out MERGED) "
+                          "and export that folder")
     if "num_experts" not in unet_config:
         raise ExportError(f"{os.path.join(model_dir, 'unet', 'config.json')}: not a MixtureOfDenoisingExperts config")
     num_experts = int(unet_config["num_experts"])

@@ -107,6 +107,7 @@ class _ChunkedAttention(PyLayer):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         mask = None if mask is None else mask.contiguous()
         ctx.blocks = blocks
+        ctx.frozen = [t.stop_gradient for t in (q, k, v)]  # those get None (e.g. k, v of a frozen layer)
         ctx.save_for_backward(q, k, v, mask)
         return _blockwise(q, k, v, mask, blocks)
 
@@ -123,7 +124,8 @@ class _ChunkedAttention(PyLayer):
             grad_scores = _C_ops.softmax_grad(probs, paddle.matmul(g_b, v, transpose_y=True), -1)
             grad_q.append(paddle.matmul(grad_scores, k))
             grad_k += paddle.matmul(grad_scores, q_b, transpose_x=True)
-        grads = [paddle.concat(grad_q, axis=2), grad_k, grad_v]
+        grads = [None if frozen else g for g, frozen in zip([paddle.concat(grad_q, axis=2), grad_k, grad_v],
+                                                              ctx.frozen)]
         return tuple(grads) + ((None,) if mask is not None else ())
 
 

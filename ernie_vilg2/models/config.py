@@ -138,11 +138,36 @@ class VAEConfig:
 
 
 @dataclass
+class LoRAConfig:
+    """The adapters of LoRA experts (``model.expert_type: lora``)."""
+
+    rank: int = 4
+    alpha: Optional[float] = None  # the update is scaled by alpha / rank; null: 1
+    # linear layers to adapt: a name or the end of one (diffusers' target_modules rule)
+    targets: List[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+
+    def __post_init__(self):
+        check(isinstance(self.rank, int) and not isinstance(self.rank, bool) and self.rank >= 1, "model.lora.rank",
+              "must be a positive integer")
+        check(self.alpha is None or (isinstance(self.alpha, (int, float)) and self.alpha > 0), "model.lora.alpha",
+              "must be positive or null")
+        check(isinstance(self.targets, list) and len(self.targets) > 0
+              and all(isinstance(t, str) and t.strip() for t in self.targets), "model.lora.targets",
+              "must be a non-empty list of layer names (e.g. [to_q, to_k, to_v, to_out.0])")
+
+
+EXPERT_TYPES = ("full", "lora")
+
+
+@dataclass
 class ModelConfig:
     num_experts: int = 1  # experts of stage 2; stage 1 always trains one U-Net
     num_train_timesteps: int = 1000
     # where the experts switch: uniform (the paper), snr (equal shares of log-SNR) or N-1 timesteps
     expert_boundaries: Union[str, List[int]] = "uniform"
+    # full: each expert its own U-Net (the paper); lora: one frozen base U-Net + an adapter per expert
+    expert_type: str = "full"
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
     beta_schedule: str = "linear"
     beta_start: float = 0.0001
     beta_end: float = 0.02
@@ -168,6 +193,8 @@ class ModelConfig:
                 check_boundaries(self.expert_boundaries, self.num_experts, self.num_train_timesteps)
             except ValueError as exc:
                 raise ConfigError("model.expert_boundaries", str(exc)) from None
+        check(self.expert_type in EXPERT_TYPES, "model.expert_type", f"must be one of {EXPERT_TYPES}, "
+                                                                     f"got {self.expert_type!r}")
         check(self.beta_schedule in ("linear", "scaled_linear"), "model.beta_schedule",
               "must be 'linear' or 'scaled_linear'")
         check(0 < self.beta_start < self.beta_end < 1, "model.beta_end", "need 0 < beta_start < beta_end < 1")

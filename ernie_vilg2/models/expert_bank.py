@@ -35,6 +35,14 @@ def _take(value: Any, index: paddle.Tensor, batch: int):
     return value
 
 
+def check_local_folder(pretrained_model_name_or_path, kwargs: Dict) -> None:
+    """Before PPDiffusers' loading: a local folder's config and weight files, so that a damaged
+    one is a one-line DamagedFileError naming it."""
+    folder = os.path.join(os.fspath(pretrained_model_name_or_path), kwargs.get("subfolder") or "")
+    if os.path.isdir(folder):
+        check_model_folder(folder)
+
+
 class ExpertBank(paddle.nn.Layer):
     """Experts by id. Sublayers are named by their ids, so a full bank names its parameters
     as a LayerList would (``0.conv_in.weight`` ...) and a partial one keeps the global ids.
@@ -96,11 +104,7 @@ class MixtureOfDenoisingExperts(ModelMixin, ConfigMixin):
     # -- construction -------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """PPDiffusers' loading, after checking a local folder's config and weight files so
-        that a damaged one is a one-line DamagedFileError naming it."""
-        folder = os.path.join(os.fspath(pretrained_model_name_or_path), kwargs.get("subfolder") or "")
-        if os.path.isdir(folder):
-            check_model_folder(folder)
+        check_local_folder(pretrained_model_name_or_path, kwargs)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     def save_pretrained(self, save_directory, *args, **kwargs):

@@ -1,13 +1,15 @@
 """Build models and schedulers from the ``model:`` config section."""
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Union
 
-from ppdiffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from ppdiffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DConditionModel
 
+from ..config import ConfigError
 from ..utils.integrity import check_model_folder
 from .config import ModelConfig, VAEConfig
 from .expert_bank import MixtureOfDenoisingExperts
+from .lora_experts import LoRAExperts
 from .pretrained import load_pretrained_unet, load_pretrained_vae, pretrained_unet_kwargs
 from .speedups import apply_speedups
 from .text_encoder import build_text_encoder
@@ -66,29 +68,50 @@ def load_vae(cfg: ModelConfig, stage_vae_dir: str) -> AutoencoderKL:
 
 
 def build_denoiser(cfg: ModelConfig, resolution: int, num_experts: int = 1,
-                   expert_ids: Optional[Sequence[int]] = None, pretrained_weights: bool = True
-                   ) -> MixtureOfDenoisingExperts:
+                   expert_ids: Optional[Sequence[int]] = None, pretrained_weights: bool = True,
+                   expert_type: str = "full") -> Union[MixtureOfDenoisingExperts, LoRAExperts]:
     """A bank of ``num_experts`` experts (or ``expert_ids`` of them) with the project's speed-ups:
     copies of ``model.unet.pretrained``'s U-Net, else freshly initialised. ``pretrained_weights=False``:
-    the pretrained architecture, freshly initialised (e.g. under LazyGuard, to count parameters)."""
+    the pretrained architecture, freshly initialised (e.g. under LazyGuard, to count parameters).
+    ``expert_type="lora"`` (stage 2 of ``model.expert_type: lora``): adapters over one such U-Net."""
     if resolution % cfg.vae.scale_factor:
         raise ValueError(
             f"data.resolution ({resolution}) must be a multiple of the VAE downsampling factor "
             f"({cfg.vae.scale_factor})"
         )
     latent_size = resolution // cfg.vae.scale_factor
-    boundaries = expert_boundaries(cfg) if num_experts == cfg.num_experts else None
     if cfg.unet.pretrained and pretrained_weights:
         unet = load_pretrained_unet(cfg.unet.pretrained)
         unet.register_to_config(sample_size=latent_size)  # the pipeline's default image size: the data's
-        denoiser = MixtureOfDenoisingExperts.from_unet(unet, num_experts, cfg.num_train_timesteps, expert_ids,
-                                                       boundaries)
+        return branch_denoiser(cfg, unet, num_experts, expert_ids, expert_type)
+    kwargs = ({**pretrained_unet_kwargs(cfg.unet.pretrained), "sample_size": latent_size} if cfg.unet.pretrained
+              else unet_kwargs(cfg, latent_size))
+    if expert_type == "lora":
+        return branch_denoiser(cfg, UNet2DConditionModel(**kwargs), num_experts, expert_ids, expert_type)
+    boundaries = expert_boundaries(cfg) if num_experts == cfg.num_experts else None
+    return apply_speedups(MixtureOfDenoisingExperts(num_experts=num_experts, num_train_timesteps=cfg.num_train_timesteps,
+                                                    unet=kwargs, expert_ids=expert_ids, expert_boundaries=boundaries))
+
+
+def branch_denoiser(cfg: ModelConfig, unet: UNet2DConditionModel, num_experts: int,
+                    expert_ids: Optional[Sequence[int]] = None, expert_type: str = "full"
+                    ) -> Union[MixtureOfDenoisingExperts, LoRAExperts]:
+    """``num_experts`` experts (``expert_ids`` of them) starting as ``unet``, switching where
+    ``model.expert_boundaries`` says, with the project's speed-ups: full copies of it, or with
+    ``expert_type="lora"`` ``model.lora``'s adapters over it (all N: LoRA banks are never partial)."""
+    boundaries = expert_boundaries(cfg) if num_experts == cfg.num_experts else None
+    if expert_type == "lora":
+        if expert_ids is not None:
+            raise ValueError("expert_ids: a LoRA bank holds all its experts' adapters")
+        try:
+            bank = LoRAExperts.from_unet(unet, num_experts, cfg.num_train_timesteps, boundaries,
+                                         lora_rank=cfg.lora.rank, lora_alpha=cfg.lora.alpha,
+                                         lora_targets=list(cfg.lora.targets))
+        except ValueError as exc:  # a target that names no linear layer of this U-Net
+            raise ConfigError("model.lora.targets", str(exc).removeprefix("targets: ")) from None
     else:
-        kwargs = ({**pretrained_unet_kwargs(cfg.unet.pretrained), "sample_size": latent_size} if cfg.unet.pretrained
-                  else unet_kwargs(cfg, latent_size))
-        denoiser = MixtureOfDenoisingExperts(num_experts=num_experts, num_train_timesteps=cfg.num_train_timesteps,
-                                             unet=kwargs, expert_ids=expert_ids, expert_boundaries=boundaries)
-    return apply_speedups(denoiser)
+        bank = MixtureOfDenoisingExperts.from_unet(unet, num_experts, cfg.num_train_timesteps, expert_ids, boundaries)
+    return apply_speedups(bank)
 
 
 def build_text_encoder_from_config(cfg: ModelConfig, tokenizer):

@@ -45,6 +45,7 @@ class _BiasAdd(PyLayer):
     @staticmethod
     def forward(ctx, x, bias, axis):
         ctx.axis = axis
+        ctx.x_frozen = x.stop_gradient  # a PyLayer returns None for an input that takes no gradient
         return _add_bias(x, bias, axis)
 
     @staticmethod
@@ -57,11 +58,12 @@ class _BiasAdd(PyLayer):
             rows = grad.reshape([grad.shape[0] * channels, -1])
             grad_bias = paddle.matmul(rows, paddle.ones([rows.shape[1], 1], grad.dtype))
             grad_bias = grad_bias.reshape([grad.shape[0], channels]).sum(axis=0)
-        return grad, grad_bias.reshape([channels])
+        return None if ctx.x_frozen else grad, grad_bias.reshape([channels])
 
 
 def _bias_add(x, bias, axis):
-    training = paddle.is_grad_enabled() and not (x.stop_gradient and bias.stop_gradient)
+    # A frozen bias (e.g. the base U-Net of LoRA experts) needs no bias gradient: the plain add.
+    training = paddle.is_grad_enabled() and not bias.stop_gradient
     return _BiasAdd.apply(x, bias, axis) if training else _add_bias(x, bias, axis)
 
 

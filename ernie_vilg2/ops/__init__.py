@@ -7,23 +7,40 @@ Paddle wheel without MKL or oneDNN, another Paddle than the one they were built 
 :func:`cpu_attention` and :func:`cpu_conv2d` return None and the callers take their
 pure-Paddle path, which computes the same function; ``ERNIE_VILG2_CPU_OPS=0`` in the
 environment makes them take it too (to compare).
+
+Their row loops are compiled for AVX-512, AVX2 + FMA and any CPU, and run the widest this
+CPU has, or the one ``ERNIE_VILG2_CPU_ISA`` (generic, avx2, avx512) names: a path this CPU or
+build lacks is refused with :class:`CpuIsaError` at the first call. Their blocks are sized from
+the L2 cache read at run time. :func:`cpu_ops_config` says what this process uses.
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
 import warnings
+from typing import Optional
+
+from ..errors import ErnieViLG2Error
+from ..utils.isa_caps import PATHS, VARIABLE
 
 OPS_DIR = os.path.dirname(os.path.abspath(__file__))
 BUILD_DIR = os.path.join(OPS_DIR, "_build")
 LIBRARY = "ernie_vilg2_cpu_ops"
 ATTENTION_OP = "ernie_vilg2_cpu_attention"
 CONV_OP = "ernie_vilg2_cpu_conv2d"
-SOURCES = [os.path.join(OPS_DIR, name) for name in ("cpu_attention.cc", "cpu_conv.cc")]
+SOURCES = [os.path.join(OPS_DIR, name) for name in ("cpu_attention.cc", "cpu_conv.cc", "cpu_dispatch.cc")]
+HEADERS = [os.path.join(OPS_DIR, name) for name in ("cpu_dispatch.h", "cpu_row_loops.inc")]
 STAMP_FILE = os.path.join(BUILD_DIR, "stamp.json")
 
+CACHE_SOURCES = ("default", "sysconf", "sysfs")  # cpu_dispatch.h's CacheSource
+
 _loaded: dict = {}
+
+
+class CpuIsaError(ErnieViLG2Error, ValueError):
+    """ERNIE_VILG2_CPU_ISA names a code path this CPU or build of the operators lacks."""
 
 
 def library_path() -> str:
@@ -35,7 +52,7 @@ def build_stamp() -> dict:
     import paddle
 
     digest = hashlib.sha256()
-    for source in SOURCES:
+    for source in SOURCES + HEADERS:
         with open(source, "rb") as f:
             digest.update(f.read())
     return {"paddle": paddle.__version__, "paddle_commit": paddle.version.commit, "source_sha256": digest.hexdigest()}
@@ -68,7 +85,87 @@ def _register() -> bool:
                 warnings.warn(f"{library_path()} was built for another Paddle or source; the pure-Paddle "
                               "operators are used. Rebuild: python -m ernie_vilg2.ops.build")
         _loaded[LIBRARY] = loaded
+    if _loaded[LIBRARY] and _library().ernie_vilg2_cpu_isa() < 0:
+        raise CpuIsaError(_library().ernie_vilg2_cpu_isa_error().decode())
     return _loaded[LIBRARY]
+
+
+def _library() -> ctypes.CDLL:
+    """The registered library's C interface (cpu_dispatch.cc): the same loaded copy."""
+    if "ctypes" not in _loaded:
+        lib = ctypes.CDLL(library_path())
+        lib.ernie_vilg2_cpu_isa_error.restype = ctypes.c_char_p
+        lib.ernie_vilg2_choose_cpu_isa.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int, ctypes.c_char_p,
+                                                   ctypes.c_int]
+        lib.ernie_vilg2_read_cache_sizes.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int64)]
+        lib.ernie_vilg2_attention_block_bytes.argtypes = [ctypes.c_int64]
+        lib.ernie_vilg2_attention_block_bytes.restype = ctypes.c_int64
+        _loaded["ctypes"] = lib
+    return _loaded["ctypes"]
+
+
+def cache_sizes(sysfs_dir: Optional[str] = None, use_sysconf: bool = True) -> dict:
+    """The operators' reading of the L1d and L2 caches per core: from sysconf, else the sysfs
+    cache folder (``/sys/devices/system/cpu/cpu0/cache`` is the operators' own; None: none),
+    else the defaults; with where each came from. Needs the built library."""
+    out = (ctypes.c_int64 * 4)()
+    _library().ernie_vilg2_read_cache_sizes(None if sysfs_dir is None else os.fsencode(sysfs_dir),
+                                            int(use_sysconf), out)
+    return {"l1d_bytes": out[0], "l2_bytes": out[1], "l1d_source": CACHE_SOURCES[out[2]],
+            "l2_source": CACHE_SOURCES[out[3]]}
+
+
+def cpu_ops_config() -> Optional[dict]:
+    """What the operators run with in this process (None where they are not built or are
+    switched off): ``isa``, the code path of their row loops; ``paths``, those this CPU and
+    build have, widest first; ``requested``, ERNIE_VILG2_CPU_ISA (or "auto"); the L1d and L2
+    sizes they read and from where; ``attention_block_bytes``, the scores of one block of query
+    rows; ``mkl`` and ``onednn``, the code paths of the libraries they call."""
+    if not _register():
+        return None
+    lib = _library()
+    caches = (ctypes.c_int64 * 4)()
+    lib.ernie_vilg2_cpu_caches(caches)
+    paths = lib.ernie_vilg2_cpu_isa_paths()
+    return {"isa": PATHS[lib.ernie_vilg2_cpu_isa()], "requested": os.environ.get(VARIABLE) or "auto",
+            "paths": [name for bit, name in reversed(list(enumerate(PATHS))) if paths >> bit & 1],
+            "l1d_bytes": caches[0], "l2_bytes": caches[1], "l1d_source": CACHE_SOURCES[caches[2]],
+            "l2_source": CACHE_SOURCES[caches[3]], "attention_block_bytes": lib.ernie_vilg2_attention_block_bytes(0),
+            "mkl": mkl_code_path(), "onednn": onednn_code_path()}
+
+
+# MKL's code branches (mkl_cbwr_get_auto_branch: MKL_CBWR_* of mkl_service.h).
+MKL_BRANCHES = {4: "SSE2", 6: "SSSE3", 7: "SSE4.1", 8: "SSE4.2", 9: "AVX", 10: "AVX2", 12: "AVX-512",
+                14: "AVX-512 (E1)"}
+
+
+def _paddle_library(name: str) -> Optional[ctypes.CDLL]:
+    import paddle
+
+    path = os.path.join(os.path.dirname(paddle.__file__), "libs", name)
+    return ctypes.CDLL(path) if os.path.isfile(path) else None
+
+
+def mkl_code_path() -> str:
+    """The code branch the MKL of Paddle's wheel runs on this CPU (after MKL_ENABLE_INSTRUCTIONS
+    and MKL_DEBUG_CPU_TYPE), or "unknown"."""
+    lib = _paddle_library("libmklml_intel.so")
+    if lib is None or not hasattr(lib, "mkl_serv_cbwr_get_auto_branch"):
+        return "unknown"
+    branch = lib.mkl_serv_cbwr_get_auto_branch()
+    return MKL_BRANCHES.get(branch, f"branch {branch}")
+
+
+def onednn_code_path() -> str:
+    """oneDNN's widest instruction set in this process (after ONEDNN_MAX_CPU_ISA), or "unknown"."""
+    lib = _paddle_library("libdnnl.so.3")
+    if lib is None or not hasattr(lib, "dnnl_get_effective_cpu_isa"):
+        return "unknown"
+    isa = lib.dnnl_get_effective_cpu_isa()
+    if hasattr(lib, "dnnl_cpu_isa2str"):
+        lib.dnnl_cpu_isa2str.restype = ctypes.c_char_p
+        return lib.dnnl_cpu_isa2str(isa).decode().removeprefix("cpu_isa_")
+    return f"isa {isa:#x}"
 
 
 def cpu_attention(q, k, v, scale: float = 1.0):

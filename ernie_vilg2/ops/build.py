@@ -30,6 +30,38 @@ def compiler() -> str:
     return cxx.split()[0]
 
 
+# A function of the operators' AVX-512 path: compiled and assembled, or the path is left out.
+AVX512_PROBE = """
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
+float dot(const float* x, const float* y, long n) {
+  float s = 0.0f;
+  for (long j = 0; j < n; ++j) s += x[j] * y[j];
+  return s;
+}
+"""
+
+
+def avx512_flags(cxx: str) -> list:
+    """[] where ``cxx`` (and its assembler) can emit AVX-512 or the target is not x86, else
+    the define that builds the operators without their AVX-512 path."""
+    import platform
+    import subprocess
+    import tempfile
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return []
+    with tempfile.TemporaryDirectory(prefix="ernie_vilg2_probe_") as tmp:
+        source = os.path.join(tmp, "probe.cc")
+        with open(source, "w", encoding="utf-8") as f:
+            f.write(AVX512_PROBE)
+        try:
+            done = subprocess.run([cxx, "-O3", "-c", source, "-o", os.path.join(tmp, "probe.o")],
+                                  capture_output=True, timeout=120)
+        except (OSError, subprocess.SubprocessError):
+            return ["-DERNIE_VILG2_NO_AVX512"]
+    return [] if done.returncode == 0 else ["-DERNIE_VILG2_NO_AVX512"]
+
+
 def paddle_libs_dir() -> str:
     import paddle
 
@@ -48,14 +80,15 @@ def build(verbose: bool = False) -> str:
     from paddle.utils.cpp_extension import load
 
     os.makedirs(ops.BUILD_DIR, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(ops.STAMP_FILE)
+    for stale in (ops.STAMP_FILE, ops.library_path()):  # setuptools would keep a library whose headers changed
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(stale)
     try:  # quiet: Paddle's progress prints (the compiler's errors reach stderr anyway)
         with contextlib.redirect_stdout(sys.stdout if verbose else io.StringIO()):
             load(name=ops.LIBRARY, sources=ops.SOURCES, build_directory=ops.BUILD_DIR,
                  # OpenMP from MKL's runtime (libiomp5), not GCC's: one thread pool for our loops
                  # and MKL's calls; two runtimes fight over the cores.
-                 extra_cxx_cflags=["-O3", "-fopenmp"],
+                 extra_cxx_cflags=["-O3", "-fopenmp"] + avx512_flags(compiler()),
                  extra_ldflags=[f"-L{libs}", "-l:libmklml_intel.so", "-l:libiomp5.so", "-l:libdnnl.so.3",
                                 f"-Wl,-rpath,{libs}"],
                  verbose=verbose)

@@ -4,15 +4,18 @@
 // projections' outputs, so no transposes around the call), float32, contiguous; out
 // [B, N, H, e]. The scale rides on the matrix products (no pass over q).
 // Each (batch, head) is processed in blocks of query rows whose scores [rows, L] stay in
-// the L2 cache; the forward keeps only the log-sum-exp of every query row, and the backward
-// recomputes each block's probabilities from it. Matrix products call the MKL that ships
-// with the Paddle wheel (the BLAS behind Paddle's own matmul), exponentials its vsExp.
+// the L2 cache (its size read at run time); the forward keeps only the log-sum-exp of every
+// query row, and the backward recomputes each block's probabilities from it. Matrix products
+// call the MKL that ships with the Paddle wheel (the BLAS behind Paddle's own matmul),
+// exponentials its vsExp; the row loops between them run the code path of this CPU (AVX-512,
+// AVX2 or generic).
 #include <omp.h>
 
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
+#include "cpu_dispatch.h"
 #include "paddle/extension.h"
 
 extern "C" {
@@ -59,73 +62,90 @@ Dims check(const paddle::Tensor& q, const paddle::Tensor& k, const paddle::Tenso
   return {qs[0], qs[2], qs[1], ks[1], qs[3], vs[3]};
 }
 
-// Query rows per block: the block's scores take about 128 KiB, which measured fastest on
-// the 1,024-token self-attention (32-256 KiB tried; the backward holds two such blocks).
-int64_t block_rows(int64_t l) { return std::max<int64_t>(1, std::min<int64_t>(1024, 32768 / std::max<int64_t>(l, 1))); }
-
-// The row loops, compiled for AVX2 + FMA and for any x86-64, picked at load time (GCC function
-// multi-versioning): they run at memory speed on most CPUs and the wheel stays portable.
-#if defined(__x86_64__) && defined(__GNUC__)
-#define ROW_LOOP __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
+// The row loops of each code path (cpu_row_loops.inc), and the path this process runs
+// (cpu_dispatch.h: the CPU's widest, or ERNIE_VILG2_CPU_ISA's).
+namespace generic_path {
 #define ROW_LOOP
+#include "cpu_row_loops.inc"
+#undef ROW_LOOP
+}  // namespace generic_path
+#if defined(ERNIE_VILG2_X86_PATHS)
+namespace avx2_path {
+#define ROW_LOOP __attribute__((target("avx2,fma")))
+#include "cpu_row_loops.inc"
+#undef ROW_LOOP
+}  // namespace avx2_path
+#endif
+#if defined(ERNIE_VILG2_AVX512_PATH)
+namespace avx512_path {
+#define ROW_LOOP __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
+#include "cpu_row_loops.inc"
+#undef ROW_LOOP
+}  // namespace avx512_path
 #endif
 
-ROW_LOOP float row_max(const float* x, int64_t n) {
-  float m = -INFINITY;
-#pragma omp simd reduction(max : m)
-  for (int64_t j = 0; j < n; ++j) m = x[j] > m ? x[j] : m;
-  return m;
+#if defined(ERNIE_VILG2_AVX512_PATH)
+// Rows shorter than a few 512-bit vectors (head widths, a few text tokens) run the AVX2 code:
+// there the wider loop's reductions and remainders cost more than its width saves.
+namespace avx512_rows {
+constexpr int64_t kShortRow = 64;
+float max(const float* x, int64_t n) { return (n < kShortRow ? avx2_path::row_max : avx512_path::row_max)(x, n); }
+float sum(const float* x, int64_t n) { return (n < kShortRow ? avx2_path::row_sum : avx512_path::row_sum)(x, n); }
+float dot(const float* x, const float* y, int64_t n) {
+  return (n < kShortRow ? avx2_path::row_dot : avx512_path::row_dot)(x, y, n);
 }
-
-ROW_LOOP float row_sum(const float* x, int64_t n) {
-  float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-  for (int64_t j = 0; j < n; ++j) s += x[j];
-  return s;
+void add(float* x, int64_t n, float c) { (n < kShortRow ? avx2_path::row_add : avx512_path::row_add)(x, n, c); }
+void scale(float* x, int64_t n, float c) { (n < kShortRow ? avx2_path::row_scale : avx512_path::row_scale)(x, n, c); }
+void softmax_grad(float* g, const float* p, int64_t n, float delta) {
+  (n < kShortRow ? avx2_path::row_softmax_grad : avx512_path::row_softmax_grad)(g, p, n, delta);
 }
-
-ROW_LOOP float row_dot(const float* x, const float* y, int64_t n) {
-  float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-  for (int64_t j = 0; j < n; ++j) s += x[j] * y[j];
-  return s;
+void accumulate_at_b(float* c, const float* a, int64_t lda, float alpha, const float* b, int64_t m, int64_t cols,
+                     int64_t n, bool first) {
+  (n < kShortRow ? avx2_path::accumulate_at_b : avx512_path::accumulate_at_b)(c, a, lda, alpha, b, m, cols, n, first);
 }
+}  // namespace avx512_rows
+#endif
 
-ROW_LOOP void row_add(float* x, int64_t n, float c) {
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) x[j] += c;
-}
-
-ROW_LOOP void row_scale(float* x, int64_t n, float c) {
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) x[j] *= c;
-}
-
-// C[c][j] (+)= sum_i A[i][c] B[i][j] for A [m, cols] (row stride lda), B [m, n], C [cols, n]: the
-// gradient products P^T dO and dS^T Q, written transposed. For narrow heads (cols <= 32) this
-// beats MKL's transposed gemm 2x (45 -> 22 ms for dV of 64 heads of 1,024 tokens, 8 dims):
-// four rows of B per pass over a row of C, which stays in the L1 cache.
-ROW_LOOP void accumulate_at_b(float* c, const float* a, int64_t lda, float alpha, const float* b, int64_t m,
-                              int64_t cols, int64_t n, bool first) {
-  for (int64_t col = 0; col < cols; ++col) {
-    float* cr = c + col * n;
-    if (first) std::fill(cr, cr + n, 0.0f);
-    int64_t i = 0;
-    for (; i + 4 <= m; i += 4) {
-      const float a0 = alpha * a[i * lda + col], a1 = alpha * a[(i + 1) * lda + col],
-                  a2 = alpha * a[(i + 2) * lda + col], a3 = alpha * a[(i + 3) * lda + col];
-      const float *b0 = b + i * n, *b1 = b0 + n, *b2 = b1 + n, *b3 = b2 + n;
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) cr[j] += a0 * b0[j] + a1 * b1[j] + a2 * b2[j] + a3 * b3[j];
-    }
-    for (; i < m; ++i) {
-      const float a0 = alpha * a[i * lda + col];
-      const float* b0 = b + i * n;
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) cr[j] += a0 * b0[j];
-    }
+struct RowLoops {
+  float (*max)(const float*, int64_t);
+  float (*sum)(const float*, int64_t);
+  float (*dot)(const float*, const float*, int64_t);
+  void (*add)(float*, int64_t, float);
+  void (*scale)(float*, int64_t, float);
+  void (*softmax_grad)(float*, const float*, int64_t, float);
+  void (*accumulate_at_b)(float*, const float*, int64_t, float, const float*, int64_t, int64_t, int64_t, bool);
+};
+#define ROW_LOOPS_OF(path)                                                                                 \
+  RowLoops {                                                                                               \
+    path::row_max, path::row_sum, path::row_dot, path::row_add, path::row_scale, path::row_softmax_grad, \
+        path::accumulate_at_b                                                                              \
   }
+
+const RowLoops& row_loops() {
+  const auto& choice = ernie_vilg2::cpu_isa();
+  PD_CHECK(choice.isa >= 0, choice.error);
+  static const RowLoops loops = [](int isa) {
+#if defined(ERNIE_VILG2_AVX512_PATH)
+    if (isa == ernie_vilg2::kAvx512)
+      return RowLoops{avx512_rows::max, avx512_rows::sum, avx512_rows::dot, avx512_rows::add, avx512_rows::scale,
+                      avx512_rows::softmax_grad, avx512_rows::accumulate_at_b};
+#endif
+#if defined(ERNIE_VILG2_X86_PATHS)
+    if (isa == ernie_vilg2::kAvx2) return ROW_LOOPS_OF(avx2_path);
+#endif
+    return ROW_LOOPS_OF(generic_path);
+  }(choice.isa);
+  return loops;
+}
+
+// A block of query rows' scores [rows, L] takes a quarter of the L2 cache (the backward holds
+// two such blocks, with K and V beside them), at most 128 KiB: on the 1,024-token
+// self-attention that measured fastest of 32 KiB-1 MiB with a 512 KiB L2 and with a 2 MiB one.
+int64_t block_bytes_for(int64_t l2) { return std::clamp<int64_t>(l2 / 4, 16 << 10, 128 << 10); }
+int64_t block_bytes() { return block_bytes_for(ernie_vilg2::cpu_caches().l2); }
+
+int64_t block_rows(int64_t l) {
+  return std::max<int64_t>(1, std::min<int64_t>(1024, block_bytes() / int64_t{sizeof(float)} / std::max<int64_t>(l, 1)));
 }
 
 constexpr int64_t kNarrowHead = 32;
@@ -136,11 +156,9 @@ void transpose_into(float* out, int64_t ld, const float* in, int64_t cols, int64
     for (int64_t col = 0; col < cols; ++col) out[j * ld + col] = in[col * n + j];
 }
 
-// g = p * (g - delta): the softmax backward of one row.
-ROW_LOOP void row_softmax_grad(float* g, const float* p, int64_t n, float delta) {
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) g[j] = p[j] * (g[j] - delta);
-}
+// Rows of fewer keys are exponentiated a block at a time: one vsExp call costs more than a
+// short row's work.
+constexpr int64_t kBlockExpKeys = 256;
 
 // Below this many scores in a call, threads cost more than they save (the tiny U-Net's
 // 64-token attention at 2 threads: 1.3x slower than one).
@@ -158,6 +176,7 @@ struct SerialBlas {
 std::vector<paddle::Tensor> AttentionForward(const paddle::Tensor& q, const paddle::Tensor& k,
                                              const paddle::Tensor& v, float scale) {
   const Dims s = check(q, k, v);
+  const RowLoops& loop = row_loops();  // before the parallel region: it throws where the path is refused
   auto out = paddle::empty({s.batch, s.n, s.heads, s.e}, paddle::DataType::FLOAT32, q.place());
   auto lse = paddle::empty({s.batch, s.heads, s.n}, paddle::DataType::FLOAT32, q.place());
   const float *qp = q.data<float>(), *kp = k.data<float>(), *vp = v.data<float>();
@@ -176,19 +195,31 @@ std::vector<paddle::Tensor> AttentionForward(const paddle::Tensor& q, const padd
         const int64_t m = std::min(rows, s.n - r0);
         const int64_t row = bh * s.n + r0;  // in lse [B, H, N]
         gemm(false, true, m, s.l, s.d, scale, qp + s.at(bh, s.n, r0, s.d), ldqk, kb, ldqk, 0.0f, scores.data(), s.l);
+        // Each row's maximum goes to lse, its log-sum-exp added once the row is exponentiated: row
+        // by row while it is in the L1 cache, or for short rows the whole block in one vsExp call.
+        const bool block_exp = s.l < kBlockExpKeys;
+        auto normalise = [&](int64_t i) {
+          const float sum = loop.sum(scores.data() + i * s.l, s.l);
+          inv_sum[i] = 1.0f / sum;
+          lp[row + i] += std::log(sum);
+        };
         for (int64_t i = 0; i < m; ++i) {
           float* si = scores.data() + i * s.l;
-          const float mx = row_max(si, s.l);
-          row_add(si, s.l, -mx);
-          vsExp(s.l, si, si);
-          const float sum = row_sum(si, s.l);
-          inv_sum[i] = 1.0f / sum;
-          lp[row + i] = mx + std::log(sum);
+          lp[row + i] = loop.max(si, s.l);
+          loop.add(si, s.l, -lp[row + i]);
+          if (!block_exp) {
+            vsExp(s.l, si, si);
+            normalise(i);
+          }
+        }
+        if (block_exp) {
+          vsExp(m * s.l, scores.data(), scores.data());
+          for (int64_t i = 0; i < m; ++i) normalise(i);
         }
         // O = exp(S - max) V, normalised afterwards: e values per row instead of L.
         float* ob = op + s.at(bh, s.n, r0, s.e);
         gemm(false, false, m, s.e, s.l, 1.0f, scores.data(), s.l, vb, ldv, 0.0f, ob, ldv);
-        for (int64_t i = 0; i < m; ++i) row_scale(ob + i * ldv, s.e, inv_sum[i]);
+        for (int64_t i = 0; i < m; ++i) loop.scale(ob + i * ldv, s.e, inv_sum[i]);
       }
     }
   }
@@ -200,6 +231,7 @@ std::vector<paddle::Tensor> AttentionBackward(const paddle::Tensor& q, const pad
                                               const paddle::Tensor& lse, const paddle::Tensor& grad_out,
                                               float scale) {
   const Dims s = check(q, k, v);
+  const RowLoops& loop = row_loops();
   auto gq = paddle::empty(q.shape(), paddle::DataType::FLOAT32, q.place());
   auto gk = paddle::empty(k.shape(), paddle::DataType::FLOAT32, q.place());
   auto gv = paddle::empty(v.shape(), paddle::DataType::FLOAT32, q.place());
@@ -229,23 +261,23 @@ std::vector<paddle::Tensor> AttentionBackward(const paddle::Tensor& q, const pad
         // P = exp(scale q k^T - lse): the forward's probabilities, recomputed.
         gemm(false, true, m, s.l, s.d, scale, qb, ldqk, kb, ldqk, 0.0f, probs.data(), s.l);
         for (int64_t i = 0; i < m; ++i) {
-          row_add(probs.data() + i * s.l, s.l, -lp[row + i]);
+          loop.add(probs.data() + i * s.l, s.l, -lp[row + i]);
           // delta_i = sum_j P_ij dP_ij = dO_i . O_i
-          delta[i] = row_dot(gob + i * ldv, ob + i * ldv, s.e);
+          delta[i] = loop.dot(gob + i * ldv, ob + i * ldv, s.e);
         }
         vsExp(m * s.l, probs.data(), probs.data());
         // dV += P^T dO;  dP = dO V^T;  dS = P (dP - delta)
         if (narrow)
-          accumulate_at_b(gv_t.data(), gob, ldv, 1.0f, probs.data(), m, s.e, s.l, r0 == 0);
+          loop.accumulate_at_b(gv_t.data(), gob, ldv, 1.0f, probs.data(), m, s.e, s.l, r0 == 0);
         else
           gemm(true, false, s.l, s.e, m, 1.0f, probs.data(), s.l, gob, ldv, r0 == 0 ? 0.0f : 1.0f, gvb, ldv);
         gemm(false, true, m, s.l, s.e, 1.0f, gob, ldv, vb, ldv, 0.0f, grads.data(), s.l);
         for (int64_t i = 0; i < m; ++i)
-          row_softmax_grad(grads.data() + i * s.l, probs.data() + i * s.l, s.l, delta[i]);
+          loop.softmax_grad(grads.data() + i * s.l, probs.data() + i * s.l, s.l, delta[i]);
         // dQ = scale dS K;  dK += scale dS^T Q
         gemm(false, false, m, s.d, s.l, scale, grads.data(), s.l, kb, ldqk, 0.0f, gqp + s.at(bh, s.n, r0, s.d), ldqk);
         if (narrow)
-          accumulate_at_b(gk_t.data(), qb, ldqk, scale, grads.data(), m, s.d, s.l, r0 == 0);
+          loop.accumulate_at_b(gk_t.data(), qb, ldqk, scale, grads.data(), m, s.d, s.l, r0 == 0);
         else
           gemm(true, false, s.l, s.d, m, scale, grads.data(), s.l, qb, ldqk, r0 == 0 ? 0.0f : 1.0f, gkb, ldqk);
       }
@@ -281,3 +313,8 @@ PD_BUILD_GRAD_OP(ernie_vilg2_cpu_attention)
     .Outputs({paddle::Grad("Q"), paddle::Grad("K"), paddle::Grad("V")})
     .Attrs({"scale: float"})
     .SetKernelFn(PD_KERNEL(AttentionBackward));
+
+// Bytes of scores per block of query rows, for an L2 of l2 bytes (0: this CPU's).
+extern "C" __attribute__((visibility("default"))) int64_t ernie_vilg2_attention_block_bytes(int64_t l2) {
+  return l2 > 0 ? block_bytes_for(l2) : block_bytes();
+}

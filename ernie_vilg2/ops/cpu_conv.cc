@@ -16,6 +16,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cpu_dispatch.h"
 #include "paddle/extension.h"
 
 extern "C" {
@@ -99,6 +100,9 @@ struct Runtime {
   dnnl_engine_t engine = nullptr;
   dnnl_stream_t stream = nullptr;
   Runtime() {
+    // oneDNN picks its own kernels for the CPU (ONEDNN_MAX_CPU_ISA caps them); a path refused
+    // through ERNIE_VILG2_CPU_ISA is refused here too.
+    PD_CHECK(ernie_vilg2::cpu_isa().isa >= 0, ernie_vilg2::cpu_isa().error);
     PD_CHECK(dnnl_version()->major == 3, "cpu_conv2d: needs oneDNN 3.x, the wheel has ", dnnl_version()->major);
     ok(dnnl_engine_create(&engine, kCpuEngine, 0), "engine");
     ok(dnnl_stream_create(&stream, engine, kInOrder), "stream");

@@ -1,4 +1,5 @@
-"""Pipelines: text-to-image sampling, building, loading, stage-2 branching and batch generation.
+"""Pipelines: text-to-image sampling, building, loading, stage-2 branching (and merging LoRA experts) and batch
+generation.
 
 Names load lazily: ``generation`` (batches, grids and single PNGs) needs neither paddle
 nor ppdiffusers, so the deployment runner (``ernie_vilg2.deploy``) reuses it without
@@ -14,6 +15,8 @@ _LAZY = {
     "generate_images": ".generation",
     "iter_images": ".generation",
     "load_pipeline": ".loading",
+    "merge_lora_folder": ".branching",
+    "merge_lora_pipeline": ".branching",
     "save_generation": ".generation",
 }
 

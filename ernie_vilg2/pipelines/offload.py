@@ -303,6 +303,14 @@ class ModelCpuOffload:
             getattr(self.pipe, name).to(device=self.host)
 
 
+def check_offloadable(denoiser_class: str) -> None:
+    """Expert offload moves full experts; LoRA experts (one base U-Net) have none to move."""
+    if denoiser_class == "LoRAExperts":
+        raise ValueError("expert_offload: LoRA experts share one base U-Net (the bank is about one U-Net of memory), "
+                         "so there is nothing to offload; merge them into full experts first "
+                         "(tools/merge_lora_experts.py) to offload those")
+
+
 def lazy_mixture(folder: str):
     """A MixtureOfDenoisingExperts from ``folder``'s config with no storage (LazyGuard)."""
     config = MixtureOfDenoisingExperts.load_config(folder)

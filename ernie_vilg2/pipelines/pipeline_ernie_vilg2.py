@@ -13,12 +13,14 @@ from ppdiffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
 from ..models.expert_bank import MixtureOfDenoisingExperts
 from ..models.fast_layers import use_fast_layers
+from ..models.lora_experts import LoRAExperts
 from ..models.speedups import apply_speedups
 from ..models.text_encoder import encode_text
 from ..text.tokenizer import check_prompts, tokenize
 from ..utils.integrity import check_pipeline_folder
 from .checks import check_finite_latents, check_sampling_settings, expert_guidance_scales
-from .offload import EXPERT_OFFLOADS, ExpertOffload, ExpertWeightsFile, ModelCpuOffload, lazy_mixture
+from .offload import (EXPERT_OFFLOADS, ExpertOffload, ExpertWeightsFile, ModelCpuOffload, check_offloadable,
+                      lazy_mixture)
 
 logger = logging.getLogger(__name__)
 
@@ -50,14 +52,15 @@ class ErnieViLG2Pipeline(DiffusionPipeline):
     """ERNIE-ViLG 2.0 text-to-image pipeline.
 
     Components: ``vae`` (AutoencoderKL), ``text_encoder`` (PaddleNLP ErnieModel),
-    ``tokenizer`` (ErnieTokenizer), ``unet`` (MixtureOfDenoisingExperts) and ``scheduler``
+    ``tokenizer`` (ErnieTokenizer), ``unet`` (MixtureOfDenoisingExperts, or LoRAExperts) and ``scheduler``
     (DDIM or DPM-Solver++). Each denoising step routes its timestep to exactly one
     expert, so sampling costs the same per step for any number of experts.
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
 
-    def __init__(self, vae: AutoencoderKL, text_encoder, tokenizer, unet: MixtureOfDenoisingExperts, scheduler):
+    def __init__(self, vae: AutoencoderKL, text_encoder, tokenizer,
+                 unet: Union[MixtureOfDenoisingExperts, LoRAExperts], scheduler):
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
         apply_speedups(unet)  # the experts' faster attention and layers (models/speedups.py)
@@ -80,6 +83,8 @@ class ErnieViLG2Pipeline(DiffusionPipeline):
             raise ValueError(f"expert_offload needs a local pipeline folder, got {path!r}")
         if os.path.isdir(path):
             check_pipeline_folder(path)
+        if expert_offload is not None:
+            check_offloadable(MixtureOfDenoisingExperts.load_config(os.path.join(path, "unet")).get("_class_name"))
         weights = None
         if expert_offload == "disk":
             weights = ExpertWeightsFile(os.path.join(path, "unet"))
@@ -127,6 +132,7 @@ class ErnieViLG2Pipeline(DiffusionPipeline):
                 return
             raise ValueError(f"offload: expert offload is already on with {current.offload!r}; "
                              "call disable_expert_offload() first")
+        check_offloadable(type(self.unet).__name__)
         if offload == "disk":
             raise ValueError(
                 "offload='disk' reads the experts from their saved safetensors file: save the pipeline "

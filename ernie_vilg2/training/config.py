@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Union
 
-from ..config import check, from_dict, merge, parse_overrides, read_yaml
+from ..config import ConfigError, check, from_dict, merge, parse_overrides, read_yaml
 from ..data.config import DataConfig
 from ..knowledge.textual.config import TextualKnowledgeConfig
 from ..knowledge.visual.config import VisualKnowledgeConfig
 from ..models.config import ModelConfig
+from ..pipelines.checks import expert_guidance_scales
 
 STAGES = ("vae", "base", "experts")
 
@@ -105,7 +106,9 @@ class SampleConfig:
     prompts: List[str] = field(default_factory=lambda: ["红苹果", "a red apple"])
     negative_prompt: str = ""
     steps: int = 25
-    guidance_scale: float = 2.1
+    # One scale, or model.num_experts (expert 0, the least noisy, first): the experts stage's
+    # grids guide each expert with its own; the base stage (one U-Net) samples with the first.
+    guidance_scale: Union[float, List[float]] = 2.1
     sampler: str = "ddim"
     seed: int = 0
 
@@ -114,8 +117,14 @@ class SampleConfig:
         for i, p in enumerate(self.prompts):
             check(bool(p.strip()), f"sample.prompts[{i}]", "the prompt is empty")
         check(self.steps > 0, "sample.steps", "must be positive")
-        check(self.guidance_scale >= 0, "sample.guidance_scale", "must be >= 0")
         check(self.sampler in ("ddim", "dpm"), "sample.sampler", "must be 'ddim' or 'dpm'")
+
+    def guidance_for(self, num_experts: int):
+        """``guidance_scale`` for a pipeline of ``num_experts`` experts: a list (one per expert)
+        is the experts stage's; a one-expert pipeline (the base stage) takes its first scale."""
+        if isinstance(self.guidance_scale, list) and num_experts == 1:
+            return self.guidance_scale[0]
+        return self.guidance_scale
 
 
 @dataclass
@@ -130,8 +139,15 @@ class ExperimentConfig:
     def __post_init__(self):
         check(self.data.resolution % self.model.vae.scale_factor == 0, "data.resolution",
               f"must be a multiple of the VAE downsampling factor {self.model.vae.scale_factor}")
+        try:  # the pipelines' rules and messages ("guidance_scale must be ...")
+            expert_guidance_scales(self.sample.guidance_scale, self.model.num_experts)
+        except ValueError as exc:
+            raise ConfigError("sample.guidance_scale", str(exc).split(" ", 1)[1]) from None
         check(not (self.train.expert_parallel and self.train.expert_ids is not None), "train.expert_ids",
               "must be null with train.expert_parallel: true (the expert groups are assigned their experts)")
+        check(not (self.train.expert_parallel and self.model.expert_type == "lora"), "train.expert_parallel",
+              "must be false with model.expert_type: lora (LoRA experts share one base U-Net, about one U-Net "
+              "of memory: train them data-parallel)")
         if self.train.expert_ids is not None:
             for i, e in enumerate(self.train.expert_ids):
                 check(0 <= e < self.model.num_experts, f"train.expert_ids[{i}]",

@@ -29,9 +29,7 @@ import paddle
 
 from ..config import ConfigError, to_dict
 from ..data.sources import LatentShardSet, ShardSet
-from ..models.expert_bank import MixtureOfDenoisingExperts
-from ..models.factory import build_noise_scheduler, build_sampler, build_vae, expert_boundaries
-from ..models.speedups import apply_speedups
+from ..models.factory import branch_denoiser, build_noise_scheduler, build_sampler, build_vae, expert_boundaries
 from ..pipelines.loading import load_pipeline
 from ..pipelines.pipeline_ernie_vilg2 import ErnieViLG2Pipeline
 from ..utils.images import make_grid
@@ -299,8 +297,7 @@ class ExperimentRunner:
             return
         self._require("base", "experts")
         base = load_pipeline(stage_dir(cfg, "base"))
-        unet = apply_speedups(MixtureOfDenoisingExperts.branch(base.unet, cfg.model.num_experts, expert_ids=held,
-                                                               expert_boundaries=expert_boundaries(cfg.model)))
+        unet = branch_denoiser(cfg.model, base.unet.experts[0], cfg.model.num_experts, held, cfg.model.expert_type)
         self._train_diffusion("experts", index, base.vae, base.text_encoder, base.tokenizer, unet)
 
     def _train_diffusion(self, stage: str, index: int, vae, text_encoder, tokenizer, unet) -> None:
@@ -404,7 +401,7 @@ class ExperimentRunner:
         for module in (pipe.unet, pipe.text_encoder, pipe.vae):
             module.eval()
         images = pipe(s.prompts, negative_prompt=s.negative_prompt or None, num_inference_steps=s.steps,
-                      guidance_scale=s.guidance_scale, seed=s.seed).images
+                      guidance_scale=s.guidance_for(pipe.unet.num_experts), seed=s.seed).images
         grid = make_grid(images, cols=min(len(images), 4))
         path = os.path.join(self.cfg.train.output_dir, "samples", f"{name or stage}.png")
         atomic_save_image(grid, path)

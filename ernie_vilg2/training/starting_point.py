@@ -38,5 +38,6 @@ def models_from_config(cfg: ExperimentConfig, stage: str, vae_dir: str, num_expe
         raise ConfigError(f"train.{stage}.train_text_encoder",
                           f"must be true: the projection of the text encoder's states to the U-Net's context "
                           f"({context_width(text_encoder)} wide) is new in this stage and trains with the text side")
-    unet = build_denoiser(cfg.model, cfg.data.resolution, num_experts=num_experts, expert_ids=expert_ids)
+    unet = build_denoiser(cfg.model, cfg.data.resolution, num_experts=num_experts, expert_ids=expert_ids,
+                          expert_type=cfg.model.expert_type if stage == "experts" else "full")
     return vae, text_encoder, tokenizer, unet

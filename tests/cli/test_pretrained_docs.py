@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 def test_the_pages_commands_run_as_written(tmp_path):
     with open(os.path.join(REPO_ROOT, "docs", "pretrained.md"), encoding="utf-8") as f:
         blocks = FENCE.findall(f.read())
-    assert len(blocks) == 2  # a Stable-Diffusion-style folder; with a PaddleNLP ERNIE
+    assert len(blocks) == 3  # a Stable-Diffusion-style folder; with a PaddleNLP ERNIE; LoRA experts
     for name in ("configs", "tests", "tools"):
         os.symlink(os.path.join(REPO_ROOT, name), tmp_path / name)
     python_dir = os.path.dirname(sys.executable)  # `python` in the commands: this interpreter
@@ -29,3 +29,7 @@ def test_the_pages_commands_run_as_written(tmp_path):
     assert sorted(os.listdir(out / "tiny_pretrained" / "diffusers"))[:2] == ["expert-00", "expert-01"]
     assert os.path.isfile(out / "branched" / "model_index.json")
     assert os.path.isfile(out / "sd_ernie" / "experts" / "text_encoder" / "config.json")
+    with open(out / "sd_lora" / "experts" / "unet" / "config.json", encoding="utf-8") as f:
+        assert '"_class_name": "LoRAExperts"' in f.read()
+    assert os.path.isfile(out / "sd_lora" / "grid.png")
+    assert os.path.isfile(out / "sd_lora" / "export" / "manifest.json")

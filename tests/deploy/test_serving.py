@@ -183,6 +183,12 @@ REFUSED = [
     ({"prompt": "x", "guidance": -1}, 422, "guidance", "guidance must be >= 0 and finite"),
     ({"prompt": "x", "guidance": "high"}, 422, "guidance", "guidance must be a number"),
     ({"prompt": "x", "guidance": 10**400}, 422, "guidance", "guidance must be >= 0 and finite"),  # no float holds it
+    ({"prompt": "x", "guidance": [3, 2]}, 422, "guidance", "guidance must be one number or 1 (one per expert), got 2"),
+    ({"prompt": "x", "guidance": []}, 422, "guidance", "guidance must be one number or 1 (one per expert), got 0"),
+    ({"prompt": "x", "guidance": ["3"]}, 422, "guidance", "guidance must be a number, got '3'"),
+    ({"prompt": "x", "guidance": [[3]]}, 422, "guidance", "guidance must be a number, got [3]"),
+    ({"prompt": "x", "guidance": [-1]}, 422, "guidance", "guidance must be >= 0 and finite, got -1"),
+    ({"prompt": "x", "guidance": {"expert": 3}}, 422, "guidance", "guidance must be a number, got {'expert': 3}"),
     ({"prompt": "x", "seed": -1}, 422, "seed", "seed must be an integer >= 0"),
     ({"prompt": "x", "seed": 2**63}, 422, "seed", "seed must be an integer >= 0 and <= 2**63 - 1"),
     ({"prompt": "x", "seed": True}, 422, "seed", "seed must be an integer"),
@@ -223,6 +229,8 @@ RAW_REFUSED = [
     (b'{"prompt": "\\ud800"}', 422, "prompt[0]: not valid Unicode text (lone surrogate U+D800"),
     (b'{"prompt": ' + b"[" * 10000 + b"]" * 10000 + b"}", 400, "body: nested deeper than 4 levels"),
     (b'{"prompt": "x", "seed": 1' + b"0" * 5000 + b"}", 400, "body: not valid JSON"),
+    (b'{"prompt": "x", "guidance": [NaN]}', 422, "guidance must be >= 0 and finite, got nan"),
+    (b'{"prompt": "x", "guidance": Infinity}', 422, "guidance must be >= 0 and finite, got inf"),
     (b'{"prompt": "' + b"a" * (1 << 20) + b'"}', 413, "body: larger than 65536 bytes"),
 ]
 
@@ -249,6 +257,22 @@ def test_only_the_samplers_the_export_offers(export_n1):
     assert str(refused.value) == "sampler: dpm is not offered by this export (manifest field 'samplers' offers: ddim)"
 
 
+def test_guidance_per_expert_is_checked_and_batched_by_its_scales(export_n1):
+    from ernie_vilg2.deploy.manifest import read_manifest
+    from ernie_vilg2.deploy.serving.validation import RequestError, RequestRules, check_request
+
+    rules = RequestRules.from_export(read_manifest(export_n1, verify="size")["samplers"], (32, 32), 8, num_experts=4)
+    listed = check_request({"prompt": "x", "guidance": [3, 1, 0.5, 2]}, rules, lambda: 0)
+    assert listed.settings()["guidance"] == [3.0, 1.0, 0.5, 2.0] and listed.scales == (3.0, 1.0, 0.5, 2.0)
+    one, same = (check_request({"prompt": "x", "guidance": g}, rules, lambda: 0) for g in (3, [3, 3, 3, 3]))
+    assert one.settings()["guidance"] == 3.0 and same.settings()["guidance"] == [3.0] * 4
+    assert one.batch_key == same.batch_key != listed.batch_key  # the same images: one pipeline call
+    with pytest.raises(RequestError) as refused:
+        check_request({"prompt": "x", "guidance": [3, 2]}, rules, lambda: 0)
+    assert (refused.value.field, str(refused.value)) == ("guidance", "guidance must be one number or 4 (one per "
+                                                                     "expert), got 2")
+
+
 def test_accept_png_for_several_images_is_406(server):
     reply = _post(server.url, {"prompts": ["x", "y"]}, headers={"Accept": "image/png"})
     assert reply.status_code == 406 and reply.json()["field"] == "Accept", reply.text
@@ -259,7 +283,7 @@ def test_health_and_unknown_paths(server, export_n1):
     assert health["ready"] is True and health["status"] == "ok"
     assert health["model"] == os.path.abspath(export_n1)
     assert (health["queue_depth"], health["max_queue"], health["max_batch"]) == (0, 8, 8)
-    assert health["image"] == {"height": 32, "width": 32}
+    assert health["image"] == {"height": 32, "width": 32} and health["num_experts"] == 1
     missing = httpx.get(f"{server.url}/nope", timeout=WAIT)
     assert missing.status_code == 404 and missing.json()["error"] == "Not Found: GET /nope"
     wrong = httpx.get(f"{server.url}/generate", timeout=WAIT)
@@ -430,8 +454,8 @@ class InProcessServer:
 def start_server(export_n1, tmp_path):
     started = []
 
-    def start(**config):
-        started.append(InProcessServer(export_n1, tmp_path / f"calls{len(started)}.jsonl", **config))
+    def start(export=export_n1, **config):
+        started.append(InProcessServer(export, tmp_path / f"calls{len(started)}.jsonl", **config))
         return started[-1]
 
     yield start
@@ -513,6 +537,39 @@ def test_batching_groups_compatible_requests(start_server, export_n1, tmp_path):
                                 "--sampler", "ddim", "--num-images-per-prompt", 2)
     for got, want in zip(_json_images(pair), expected, strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_per_expert_guidance_is_the_runners_and_batches_by_each_experts_scale(start_server, bank):
+    from ernie_vilg2.deploy import InferencePipeline
+
+    export = bank[2]
+    srv = start_server(export=export, max_batch=4)
+    assert httpx.get(f"{srv.url}/health", timeout=WAIT).json()["num_experts"] == 10
+    listed, other = [3.0, 1.0, 0.5, 2.0, 3.0, 1.0, 0.5, 2.0, 3.0, 1.0], [1.0, 3.0, 2.0, 0.5, 1.0, 3.0, 2.0, 0.5, 1.0, 3.0]
+    ddim = {"steps": 10, "sampler": "ddim"}  # 10 steps: every expert runs one
+    with concurrent.futures.ThreadPoolExecutor(5) as pool:
+        first = pool.submit(_post, srv.url, {"prompt": "x", "guidance": listed, **ddim})
+        _wait_until(lambda: srv.calls, "the first call started")
+        bodies = [{"prompt": "红苹果", "seed": 5, "guidance": listed}, {"prompt": "q", "guidance": other},
+                  {"prompt": "a blue heart", "seed": 6, "guidance": 2.5},
+                  {"prompt": "黄色方块", "seed": 7, "guidance": [2.5] * 10}]
+        replies = []
+        for depth, body in enumerate(bodies, 2):
+            replies.append(pool.submit(_post, srv.url, {**body, **ddim}))
+            _wait_until(lambda: srv.depth() == depth, "queued")
+        srv.gate.set()
+        replies = [reply.result(timeout=WAIT) for reply in (first, *replies)]
+    assert [reply.status_code for reply in replies] == [200] * 5, [reply.text for reply in replies]
+    # Equal scales per expert share a call (2.5 and [2.5] * 10); other lists do not.
+    assert srv.calls == [["x"], ["红苹果"], ["q"], ["a blue heart", "黄色方块"]]
+    assert [reply.json()["settings"]["guidance"] for reply in replies] == [listed, listed, other, 2.5, [2.5] * 10]
+    runner = InferencePipeline.from_export(export, sampler="ddim", verify="size")
+    for reply, body in zip(replies[1:], bodies):
+        (want,) = runner(body["prompt"], num_inference_steps=10, guidance_scale=body["guidance"],
+                         seed=reply.json()["settings"]["seed"]).images
+        np.testing.assert_array_equal(_json_images(reply.json())[0], np.asarray(want))
+    (with_other,) = runner("红苹果", num_inference_steps=10, guidance_scale=other, seed=5).images
+    assert not np.array_equal(_json_images(replies[1].json())[0], np.asarray(with_other))  # the list decides
 
 
 def test_graceful_shutdown_finishes_the_requests_in_flight(start_server):

@@ -228,3 +228,26 @@ def test_gpu_fused_attention_equals_the_reference():
                     run(attn, EmphasisReference(0.5), x, context, **kwargs), atol=1e-4)
     finally:
         paddle.set_device(previous)
+
+
+@pytest.mark.parametrize("path", PATHS, indirect=True)
+def test_frozen_keys_and_values_take_no_gradient(path):
+    """Cross-attention whose keys and values come from frozen layers and a frozen context (LoRA
+    experts adapting only to_q): the query side trains, on every path, as with the stock processor."""
+    attn = make_layer(cross=True)
+    for layer in (attn.to_k, attn.to_v):
+        for p in layer.parameters():
+            p.stop_gradient = True
+    x, context = paddle.randn([2, 37, QUERY_DIM]), paddle.randn([2, 7, TEXT_DIM])
+    grads = []
+    for processor in (FastAttnProcessor(chunk_bytes=block_bytes(2, 7)) if path.name == "blocks"
+                      else FastAttnProcessor(), AttnProcessor()):
+        attn.set_processor(processor)
+        inp = x.detach()
+        inp.stop_gradient = False
+        (attn(inp, context) * 1.5).sum().backward()
+        assert attn.to_k.weight.grad is None and attn.to_v.weight.grad is None
+        grads.append((inp.grad.numpy(), attn.to_q.weight.grad.numpy()))
+        attn.clear_gradients()
+    for got, want in zip(*grads):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5)

@@ -78,3 +78,30 @@ def test_every_expert_carries_them_once_applied():
     kinds = {type(m) for e in model.experts for m in e.sublayers()}
     assert {FastLinear, FastConv, FastConv2D, FastGEGLU} <= kinds
     assert not {LoRACompatibleLinear, LoRACompatibleConv, paddle.nn.Conv2D, GEGLU} & kinds
+
+
+@pytest.mark.parametrize("kind", ["linear", "geglu", "conv", "conv, no operator"])
+def test_frozen_weights_train_the_input_only(kind, monkeypatch):
+    """A frozen layer (the base U-Net of LoRA experts) passes the input's gradient on and gives
+    its parameters none, on the fast paths as in the stock layer."""
+    monkeypatch.setattr(fast_layers, "MIN_ELEMENTS", 0)
+    if kind == "conv, no operator":
+        monkeypatch.setattr(fast_layers, "cpu_conv2d", lambda *a: None)
+    elif kind == "conv":
+        require_cpu_ops()
+    paddle.seed(0)
+    stock = {"linear": lambda: LoRACompatibleLinear(24, 40), "geglu": lambda: GEGLU(24, 20)}.get(
+        kind, lambda: LoRACompatibleConv(6, 10, 3, padding=1))()
+    x = paddle.randn([3, 37, 24]) if kind in ("linear", "geglu") else paddle.randn([3, 6, 9, 11])
+    fast = copy.deepcopy(stock)
+    use_fast_layers(fast)
+    results = []
+    for layer in (fast, stock):
+        for p in layer.parameters():
+            p.stop_gradient = True
+        inp = x.detach()
+        inp.stop_gradient = False
+        (layer(inp) * 1.5).sum().backward()
+        assert all(p.grad is None for p in layer.parameters())
+        results.append(inp.grad.numpy())
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-5, atol=1e-5)

@@ -1,11 +1,15 @@
 """The C++ CPU operators (ernie_vilg2/ops: attention, convolution) and the MKL dispatch setting."""
+import os
+import platform
+import shutil
+
 import numpy as np
 import paddle
 import pytest
 
 from ernie_vilg2 import ops
 from ernie_vilg2.ops import build as ops_build
-from ernie_vilg2.utils import malloc_tuning, mkl_dispatch
+from ernie_vilg2.utils import isa_caps, malloc_tuning, mkl_dispatch
 
 from helpers.cpu_ops import require_cpu_ops
 
@@ -45,6 +49,20 @@ def test_equals_the_reference(shape, spread, scale):
         got = got.numpy().transpose(0, 2, 1, 3)
         assert got.shape == ref.shape
         np.testing.assert_allclose(got, ref, atol=2e-5 * spread**2, rtol=1e-4, err_msg=name)
+
+
+def test_the_process_runs_the_path_it_reports():
+    """The widest path of this CPU, or the one ERNIE_VILG2_CPU_ISA forces (tests/ops/test_cpu_paths.py
+    runs this file on each), with MKL and oneDNN capped there (the test suite's tune_cpu_process)."""
+    require_cpu_ops()
+    config = ops.cpu_ops_config()
+    requested = os.environ.get(isa_caps.VARIABLE, "auto")
+    assert config["requested"] == requested
+    assert config["isa"] == (config["paths"][0] if requested == "auto" else requested)
+    capped = {"generic": ("SSE4.2", "sse41"), "avx2": ("AVX2", "avx2")}
+    if requested in capped:
+        assert (config["mkl"], config["onednn"]) == capped[requested]
+    assert config["attention_block_bytes"] == min(config["l2_bytes"] // 4, 128 << 10)
 
 
 def test_no_gradient_without_grad():
@@ -145,6 +163,17 @@ def test_build_without_a_compiler_says_so(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.strip().splitlines() == [
         "error: CPU operators: no C++ compiler: '/nonexistent/g++' not found (install g++, or set CXX)"]
+
+
+def test_a_compiler_without_avx512_builds_the_operators_without_that_path(tmp_path):
+    fake = tmp_path / "c++"
+    fake.write_text("#!/bin/sh\necho 'no such instruction: vfmadd231ps %zmm1' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    assert ops_build.avx512_flags(str(fake)) == (["-DERNIE_VILG2_NO_AVX512"] if x86 else [])
+    assert ops_build.avx512_flags(str(tmp_path / "missing")) == (["-DERNIE_VILG2_NO_AVX512"] if x86 else [])
+    if shutil.which(ops_build.compiler()):
+        assert ops_build.avx512_flags(ops_build.compiler()) == []  # GCC and Clang of the last decade can
 
 
 AMD = "vendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx avx2 fma bmi2\n"

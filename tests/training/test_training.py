@@ -36,6 +36,49 @@ def test_config_errors_name_the_field(tmp_path):
         load_config(str(tmp_path / "nope.yaml"))
 
 
+@pytest.mark.parametrize("value, message", [
+    ("[3, 2]", "must be one number or 10 (one per expert), got 2"),  # configs/tiny.yaml: 10 experts
+    ("[]", "must be one number or 10 (one per expert), got 0"),
+    ("[3, 3, 3, 3, 3, 3, 3, 3, 3, .nan]", "must be >= 0 and finite, got nan"),
+    ("[3, 3, 3, 3, 3, 3, 3, 3, 3, -1]", "must be >= 0 and finite, got -1.0"),
+    (".inf", "must be >= 0 and finite, got inf"),
+    ("[3, x]", "expected float or List[float], got [3, 'x']"),
+])
+def test_bad_sample_guidance_scale_is_refused_naming_the_field(value, message):
+    with pytest.raises(ConfigError) as refused:
+        load_config(TINY_YAML, [f"sample.guidance_scale={value}"])
+    assert str(refused.value) == f"config field 'sample.guidance_scale': {message}"
+
+
+def test_sample_guidance_scale_per_expert_and_for_the_base_stage():
+    listed = load_config(TINY_YAML, ["sample.guidance_scale=[3, 3, 3, 3, 3, 2, 2, 2, 2, 1.5]"]).sample
+    assert listed.guidance_scale == [3.0] * 5 + [2.0] * 4 + [1.5]
+    assert listed.guidance_for(10) == listed.guidance_scale and listed.guidance_for(1) == 3.0  # base: expert 0's
+    one = load_config(TINY_YAML, ["sample.guidance_scale=2"]).sample
+    assert one.guidance_for(10) == one.guidance_for(1) == 2.0
+
+
+def test_sample_grids_guide_each_expert_with_its_scale(tmp_path, tiny_pipeline, tiny_mode_pipeline):
+    """The experts stage's grid is the pipeline's with the list; the base stage's (one U-Net)
+    with its first scale."""
+    from PIL import Image
+
+    from ernie_vilg2.utils.images import make_grid
+
+    scales = [3.0, 1.0, 0.5, 2.0]
+    cfg = load_config(TINY_YAML, tiny_overrides(tmp_path, **{"model.num_experts": 4,
+                                                             "sample.guidance_scale": str(scales)}))
+    runner = runner_mod.ExperimentRunner(cfg)
+    s = cfg.sample
+    for pipe, stage, guidance in ((tiny_mode_pipeline, "experts", scales), (tiny_pipeline, "base", 3.0)):
+        path = runner.sample_grid(pipe, stage, 0)
+        images = pipe(s.prompts, num_inference_steps=s.steps, guidance_scale=guidance, seed=s.seed).images
+        np.testing.assert_array_equal(np.asarray(Image.open(path)), np.asarray(make_grid(images, cols=2)))
+    images = tiny_mode_pipeline(s.prompts, num_inference_steps=s.steps, guidance_scale=3.0, seed=s.seed).images
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / "run" / "samples" / "experts.png")),
+                              np.asarray(make_grid(images, cols=2)))  # the list decides
+
+
 def _linear_trainer(tmp_path, step_fn, steps=4, every=1):
     paddle.seed(0)
     layer = paddle.nn.Linear(3, 1)

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from ernie_vilg2.utils import isa_caps
 from ernie_vilg2.utils.cpu_tuning import CpuTuning, tune_cpu_process
 
 from helpers.paths import REPO_ROOT as REPO
@@ -59,7 +60,8 @@ print(json.dumps({"changed": changed, "mkl": os.environ.get("MKL_DEBUG_CPU_TYPE"
 
 def _probe(code: str) -> dict:
     base = {k: v for k, v in os.environ.items()
-            if k not in ("MKL_DEBUG_CPU_TYPE", "ERNIE_VILG2_MKL_AVX2", "ERNIE_VILG2_MALLOC_TUNING")
+            if k not in ("MKL_DEBUG_CPU_TYPE", "ERNIE_VILG2_MKL_AVX2", "ERNIE_VILG2_MALLOC_TUNING",
+                         "ERNIE_VILG2_CPU_ISA")
             and not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
     done = subprocess.run([sys.executable, "-c", PROBE, code], capture_output=True, text=True, timeout=300,
                           cwd=REPO, env={**base, "GLOG_minloglevel": "2"})
@@ -85,8 +87,24 @@ def test_one_call_applies_both_settings():
 ])
 def test_opt_outs_and_the_users_settings_are_kept(environ):
     given = dict(environ)
-    assert tune_cpu_process(environ) == CpuTuning(mkl_avx2=False, malloc_thresholds=False)
+    assert tune_cpu_process(environ) == CpuTuning(mkl_avx2=False, malloc_thresholds=False, library_isa_caps=False)
     assert environ == given
+
+
+@pytest.mark.parametrize("environ,expected", [
+    ({"ERNIE_VILG2_CPU_ISA": "generic"}, {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ONEDNN_MAX_CPU_ISA": "SSE41"}),
+    ({"ERNIE_VILG2_CPU_ISA": "avx2"}, {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}),
+    ({"ERNIE_VILG2_CPU_ISA": "avx512"}, {}),  # our widest loops; the libraries keep theirs (AMX)
+    ({"ERNIE_VILG2_CPU_ISA": "auto"}, {}),
+    ({"ERNIE_VILG2_CPU_ISA": "avx3"}, {}),  # refused by the operators at their first call
+    ({}, {}),
+    # the user's own settings (oneDNN's under its former name too)
+    ({"ERNIE_VILG2_CPU_ISA": "avx2", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "DNNL_MAX_CPU_ISA": "SSE41"}, {}),
+])
+def test_a_forced_code_path_caps_mkl_and_onednn(environ, expected):
+    given = dict(environ)
+    assert isa_caps.cap_libraries(environ) is bool(expected)
+    assert environ == {**given, **expected}
 
 
 @pytest.mark.parametrize("script", ENTRY_POINTS)

@@ -1,11 +1,11 @@
 """The bounded queue of generation jobs and the batches the sampling worker takes from it.
 
-Requests with the same :attr:`~.validation.GenerationRequest.batch_key` (steps, guidance,
-sampler, negative prompt) share pipeline calls: a batch is up to ``max_batch`` images, taken
-in arrival order from the oldest waiting job's key, and a request larger than that is spread
-over several calls. Each job carries its own initial noise (infer.py's for its seed), so an
-image does not depend on what it was batched with. Thread-safe: the event loop submits and
-cancels, the worker takes batches and completes them.
+Requests with the same :attr:`~.validation.GenerationRequest.batch_key` (steps, each expert's
+guidance scale, sampler, negative prompt) share pipeline calls: a batch is up to ``max_batch``
+images, taken in arrival order from the oldest waiting job's key, and a request larger than
+that is spread over several calls. Each job carries its own initial noise (infer.py's for its
+seed), so an image does not depend on what it was batched with. Thread-safe: the event loop
+submits and cancels, the worker takes batches and completes them.
 """
 from __future__ import annotations
 

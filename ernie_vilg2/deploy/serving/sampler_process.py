@@ -68,7 +68,7 @@ def sampler_main(conn, abandon, load_pipeline, log_level: str) -> None:
         conn.send(("load_error", type(exc).__name__ if isinstance(exc, FileNotFoundError) else "other", str(exc)))
         return
     conn.send(("ready", {"samplers": dict(pipe.samplers), "image_size": tuple(pipe.image_size),
-                         "latent": dict(pipe.manifest["latent"])}))
+                         "latent": dict(pipe.manifest["latent"]), "num_experts": pipe.router.num_experts}))
     from ..schedulers import check_samplers
 
     # One scheduler per offered sampler, swapped into the pipeline for each call (set_timesteps resets it).

@@ -72,7 +72,8 @@ class Service:
         if self.worker.load_error is not None:
             raise self.worker.load_error
         info = self.worker.info
-        self.rules = RequestRules.from_export(info["samplers"], info["image_size"], self.config.max_images)
+        self.rules = RequestRules.from_export(info["samplers"], info["image_size"], self.config.max_images,
+                                              info["num_experts"])
 
     def state(self) -> Tuple[str, Optional[str]]:
         """``/health``'s status, and why requests cannot be taken now (None: they can)."""
@@ -93,7 +94,8 @@ class Service:
         return {"status": status, "ready": reason is None, "model": self.config.model, **self.queue.stats(),
                 "max_queue": self.config.max_queue, "max_batch": self.config.max_batch,
                 "max_images": self.config.max_images, "timeout": self.config.timeout,
-                "image": {"height": height, "width": width}}
+                "image": {"height": height, "width": width},
+                "num_experts": self.rules.num_experts if self.rules else None}
 
     @staticmethod
     def new_seed() -> int:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Callable, Dict, Mapping, Optional, Tuple
+from typing import Callable, Dict, Mapping, Optional, Tuple, Union
 
 from ...cli_utils import utf8_error
 from ...errors import ErnieViLG2Error
-from ...pipelines.checks import check_guidance_scale, check_sampling_settings, check_seed
+from ...pipelines.checks import check_sampling_settings, check_seed, expert_guidance_scales
 from ...text.tokenizer import check_prompts, lone_surrogate
 from ..json_limits import JsonLimitError, check_json_text
 from ..schedulers import SAMPLERS, check_samplers
@@ -55,7 +55,8 @@ class GenerationRequest:
     negative_prompt: Optional[str]
     seed: int
     steps: int
-    guidance: float
+    guidance: Union[float, Tuple[float, ...]]  # one scale, or one per expert as asked
+    scales: Tuple[float, ...]  # the scale of each expert
     sampler: str
     num_images_per_prompt: int
     format: Optional[str]  # "png", "json" or None: the Accept header decides
@@ -66,16 +67,17 @@ class GenerationRequest:
 
     @property
     def batch_key(self) -> tuple:
-        """Requests with equal keys can share one pipeline call."""
-        return self.steps, self.guidance, self.sampler, self.negative_prompt or ""
+        """Requests with equal keys can share one pipeline call (guidance 3 and [3, 3] do)."""
+        return self.steps, self.scales, self.sampler, self.negative_prompt or ""
 
     def prompt_of_image(self, index: int) -> str:
         return self.prompts[index // self.num_images_per_prompt]
 
     def settings(self) -> Dict[str, object]:
         """What the images were made with (deploy/python/infer.py's flags of the same names)."""
+        guidance = list(self.guidance) if isinstance(self.guidance, tuple) else self.guidance
         return {"prompts": list(self.prompts), "negative_prompt": self.negative_prompt, "seed": self.seed,
-                "steps": self.steps, "guidance": self.guidance, "sampler": self.sampler,
+                "steps": self.steps, "guidance": guidance, "sampler": self.sampler,
                 "num_images_per_prompt": self.num_images_per_prompt}
 
 
@@ -83,19 +85,21 @@ class GenerationRequest:
 class RequestRules:
     """What requests are checked against: a scheduler of each sampler the export offers (for its
     step limit; read only here, never stepped), the sampler of a request without one, the
-    export's image size and the images a request may ask for."""
+    export's image size, the images a request may ask for and the export's number of experts
+    (a per-expert ``guidance`` has one scale each)."""
 
     schedulers: Mapping[str, object]
     default_sampler: str
     image_size: Tuple[int, int]
     max_images: int
+    num_experts: int = 1
 
     @classmethod
-    def from_export(cls, samplers: Mapping, image_size, max_images: int) -> "RequestRules":
+    def from_export(cls, samplers: Mapping, image_size, max_images: int, num_experts: int = 1) -> "RequestRules":
         """``samplers``: the manifest's ``samplers`` section (``InferencePipeline.samplers``)."""
         schedulers = check_samplers(samplers)
         default = DEFAULT_SAMPLER if DEFAULT_SAMPLER in schedulers else samplers["default"]
-        return cls(schedulers, default, tuple(image_size), max_images)
+        return cls(schedulers, default, tuple(image_size), max_images, num_experts)
 
 
 def parse_body(raw: bytes) -> dict:
@@ -140,8 +144,8 @@ def check_request(body: Mapping, rules: RequestRules, new_seed: Callable[[], int
                                       f"'samplers' offers: {', '.join(rules.schedulers)})")
     try:
         check_seed(seed)
-        check_guidance_scale(guidance)
-        check_sampling_settings(rules.schedulers[sampler], steps, guidance, per_prompt, seed, "pil")
+        scales = tuple(expert_guidance_scales(guidance, rules.num_experts))
+        check_sampling_settings(rules.schedulers[sampler], steps, guidance, per_prompt, seed, "pil", rules.num_experts)
     except ValueError as exc:
         name = re.match(r"\w+", str(exc)).group()
         field = _ARGUMENT_FIELDS.get(name, name)
@@ -160,7 +164,8 @@ def check_request(body: Mapping, rules: RequestRules, new_seed: Callable[[], int
     fmt = body.get("format")
     if fmt is not None and fmt not in FORMATS:
         raise RequestError("format", f"format must be one of {', '.join(FORMATS)}, got {_short(fmt)}")
-    return GenerationRequest(tuple(prompts), negative, int(seed), steps, float(guidance), sampler, per_prompt, fmt)
+    guidance = scales if isinstance(guidance, list) else scales[0]
+    return GenerationRequest(tuple(prompts), negative, int(seed), steps, guidance, scales, sampler, per_prompt, fmt)
 
 
 def _prompts(body: Mapping) -> list:

@@ -107,11 +107,11 @@ class SamplingWorker(threading.Thread):
                 return
         token = REQUEST_ID.set("+".join(job.request_id for job in batch.jobs))
         try:
-            steps, guidance, sampler, negative = batch.key
+            steps, scales, sampler, negative = batch.key
             started = time.perf_counter()
             self._conn.send(("batch", {
                 "number": batch.number, "request_ids": [job.request_id for job in batch.jobs],
-                "prompts": batch.prompts(), "negative_prompt": negative, "steps": steps, "guidance": guidance,
+                "prompts": batch.prompts(), "negative_prompt": negative, "steps": steps, "guidance": list(scales),
                 "sampler": sampler, "latents": np.stack([self._noise(job)[index] for job, index in batch.rows]),
             }))
             try:
