@@ -55,12 +55,16 @@ cpp-deps:
 	deploy/cpp/install_deps.sh
 
 # The whole suite (what CI runs), and the quick one: no tiny end-to-end runs, C++ build,
-# browser or multi-process tests (the markers in pytest.ini).
+# browser or multi-process tests (the markers in pytest.ini). The tests are single-threaded:
+# TEST_WORKERS pytest-xdist workers (one per core of a 2-core machine) share them out.
+TEST_WORKERS ?= 2
+PYTEST = GLOG_minloglevel=2 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+
 test: install browser cpp-deps
-	GLOG_minloglevel=2 $(PY) -m pytest -q tests
+	$(PYTEST) tests
 
 test-fast: install
-	GLOG_minloglevel=2 $(PY) -m pytest -q -m "not slow and not cpp and not browser and not multiproc" tests
+	$(PYTEST) -m "not slow and not cpp and not browser and not multiproc" tests
 
 # Train the demo model, sample its grid, then export it and sample the same grid with both
 # Paddle Inference runners (make export).

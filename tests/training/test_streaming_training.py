@@ -50,6 +50,15 @@ def _base_cfg(data, name, **extra):
     return load_config(TINY_YAML, tiny_overrides(data / name, **opts))
 
 
+def _straight_run(data, workers, buffer):
+    """The uninterrupted 6-step run with these data settings (trained once per module)."""
+    straight = _base_cfg(data, f"straight-{workers}-{buffer}", **{"data.num_workers": workers,
+                                                                  "data.shuffle_buffer": buffer})
+    if not (data / f"straight-{workers}-{buffer}" / "run" / "base").exists():
+        runner_mod.run_training(straight, resume=True)  # resume: the run folder holds the shared VAE
+    return straight
+
+
 @pytest.mark.multiproc
 @pytest.mark.parametrize("workers,buffer,stop", [
     (0, 0, 2),  # one stream, no shuffle buffer: after step 2 it has read exactly its first shard
@@ -59,9 +68,7 @@ def _base_cfg(data, name, **extra):
 ])
 def test_resumed_streaming_run_equals_the_uninterrupted_one(data, monkeypatch, workers, buffer, stop):
     extra = {"data.num_workers": workers, "data.shuffle_buffer": buffer}
-    straight = _base_cfg(data, f"straight-{workers}-{buffer}", **extra)
-    if not (data / f"straight-{workers}-{buffer}" / "run" / "base").exists():
-        runner_mod.run_training(straight, resume=True)  # resume: the run folder holds the shared VAE
+    straight = _straight_run(data, workers, buffer)
     cfg = _base_cfg(data, f"resumed-{workers}-{buffer}-{stop}", **extra)
     restore = crash_after(monkeypatch, "base", stop)
     with pytest.raises(KeyboardInterrupt):
@@ -72,11 +79,11 @@ def test_resumed_streaming_run_equals_the_uninterrupted_one(data, monkeypatch, w
     assert_same_weights(straight.train.output_dir, cfg.train.output_dir)
 
 
+@pytest.mark.multiproc
 def test_other_workers_give_another_order(data):
     """The order depends on data.num_workers, which is why resuming must keep them (the parameters
     of the 0- and 2-worker runs differ, so the test above compares what it should)."""
-
-    zero, two = (unet_weights(str(data / f"straight-{w}-0" / "run"), "base") for w in (0, 2))
+    zero, two = (unet_weights(_straight_run(data, w, 0).train.output_dir, "base") for w in (0, 2))
     assert any(not np.array_equal(zero[k], two[k]) for k in zero)
 
 
