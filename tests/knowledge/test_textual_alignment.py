@@ -160,14 +160,60 @@ def test_precomputed_analyses_are_used_and_checked(tok):
 
 
 def test_falls_back_to_paddlenlp_offsets_when_replay_disagrees(tok, monkeypatch, caplog):
-    from ernie_vilg2.knowledge.textual import alignment
+    import weakref
+
+    from ernie_vilg2.knowledge.textual import alignment, inputs
 
     def broken(tokenizer, text):
         raise alignment._Unsupported("test")
 
+    monkeypatch.setattr(inputs, "_ROW_MEMOS", weakref.WeakKeyDictionary())  # rows aligned by earlier tests
     monkeypatch.setattr(alignment, "token_char_spans", broken)
     monkeypatch.setattr(alignment, "_warned_fallback", False)
     out = build_text_inputs(["一辆红色的汽车", "a red car"], tok, 16, cfg(), np.random.default_rng(0), training=False)
     assert marked(tok, out, 0) == ["一", "辆", "红", "色", "汽", "车"]
     assert marked(tok, out, 1) == ["red", "car"]
     assert "falls back to PaddleNLP offsets" in caplog.text
+
+
+def test_repeated_captions_are_analysed_and_aligned_once_with_the_same_rows(tok, monkeypatch):
+    import weakref
+
+    from ernie_vilg2.knowledge.textual import alignment, inputs
+    from ernie_vilg2.knowledge.textual.analysis import get_analyzer
+
+    captions = ["一只红色的苹果在香蕉的左边", "a red apple to the left of a banana", "", "一只红色的苹果在香蕉的左边"]
+    analyzer = get_analyzer()
+    monkeypatch.setattr(analyzer, "_memo", inputs.LruDict(8))
+    monkeypatch.setattr(inputs, "_ROW_MEMOS", weakref.WeakKeyDictionary())
+    calls = {"analysed": [], "aligned": 0}
+    analyse, align = analyzer._analyze, alignment.token_char_spans
+
+    def counting_analyse(texts, with_importance):
+        calls["analysed"].append(list(texts))
+        return analyse(texts, with_importance)
+
+    def counting_align(tokenizer, text):
+        calls["aligned"] += 1
+        return align(tokenizer, text)
+
+    monkeypatch.setattr(analyzer, "_analyze", counting_analyse)
+    monkeypatch.setattr(alignment, "token_char_spans", counting_align)
+    first = build_text_inputs(captions, tok, 24, cfg(pos_token_prob=1.0), np.random.default_rng(0))
+    assert calls == {"analysed": [captions[:2]], "aligned": 2}  # the repeat within the batch too; "" has no words
+    again = build_text_inputs(captions, tok, 24, cfg(pos_token_prob=1.0), np.random.default_rng(0))
+    assert calls == {"analysed": [captions[:2]], "aligned": 2}
+    plain = build_text_inputs(captions, tok, 24, cfg(pos_token_prob=0.0), np.random.default_rng(0))
+    assert calls["analysed"] == [captions[:2]] and calls["aligned"] == 4  # without POS tokens: other texts
+    for key in ("input_ids", "key_token_mask"):
+        np.testing.assert_array_equal(first[key], again[key])
+    assert first["texts"] == again["texts"] and first["texts"] != plain["texts"]
+    assert "[n]" in first["texts"][0] and marked(tok, first, 1) == ["red", "apple", "left", "ba", "##nan", "##a"]
+    # Each row is what a batch of that caption alone gives (no memo).
+    monkeypatch.setattr(inputs, "_ROW_MEMOS", weakref.WeakKeyDictionary())
+    monkeypatch.setattr(analyzer, "_memo", inputs.LruDict(8))
+    alone = build_text_inputs(captions[1:2], tok, 24, cfg(pos_token_prob=0.0), np.random.default_rng(0))
+    np.testing.assert_array_equal(alone["input_ids"][0], plain["input_ids"][1])
+    np.testing.assert_array_equal(alone["key_token_mask"][0], plain["key_token_mask"][1])
+    empty = build_text_inputs([], tok, 24, cfg(), np.random.default_rng(0))
+    assert empty["input_ids"].shape == (0, 24) and empty["key_token_mask"].shape == (0, 24)

@@ -24,6 +24,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from ernie_vilg2.text.lang import split_runs
 from ernie_vilg2.text.normalize import normalize_text
+from ernie_vilg2.utils.lru import LruDict
 
 from .english import EnglishTagger
 from .lac import LacRunner
@@ -75,16 +76,28 @@ class TextAnalyzer:
         self.user_dict: Optional[UserDict] = user_dict
         self.lac = LacRunner(lac_model_dir, rank_model_dir)
         self.english = EnglishTagger()
+        # Training sees each caption once per epoch: a small data set's captions are analysed once.
+        self._memo = LruDict(MEMO_SIZE)
 
     def analyze(self, texts: Sequence[str], with_importance: bool = False) -> List[List[Word]]:
         """Words of each text in order, offsets into that text.
 
         ``with_importance`` also runs LAC's importance model on Chinese runs (English
-        words always carry the importance derived from their tag).
+        words always carry the importance derived from their tag). The words of the last
+        MEMO_SIZE texts analysed are remembered.
         """
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"texts[{i}]: expected a string, got {type(text).__name__}")
+        found = {text: self._memo.get((text, with_importance)) for text in texts}
+        todo = [text for text, words in found.items() if words is None]
+        if todo:
+            for text, words in zip(todo, self._analyze(todo, with_importance)):
+                found[text] = tuple(words)
+                self._memo.put((text, with_importance), found[text])
+        return [list(found[text]) for text in texts]
+
+    def _analyze(self, texts: Sequence[str], with_importance: bool) -> List[List[Word]]:
         originals, texts = texts, [normalize_text(t) for t in texts]
         results: List[List[Word]] = [[] for _ in texts]
         zh_runs: List[Tuple[int, int, str]] = []  # (text index, piece start, piece text)
@@ -109,6 +122,7 @@ class TextAnalyzer:
         return results
 
 
+MEMO_SIZE = 65536  # texts whose words a TextAnalyzer remembers (a few hundred bytes each)
 _ANALYZERS: Dict[Tuple[int, Optional[str]], TextAnalyzer] = {}
 _LOCK = threading.Lock()
 

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import Any, List, Mapping, Optional, Sequence
 
 import numpy as np
 
 from ernie_vilg2.text.normalize import normalize_text
 from ernie_vilg2.text.tokenizer import tokenize
+from ernie_vilg2.utils.lru import LruDict
 
 from .alignment import aligned_spans, insert_pos_tokens, keyword_token_mask
 from .analysis import get_analyzer
@@ -18,6 +20,10 @@ from .words import Word
 logger = logging.getLogger(__name__)
 _MAX_MISMATCH_WARNINGS = 5
 _mismatch_warnings = 0
+# Per tokenizer: (text, max_length, key words) -> (ids row, mask row); a training run's
+# captions repeat every epoch, and tokenizing and aligning them costs as much as a U-Net layer.
+ROW_MEMO_SIZE = 65536
+_ROW_MEMOS: "weakref.WeakKeyDictionary[Any, LruDict]" = weakref.WeakKeyDictionary()
 
 
 def _words_from_analysis(analysis: Any, caption: str, where: str) -> Optional[List[Word]]:
@@ -126,10 +132,27 @@ def build_text_inputs(captions: List[str], tokenizer, max_length: int, cfg, rng:
             if draws[i] < cfg.pos_token_prob and keywords[i]:
                 texts[i], keywords[i] = insert_pos_tokens(texts[i], keywords[i])
 
-    ids = tokenize(tokenizer, texts, max_length)
-    mask = np.zeros([batch, max_length], dtype="float32")
-    for i, text in enumerate(texts):
-        if keywords[i]:
-            spans = aligned_spans(tokenizer, text, ids[i], max_length)
-            mask[i] = keyword_token_mask(spans, keywords[i], max_length)
+    ids, mask = _token_rows(tokenizer, texts, keywords, max_length)
     return {"input_ids": ids, "key_token_mask": mask, "texts": texts}
+
+
+def _token_rows(tokenizer, texts: List[str], keywords: list, max_length: int):
+    """Token ids [B, L] and key-token mask [B, L] of ``texts``, remembered per tokenizer."""
+    memo = _ROW_MEMOS.get(tokenizer)
+    if memo is None:
+        memo = _ROW_MEMOS[tokenizer] = LruDict(ROW_MEMO_SIZE)
+    keys = [(text, max_length, tuple(words)) for text, words in zip(texts, keywords)]
+    rows = {key: memo.get(key) for key in keys}
+    todo = [key for key, row in rows.items() if row is None]
+    if todo:
+        todo_ids = tokenize(tokenizer, [text for text, _, _ in todo], max_length)
+        for key, ids_row in zip(todo, todo_ids):
+            text, _, words = key
+            mask_row = np.zeros([max_length], dtype="float32")
+            if words:
+                mask_row = keyword_token_mask(aligned_spans(tokenizer, text, ids_row, max_length), words, max_length)
+            rows[key] = (ids_row, mask_row)
+            memo.put(key, rows[key])
+    ids = np.array([rows[key][0] for key in keys], dtype="int64").reshape(len(keys), max_length)
+    mask = np.array([rows[key][1] for key in keys], dtype="float32").reshape(len(keys), max_length)
+    return ids, mask
