@@ -7,6 +7,8 @@ PY := $(VENV)/bin/python
 #   make install PADDLE="paddlepaddle-gpu==3.3.1 -i https://www.paddlepaddle.org.cn/packages/stable/cu118/"
 PADDLE ?= paddlepaddle==3.3.1
 DEMO_CONFIG ?= configs/demo.yaml
+# Extra training overrides of make demo, e.g. DEMO_OPTS="-o train.base.steps=4000" (docs/training.md).
+DEMO_OPTS ?=
 DEMO_DIR ?= output/demo
 NPROC ?= 1
 OPS_LIB := ernie_vilg2/ops/_build/ernie_vilg2_cpu_ops/ernie_vilg2_cpu_ops.so
@@ -70,7 +72,7 @@ test-fast: install
 # Paddle Inference runners (make export).
 demo: install
 	GLOG_minloglevel=2 $(PY) -m paddle.distributed.launch --nproc_per_node $(NPROC) --log_dir $(DEMO_DIR)/launch_log \
-		tools/train.py --config $(DEMO_CONFIG) -o train.output_dir=$(DEMO_DIR) --resume
+		tools/train.py --config $(DEMO_CONFIG) -o train.output_dir=$(DEMO_DIR) $(DEMO_OPTS) --resume
 	GLOG_minloglevel=2 $(PY) tools/generate.py --model $(DEMO_DIR)/experts $(DEMO_SAMPLING) --seed 0 \
 		$(DEMO_PROMPTS) --out $(DEMO_DIR)/demo/grid.png
 	$(MAKE) --no-print-directory export
