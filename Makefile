@@ -18,9 +18,9 @@ OPS_LIB := ernie_vilg2/ops/_build/ernie_vilg2_cpu_ops/ernie_vilg2_cpu_ops.so
 DEMO_PROMPTS = --prompt 红苹果 --prompt "red apple" --prompt 香蕉 --prompt "banana" \
 	--prompt 蓝心 --prompt "blue heart" --prompt 西兰花 --prompt "broccoli" \
 	--prompt 红苹果在香蕉的左边 --prompt "a red apple to the left of a banana" \
-	--prompt 蓝心在西兰花的右边 --prompt "a blue heart to the right of a broccoli" \
+	--prompt 西兰花在蓝心的左边 --prompt "a broccoli to the left of a blue heart" \
 	--prompt 西兰花在红苹果的左边 --prompt "a broccoli to the left of a red apple" \
-	--prompt 香蕉在蓝心的右边 --prompt "a banana to the right of a blue heart"
+	--prompt 蓝心在香蕉的左边 --prompt "a blue heart to the left of a banana"
 DEMO_SAMPLING = --sampler dpm --steps 25 --guidance 3.0
 # The judge of make demo-score: the project's detector (make detector trains it, about 25 minutes).
 DETECTOR_DIR ?= output/detector
