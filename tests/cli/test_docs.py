@@ -181,9 +181,9 @@ def test_documented_flags_exist(doc):
 
 def test_front_page_python_example_runs(tiny_pipeline_dir, tmp_path):
     example = next(body for lang, body in FENCE.findall(_read("README.md")) if lang == "python")
-    assert 'from_pretrained("output/tiny/experts")' in example and ".images[0]" in example
+    assert 'from_pretrained("output/demo/experts")' in example and ".images[0]" in example
     out = tmp_path / "image.png"
-    code = example.replace("output/tiny/experts", tiny_pipeline_dir)
+    code = example.replace("output/demo/experts", tiny_pipeline_dir)
     code, saves = SAVE_CALL.subn(lambda m: m.group(0).replace(m.group(1), str(out)), code)
     assert saves == 1, "the example should save one image"
     exec(compile(code, "README.md example", "exec"), {})
