@@ -122,7 +122,7 @@ class TextAnalyzer:
         return results
 
 
-MEMO_SIZE = 65536  # texts whose words a TextAnalyzer remembers (a few hundred bytes each)
+MEMO_SIZE = 16384  # texts whose words a TextAnalyzer remembers (a few hundred bytes each)
 _ANALYZERS: Dict[Tuple[int, Optional[str]], TextAnalyzer] = {}
 _LOCK = threading.Lock()
 

@@ -20,9 +20,9 @@ from .words import Word
 logger = logging.getLogger(__name__)
 _MAX_MISMATCH_WARNINGS = 5
 _mismatch_warnings = 0
-# Per tokenizer: (text, max_length, key words) -> (ids row, mask row); a training run's
-# captions repeat every epoch, and tokenizing and aligning them costs as much as a U-Net layer.
-ROW_MEMO_SIZE = 65536
+# Per tokenizer: (text, max_length, key words) -> (ids row, mask row). A small data set's
+# captions repeat every epoch, and tokenizing and aligning them is Python work on every step.
+ROW_MEMO_SIZE = 16384
 _ROW_MEMOS: "weakref.WeakKeyDictionary[Any, LruDict]" = weakref.WeakKeyDictionary()
 
 
