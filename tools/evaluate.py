@@ -319,9 +319,8 @@ def evaluate(args: argparse.Namespace) -> int:
     generate(args, pipe, settings, names, captions)
     images_dir = os.path.join(args.out, IMAGES_DIR)
 
-    report = base_report(settings, len(names))
-    if args.fid_ref:
-        report = fid_of_images(args, settings, names, images_dir, ref_kind, ref_value)
+    report = (fid_of_images(args, settings, names, images_dir, ref_kind, ref_value) if args.fid_ref
+              else base_report(settings, len(names)))
     if args.detector_weights:
         report["composition"] = composition_score(args, prompt_source, names, captions, images_dir)
     write_json(os.path.join(args.out, REPORT_FILE), report)
