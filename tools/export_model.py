@@ -33,6 +33,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--height", type=int, help="image height the programs are fixed to (default: the model's)")
     p.add_argument("--width", type=int, help="image width the programs are fixed to (default: the model's)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--no-cpu-ops", dest="cpu_ops", action="store_false", default=None,
+                   help="export no programs with the C++ CPU operators (default: also those, where they are built)")
     return p.parse_args(argv)
 
 
@@ -47,7 +49,7 @@ def main(argv=None) -> int:
     started = time.time()
     try:
         manifest = export_pipeline(args.model, args.out, height=args.height, width=args.width,
-                                   overwrite=args.overwrite)
+                                   overwrite=args.overwrite, cpu_ops=args.cpu_ops)
     except (ErnieViLG2Error, ValueError) as exc:  # ours name the file or field; ValueError: N not dividing T
         fail(str(exc))
     except FileNotFoundError as exc:
@@ -58,7 +60,8 @@ def main(argv=None) -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
     image = manifest["image"]
     n = manifest["router"]["num_experts"]
-    print(f"wrote {args.out}: text encoder, {n} expert{'s' if n > 1 else ''}, VAE decoder "
+    with_ops = " (+ with the C++ CPU operators)" if "cpu_ops" in manifest else ""
+    print(f"wrote {args.out}: text encoder, {n} expert{'s' if n > 1 else ''}, VAE decoder{with_ops} "
           f"({image['height']}x{image['width']} px, dynamic batch; {size / 2**20:.1f} MiB) "
           f"in {time.time() - started:.1f} s, peak RSS {peak:.0f} MiB")
     return 0

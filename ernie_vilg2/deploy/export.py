@@ -30,12 +30,15 @@ import numpy as np
 from .. import __version__
 from ..errors import ErnieViLG2Error
 from ..models.routing import TimestepRouter
+from ..models.fast_layers import use_fast_layers
 from ..models.speedups import apply_speedups
+from ..ops import cpu_ops_available
 from ..models.text_encoder import context_width, encode_text
 from ..text.normalize import TYPOGRAPHIC_MAP
 from ..text.tokenizer import tokenize
 from ..utils.integrity import check_safetensors
 from ..utils.io import DiskFullError, atomic_directory, atomic_write_text, free_space
+from .cpu_ops import export_library, save_with_operators
 from .manifest import write_manifest
 from .program_info import read_program_info
 from .rewrites import rewrite_for_export
@@ -182,19 +185,27 @@ def check_tokenizer(folder: str, spec: Dict, tokenizer, probes=TOKENIZER_PROBES)
 
 
 # -- programs --------------------------------------------------------------------------------
-def _save(static_layer, root: str, folder: str) -> Dict[str, str]:
-    """Save a program to ``root/folder``; return its manifest entry (paths relative to root).
+def _save(static_layer, root: str, folder: str, with_cpu_ops=None) -> Dict[str, str]:
+    """Save a program to ``root/folder``, and ``with_cpu_ops`` (the same layer's second static
+    function), if given, traced with the C++ CPU operators (:mod:`.cpu_ops`); return the
+    manifest entry (paths relative to root).
 
     Paddle's writer does not report a full disk (it leaves a short ``.pdiparams``), so the
     file must hold at least the values of the parameters its program lists."""
+    _write_program(static_layer, os.path.join(root, folder, PROGRAM))
+    entry = {"model": f"{folder}/{PROGRAM}.json", "params": f"{folder}/{PROGRAM}.pdiparams"}
+    if with_cpu_ops:
+        entry.update(save_with_operators(with_cpu_ops, root, folder, PROGRAM, _write_program))
+    return entry
+
+
+def _write_program(static_layer, prefix: str) -> None:
     import paddle
 
-    paddle.jit.save(static_layer, os.path.join(root, folder, PROGRAM))
-    params = os.path.join(root, folder, f"{PROGRAM}.pdiparams")
-    weights = read_program_info(os.path.join(root, folder, f"{PROGRAM}.json")).parameter_bytes
-    if os.path.getsize(params) < weights:
-        raise DiskFullError(params, needed=weights)
-    return {"model": f"{folder}/{PROGRAM}.json", "params": f"{folder}/{PROGRAM}.pdiparams"}
+    paddle.jit.save(static_layer, prefix)
+    weights = read_program_info(prefix + ".json").parameter_bytes
+    if os.path.getsize(prefix + ".pdiparams") < weights:
+        raise DiskFullError(prefix + ".pdiparams", needed=weights)
 
 
 def _check_free_space(model_dir: str, out_dir: str) -> None:
@@ -265,13 +276,16 @@ def export_pipeline(
     width: Optional[int] = None,
     overwrite: bool = False,
     log: Callable[[str], None] = _log_default,
+    cpu_ops: Optional[bool] = None,
 ) -> Dict:
     """Export the pipeline folder ``model_dir`` to ``out_dir``; return the manifest.
 
     ``height``/``width`` (pixels) default to the model's resolution and must be multiples of
     the VAE factor; the programs are fixed to that size, with a dynamic batch. ``out_dir`` is
     written into a temporary folder beside it and renamed when complete; an existing
-    ``out_dir`` is an error unless ``overwrite``.
+    ``out_dir`` is an error unless ``overwrite``. ``cpu_ops``: also the experts' and the VAE
+    decoder's programs with the project's C++ CPU operators, and their library (None: where
+    they are built; True: they must be).
     """
     if not os.path.isdir(model_dir):
         raise FileNotFoundError(f"model folder not found: {model_dir}")
@@ -310,6 +324,14 @@ def export_pipeline(
     except ValueError as exc:
         raise ExportError(f"{os.path.join(model_dir, 'unet', 'config.json')}: expert_boundaries: {exc}") from None
     paddle.set_device("cpu")  # export on the CPU: the programs run on any device
+    if cpu_ops is None:
+        cpu_ops = cpu_ops_available()
+        if not cpu_ops:
+            log("C++ CPU operators not built (python -m ernie_vilg2.ops.build) or switched off: "
+                "exporting the programs without them")
+    elif cpu_ops and not cpu_ops_available():
+        raise ExportError("cpu_ops: the C++ CPU operators are not built or are switched off "
+                          "(python -m ernie_vilg2.ops.build; ERNIE_VILG2_CPU_OPS)")
     samplers = _samplers(model_dir, scheduler_config, num_train_timesteps, log)
     TextEncoderProgram, ExpertProgram, VAEDecoderProgram = _wrappers()
     owner = _expert_weight_files(os.path.join(model_dir, "unet"))
@@ -337,10 +359,13 @@ def export_pipeline(
         t0 = time.time()
         vae = _component_class(index, "vae", model_dir).from_pretrained(os.path.join(model_dir, "vae"))
         rewrite_for_export(vae, num_train_timesteps)
+        use_fast_layers(vae)  # plain ops in a static graph, the operators' convolutions in with_ops
         scaling_factor = float(vae.config.scaling_factor)
-        layer = _static(VAEDecoderProgram(vae), [InputSpec([None, latent_channels, *latent_hw], "float32", "latents")])
-        programs["vae_decoder"] = _save(layer, tmp, "vae_decoder")
-        del vae, layer
+        spec = [InputSpec([None, latent_channels, *latent_hw], "float32", "latents")]
+        layer = _static(VAEDecoderProgram(vae), spec)
+        with_ops = _static(VAEDecoderProgram(vae), spec) if cpu_ops else None
+        programs["vae_decoder"] = _save(layer, tmp, "vae_decoder", with_ops)
+        del vae, layer, with_ops
         gc.collect()
         log(f"VAE decoder exported ({time.time() - t0:.1f} s)")
 
@@ -349,17 +374,16 @@ def export_pipeline(
 
         t0 = time.time()
         unet = rewrite_for_export(UNet2DConditionModel(**expert_config), num_train_timesteps)
-        # The experts' attention processor (its static graph takes the dynamic graph's pure-Paddle
-        # ops); the layers stay PPDiffusers' own, whose static ops the faster ones would take anyway.
-        apply_speedups(unet, layers=False)
-        layer = _static(
-            ExpertProgram(unet),
-            [
-                InputSpec([None, latent_channels, *latent_hw], "float32", "sample"),
-                InputSpec([1], "float32", "timestep"),
-                InputSpec([None, max_length, hidden_size], "float32", "encoder_hidden_states"),
-            ],
-        )
+        # The experts' attention and layers: a static graph takes the dynamic graph's pure-Paddle
+        # ops, the one traced with the C++ CPU operators (with_ops) calls them.
+        apply_speedups(unet)
+        spec = [
+            InputSpec([None, latent_channels, *latent_hw], "float32", "sample"),
+            InputSpec([1], "float32", "timestep"),
+            InputSpec([None, max_length, hidden_size], "float32", "encoder_hidden_states"),
+        ]
+        layer = _static(ExpertProgram(unet), spec)
+        with_ops = _static(ExpertProgram(unet), spec) if cpu_ops else None
         width_digits = max(2, len(str(num_experts - 1)))
         experts: List[Dict] = []
         for i in range(num_experts):
@@ -371,12 +395,14 @@ def export_pipeline(
                     f"(missing {list(missing)[:3] or ('all' if not state else [])}, unexpected {list(unexpected)[:3]})"
                 )
             del state
-            entry = _save(layer, tmp, f"unet/expert_{i:0{width_digits}d}")
+            entry = _save(layer, tmp, f"unet/expert_{i:0{width_digits}d}", with_ops)
             experts.append({**entry, "timesteps": list(router.stage(i))})
             log(f"expert {i + 1}/{num_experts} exported ({time.time() - t0:.1f} s)")
         programs["experts"] = experts
-        del unet, layer
+        del unet, layer, with_ops
         gc.collect()
+        with_operators = any("model_with_cpu_ops" in p for p in [*experts, programs["vae_decoder"]])
+        cpu_ops_entry = {"cpu_ops": export_library(tmp)} if with_operators else {}
 
         manifest = write_manifest(
             tmp,
@@ -391,6 +417,7 @@ def export_pipeline(
                 "samplers": samplers,
                 "tokenizer": tok_spec,
                 "programs": programs,
+                **cpu_ops_entry,
             },
         )
     return manifest

@@ -82,6 +82,25 @@ def write_manifest(folder: str, manifest: Mapping[str, Any]) -> Dict[str, Any]:
     return record
 
 
+def _cpu_ops_files(path: str, manifest: Mapping, programs) -> list:
+    """The files of the optional programs with the C++ CPU operators and of their library
+    (:mod:`.cpu_ops`), after checking their fields."""
+    entry = manifest.get("cpu_ops")
+    if entry is None:
+        return []
+    for key in ("library", "paddle_version", "paddle_commit", "source_sha256"):
+        if not isinstance(entry, dict) or not isinstance(entry.get(key), str):
+            raise ManifestError(f"{path}: field 'cpu_ops.{key}' is missing or not a string")
+    files = [entry["library"]]
+    for program in programs:
+        for key in ("model_with_cpu_ops", "params_with_cpu_ops"):
+            if key in program:
+                if not isinstance(program[key], str):
+                    raise ManifestError(f"{path}: field {key!r} of a program is not a string")
+                files.append(program[key])
+    return files
+
+
 def _field(manifest: Mapping, path: str):
     value: Any = manifest
     for key in path.split("."):
@@ -152,6 +171,7 @@ def read_manifest(folder: str, verify: str = "sha256") -> Dict[str, Any]:
     check_values(path, manifest)
     programs = [manifest["programs"]["text_encoder"], *experts, manifest["programs"]["vae_decoder"]]
     listed = [p[k] for p in programs for k in ("model", "params")] + [manifest["tokenizer"]["vocab"]]
+    listed += _cpu_ops_files(path, manifest, programs)
     for name in listed:
         if name not in manifest["files"]:
             raise ManifestError(f"{path}: field 'files' has no record of {name}")

@@ -19,6 +19,7 @@ import numpy as np
 from ..models.routing import TimestepRouter
 from ..pipelines.checks import check_finite_latents, check_sampling_settings, expert_guidance_scales
 from ..text.tokenizer import check_prompts
+from .cpu_ops import program_files, use_operators
 from .manifest import read_manifest
 from .predictor import PredictorSettings, Program, program_inputs
 from .schedulers import build_scheduler
@@ -87,9 +88,12 @@ class InferencePipeline:
         self.samplers = manifest["samplers"]  # each sampler's settings as the export resolved them
         self.scheduler = build_scheduler(sampler, self.samplers)
         programs, inputs = manifest["programs"], program_inputs(manifest)
+        # the experts' and the VAE decoder's programs with the C++ CPU operators, where they run
+        self.cpu_ops = use_operators(folder, manifest, settings.device, settings.engine)
 
         def program(entry, kind, name):
-            return Program(f"{folder}/{entry['model']}", f"{folder}/{entry['params']}", inputs[kind], settings, name)
+            model, params = program_files(entry, self.cpu_ops)
+            return Program(f"{folder}/{model}", f"{folder}/{params}", inputs[kind], settings, name)
 
         self.text_encoder = program(programs["text_encoder"], "text_encoder", "text_encoder")
         expert_programs = [functools.partial(program, e, "expert", f"expert_{i:02d}")

@@ -59,7 +59,7 @@ from paddle.autograd import PyLayer
 from ppdiffusers.models.attention_processor import Attention
 from ppdiffusers.utils import USE_PEFT_BACKEND
 
-from ernie_vilg2.ops import cpu_attention
+from ernie_vilg2.ops import cpu_attention, operators_apply
 
 # Scores per query block (benchmarks/attention_chunks.py measures the choice).
 DEFAULT_CHUNK_BYTES = 4 << 20
@@ -209,7 +209,8 @@ class FastAttnProcessor:
         value = attn.to_v(encoder_hidden_states, *args)
         mask = self._key_token_mask(key_token_mask, batch_size, sequence_length, key.dtype) if emphasis else None
 
-        # Exported programs (static graph) keep the plain ops, which every inference engine runs.
+        # Static graphs keep the plain ops, which every inference engine runs, unless traced with
+        # the C++ operators (ernie_vilg2.ops.into_programs).
         if paddle.in_dynamic_mode() and query.place.is_gpu_place():
             hidden_states = self._sdpa(attn, query, key, value, attention_mask, mask)
         else:
@@ -242,7 +243,7 @@ class FastAttnProcessor:
 
     @staticmethod
     def _operator_applies(attn, query, key, attention_mask) -> bool:
-        return (paddle.in_dynamic_mode() and attention_mask is None and query.place.is_cpu_place()
+        return (attention_mask is None and operators_apply(query)
                 and query.dtype == paddle.float32 and not (attn.upcast_attention or attn.upcast_softmax)
                 and query.shape[1] * key.shape[1] >= CPU_OP_MIN_SCORES)
 

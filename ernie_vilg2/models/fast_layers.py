@@ -17,7 +17,8 @@ convolutions take the operator, or else compute the layer without its bias and a
 themselves, as linear layers do when training, through :class:`_BiasAdd` (its backward is the
 matrix product). GEGLU (the feed-forward's gate) computes its two halves with two products
 instead of splitting one (the split copies). Same parameters and state dict, the same
-function; static graphs (export) and small outputs take the stock forward. The measurements:
+function; static graphs and small outputs take the stock forward, except that the convolutions
+of a program traced inside :func:`ernie_vilg2.ops.into_programs` call the operator. The measurements:
 docs/performance.md.
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ from paddle.autograd import PyLayer
 from ppdiffusers.models.activations import GEGLU
 from ppdiffusers.models.lora import LoRACompatibleConv, LoRACompatibleLinear
 
-from ..ops import cpu_conv2d
+from ..ops import cpu_conv2d, operators_apply
 
 # Outputs smaller than this (elements) keep the stock forward: the PyLayer's call costs more.
 MIN_ELEMENTS = 1 << 16
@@ -67,9 +68,12 @@ def _bias_add(x, bias, axis):
     return _BiasAdd.apply(x, bias, axis) if training else _add_bias(x, bias, axis)
 
 
+def _plain(layer) -> bool:
+    return getattr(layer, "lora_layer", None) is None and layer.bias is not None
+
+
 def _on_cpu(layer, x) -> bool:
-    return (getattr(layer, "lora_layer", None) is None and layer.bias is not None and paddle.in_dynamic_mode()
-            and x.place.is_cpu_place())
+    return _plain(layer) and paddle.in_dynamic_mode() and x.place.is_cpu_place()
 
 
 def _applies(layer, x, out_elements) -> bool:
@@ -119,7 +123,8 @@ class FastGEGLU(GEGLU):
 
 def _operator_conv(layer, x):
     """The convolution's output from the C++ operator; None where that does not apply."""
-    padding = _conv_padding(layer) if _on_cpu(layer, x) and x.dtype == paddle.float32 else None
+    # operators_apply: also a program traced with the operators (the exporter's)
+    padding = _conv_padding(layer) if _plain(layer) and operators_apply(x) and x.dtype == paddle.float32 else None
     if padding is None:
         return None
     return cpu_conv2d(x.contiguous(), layer.weight, layer.bias, layer._stride, padding, layer._dilation)

@@ -12,15 +12,23 @@ Their row loops are compiled for AVX-512, AVX2 + FMA and any CPU, and run the wi
 CPU has, or the one ``ERNIE_VILG2_CPU_ISA`` (generic, avx2, avx512) names: a path this CPU or
 build lacks is refused with :class:`CpuIsaError` at the first call. Their blocks are sized from
 the L2 cache read at run time. :func:`cpu_ops_config` says what this process uses.
+
+Exported programs: inside :func:`into_programs` the callers trace the operators into the
+static program being built (the exporter's programs with the operators); elsewhere a static
+graph keeps the pure-Paddle path, which every inference engine and device runs.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ctypes
 import hashlib
 import json
 import os
 import warnings
 from typing import Optional
+
+import paddle
 
 from ..errors import ErnieViLG2Error
 from ..utils.isa_caps import PATHS, VARIABLE
@@ -36,11 +44,18 @@ STAMP_FILE = os.path.join(BUILD_DIR, "stamp.json")
 
 CACHE_SOURCES = ("default", "sysconf", "sysfs")  # cpu_dispatch.h's CacheSource
 
+# LIBRARY: whether the package's operators are usable; "path" and "stamp": the library file this
+# process registered (the package's build or an export folder's copy); "ctypes": its C interface.
 _loaded: dict = {}
+_INTO_PROGRAMS = contextvars.ContextVar("ernie_vilg2_cpu_ops_into_programs", default=False)
 
 
 class CpuIsaError(ErnieViLG2Error, ValueError):
     """ERNIE_VILG2_CPU_ISA names a code path this CPU or build of the operators lacks."""
+
+
+class OperatorsUnavailableError(ErnieViLG2Error, RuntimeError):
+    """The operators were asked for where they are not built (or are out of date)."""
 
 
 def library_path() -> str:
@@ -70,30 +85,82 @@ def cpu_ops_available() -> bool:
     return _register()
 
 
+@contextlib.contextmanager
+def into_programs():
+    """Within, the static graphs being traced call the operators (:func:`operators_apply`
+    answers True for their values). Raises :class:`OperatorsUnavailableError` where the
+    operators are not built."""
+    if not _register():
+        raise OperatorsUnavailableError(f"{library_path()} is not built or is out of date "
+                                        "(python -m ernie_vilg2.ops.build)")
+    token = _INTO_PROGRAMS.set(True)
+    try:
+        yield
+    finally:
+        _INTO_PROGRAMS.reset(token)
+
+
+@paddle.jit.not_to_static  # run as written while a static graph is traced
+def operators_apply(x) -> bool:
+    """Whether the operators are for ``x``: a CPU tensor of the dynamic graph, or a value of a
+    static graph traced inside :func:`into_programs`. (Built or not is the operator calls' own
+    answer: they return None.)"""
+    if paddle.in_dynamic_mode():
+        return x.place.is_cpu_place()
+    return _INTO_PROGRAMS.get()
+
+
 def _register() -> bool:
     """Register the operators once; False where they are not built or out of date."""
     if LIBRARY not in _loaded:
         loaded = False
-        if os.environ.get("ERNIE_VILG2_CPU_OPS", "1") != "0" and os.path.isfile(library_path()):
-            if _stamp_matches():
-                with warnings.catch_warnings():  # the extension module's build-time warnings (ccache)
-                    warnings.simplefilter("ignore")
-                    from paddle.utils.cpp_extension import load_op_meta_info_and_register_op
-                load_op_meta_info_and_register_op(library_path())
-                loaded = True
-            else:
-                warnings.warn(f"{library_path()} was built for another Paddle or source; the pure-Paddle "
-                              "operators are used. Rebuild: python -m ernie_vilg2.ops.build")
+        if os.environ.get("ERNIE_VILG2_CPU_OPS", "1") != "0":
+            if "path" in _loaded:  # an export folder's copy came first: the same operators?
+                loaded = _loaded["stamp"] == build_stamp()
+                if not loaded:
+                    warnings.warn(f"{_loaded['path']}, another build of the operators, is registered in this "
+                                  "process; the pure-Paddle operators are used")
+            elif os.path.isfile(library_path()):
+                if _stamp_matches():
+                    _register_file(library_path(), build_stamp())
+                    loaded = True
+                else:
+                    warnings.warn(f"{library_path()} was built for another Paddle or source; the pure-Paddle "
+                                  "operators are used. Rebuild: python -m ernie_vilg2.ops.build")
         _loaded[LIBRARY] = loaded
     if _loaded[LIBRARY] and _library().ernie_vilg2_cpu_isa() < 0:
         raise CpuIsaError(_library().ernie_vilg2_cpu_isa_error().decode())
     return _loaded[LIBRARY]
 
 
+def _register_file(path: str, stamp: dict) -> None:
+    # One library per process: loading a second file with the same operators aborts it.
+    with warnings.catch_warnings():  # the extension module's build-time warnings (ccache)
+        warnings.simplefilter("ignore")
+        from paddle.utils.cpp_extension import load_op_meta_info_and_register_op
+    load_op_meta_info_and_register_op(path)
+    _loaded["path"], _loaded["stamp"] = path, stamp
+
+
+def register_copy(path: str, stamp: dict) -> Optional[str]:
+    """Register the operators from ``path``, a copy of the library built as ``stamp`` says (an
+    export folder's), unless this process has them: the package's own build where it is the
+    same, else the copy. Returns why they cannot be, or None."""
+    if "path" not in _loaded and os.path.isfile(library_path()) and _stamp_matches() and build_stamp() == stamp:
+        _register()
+    if "path" in _loaded:
+        return None if _loaded["stamp"] == stamp else f"another build of them is registered ({_loaded['path']})"
+    try:
+        _register_file(path, stamp)
+    except Exception as exc:  # dlopen or registration: Paddle's last line says which
+        return f"{path} could not be loaded ({str(exc).strip().splitlines()[-1]})"
+    return None
+
+
 def _library() -> ctypes.CDLL:
     """The registered library's C interface (cpu_dispatch.cc): the same loaded copy."""
     if "ctypes" not in _loaded:
-        lib = ctypes.CDLL(library_path())
+        lib = ctypes.CDLL(_loaded.get("path", library_path()))
         lib.ernie_vilg2_cpu_isa_error.restype = ctypes.c_char_p
         lib.ernie_vilg2_choose_cpu_isa.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int, ctypes.c_char_p,
                                                    ctypes.c_int]
@@ -168,6 +235,7 @@ def onednn_code_path() -> str:
     return f"isa {isa:#x}"
 
 
+@paddle.jit.not_to_static  # run as written while a static graph is traced
 def cpu_attention(q, k, v, scale: float = 1.0):
     """softmax(scale * q k^T) v per head of contiguous float32 CPU tensors [B, tokens, heads,
     dim] (out: [B, N, heads, dim of v]), with its backward; None when the operators are not built."""
@@ -179,6 +247,7 @@ def cpu_attention(q, k, v, scale: float = 1.0):
     return out
 
 
+@paddle.jit.not_to_static  # run as written while a static graph is traced
 def cpu_conv2d(x, weight, bias, stride, padding, dilation):
     """``F.conv2d(x, weight, bias, stride, padding, dilation)`` (groups 1, NCHW) of contiguous
     float32 CPU tensors, with its backward; stride, padding, dilation: pairs of ints (padding
