@@ -6,8 +6,9 @@ batch 1 and 8 (classifier-free guidance on, so the U-Net sees 2x the batch):
 
   dynamic     ErnieViLG2Pipeline.from_pretrained (what tools/generate.py runs)
   python      ernie_vilg2.deploy.InferencePipeline (deploy/python/infer.py), Paddle Inference,
-              native kernels (the default: bit-identical to the dynamic graph)
-  onednn      the same with --engine onednn
+              native kernels and the project's C++ CPU operators (the default)
+  python-plain  the same without the operators (ERNIE_VILG2_CPU_OPS=0: Paddle's kernels only)
+  onednn      the same as python with --engine onednn
   openvino    the same with Paddle's OpenVINO engine (--openvino; CPU wheel)
   cpp         deploy/cpp/build/ernie_vilg2_infer --timing (or --cpp BINARY); skipped with a
               note when the binary is absent
@@ -22,6 +23,8 @@ runner's uint8 images with the dynamic pipeline's for the same noise.
 
     python benchmarks/deploy_speed.py                   # 25 DPM-Solver++ steps, 2 rounds
     python benchmarks/deploy_speed.py --openvino --cpp deploy/cpp/build/ernie_vilg2_infer --rounds 3
+    python benchmarks/deploy_speed.py --config benchmarks/configs/deploy_32x32.yaml --experts 1 --steps 10 \
+        --variants dynamic python python-plain cpp   # a U-Net on 32x32 latents
 """
 from __future__ import annotations
 
@@ -45,6 +48,7 @@ DEFAULT_CONFIG = os.path.join(ROOT, "configs", "tiny.yaml")
 DEFAULT_CPP = os.path.join(ROOT, "deploy", "cpp", "build", "ernie_vilg2_infer")
 PROMPTS = ["红苹果", "a red apple", "蓝心", "a blue heart", "黄色方块", "a yellow square", "青蛙", "a frog"]
 TARGET = 1.5
+VARIANTS = ("dynamic", "python", "python-plain", "onednn", "openvino", "cpp", "cpp-onednn")
 
 
 def parse_args(argv=None):
@@ -58,6 +62,8 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="timed calls per process (after one warm-up call)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads of every runner (OMP / math library)")
     p.add_argument("--openvino", action="store_true", help="add the Python runner on Paddle's OpenVINO engine")
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, help="runners to time (default: all; cpp rows need "
+                   "the binary, openvino --openvino)")
     p.add_argument("--cpp", default=DEFAULT_CPP, help="C++ runner binary (row skipped when absent)")
     p.add_argument("--workdir", help="keep the models and exports here (default: a temporary folder)")
     p.add_argument("--worker", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
@@ -87,7 +93,7 @@ def worker(variant, folder, batch, steps, sampler, repeats, threads, noise_file,
     else:
         from ernie_vilg2.deploy import InferencePipeline
 
-        engine = {"python": "paddle"}.get(variant, variant)
+        engine = {"python": "paddle", "python-plain": "paddle"}.get(variant, variant)
         pipe = InferencePipeline.from_export(folder, sampler=sampler, threads=threads, engine=engine, verify="size")
         latents = noise
     marks = []
@@ -168,10 +174,11 @@ def main(argv=None):
     os.makedirs(workdir, exist_ok=True)
     try:
         folders = prepare(args, workdir)
-        variants = ["dynamic", "python", "onednn"] + (["openvino"] if args.openvino else [])
         cpp = args.cpp if args.cpp and os.path.isfile(args.cpp) and os.access(args.cpp, os.X_OK) else None
-        if cpp:
-            variants += ["cpp", "cpp-onednn"]
+        variants = [v for v in args.variants or VARIANTS if (cpp or not v.startswith("cpp"))
+                    and (args.openvino or v != "openvino")]
+        if "dynamic" not in variants:
+            variants.insert(0, "dynamic")  # the reference of the speed-ups and differences
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "GLOG_minloglevel": "2",
                "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
         cells = [(n, b) for n in args.experts for b in args.batches]
@@ -197,7 +204,8 @@ def main(argv=None):
                         command = [sys.executable, os.path.abspath(__file__), "--worker", variant, folder, str(batch),
                                    str(args.steps), args.sampler, str(args.repeats), str(args.threads), noise_file,
                                    images]
-                        out, err, code, rss = run_measured(command, env)
+                        plain = {"ERNIE_VILG2_CPU_OPS": "0"} if variant == "python-plain" else {}
+                        out, err, code, rss = run_measured(command, {**env, **plain})
                         if code != 0:
                             raise SystemExit(f"error: {variant} N={n} batch={batch} failed:\n{err[-2000:]}")
                         record = {**json.loads(out.strip().splitlines()[-1]), "rss": rss}

@@ -42,6 +42,12 @@ def quiet_third_party_logs(level: str = "WARNING") -> None:
     diffusers_logging.disable_progress_bar()  # "Loading pipeline components..." on every load
 
 
+def one_line_warnings() -> None:
+    """Show warnings as ``warning: MESSAGE`` (the runners' fallbacks, e.g. from the C++ CPU
+    operators), as the C++ runner prints them."""
+    warnings.formatwarning = lambda message, category, filename, lineno, line=None: f"warning: {message}\n"
+
+
 # -- the generation arguments of tools/generate.py, tools/compare.py and deploy/python/infer.py ----
 def check_model_and_out(args: argparse.Namespace) -> None:
     """The folder tools (export, merge, branch): --model an existing folder, --out new unless --overwrite."""

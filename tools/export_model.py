@@ -60,10 +60,10 @@ def main(argv=None) -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
     image = manifest["image"]
     n = manifest["router"]["num_experts"]
-    with_ops = " (+ with the C++ CPU operators)" if "cpu_ops" in manifest else ""
-    print(f"wrote {args.out}: text encoder, {n} expert{'s' if n > 1 else ''}, VAE decoder{with_ops} "
+    with_ops = "; the experts and the VAE decoder also with the C++ CPU operators" if "cpu_ops" in manifest else ""
+    print(f"wrote {args.out}: text encoder, {n} expert{'s' if n > 1 else ''}, VAE decoder "
           f"({image['height']}x{image['width']} px, dynamic batch; {size / 2**20:.1f} MiB) "
-          f"in {time.time() - started:.1f} s, peak RSS {peak:.0f} MiB")
+          f"in {time.time() - started:.1f} s, peak RSS {peak:.0f} MiB{with_ops}")
     return 0
 
 

@@ -22,7 +22,7 @@ os.environ.setdefault("GLOG_minloglevel", "2")
 
 from ernie_vilg2.cli_utils import (  # noqa: E402
     add_generation_arguments, check_generation_arguments, check_pipeline_inputs, collect_prompts, fail,
-    generate_and_save,
+    generate_and_save, one_line_warnings,
 )
 from ernie_vilg2.deploy.predictor import ENGINES  # noqa: E402  (NumPy only: cheap)
 from ernie_vilg2.errors import ErnieViLG2Error  # noqa: E402
@@ -79,6 +79,7 @@ def save_npy(array, path: str) -> None:
 
 def main(argv=None) -> int:
     tune_cpu_process()
+    one_line_warnings()
     args = parse_args(argv)
     check_arguments(args)
     prompts = collect_prompts(args)

@@ -17,7 +17,7 @@ import sys
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 
-from ernie_vilg2.cli_utils import argument_text_error, fail  # noqa: E402
+from ernie_vilg2.cli_utils import argument_text_error, fail, one_line_warnings  # noqa: E402
 from ernie_vilg2.deploy.predictor import ENGINES  # noqa: E402  (NumPy only: cheap)
 from ernie_vilg2.errors import ErnieViLG2Error  # noqa: E402
 from ernie_vilg2.utils.cpu_tuning import tune_cpu_process  # noqa: E402
@@ -71,6 +71,7 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 def main(argv=None) -> int:
     tune_cpu_process()
+    one_line_warnings()
     args = parse_args(argv)
     check_arguments(args)
     from ernie_vilg2.deploy.serving.request_log import configure_logging

@@ -18,8 +18,6 @@ import shutil
 import warnings
 from typing import Callable, Optional
 
-from .. import ops
-
 FOLDER = "cpu_ops"
 PROGRAM_SUFFIX = ".cpu_ops"  # inference.cpu_ops.json beside inference.json
 ENGINES = ("paddle", "onednn")  # OpenVINO and TensorRT convert the programs: plain ops only
@@ -28,6 +26,8 @@ DISABLE_VARIABLE = "ERNIE_VILG2_CPU_OPS"
 
 def export_library(out_dir: str) -> dict:
     """Copy the built operator library into ``out_dir/cpu_ops``; return the manifest's entry."""
+    from .. import ops  # imports Paddle: the runner's import stays light
+
     stamp = ops.build_stamp()
     name = os.path.basename(ops.library_path())
     os.makedirs(os.path.join(out_dir, FOLDER), exist_ok=True)
@@ -41,6 +41,8 @@ def save_with_operators(static_layer, root: str, folder: str, program: str, save
     with ``save(layer, path prefix)``; return the manifest fields to add to the plain program's
     entry ({} when the program calls none of them). The parameters file is the plain program's
     when the two are byte for byte the same (they are the same layer's)."""
+    from .. import ops
+
     prefix = os.path.join(root, folder, program + PROGRAM_SUFFIX)
     with ops.into_programs():
         save(static_layer, prefix)
@@ -85,6 +87,8 @@ def use_operators(folder: str, manifest: dict, device: str, engine: str) -> bool
     entry = manifest.get("cpu_ops")
     if entry is None or device != "cpu" or engine not in ENGINES or os.environ.get(DISABLE_VARIABLE, "1") == "0":
         return False
+    from .. import ops
+
     path = os.path.join(folder, entry["library"])
     reason = _mismatch(entry) if os.path.isfile(path) else f"{path} is missing"
     reason = reason or ops.register_copy(path, _stamp(entry))

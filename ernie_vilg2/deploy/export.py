@@ -33,19 +33,18 @@ from ..models.routing import TimestepRouter
 from ..models.fast_layers import use_fast_layers
 from ..models.speedups import apply_speedups
 from ..ops import cpu_ops_available
-from ..models.text_encoder import context_width, encode_text
+from ..models.text_encoder import context_width
 from ..text.normalize import TYPOGRAPHIC_MAP
 from ..text.tokenizer import tokenize
 from ..utils.integrity import check_safetensors
 from ..utils.io import DiskFullError, atomic_directory, atomic_write_text, free_space
-from .cpu_ops import export_library, save_with_operators
+from .cpu_ops import export_library
 from .manifest import write_manifest
-from .program_info import read_program_info
+from .program_writer import program_layers, save_program, static_program
 from .rewrites import rewrite_for_export
 from .sampler_export import resolve_samplers
 from .tokenizer import WordPieceTokenizer, load_vocab
 
-PROGRAM = "inference"  # paddle.jit.save prefix: inference.json + inference.pdiparams
 VOCAB_FILE = "tokenizer/vocab.txt"
 MODEL_INDEX = "model_index.json"
 
@@ -185,73 +184,12 @@ def check_tokenizer(folder: str, spec: Dict, tokenizer, probes=TOKENIZER_PROBES)
 
 
 # -- programs --------------------------------------------------------------------------------
-def _save(static_layer, root: str, folder: str, with_cpu_ops=None) -> Dict[str, str]:
-    """Save a program to ``root/folder``, and ``with_cpu_ops`` (the same layer's second static
-    function), if given, traced with the C++ CPU operators (:mod:`.cpu_ops`); return the
-    manifest entry (paths relative to root).
-
-    Paddle's writer does not report a full disk (it leaves a short ``.pdiparams``), so the
-    file must hold at least the values of the parameters its program lists."""
-    _write_program(static_layer, os.path.join(root, folder, PROGRAM))
-    entry = {"model": f"{folder}/{PROGRAM}.json", "params": f"{folder}/{PROGRAM}.pdiparams"}
-    if with_cpu_ops:
-        entry.update(save_with_operators(with_cpu_ops, root, folder, PROGRAM, _write_program))
-    return entry
-
-
-def _write_program(static_layer, prefix: str) -> None:
-    import paddle
-
-    paddle.jit.save(static_layer, prefix)
-    weights = read_program_info(prefix + ".json").parameter_bytes
-    if os.path.getsize(prefix + ".pdiparams") < weights:
-        raise DiskFullError(prefix + ".pdiparams", needed=weights)
-
-
 def _check_free_space(model_dir: str, out_dir: str) -> None:
     """Refuse up front when the export (about the size of the model's weights) cannot fit."""
     needed = sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(model_dir) for name in names
                  if name.endswith((".safetensors", ".pdparams")))
     if free_space(out_dir) < needed:
         raise DiskFullError(out_dir, needed=needed)
-
-
-def _static(layer, specs):
-    import paddle
-
-    layer.eval()
-    return paddle.jit.to_static(layer, input_spec=specs, full_graph=True)
-
-
-def _wrappers():
-    """Layers whose ``forward`` is exactly the program's signature (inputs named as in the contract)."""
-    import paddle
-
-    class TextEncoderProgram(paddle.nn.Layer):
-        def __init__(self, text_encoder):
-            super().__init__()
-            self.text_encoder = text_encoder
-
-        def forward(self, input_ids):
-            return encode_text(self.text_encoder, input_ids)
-
-    class ExpertProgram(paddle.nn.Layer):
-        def __init__(self, unet):
-            super().__init__()
-            self.unet = unet
-
-        def forward(self, sample, timestep, encoder_hidden_states):
-            return self.unet(sample, timestep, encoder_hidden_states).sample
-
-    class VAEDecoderProgram(paddle.nn.Layer):
-        def __init__(self, vae):
-            super().__init__()
-            self.vae = vae
-
-        def forward(self, latents):
-            return self.vae.decode(latents).sample
-
-    return TextEncoderProgram, ExpertProgram, VAEDecoderProgram
 
 
 def _samplers(model_dir: str, scheduler_config: Dict, num_train_timesteps: int, log) -> Dict:
@@ -333,7 +271,7 @@ def export_pipeline(
         raise ExportError("cpu_ops: the C++ CPU operators are not built or are switched off "
                           "(python -m ernie_vilg2.ops.build; ERNIE_VILG2_CPU_OPS)")
     samplers = _samplers(model_dir, scheduler_config, num_train_timesteps, log)
-    TextEncoderProgram, ExpertProgram, VAEDecoderProgram = _wrappers()
+    TextEncoderProgram, ExpertProgram, VAEDecoderProgram = program_layers()
     owner = _expert_weight_files(os.path.join(model_dir, "unet"))
 
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
@@ -349,8 +287,8 @@ def export_pipeline(
         tok_spec = tokenizer_spec(tokenizer, max_length)
         check_tokenizer(tmp, tok_spec, tokenizer)
         hidden_size = context_width(text_encoder)  # its output: ERNIE's width, or its projection's
-        layer = _static(TextEncoderProgram(text_encoder), [InputSpec([None, max_length], "int64", "input_ids")])
-        programs: Dict = {"text_encoder": {**_save(layer, tmp, "text_encoder"), "hidden_size": hidden_size}}
+        layer = static_program(TextEncoderProgram(text_encoder), [InputSpec([None, max_length], "int64", "input_ids")])
+        programs: Dict = {"text_encoder": {**save_program(layer, tmp, "text_encoder"), "hidden_size": hidden_size}}
         del tokenizer, text_encoder, layer
         gc.collect()
         log(f"text encoder exported ({time.time() - started:.1f} s)")
@@ -362,9 +300,9 @@ def export_pipeline(
         use_fast_layers(vae)  # plain ops in a static graph, the operators' convolutions in with_ops
         scaling_factor = float(vae.config.scaling_factor)
         spec = [InputSpec([None, latent_channels, *latent_hw], "float32", "latents")]
-        layer = _static(VAEDecoderProgram(vae), spec)
-        with_ops = _static(VAEDecoderProgram(vae), spec) if cpu_ops else None
-        programs["vae_decoder"] = _save(layer, tmp, "vae_decoder", with_ops)
+        layer = static_program(VAEDecoderProgram(vae), spec)
+        with_ops = static_program(VAEDecoderProgram(vae), spec) if cpu_ops else None
+        programs["vae_decoder"] = save_program(layer, tmp, "vae_decoder", with_ops)
         del vae, layer, with_ops
         gc.collect()
         log(f"VAE decoder exported ({time.time() - t0:.1f} s)")
@@ -382,8 +320,8 @@ def export_pipeline(
             InputSpec([1], "float32", "timestep"),
             InputSpec([None, max_length, hidden_size], "float32", "encoder_hidden_states"),
         ]
-        layer = _static(ExpertProgram(unet), spec)
-        with_ops = _static(ExpertProgram(unet), spec) if cpu_ops else None
+        layer = static_program(ExpertProgram(unet), spec)
+        with_ops = static_program(ExpertProgram(unet), spec) if cpu_ops else None
         width_digits = max(2, len(str(num_experts - 1)))
         experts: List[Dict] = []
         for i in range(num_experts):
@@ -395,7 +333,7 @@ def export_pipeline(
                     f"(missing {list(missing)[:3] or ('all' if not state else [])}, unexpected {list(unexpected)[:3]})"
                 )
             del state
-            entry = _save(layer, tmp, f"unet/expert_{i:0{width_digits}d}", with_ops)
+            entry = save_program(layer, tmp, f"unet/expert_{i:0{width_digits}d}", with_ops)
             experts.append({**entry, "timesteps": list(router.stage(i))})
             log(f"expert {i + 1}/{num_experts} exported ({time.time() - t0:.1f} s)")
         programs["experts"] = experts

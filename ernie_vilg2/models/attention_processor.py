@@ -259,7 +259,7 @@ class FastAttnProcessor:
             # The C++ operator takes the projections' [B, tokens, heads, d] layout: no copies.
             q, k, v = self._tokens_heads(attn, query, key, value, mask, attn.scale)
             scale = 1.0 if mask is not None else attn.scale  # with emphasis, the keys carry it
-            out = cpu_attention(q.contiguous(), k.contiguous(), v.contiguous(), scale)
+            out = cpu_attention(q, k, v, scale)
             if out is not None:
                 return out.reshape([out.shape[0], out.shape[1], -1])
         query = attn.head_to_batch_dim(query)  # [B, heads, N, d]

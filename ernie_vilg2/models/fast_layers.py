@@ -127,7 +127,7 @@ def _operator_conv(layer, x):
     padding = _conv_padding(layer) if _plain(layer) and operators_apply(x) and x.dtype == paddle.float32 else None
     if padding is None:
         return None
-    return cpu_conv2d(x.contiguous(), layer.weight, layer.bias, layer._stride, padding, layer._dilation)
+    return cpu_conv2d(x, layer.weight, layer.bias, layer._stride, padding, layer._dilation)
 
 
 class FastConv(LoRACompatibleConv):

@@ -235,26 +235,31 @@ def onednn_code_path() -> str:
     return f"isa {isa:#x}"
 
 
+def _dense(x):
+    # The operators read their inputs' memory in row-major order; a static graph's values are.
+    return x.contiguous() if paddle.in_dynamic_mode() else x
+
+
 @paddle.jit.not_to_static  # run as written while a static graph is traced
 def cpu_attention(q, k, v, scale: float = 1.0):
-    """softmax(scale * q k^T) v per head of contiguous float32 CPU tensors [B, tokens, heads,
+    """softmax(scale * q k^T) v per head of float32 CPU tensors [B, tokens, heads,
     dim] (out: [B, N, heads, dim of v]), with its backward; None when the operators are not built."""
     if not _register():
         return None
     from paddle import _C_ops
 
-    out, _ = _C_ops._run_custom_op(ATTENTION_OP, q, k, v, float(scale))
+    out, _ = _C_ops._run_custom_op(ATTENTION_OP, _dense(q), _dense(k), _dense(v), float(scale))
     return out
 
 
 @paddle.jit.not_to_static  # run as written while a static graph is traced
 def cpu_conv2d(x, weight, bias, stride, padding, dilation):
-    """``F.conv2d(x, weight, bias, stride, padding, dilation)`` (groups 1, NCHW) of contiguous
-    float32 CPU tensors, with its backward; stride, padding, dilation: pairs of ints (padding
-    on both sides). None when the operators are not built."""
+    """``F.conv2d(x, weight, bias, stride, padding, dilation)`` (groups 1, NCHW) of float32 CPU
+    tensors (weight and bias contiguous), with its backward; stride, padding, dilation: pairs of
+    ints (padding on both sides). None when the operators are not built."""
     if not _register():
         return None
     from paddle import _C_ops
 
-    (out,) = _C_ops._run_custom_op(CONV_OP, x, weight, bias, list(stride), list(padding), list(dilation))
+    (out,) = _C_ops._run_custom_op(CONV_OP, _dense(x), weight, bias, list(stride), list(padding), list(dilation))
     return out
