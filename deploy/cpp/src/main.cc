@@ -317,24 +317,6 @@ void save_images(const Options& options, const std::vector<RgbImage>& images) {
             << '\n';
 }
 
-// One warning for all prompts cut to the tokenizer's length, as the Python runners give.
-void report_truncation(const Tokenizer& tokenizer, const std::vector<std::u32string>& prompts) {
-  const std::set<std::u32string> distinct(prompts.begin(), prompts.end());
-  std::size_t cut = 0, longest = 0;
-  for (const std::u32string& prompt : distinct) {
-    const std::size_t length = tokenizer.tokenize(prompt).size() + 2;  // with [CLS] and [SEP]
-    if (length > static_cast<std::size_t>(tokenizer.config().max_length)) {
-      ++cut;
-      longest = std::max(longest, length);
-    }
-  }
-  if (cut) {
-    std::cerr << "warning: " << cut << " of " << distinct.size() << " prompts were truncated to "
-              << tokenizer.config().max_length << " tokens (tokenizer.max_length); longest: " << longest
-              << " tokens\n";
-  }
-}
-
 int generate(const Options& options, const Manifest& manifest) {
   std::vector<std::string> files = {manifest.vocab, manifest.text_encoder.model, manifest.text_encoder.params,
                                     manifest.vae_decoder.model, manifest.vae_decoder.params};
@@ -375,7 +357,7 @@ int generate(const Options& options, const Manifest& manifest) {
     check_not_empty(prompt_flag(options, i), request.prompts.back());
   }
   request.negative_prompt = decode_prompt("--negative-prompt", options.negative_prompt);
-  report_truncation(tokenizer, request.prompts);
+  std::cerr << truncation_warning(tokenizer, request.prompts);
   request.steps = options.steps;
   const std::size_t experts_count = static_cast<std::size_t>(manifest.num_experts);
   if (options.guidance.size() != 1 && options.guidance.size() != experts_count) {
