@@ -9,11 +9,13 @@
 #include <iostream>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "cpu_ops.h"
 #include "image.h"
 #include "inference_engine.h"
 #include "manifest.h"
@@ -56,7 +58,8 @@ Generates images with a pipeline exported by tools/export_model.py.
   --tokenize-only         print each prompt's token ids as a JSON list, one line per prompt;
                           without --prompt, reads prompts from stdin, one JSON string a line
   --max-length N          with --tokenize-only: pad/cut to N tokens instead of the model's
-  --version               print the versions and exit
+  --version               print the versions and the setup (with --model: whether its
+                          programs run with the C++ CPU operators) and exit
 )";
 
 // --max-length's bound: the longest a text encoder's position table is in practice.
@@ -419,13 +422,18 @@ int generate(const Options& options, const Manifest& manifest) {
 int run(int argc, char** argv) {
   const Options options = parse_args(argc, argv);
   const bool avx2_set_here = prefer_mkl_avx2();  // before the programs make MKL's first call
+  if (options.tokenize_only && !options.version) return tokenize_only(options, load_manifest(options.model));
+  std::optional<Manifest> manifest;  // --version describes the operators of --model if given
+  if (!options.model.empty()) manifest = load_manifest(options.model);
+  // Before the first predictor: registers the operators and picks their programs where they run.
+  const std::string operators = use_cpu_operators(manifest ? &*manifest : nullptr, options.device, options.engine,
+                                                  options.verify_checksums);
   if (options.version) {
     std::cout << "ernie_vilg2_infer: " << paddle_description() << ", tokenizer tables Unicode " << unicode_version()
-              << ", " << mkl_dispatch_description(avx2_set_here) << '\n';
+              << ", " << operators << ", " << mkl_dispatch_description(avx2_set_here) << '\n';
     return 0;
   }
-  const Manifest manifest = load_manifest(options.model);
-  return options.tokenize_only ? tokenize_only(options, manifest) : generate(options, manifest);
+  return generate(options, *manifest);
 }
 
 }  // namespace
