@@ -24,8 +24,8 @@
 // - 3.3.1 returns the table by value (a std::unordered_map, 56 bytes): the caller passes the
 //   address of storage for it as a hidden first argument (the string comes second). A struct
 //   of plain bytes larger than 16 bytes is returned the same way, so this declaration makes
-//   the same call, with storage far larger than the table. The table is never destroyed (its
-//   destructor is not exported): a few small allocations, once per process.
+//   the same call, with storage far larger than the table. The table is never destroyed (that
+//   needs Paddle's own types): a few small allocations, once per process.
 // The official library's headers are never included here, so this compiles in both builds.
 namespace paddle {
 namespace framework {

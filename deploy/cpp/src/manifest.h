@@ -25,7 +25,7 @@ struct ProgramFiles {
 // The manifest's optional `cpu_ops`: the export's copy of the operators' library (relative to
 // the folder; empty: no cpu_ops entry) and the Paddle it was built for.
 struct CpuOpsLibrary {
-  std::string library, paddle_version, paddle_commit, source_sha256;
+  std::string library, paddle_version, paddle_commit;
 };
 
 struct FileRecord {
