@@ -20,6 +20,7 @@ from PIL import Image
 
 from ernie_vilg2.utils.mkl_dispatch import amd_with_avx2
 
+from helpers.cpu_ops import require_cpu_ops
 from helpers.paths import CPP_DIR, REPO_ROOT
 
 PY_RUNNER = os.path.join(REPO_ROOT, "deploy", "python", "infer.py")
@@ -255,6 +256,135 @@ def test_cpp_runner_takes_mkls_avx2_path_on_amd_cpus(cpp_runner):
                             else "MKL picks its code path"), default
     assert _version_line(cpp_runner, ERNIE_VILG2_MKL_AVX2="0").endswith("MKL picks its code path")
     assert _version_line(cpp_runner, MKL_DEBUG_CPU_TYPE="2").endswith("MKL_DEBUG_CPU_TYPE=2 (from the environment)")
+
+
+# -- the C++ CPU operators in the export (deploy/cpp/src/cpu_ops.cc) ------------------------------
+OPS_ON = "C++ CPU operators: on (cpu_ops/ernie_vilg2_cpu_ops.so)"
+OPS_FALLBACK = "; running the programs without them (Paddle's own CPU kernels)"
+# DDIM with 4 steps routes to the experts of t = 750, 500, 250, 0.
+OPS_RUN = ["--prompt", "红苹果", "--prompt", "a blue heart", "--sampler", "ddim", "--steps", "4", "--guidance", "3"]
+
+
+def _without_ops(**environ):
+    return {**{k: v for k, v in os.environ.items() if k != "ERNIE_VILG2_CPU_OPS"}, "GLOG_minloglevel": "2", **environ}
+
+
+def _ops_export(tiny_export, tmp_path, remove_programs: str):
+    """A copy of the tiny export without the experts' and the VAE decoder's `remove_programs`
+    programs ("plain": inference.json, "cpu_ops": inference.cpu_ops.json): a runner that picked
+    those cannot run it (the manifest still records them, and the shared parameters stay)."""
+    folder = tmp_path / "export"
+    shutil.copytree(tiny_export[1], folder)
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    assert "cpu_ops" in manifest, "the tiny export has no programs with the C++ CPU operators"
+    key = "model" if remove_programs == "plain" else "model_with_cpu_ops"
+    for program in [*manifest["programs"]["experts"], manifest["programs"]["vae_decoder"]]:
+        (folder / program[key]).unlink()
+    return folder, manifest
+
+
+def _ops_images(cpp_runner, folder, out, environ=None, noise=None):
+    """(stderr lines, the two images) of OPS_RUN on `folder`."""
+    extra = ["--noise", str(noise)] if noise else []
+    proc = subprocess.run([cpp_runner, "--model", str(folder), *OPS_RUN, *extra, "--out", str(out)],
+                          capture_output=True, timeout=300, env=environ or _without_ops())
+    assert proc.returncode == 0, _text(proc.stderr)
+    stem = str(out)[:-4]
+    return _text(proc.stderr).strip().splitlines(), [_load(f"{stem}_{i:03d}.png") for i in range(2)]
+
+
+def _version_of(cpp_runner, folder, environ=None):
+    proc = subprocess.run([cpp_runner, "--version", "--model", str(folder)], capture_output=True, timeout=60,
+                          env=environ or _without_ops())
+    assert proc.returncode == 0, _text(proc.stderr)
+    return _text(proc.stdout), _text(proc.stderr).strip().splitlines()
+
+
+@pytest.mark.slow
+def test_cpp_runs_the_programs_with_cpu_operators_as_the_python_runner(cpp_runner, tiny_export, tmp_path):
+    """With the operators built, the export carries programs with them; the C++ runner registers the
+    export's library and runs those programs (the plain ones are removed from its copy), and its
+    images equal the Python runner's, which runs them too (same noise; measured: identical)."""
+    require_cpu_ops()
+    folder, _ = _ops_export(tiny_export, tmp_path, remove_programs="plain")
+    version, warnings = _version_of(cpp_runner, folder)
+    assert OPS_ON in version and not warnings, (version, warnings)
+    noise = tmp_path / "noise.npy"
+    py = _run([sys.executable, PY_RUNNER, "--model", tiny_export[1], *OPS_RUN, "--seed", "5",
+               "--out", str(tmp_path / "py" / "grid.png"), "--save-noise", str(noise)])
+    assert py.returncode == 0, _text(py.stderr)
+    warnings, ours = _ops_images(cpp_runner, folder, tmp_path / "cpp.png", noise=noise)
+    assert not warnings
+    for i, image in enumerate(ours):
+        assert np.array_equal(image, _load(tmp_path / "py" / f"grid_{i:03d}.png")), f"image {i}"
+
+
+@pytest.mark.parametrize("damage,reason", [
+    ("paddle_commit", "built for Paddle {version} (0123456789), this is {version} ("),
+    ("missing", "{library} is missing"),
+    ("not a library", "{library} could not be loaded ("),
+])
+def test_cpp_cpu_operators_that_cannot_run_fall_back_with_one_warning(cpp_runner, tiny_export, tmp_path, damage,
+                                                                      reason):
+    """A library built for another Paddle (its manifest entry says so), missing, or that Paddle cannot
+    load (same size, other bytes): one warning line, exit 0, and the plain programs (the programs
+    with the operators are removed from the copy), whose images equal a run with the operators
+    switched off."""
+    require_cpu_ops()
+    folder, manifest = _ops_export(tiny_export, tmp_path, remove_programs="cpu_ops")
+    library = folder / manifest["cpu_ops"]["library"]
+    if damage == "paddle_commit":
+        manifest["cpu_ops"]["paddle_commit"] = "0123456789" * 4
+        (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    elif damage == "missing":
+        library.unlink()
+    else:
+        library.write_bytes(b"\0" * library.stat().st_size)
+    expected = reason.format(version=manifest["cpu_ops"]["paddle_version"], library=library)
+    version, warnings = _version_of(cpp_runner, folder)
+    assert "C++ CPU operators: off (" + expected in version, version
+    warnings, images = _ops_images(cpp_runner, folder, tmp_path / "fallback.png")
+    assert len(warnings) == 1 and warnings[0].startswith(f"warning: {folder}: C++ CPU operators: {expected}"), warnings
+    assert warnings[0].endswith(OPS_FALLBACK), warnings
+    _, plain = _ops_images(cpp_runner, tiny_export[1], tmp_path / "plain.png", _without_ops(ERNIE_VILG2_CPU_OPS="0"))
+    assert all(np.array_equal(a, b) for a, b in zip(images, plain))
+
+
+def test_cpp_cpu_operators_switched_off_by_the_environment(cpp_runner, tiny_export, tmp_path):
+    """ERNIE_VILG2_CPU_OPS=0: the plain programs, silently, without looking at the library (removed
+    here, with the programs with the operators)."""
+    require_cpu_ops()
+    folder, manifest = _ops_export(tiny_export, tmp_path, remove_programs="cpu_ops")
+    (folder / manifest["cpu_ops"]["library"]).unlink()
+    off = _without_ops(ERNIE_VILG2_CPU_OPS="0")
+    version, warnings = _version_of(cpp_runner, folder, off)
+    assert "C++ CPU operators: off (ERNIE_VILG2_CPU_OPS=0)" in version and not warnings
+    warnings, _ = _ops_images(cpp_runner, folder, tmp_path / "off.png", off)
+    assert not warnings
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda m: m.update(cpu_ops="x"), "field 'cpu_ops': expected an object"),
+    (lambda m: m["cpu_ops"].update(paddle_commit=7), "field 'cpu_ops.paddle_commit': expected a string"),
+    (lambda m: m["cpu_ops"].pop("library"), "field 'cpu_ops.library': missing"),
+    (lambda m: m["programs"]["experts"][2].update(model_with_cpu_ops=["a"]),
+     "field 'programs.experts[2].model_with_cpu_ops': expected a string"),
+    (lambda m: m["programs"]["vae_decoder"].update(params_with_cpu_ops="vae_decoder/other.pdiparams"),
+     "field 'files': has no record of vae_decoder/other.pdiparams"),
+    (lambda m: m["cpu_ops"].update(library="../elsewhere.so"),
+     "field 'cpu_ops.library': expected a path inside the export folder"),
+], ids=["cpu_ops", "paddle_commit", "library", "model_with_cpu_ops", "files", "outside"])
+def test_cpp_bad_cpu_ops_field_is_one_line_error(cpp_runner, tiny_export, tmp_path, change, message):
+    require_cpu_ops()
+    folder = tmp_path / "export"
+    shutil.copytree(tiny_export[1], folder)
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    change(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    proc = _run([cpp_runner, "--model", str(folder), "--prompt", "x", "--out", str(tmp_path / "o.png")])
+    lines = _text(proc.stderr).strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"error: {folder}/manifest.json: {message}"), lines
 
 
 BAD_INPUT = [

@@ -196,4 +196,17 @@ std::string paddle_description() {
   return "Paddle Inference " + version.substr(0, version.find('\n')) + " (" + kPaddleSource + ")";
 }
 
+PaddleBuild paddle_build() {
+  PaddleBuild build;
+  std::istringstream lines(paddle_infer::GetVersion());
+  for (std::string line; std::getline(lines, line);) {
+    const std::size_t colon = line.find(": ");
+    if (colon == std::string::npos) continue;
+    const std::string key = line.substr(0, colon), value = line.substr(colon + 2);
+    if (key == "version") build.version = value;
+    if (key == "commit") build.commit = value;
+  }
+  return build;
+}
+
 }  // namespace ernie_vilg2

@@ -1,5 +1,6 @@
 // One exported program (a Paddle Inference predictor) with named inputs and one output.
-// The only file that talks to Paddle: the rest of the runner never sees its types.
+// The only file that uses Paddle Inference's API: the rest of the runner never sees its types
+// (cpu_ops.cc registers the project's operators through one more Paddle function).
 #pragma once
 
 #include <cstdint>
@@ -37,5 +38,12 @@ class Program {
 
 // "Paddle Inference <version> (<wheel|official library>)".
 std::string paddle_description();
+
+// The linked Paddle's version and commit as paddle_infer::GetVersion() gives them; the commit
+// is abbreviated there ("commit: 7688495" in 3.3.1). Empty when it says none.
+struct PaddleBuild {
+  std::string version, commit;
+};
+PaddleBuild paddle_build();
 
 }  // namespace ernie_vilg2

@@ -9,11 +9,13 @@
 #include <iostream>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "cpu_ops.h"
 #include "image.h"
 #include "inference_engine.h"
 #include "manifest.h"
@@ -56,7 +58,8 @@ Generates images with a pipeline exported by tools/export_model.py.
   --tokenize-only         print each prompt's token ids as a JSON list, one line per prompt;
                           without --prompt, reads prompts from stdin, one JSON string a line
   --max-length N          with --tokenize-only: pad/cut to N tokens instead of the model's
-  --version               print the versions and exit
+  --version               print the versions and the setup (with --model: whether its
+                          programs run with the C++ CPU operators) and exit
 )";
 
 // --max-length's bound: the longest a text encoder's position table is in practice.
@@ -317,24 +320,6 @@ void save_images(const Options& options, const std::vector<RgbImage>& images) {
             << '\n';
 }
 
-// One warning for all prompts cut to the tokenizer's length, as the Python runners give.
-void report_truncation(const Tokenizer& tokenizer, const std::vector<std::u32string>& prompts) {
-  const std::set<std::u32string> distinct(prompts.begin(), prompts.end());
-  std::size_t cut = 0, longest = 0;
-  for (const std::u32string& prompt : distinct) {
-    const std::size_t length = tokenizer.tokenize(prompt).size() + 2;  // with [CLS] and [SEP]
-    if (length > static_cast<std::size_t>(tokenizer.config().max_length)) {
-      ++cut;
-      longest = std::max(longest, length);
-    }
-  }
-  if (cut) {
-    std::cerr << "warning: " << cut << " of " << distinct.size() << " prompts were truncated to "
-              << tokenizer.config().max_length << " tokens (tokenizer.max_length); longest: " << longest
-              << " tokens\n";
-  }
-}
-
 int generate(const Options& options, const Manifest& manifest) {
   std::vector<std::string> files = {manifest.vocab, manifest.text_encoder.model, manifest.text_encoder.params,
                                     manifest.vae_decoder.model, manifest.vae_decoder.params};
@@ -375,7 +360,7 @@ int generate(const Options& options, const Manifest& manifest) {
     check_not_empty(prompt_flag(options, i), request.prompts.back());
   }
   request.negative_prompt = decode_prompt("--negative-prompt", options.negative_prompt);
-  report_truncation(tokenizer, request.prompts);
+  std::cerr << truncation_warning(tokenizer, request.prompts);
   request.steps = options.steps;
   const std::size_t experts_count = static_cast<std::size_t>(manifest.num_experts);
   if (options.guidance.size() != 1 && options.guidance.size() != experts_count) {
@@ -437,13 +422,18 @@ int generate(const Options& options, const Manifest& manifest) {
 int run(int argc, char** argv) {
   const Options options = parse_args(argc, argv);
   const bool avx2_set_here = prefer_mkl_avx2();  // before the programs make MKL's first call
+  if (options.tokenize_only && !options.version) return tokenize_only(options, load_manifest(options.model));
+  std::optional<Manifest> manifest;  // --version describes the operators of --model if given
+  if (!options.model.empty()) manifest = load_manifest(options.model);
+  // Before the first predictor: registers the operators and picks their programs where they run.
+  const std::string operators = use_cpu_operators(manifest ? &*manifest : nullptr, options.device, options.engine,
+                                                  options.verify_checksums);
   if (options.version) {
     std::cout << "ernie_vilg2_infer: " << paddle_description() << ", tokenizer tables Unicode " << unicode_version()
-              << ", " << mkl_dispatch_description(avx2_set_here) << '\n';
+              << ", " << operators << ", " << mkl_dispatch_description(avx2_set_here) << '\n';
     return 0;
   }
-  const Manifest manifest = load_manifest(options.model);
-  return options.tokenize_only ? tokenize_only(options, manifest) : generate(options, manifest);
+  return generate(options, *manifest);
 }
 
 }  // namespace

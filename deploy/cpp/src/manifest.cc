@@ -40,10 +40,47 @@ std::string relative_path(const json& parent, const std::string& key, const std:
   return path;
 }
 
-ProgramFiles program(const json& value, const std::string& field, const Fields& fields) {
+// A program entry; with `cpu_ops` (the manifest has that entry, as in the Python reader) also
+// its optional program with the C++ CPU operators.
+ProgramFiles program(const json& value, const std::string& field, const Fields& fields, bool cpu_ops) {
   if (!value.is_object()) fields.fail(field, "expected an object");
-  return {relative_path(value, "model", field + ".model", fields),
-          relative_path(value, "params", field + ".params", fields)};
+  ProgramFiles files{relative_path(value, "model", field + ".model", fields),
+                     relative_path(value, "params", field + ".params", fields), "", ""};
+  if (!cpu_ops) return files;
+  if (value.contains("params_with_cpu_ops")) {
+    files.params_with_cpu_ops = relative_path(value, "params_with_cpu_ops", field + ".params_with_cpu_ops", fields);
+  }
+  if (value.contains("model_with_cpu_ops")) {
+    files.model_with_cpu_ops = relative_path(value, "model_with_cpu_ops", field + ".model_with_cpu_ops", fields);
+    if (files.params_with_cpu_ops.empty()) files.params_with_cpu_ops = files.params;
+  }
+  return files;
+}
+
+// The optional `cpu_ops` entry (absent or null: none).
+CpuOpsLibrary read_cpu_ops(const json& root, const Fields& fields) {
+  CpuOpsLibrary entry;
+  if (!root.contains("cpu_ops") || root.at("cpu_ops").is_null()) return entry;
+  const json& section = fields.object(root, "cpu_ops", "cpu_ops");
+  entry.library = relative_path(section, "library", "cpu_ops.library", fields);
+  entry.paddle_version = fields.string(section, "paddle_version", "cpu_ops.paddle_version");
+  entry.paddle_commit = fields.string(section, "paddle_commit", "cpu_ops.paddle_commit");
+  fields.string(section, "source_sha256", "cpu_ops.source_sha256");  // checked as the Python reader does
+  return entry;
+}
+
+// The files of `cpu_ops`: its library and the programs with the operators.
+std::vector<std::string> cpu_ops_files(const Manifest& manifest) {
+  if (manifest.cpu_ops.library.empty()) return {};
+  std::vector<std::string> names = {manifest.cpu_ops.library};
+  std::vector<const ProgramFiles*> programs = {&manifest.text_encoder, &manifest.vae_decoder};
+  for (const ProgramFiles& expert : manifest.experts) programs.push_back(&expert);
+  for (const ProgramFiles* program : programs) {
+    for (const std::string* name : {&program->model_with_cpu_ops, &program->params_with_cpu_ops}) {
+      if (!name->empty()) names.push_back(*name);
+    }
+  }
+  return names;
 }
 
 TokenizerConfig read_tokenizer(const json& section, const Fields& fields) {
@@ -175,14 +212,16 @@ Manifest load_manifest(const std::string& folder) {
   manifest.tokenizer = read_tokenizer(tokenizer, fields);
   manifest.tokenizer.vocab_file = manifest.path(manifest.vocab);
 
+  manifest.cpu_ops = read_cpu_ops(root, fields);
+  const bool cpu_ops = !manifest.cpu_ops.library.empty();
   const json& programs = fields.object(root, "programs", "programs");
-  manifest.text_encoder =
-      program(fields.at(programs, "text_encoder", "programs.text_encoder"), "programs.text_encoder", fields);
+  manifest.text_encoder = program(fields.at(programs, "text_encoder", "programs.text_encoder"),
+                                  "programs.text_encoder", fields, cpu_ops);
   if (programs.at("text_encoder").contains("hidden_size")) {
     manifest.hidden_size = fields.integer(programs.at("text_encoder"), "hidden_size", "programs.text_encoder.hidden_size", 1);
   }
-  manifest.vae_decoder =
-      program(fields.at(programs, "vae_decoder", "programs.vae_decoder"), "programs.vae_decoder", fields);
+  manifest.vae_decoder = program(fields.at(programs, "vae_decoder", "programs.vae_decoder"),
+                                 "programs.vae_decoder", fields, cpu_ops);
   const json& experts = fields.at(programs, "experts", "programs.experts");
   if (!experts.is_array() || static_cast<int>(experts.size()) != manifest.num_experts) {
     fields.fail("programs.experts", "expected a list of router.num_experts (" + std::to_string(manifest.num_experts) +
@@ -191,7 +230,7 @@ Manifest load_manifest(const std::string& folder) {
   read_boundaries(router, fields, &manifest);
   for (int i = 0; i < manifest.num_experts; ++i) {
     const std::string field = "programs.experts[" + std::to_string(i) + "]";
-    manifest.experts.push_back(program(experts[i], field, fields));
+    manifest.experts.push_back(program(experts[i], field, fields, cpu_ops));
     if (experts[i].contains("timesteps")) {  // must agree with the router
       const int lo = i == 0 ? 0 : manifest.boundaries[i - 1];
       const int hi = i + 1 == manifest.num_experts ? manifest.num_train_timesteps : manifest.boundaries[i];
@@ -212,6 +251,9 @@ Manifest load_manifest(const std::string& folder) {
     if (entry.size < 0) fields.fail("files." + name + ".size", "expected a size in bytes");
     if (record.contains("sha256") && record.at("sha256").is_string()) entry.sha256 = record.at("sha256");
     manifest.files[name] = entry;
+  }
+  for (const std::string& name : cpu_ops_files(manifest)) {  // as the Python reader checks them
+    if (!manifest.files.count(name)) fields.fail("files", "has no record of " + name);
   }
   return manifest;
 }

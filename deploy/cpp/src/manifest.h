@@ -17,6 +17,15 @@ namespace ernie_vilg2 {
 struct ProgramFiles {
   std::string model;   // path relative to the export folder
   std::string params;
+  // The same program traced with the project's C++ CPU operators (cpu_ops.h); empty where the
+  // export has none. Its parameters: params_with_cpu_ops (the manifest's default: params).
+  std::string model_with_cpu_ops, params_with_cpu_ops;
+};
+
+// The manifest's optional `cpu_ops`: the export's copy of the operators' library (relative to
+// the folder; empty: no cpu_ops entry) and the Paddle it was built for.
+struct CpuOpsLibrary {
+  std::string library, paddle_version, paddle_commit;
 };
 
 struct FileRecord {
@@ -39,6 +48,7 @@ struct Manifest {
   TokenizerConfig tokenizer;  // its vocab_file is path(vocab)
   ProgramFiles text_encoder, vae_decoder;
   std::vector<ProgramFiles> experts;  // expert i runs timesteps [b_i, b_{i+1}), b_0 = 0, b_N = T
+  CpuOpsLibrary cpu_ops;
   std::map<std::string, FileRecord> files;
 
   std::string path(const std::string& relative) const { return folder + "/" + relative; }

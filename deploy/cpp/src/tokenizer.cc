@@ -1,6 +1,8 @@
 #include "tokenizer.h"
 
+#include <algorithm>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "errors.h"
@@ -216,6 +218,22 @@ Encoding Tokenizer::encode(const std::u32string& text) const {
   encoding.ids.push_back(sep_id_);
   encoding.ids.resize(config_.max_length, pad_id_);
   return encoding;
+}
+
+std::string truncation_warning(const Tokenizer& tokenizer, const std::vector<std::u32string>& prompts) {
+  const std::set<std::u32string> distinct(prompts.begin(), prompts.end());
+  std::size_t cut = 0, longest = 0;
+  for (const std::u32string& prompt : distinct) {
+    const std::size_t length = tokenizer.tokenize(prompt).size() + 2;  // with [CLS] and [SEP]
+    if (length > static_cast<std::size_t>(tokenizer.config().max_length)) {
+      ++cut;
+      longest = std::max(longest, length);
+    }
+  }
+  if (!cut) return "";
+  return "warning: " + std::to_string(cut) + " of " + std::to_string(distinct.size()) + " prompts were truncated to " +
+         std::to_string(tokenizer.config().max_length) + " tokens (tokenizer.max_length); longest: " +
+         std::to_string(longest) + " tokens\n";
 }
 
 }  // namespace ernie_vilg2

@@ -56,4 +56,8 @@ class Tokenizer {
   std::int64_t unk_id_, cls_id_, sep_id_, pad_id_;
 };
 
+// The one warning line for all the prompts that `tokenizer` cuts to its max_length, as the
+// Python runners give it ("warning: 4 of 5 prompts were truncated ...\n"); "" when none is cut.
+std::string truncation_warning(const Tokenizer& tokenizer, const std::vector<std::u32string>& prompts);
+
 }  // namespace ernie_vilg2
