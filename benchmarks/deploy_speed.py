@@ -229,7 +229,7 @@ def run_cpp(binary, export_dir, batch, args, noise_file, images_file, env, engin
     from PIL import Image
 
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(batch)]
-    out_png = os.path.join(os.path.dirname(images_file), f"cpp-{engine}-b{batch}.png")
+    out_png = os.path.splitext(images_file)[0] + ".png"  # the grid; the images are <stem>_000.png ...
     command = [binary, "--model", export_dir, *[a for p in prompts for a in ("--prompt", p)], "--noise", noise_file,
                "--steps", str(args.steps), "--sampler", args.sampler, "--guidance", "2.1", "--batch-size", str(batch),
                "--threads", str(args.threads), "--engine", engine, "--out", out_png, "--timing",
@@ -242,7 +242,7 @@ def run_cpp(binary, export_dir, batch, args, noise_file, images_file, env, engin
     steps = [ms for t in timings for ms in t["step_ms"][1:]]
     images = [t["total_ms"] / batch for t in timings]
     stem = os.path.splitext(out_png)[0]
-    singles = [f"{stem}_{i:03d}.png" for i in range(batch)] if batch > 1 else [out_png]
+    singles = [f"{stem}_{i:03d}.png" for i in range(batch)]
     np.save(images_file, np.stack([np.asarray(Image.open(p).convert("RGB")) for p in singles]))
     return {"step_ms": statistics.median(steps), "image_ms": statistics.median(images), "rss": rss}
 
