@@ -1,9 +1,14 @@
-"""Linear and convolution layers that cost less on CPU.
+"""Linear, convolution and layer-norm layers that cost less on CPU.
 
 Convolutions: Paddle's CPU conv2d is im2col + GEMM; where the project's C++ operators are built
 (:mod:`ernie_vilg2.ops`), a float32 NCHW convolution with zero padding runs oneDNN's direct
 convolution instead (the library inside Paddle's wheel), bias included, forward and backward:
 the same function within float rounding, in less time.
+
+Layer norms: where the operators are built, a training ``LayerNorm`` with weight and bias over
+the last dimension (the transformer blocks' norm1/norm2/norm3) of a float32 CPU input runs the
+C++ layer-norm operator, forward and backward: Paddle's CPU layer-norm backward is several
+times slower.
 
 Biases: two of Paddle's CPU kernels are slow around a bias:
 - the backward of a broadcast add sums the gradient over the broadcast axes with a column
@@ -29,7 +34,7 @@ from paddle.autograd import PyLayer
 from ppdiffusers.models.activations import GEGLU
 from ppdiffusers.models.lora import LoRACompatibleConv, LoRACompatibleLinear
 
-from ..ops import cpu_conv2d, operators_apply
+from ..ops import cpu_conv2d, cpu_layer_norm, operators_apply
 
 # Outputs smaller than this (elements) keep the stock forward: the PyLayer's call costs more.
 MIN_ELEMENTS = 1 << 16
@@ -151,9 +156,32 @@ class FastConv2D(paddle.nn.Conv2D):
         return super().forward(x) if out is None else out
 
 
+def _layer_norm_by_operator(layer, x) -> bool:
+    """Whether the C++ operator computes this layer norm: training (a gradient to take), weight
+    and bias, the last dimension normalised, float32 on CPU, dynamic graph, a large input.
+    Inference keeps the stock forward: as fast, without the operator's call overhead."""
+    weight, bias = layer.weight, layer.bias
+    if weight is None or bias is None or not paddle.in_dynamic_mode() or not paddle.is_grad_enabled():
+        return False
+    if x.stop_gradient and weight.stop_gradient and bias.stop_gradient:
+        return False
+    return (x.place.is_cpu_place() and x.dtype == paddle.float32 and weight.dtype == paddle.float32
+            and x.ndim >= 1 and layer._normalized_shape == [x.shape[-1]] and x.size >= MIN_ELEMENTS)
+
+
+class FastLayerNorm(paddle.nn.LayerNorm):
+    """A ``LayerNorm`` through the C++ operator where :func:`_layer_norm_by_operator` says so."""
+
+    def forward(self, input):
+        out = None
+        if _layer_norm_by_operator(self, input):
+            out = cpu_layer_norm(input, self.weight, self.bias, self._epsilon)
+        return super().forward(input) if out is None else out
+
+
 def use_fast_layers(model: paddle.nn.Layer) -> None:
-    """Switch ``model``'s LoRACompatibleLinear / LoRACompatibleConv / Conv2D / GEGLU layers to
-    the subclasses above, in place (their class only: parameters, buffers and state dict stay)."""
+    """Switch ``model``'s LoRACompatibleLinear / LoRACompatibleConv / Conv2D / GEGLU / LayerNorm
+    layers to the subclasses above, in place (their class only: parameters, buffers and state dict stay)."""
     for layer in model.sublayers(include_self=True):
         if type(layer) is LoRACompatibleLinear:
             layer.__class__ = FastLinear
@@ -163,3 +191,5 @@ def use_fast_layers(model: paddle.nn.Layer) -> None:
             layer.__class__ = FastConv
         elif type(layer) is paddle.nn.Conv2D:
             layer.__class__ = FastConv2D
+        elif type(layer) is paddle.nn.LayerNorm:
+            layer.__class__ = FastLayerNorm

@@ -1,11 +1,12 @@
 """Custom C++ CPU operators, built with ``paddle.utils.cpp_extension`` at install time.
 
 ``make install`` (or ``python -m ernie_vilg2.ops.build``) compiles them into one library in
-``ernie_vilg2/ops/_build``: softmax attention (``cpu_attention.cc``, MKL) and 2-D convolution
-(``cpu_conv.cc``, oneDNN), both with their backward. Where they are not built (no compiler, a
-Paddle wheel without MKL or oneDNN, another Paddle than the one they were built for),
-:func:`cpu_attention` and :func:`cpu_conv2d` return None and the callers take their
-pure-Paddle path, which computes the same function; ``ERNIE_VILG2_CPU_OPS=0`` in the
+``ernie_vilg2/ops/_build``: softmax attention (``cpu_attention.cc``, MKL), 2-D convolution
+(``cpu_conv.cc``, oneDNN) and layer normalisation (``cpu_layer_norm.cc``), all with their
+backward. Where they are not built (no compiler, a Paddle wheel without MKL or oneDNN, another
+Paddle than the one they were built for), :func:`cpu_attention`, :func:`cpu_conv2d` and
+:func:`cpu_layer_norm` return None and the callers take their pure-Paddle path, which computes
+the same function; ``ERNIE_VILG2_CPU_OPS=0`` in the
 environment makes them take it too (to compare).
 
 Their row loops are compiled for AVX-512, AVX2 + FMA and any CPU, and run the widest this
@@ -38,8 +39,11 @@ BUILD_DIR = os.path.join(OPS_DIR, "_build")
 LIBRARY = "ernie_vilg2_cpu_ops"
 ATTENTION_OP = "ernie_vilg2_cpu_attention"
 CONV_OP = "ernie_vilg2_cpu_conv2d"
-SOURCES = [os.path.join(OPS_DIR, name) for name in ("cpu_attention.cc", "cpu_conv.cc", "cpu_dispatch.cc")]
-HEADERS = [os.path.join(OPS_DIR, name) for name in ("cpu_dispatch.h", "cpu_row_loops.inc")]
+LAYER_NORM_OP = "ernie_vilg2_cpu_layer_norm"
+SOURCES = [os.path.join(OPS_DIR, name)
+           for name in ("cpu_attention.cc", "cpu_conv.cc", "cpu_layer_norm.cc", "cpu_dispatch.cc")]
+HEADERS = [os.path.join(OPS_DIR, name)
+           for name in ("cpu_dispatch.h", "cpu_row_loops.inc", "cpu_layer_norm_rows.inc")]
 STAMP_FILE = os.path.join(BUILD_DIR, "stamp.json")
 
 CACHE_SOURCES = ("default", "sysconf", "sysfs")  # cpu_dispatch.h's CacheSource
@@ -262,4 +266,15 @@ def cpu_conv2d(x, weight, bias, stride, padding, dilation):
     from paddle import _C_ops
 
     (out,) = _C_ops._run_custom_op(CONV_OP, _dense(x), weight, bias, list(stride), list(padding), list(dilation))
+    return out
+
+
+def cpu_layer_norm(x, weight, bias, epsilon: float):
+    """``F.layer_norm(x, x.shape[-1:], weight, bias, epsilon)`` of float32 CPU tensors (weight
+    and bias: contiguous, [C]), with its backward; None when the operators are not built."""
+    if not _register():
+        return None
+    from paddle import _C_ops
+
+    out, _, _ = _C_ops._run_custom_op(LAYER_NORM_OP, _dense(x), weight, bias, float(epsilon))
     return out

@@ -1,4 +1,4 @@
-"""The experts' linear and convolution layers made cheaper on CPU (models/fast_layers.py)."""
+"""The experts' linear, convolution and layer-norm layers made cheaper on CPU (models/fast_layers.py)."""
 import copy
 
 import numpy as np
@@ -8,7 +8,7 @@ from ppdiffusers.models.activations import GEGLU
 from ppdiffusers.models.lora import LoRACompatibleConv, LoRACompatibleLinear
 
 from ernie_vilg2.models import fast_layers
-from ernie_vilg2.models.fast_layers import FastConv, FastConv2D, FastGEGLU, FastLinear, use_fast_layers
+from ernie_vilg2.models.fast_layers import FastConv, FastConv2D, FastGEGLU, FastLayerNorm, FastLinear, use_fast_layers
 
 from helpers.cpu_ops import require_cpu_ops
 
@@ -76,23 +76,23 @@ def test_every_expert_carries_them_once_applied():
         up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"], layers_per_block=1, attention_head_dim=4,
         norm_num_groups=8, cross_attention_dim=16)))
     kinds = {type(m) for e in model.experts for m in e.sublayers()}
-    assert {FastLinear, FastConv, FastConv2D, FastGEGLU} <= kinds
-    assert not {LoRACompatibleLinear, LoRACompatibleConv, paddle.nn.Conv2D, GEGLU} & kinds
+    assert {FastLinear, FastConv, FastConv2D, FastGEGLU, FastLayerNorm} <= kinds
+    assert not {LoRACompatibleLinear, LoRACompatibleConv, paddle.nn.Conv2D, GEGLU, paddle.nn.LayerNorm} & kinds
 
 
-@pytest.mark.parametrize("kind", ["linear", "geglu", "conv", "conv, no operator"])
+@pytest.mark.parametrize("kind", ["linear", "geglu", "conv", "conv, no operator", "layer norm"])
 def test_frozen_weights_train_the_input_only(kind, monkeypatch):
     """A frozen layer (the base U-Net of LoRA experts) passes the input's gradient on and gives
     its parameters none, on the fast paths as in the stock layer."""
     monkeypatch.setattr(fast_layers, "MIN_ELEMENTS", 0)
     if kind == "conv, no operator":
         monkeypatch.setattr(fast_layers, "cpu_conv2d", lambda *a: None)
-    elif kind == "conv":
+    elif kind in ("conv", "layer norm"):
         require_cpu_ops()
     paddle.seed(0)
-    stock = {"linear": lambda: LoRACompatibleLinear(24, 40), "geglu": lambda: GEGLU(24, 20)}.get(
-        kind, lambda: LoRACompatibleConv(6, 10, 3, padding=1))()
-    x = paddle.randn([3, 37, 24]) if kind in ("linear", "geglu") else paddle.randn([3, 6, 9, 11])
+    stock = {"linear": lambda: LoRACompatibleLinear(24, 40), "geglu": lambda: GEGLU(24, 20),
+             "layer norm": lambda: paddle.nn.LayerNorm(24)}.get(kind, lambda: LoRACompatibleConv(6, 10, 3, padding=1))()
+    x = paddle.randn([3, 6, 9, 11]) if "conv" in kind else paddle.randn([3, 37, 24])
     fast = copy.deepcopy(stock)
     use_fast_layers(fast)
     results = []
@@ -105,3 +105,69 @@ def test_frozen_weights_train_the_input_only(kind, monkeypatch):
         assert all(p.grad is None for p in layer.parameters())
         results.append(inp.grad.numpy())
     np.testing.assert_allclose(results[0], results[1], rtol=1e-5, atol=1e-5)
+
+
+def grads_of(layer, x, **kwargs):
+    """The output and the gradients of x and of every parameter (by name) for a fixed weighting."""
+    x = x.detach()
+    x.stop_gradient = False
+    out = layer(x, **kwargs)
+    weights = paddle.to_tensor(np.random.default_rng(1).standard_normal(out.shape).astype("float32"))
+    (out * weights).sum().backward()
+    grads = {"out": out.numpy(), "x": x.grad.numpy()}
+    grads.update({name: p.grad.numpy() for name, p in layer.named_parameters() if p.grad is not None})
+    layer.clear_gradients()
+    return grads
+
+
+# The operator: a LayerNorm over the last dimension with weight and bias, float32, training.
+# The stock forward: no weight and bias, two normalised dimensions, float64, inference.
+@pytest.mark.parametrize("kind,operator_calls", [("layer norm", 1), ("no weight", 0), ("two dims", 0),
+                                                 ("float64", 0)])
+def test_layer_norm_same_function_and_gradients(kind, operator_calls, monkeypatch):
+    monkeypatch.setattr(fast_layers, "MIN_ELEMENTS", 0)
+    if operator_calls:
+        require_cpu_ops()
+    paddle.seed(0)
+    x = paddle.randn([3, 37, 70]) * 3 + 1
+    if kind == "no weight":
+        stock = paddle.nn.LayerNorm(70, weight_attr=False, bias_attr=False)
+    elif kind == "two dims":
+        stock = paddle.nn.LayerNorm([37, 70])
+    else:
+        stock = paddle.nn.LayerNorm(70, epsilon=1e-6)
+    if kind == "float64":
+        stock, x = stock.to(dtype="float64"), x.astype("float64")
+    fast = copy.deepcopy(stock)
+    use_fast_layers(fast)
+    assert type(fast) is FastLayerNorm and fast.state_dict().keys() == stock.state_dict().keys()
+    calls = count_calls(monkeypatch, fast_layers, "cpu_layer_norm")
+    got, want = grads_of(fast, x), grads_of(stock, x)
+    assert got.keys() == want.keys()
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5, err_msg=name)
+    assert len(calls) == operator_calls
+    with paddle.no_grad():  # inference: the stock forward
+        np.testing.assert_array_equal(fast(x).numpy(), stock(x).numpy())
+    assert len(calls) == operator_calls
+
+
+def test_a_transformer_block_has_the_same_outputs_and_gradients(monkeypatch):
+    """A U-Net transformer block (norm1/norm2/norm3 through the operator, its linear layers and
+    GEGLU fast too) against the stock block, at the size where the operator applies."""
+    from ppdiffusers.models.attention import BasicTransformerBlock
+
+    require_cpu_ops()
+    paddle.seed(0)
+    stock = BasicTransformerBlock(64, 4, 16, cross_attention_dim=32)
+    fast = copy.deepcopy(stock)
+    use_fast_layers(fast)
+    assert sum(type(m) is FastLayerNorm for m in fast.sublayers()) == 3
+    x, context = paddle.randn([2, 512, 64]), paddle.randn([2, 7, 32])
+    assert x.size >= fast_layers.MIN_ELEMENTS
+    calls = count_calls(monkeypatch, fast_layers, "cpu_layer_norm")
+    got = grads_of(fast, x, encoder_hidden_states=context)
+    want = grads_of(stock, x, encoder_hidden_states=context)
+    assert len(calls) == 3 and got.keys() == want.keys()
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=2e-4, err_msg=name)

@@ -1,8 +1,8 @@
 """The C++ CPU operators' code paths (ERNIE_VILG2_CPU_ISA) and cache sizes (ernie_vilg2/ops/cpu_dispatch.cc).
 
 The path is chosen once per process, so each forced path runs the operators' reference tests
-(tests/ops/test_cpu_ops.py: attention and convolution against float64, forward and backward)
-in a process of its own."""
+(tests/ops/test_cpu_ops.py: attention and convolution, tests/ops/test_cpu_layer_norm.py: layer
+norm; against float64, forward and backward) in a process of its own."""
 import os
 import subprocess
 import sys
@@ -15,7 +15,7 @@ from ernie_vilg2.utils.isa_caps import PATHS
 from helpers.cpu_ops import require_cpu_ops
 from helpers.paths import REPO_ROOT
 
-CPU_OPS_TESTS = os.path.join(REPO_ROOT, "tests", "ops", "test_cpu_ops.py")
+CPU_OPS_TESTS = [os.path.join(REPO_ROOT, "tests", "ops", name) for name in ("test_cpu_ops.py", "test_cpu_layer_norm.py")]
 GENERIC, AVX2, AVX512 = (1 << PATHS.index(name) for name in PATHS)
 
 
@@ -32,7 +32,7 @@ def test_each_path_equals_the_reference(isa):
         pytest.skip(f"this CPU or build has no {isa} path")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", CPU_OPS_TESTS,
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *CPU_OPS_TESTS,
          "-k", "equals_the_reference or runs_the_path"],
         capture_output=True, text=True, timeout=900, cwd=REPO_ROOT, env={**env, "ERNIE_VILG2_CPU_ISA": isa})
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
