@@ -40,7 +40,8 @@ KINDS = (
 
 # Paddle's profiler records a custom C++ operator's backward node but not its forward call, so
 # the calls are wrapped in events of these names (user-defined events, added to the table).
-FORWARD_EVENTS = {"cpu_attention": "ernie_vilg2_cpu_attention forward", "cpu_conv2d": "ernie_vilg2_cpu_conv2d forward"}
+FORWARD_EVENTS = {"cpu_attention": "ernie_vilg2_cpu_attention forward", "cpu_conv2d": "ernie_vilg2_cpu_conv2d forward",
+                  "cpu_layer_norm": "ernie_vilg2_cpu_layer_norm forward"}
 
 
 def record_operator_forwards(profiler):
@@ -53,7 +54,8 @@ def record_operator_forwards(profiler):
                 return call(*args, **kwargs)
         return wrapper
 
-    for module, function in ((attention_processor, "cpu_attention"), (fast_layers, "cpu_conv2d")):
+    for module, function in ((attention_processor, "cpu_attention"), (fast_layers, "cpu_conv2d"),
+                             (fast_layers, "cpu_layer_norm")):
         setattr(module, function, recorded(getattr(module, function), FORWARD_EVENTS[function]))
 
 
