@@ -70,6 +70,16 @@ def test_layer_norm_equals_the_reference(shape, offset, threads):
         np.testing.assert_allclose(g.numpy(), w, atol=atol, rtol=1e-4, err_msg=name)
 
 
+def test_layer_norm_row_with_an_outlier_first():
+    """The row sums are taken around each row's first value: an outlier there costs no precision."""
+    require_cpu_ops()
+    arrays = inputs((4, 128))
+    arrays[0][:, 0] = [1e3, -1e3, 50.0, 0.0]
+    got, want = run(arrays, 1e-5), reference(*arrays, 1e-5)
+    for name, g, w in zip(("out", "grad x", "grad weight", "grad bias"), got, want):
+        np.testing.assert_allclose(g.numpy(), w, atol=1e-5, rtol=1e-4, err_msg=name)
+
+
 def test_layer_norm_sums_do_not_depend_on_the_run():
     """dgamma / dbeta: the threads' partial sums are added in a fixed order."""
     require_cpu_ops()
