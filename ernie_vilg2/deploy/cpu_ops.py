@@ -18,6 +18,8 @@ import shutil
 import warnings
 from typing import Callable, Optional
 
+from ..utils.integrity import verify_files
+
 FOLDER = "cpu_ops"
 PROGRAM_SUFFIX = ".cpu_ops"  # inference.cpu_ops.json beside inference.json
 ENGINES = ("paddle", "onednn")  # OpenVINO and TensorRT convert the programs: plain ops only
@@ -90,6 +92,8 @@ def use_operators(folder: str, manifest: dict, device: str, engine: str) -> bool
     from .. import ops
 
     path = os.path.join(folder, entry["library"])
+    if os.path.isfile(path):  # a damaged library is an error, as any other file of the export
+        verify_files(folder, {entry["library"]: manifest["files"][entry["library"]]})
     reason = _mismatch(entry) if os.path.isfile(path) else f"{path} is missing"
     reason = reason or ops.register_copy(path, _stamp(entry))
     if reason:

@@ -17,6 +17,7 @@ from ernie_vilg2 import ops
 from ernie_vilg2.deploy import InferencePipeline, export_pipeline, read_manifest
 from ernie_vilg2.deploy.manifest import ManifestError
 from ernie_vilg2.deploy.predictor import PredictorSettings, Program, program_inputs
+from ernie_vilg2.utils.integrity import DamagedFileError
 
 from helpers import deploy_exports
 from helpers.cpu_ops import require_cpu_ops
@@ -115,6 +116,24 @@ def test_runner_falls_back_with_a_warning_when_the_library_is_for_another_paddle
         pipe, images = _images(copy)
     assert not pipe.cpu_ops
     assert images.shape == (2, 32, 32, 3) and np.isfinite(images).all()
+
+
+def test_runner_falls_back_with_a_warning_when_the_library_is_missing(bank, tmp_path):
+    _, _, folder, _ = bank
+    copy = deploy_exports.copy_export(folder, tmp_path / "export")
+    os.remove(os.path.join(copy, "cpu_ops", "ernie_vilg2_cpu_ops.so"))
+    with pytest.warns(UserWarning, match=r"C\+\+ CPU operators: .*ernie_vilg2_cpu_ops\.so is missing; running "):
+        pipe, images = _images(copy)
+    assert not pipe.cpu_ops and images.shape == (2, 32, 32, 3)
+
+
+def test_a_damaged_library_is_an_error_as_any_file(bank, tmp_path):
+    _, _, folder, _ = bank
+    copy = deploy_exports.copy_export(folder, tmp_path / "export")
+    with open(os.path.join(copy, "cpu_ops", "ernie_vilg2_cpu_ops.so"), "r+b") as f:
+        f.truncate(1000)
+    with pytest.raises(DamagedFileError, match=r"ernie_vilg2_cpu_ops\.so: wrong size"):
+        InferencePipeline.from_export(copy, verify="size")
 
 
 def test_other_engines_run_the_plain_programs(bank):
