@@ -29,11 +29,11 @@ import numpy as np
 
 from .. import __version__
 from ..errors import ErnieViLG2Error
-from ..models.routing import TimestepRouter
 from ..models.fast_layers import use_fast_layers
+from ..models.routing import TimestepRouter
 from ..models.speedups import apply_speedups
-from ..ops import cpu_ops_available
 from ..models.text_encoder import context_width
+from ..ops import cpu_ops_available
 from ..text.normalize import TYPOGRAPHIC_MAP
 from ..text.tokenizer import tokenize
 from ..utils.integrity import check_safetensors
