@@ -43,7 +43,7 @@ LAYER_NORM_OP = "ernie_vilg2_cpu_layer_norm"
 SOURCES = [os.path.join(OPS_DIR, name)
            for name in ("cpu_attention.cc", "cpu_conv.cc", "cpu_layer_norm.cc", "cpu_dispatch.cc")]
 HEADERS = [os.path.join(OPS_DIR, name)
-           for name in ("cpu_dispatch.h", "cpu_row_loops.inc", "cpu_layer_norm_rows.inc")]
+           for name in ("cpu_dispatch.h", "cpu_code_paths.inc", "cpu_row_loops.inc", "cpu_layer_norm_rows.inc")]
 STAMP_FILE = os.path.join(BUILD_DIR, "stamp.json")
 
 CACHE_SOURCES = ("default", "sysconf", "sysfs")  # cpu_dispatch.h's CacheSource

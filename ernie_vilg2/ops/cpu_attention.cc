@@ -64,25 +64,9 @@ Dims check(const paddle::Tensor& q, const paddle::Tensor& k, const paddle::Tenso
 
 // The row loops of each code path (cpu_row_loops.inc), and the path this process runs
 // (cpu_dispatch.h: the CPU's widest, or ERNIE_VILG2_CPU_ISA's).
-namespace generic_path {
-#define ROW_LOOP
-#include "cpu_row_loops.inc"
-#undef ROW_LOOP
-}  // namespace generic_path
-#if defined(ERNIE_VILG2_X86_PATHS)
-namespace avx2_path {
-#define ROW_LOOP __attribute__((target("avx2,fma")))
-#include "cpu_row_loops.inc"
-#undef ROW_LOOP
-}  // namespace avx2_path
-#endif
-#if defined(ERNIE_VILG2_AVX512_PATH)
-namespace avx512_path {
-#define ROW_LOOP __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
-#include "cpu_row_loops.inc"
-#undef ROW_LOOP
-}  // namespace avx512_path
-#endif
+#define ROW_LOOPS_FILE "cpu_row_loops.inc"
+#include "cpu_code_paths.inc"
+#undef ROW_LOOPS_FILE
 
 #if defined(ERNIE_VILG2_AVX512_PATH)
 // Rows shorter than a few 512-bit vectors (head widths, a few text tokens) run the AVX2 code:

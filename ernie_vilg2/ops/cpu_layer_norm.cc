@@ -18,25 +18,9 @@
 
 namespace {
 
-namespace generic_path {
-#define ROW_LOOP
-#include "cpu_layer_norm_rows.inc"
-#undef ROW_LOOP
-}  // namespace generic_path
-#if defined(ERNIE_VILG2_X86_PATHS)
-namespace avx2_path {
-#define ROW_LOOP __attribute__((target("avx2,fma")))
-#include "cpu_layer_norm_rows.inc"
-#undef ROW_LOOP
-}  // namespace avx2_path
-#endif
-#if defined(ERNIE_VILG2_AVX512_PATH)
-namespace avx512_path {
-#define ROW_LOOP __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
-#include "cpu_layer_norm_rows.inc"
-#undef ROW_LOOP
-}  // namespace avx512_path
-#endif
+#define ROW_LOOPS_FILE "cpu_layer_norm_rows.inc"
+#include "cpu_code_paths.inc"
+#undef ROW_LOOPS_FILE
 
 struct RowLoops {
   decltype(&generic_path::layer_norm_rows) forward;
