@@ -24,6 +24,8 @@ FOLDER = "cpu_ops"
 PROGRAM_SUFFIX = ".cpu_ops"  # inference.cpu_ops.json beside inference.json
 ENGINES = ("paddle", "onednn")  # OpenVINO and TensorRT convert the programs: plain ops only
 DISABLE_VARIABLE = "ERNIE_VILG2_CPU_OPS"
+# manifest field of the cpu_ops entry -> key of ernie_vilg2.ops.build_stamp()
+STAMP_FIELDS = {"paddle_version": "paddle", "paddle_commit": "paddle_commit", "source_sha256": "source_sha256"}
 
 
 def export_library(out_dir: str) -> dict:
@@ -34,8 +36,8 @@ def export_library(out_dir: str) -> dict:
     name = os.path.basename(ops.library_path())
     os.makedirs(os.path.join(out_dir, FOLDER), exist_ok=True)
     shutil.copyfile(ops.library_path(), os.path.join(out_dir, FOLDER, name))
-    return {"library": f"{FOLDER}/{name}", "paddle_version": stamp["paddle"], "paddle_commit": stamp["paddle_commit"],
-            "source_sha256": stamp["source_sha256"], "operators": [ops.ATTENTION_OP, ops.CONV_OP]}
+    return {"library": f"{FOLDER}/{name}", **{field: stamp[key] for field, key in STAMP_FIELDS.items()},
+            "operators": [ops.ATTENTION_OP, ops.CONV_OP]}
 
 
 def save_with_operators(static_layer, root: str, folder: str, program: str, save: Callable) -> dict:
@@ -69,11 +71,6 @@ def program_files(entry: dict, with_operators: bool):
     return entry["model"], entry["params"]
 
 
-def _stamp(entry: dict) -> dict:
-    return {"paddle": entry["paddle_version"], "paddle_commit": entry["paddle_commit"],
-            "source_sha256": entry["source_sha256"]}
-
-
 def _mismatch(entry: dict) -> Optional[str]:
     import paddle
 
@@ -94,8 +91,10 @@ def use_operators(folder: str, manifest: dict, device: str, engine: str) -> bool
     path = os.path.join(folder, entry["library"])
     if os.path.isfile(path):  # a damaged library is an error, as any other file of the export
         verify_files(folder, {entry["library"]: manifest["files"][entry["library"]]})
-    reason = _mismatch(entry) if os.path.isfile(path) else f"{path} is missing"
-    reason = reason or ops.register_copy(path, _stamp(entry))
+        stamp = {key: entry[field] for field, key in STAMP_FIELDS.items()}
+        reason = _mismatch(entry) or ops.register_copy(path, stamp)
+    else:
+        reason = f"{path} is missing"
     if reason:
         warnings.warn(f"{folder}: C++ CPU operators: {reason}; running the programs without them "
                       "(Paddle's own CPU kernels)", stacklevel=3)

@@ -20,6 +20,7 @@ from PIL import Image
 
 from ernie_vilg2.utils.mkl_dispatch import amd_with_avx2
 
+from helpers import deploy_exports
 from helpers.cpu_ops import require_cpu_ops
 from helpers.paths import CPP_DIR, REPO_ROOT
 
@@ -376,12 +377,8 @@ def test_cpp_cpu_operators_switched_off_by_the_environment(cpp_runner, tiny_expo
 ], ids=["cpu_ops", "paddle_commit", "library", "model_with_cpu_ops", "files", "outside"])
 def test_cpp_bad_cpu_ops_field_is_one_line_error(cpp_runner, tiny_export, tmp_path, change, message):
     require_cpu_ops()
-    folder = tmp_path / "export"
-    shutil.copytree(tiny_export[1], folder)
-    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-    change(manifest)
-    (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
-    proc = _run([cpp_runner, "--model", str(folder), "--prompt", "x", "--out", str(tmp_path / "o.png")])
+    folder = deploy_exports.edited_copy(tiny_export[1], tmp_path / "export", change)
+    proc = _run([cpp_runner, "--model", folder, "--prompt", "x", "--out", str(tmp_path / "o.png")])
     lines = _text(proc.stderr).strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, lines
     assert lines[0].startswith(f"error: {folder}/manifest.json: {message}"), lines

@@ -2,7 +2,6 @@
 compute the dynamic graph's function, and when the Python runner uses or falls back from them."""
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -104,13 +103,8 @@ def test_runner_uses_the_operators_unless_switched_off(bank, monkeypatch):
 
 def test_runner_falls_back_with_a_warning_when_the_library_is_for_another_paddle(bank, tmp_path):
     _, _, folder, _ = bank
-    copy = deploy_exports.copy_export(folder, tmp_path / "export")
-    path = os.path.join(copy, "manifest.json")
-    with open(path, encoding="utf-8") as f:
-        manifest = json.load(f)
-    manifest["cpu_ops"]["paddle_version"], manifest["cpu_ops"]["paddle_commit"] = "9.9.9", "f" * 40
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(manifest, f)
+    copy = deploy_exports.edited_copy(folder, tmp_path / "export",
+                                      lambda m: m["cpu_ops"].update(paddle_version="9.9.9", paddle_commit="f" * 40))
     with pytest.warns(UserWarning, match=r"C\+\+ CPU operators: built for Paddle 9\.9\.9 .*running the programs "
                                          r"without them"):
         pipe, images = _images(copy)
@@ -150,13 +144,7 @@ def test_other_engines_run_the_plain_programs(bank):
 ])
 def test_bad_cpu_ops_fields_are_named(bank, tmp_path, edit, match):
     _, _, folder, _ = bank
-    copy = deploy_exports.copy_export(folder, tmp_path / "export")
-    path = os.path.join(copy, "manifest.json")
-    with open(path, encoding="utf-8") as f:
-        manifest = json.load(f)
-    edit(manifest)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(manifest, f)
+    copy = deploy_exports.edited_copy(folder, tmp_path / "export", edit)
     with pytest.raises(ManifestError, match=match):
         read_manifest(copy, verify="size")
 

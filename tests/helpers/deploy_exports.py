@@ -76,3 +76,18 @@ def copy_export(src: str, dst) -> str:
 
     shutil.copytree(src, dst)
     return os.fspath(dst)
+
+
+def edited_copy(src: str, dst, edit) -> str:
+    """A copy of the export ``src`` at ``dst`` whose manifest.json ``edit(manifest)`` changed in
+    place (manifest.json is not in its own ``files`` record)."""
+    import json
+
+    folder = copy_export(src, dst)
+    path = os.path.join(folder, "manifest.json")
+    with open(path, encoding="utf-8") as f:
+        manifest = json.load(f)
+    edit(manifest)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(manifest, f)
+    return folder
