@@ -30,7 +30,10 @@ import numpy as np
 # PPDiffusers as it comes; "fast" what every expert of the project runs.
 PADDLE_VARIANTS = {"stock": ("stock", False, False, "defaults"), "stock-avx2": ("stock", True, False, "defaults"),
                    "fast-paddle": ("fast", True, False, "keep"), "fast": ("fast", True, True, "keep"),
-                   "fast-lean": ("fast", True, True, "lean")}
+                   "fast-lean": ("fast", True, True, "lean"), "fast-program": ("fast", True, True, "keep")}
+# Variants that sample through the exported program (Paddle Inference with the C++ operators, as
+# the deployment runners); they train as the dynamic graph ("fast"), which is all there is to train.
+PROGRAM_VARIANTS = {"fast-program"}
 # glibc reads these at process start, so the benchmark starts the variant's process with them.
 MALLOC_ENVIRONMENT = {"lean": {"MALLOC_MMAP_THRESHOLD_": "131072"}}
 
@@ -152,9 +155,37 @@ class PaddleSide:
         with self.paddle.no_grad():
             return self.unet(x, t, context).sample.numpy()
 
+    def export_unet(self, folder: str, num_train_timesteps: int, text_length: int) -> None:
+        """Sample through the U-Net's exported program from now on: traced with the C++ operators
+        as the exporter traces an expert (ernie_vilg2.deploy.export), run by a Paddle Inference
+        predictor as the deployment runners run it."""
+        from paddle.static import InputSpec
+
+        from ernie_vilg2.deploy.cpu_ops import program_files
+        from ernie_vilg2.deploy.predictor import PredictorSettings, Program
+        from ernie_vilg2.deploy.program_writer import program_layers, save_program, static_program
+        from ernie_vilg2.deploy.rewrites import rewrite_for_export
+
+        unet = rewrite_for_export(self.unet, num_train_timesteps)
+        cfg = unet.config
+        spec = [InputSpec([None, cfg.in_channels, cfg.sample_size, cfg.sample_size], "float32", "sample"),
+                InputSpec([1], "float32", "timestep"),
+                InputSpec([None, text_length, cfg.cross_attention_dim], "float32", "encoder_hidden_states")]
+        expert_program = program_layers()[1]
+        entry = save_program(static_program(expert_program(unet), spec), folder, "unet",
+                             static_program(expert_program(unet), spec))
+        model, params = program_files(entry, with_operators=True)
+        threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
+        self.program = Program(os.path.join(folder, model), os.path.join(folder, params),
+                               [(s.name, "float32", s.shape) for s in spec], PredictorSettings(threads=threads), "unet")
+
     def sample_step(self, x, t, context, guidance):
         with self.paddle.no_grad():
-            eps = self.unet(self.paddle.concat([x, x]), t, context).sample
+            if getattr(self, "program", None) is None:
+                eps = self.unet(self.paddle.concat([x, x]), t, context).sample
+            else:
+                timestep = np.asarray([float(t)], dtype="float32")
+                eps = self.paddle.to_tensor(self.program(np.concatenate([x.numpy()] * 2), timestep, context.numpy()))
             uncond, cond = eps.chunk(2)
             eps = uncond + guidance * (cond - uncond)
             return self.scheduler.step(eps, t, x).prev_sample
@@ -255,7 +286,7 @@ def unet_step_flops(model, spec: dict) -> dict:
     return {"train": 3 * forward(spec["batch"]), "sample": forward(2 * spec["sample_batch"])}
 
 
-def prepare_unet(framework: str, mode: str, spec: dict, arrays: dict, inputs: dict, variant: str):
+def prepare_unet(framework: str, mode: str, spec: dict, arrays: dict, inputs: dict, variant: str, out: str):
     """(check output, step function): the U-Net's output and a training step for train, one
     CFG + DDIM step and a step of a sampling run for sample."""
     model = side(framework, spec, variant)
@@ -269,6 +300,9 @@ def prepare_unet(framework: str, mode: str, spec: dict, arrays: dict, inputs: di
         def step():
             return model.train_step(noisy, t, context, target)
     elif mode == "sample":
+        if variant in PROGRAM_VARIANTS:
+            model.export_unet(os.path.join(out, f"program-{variant}-{os.getpid()}"),
+                              spec["scheduler"]["num_train_timesteps"], spec["text_length"])
         x, context = T(inputs["latents"]), T(inputs["sample_context"])
         model.scheduler.set_timesteps(spec["sample_steps"])
         timesteps = list(model.scheduler.timesteps)
@@ -323,7 +357,7 @@ def run(spec_path: str, framework: str, mode: str, variant: str, out: str) -> No
         set_variant = paddle_variant(variant) if framework == "paddle" else None
         check, step = peer_pipeline.prepare(framework, mode, spec, arrays, inputs, set_variant)
     else:
-        check, step = prepare_unet(framework, mode, spec, arrays, inputs, variant)
+        check, step = prepare_unet(framework, mode, spec, arrays, inputs, variant, out)
     arrays.clear()
     np.save(os.path.join(out, f"check-{framework}-{variant}-{mode}.npy"), check)
     first_loss = step() if mode == "train" else None

@@ -13,8 +13,10 @@ and as the project runs it (``fast``: ``FastAttnProcessor`` with the C++ CPU att
 operator, the faster layers of models/fast_layers.py with the C++ convolution operator, MKL's
 AVX2 path on AMD CPUs, glibc keeping freed memory); ``--variants`` adds
 the steps in between (``stock-avx2``: only the MKL setting; ``fast-paddle``: all but the C++
-operators) and ``fast-lean`` (``fast`` with glibc mapping each tensor from the OS and handing
-it back when freed: least memory, slower). Peak memory is each process's VmHWM; its import
+operators), ``fast-lean`` (``fast`` with glibc mapping each tensor from the OS and handing
+it back when freed: least memory, slower) and ``fast-program`` (``fast``, sampling through the
+U-Net's exported program with the C++ operators in a Paddle Inference predictor, as the
+deployment runners sample; U-Net configs). Peak memory is each process's VmHWM; its import
 alone is in the "import" column.
 
     make bench-peer                                     # creates .venv-peer, runs the defaults
@@ -92,6 +94,9 @@ def parse_args(argv=None):
     if not os.path.isfile(args.peer_python):
         p.error(f"--peer-python: {args.peer_python} not found; `make bench-peer` creates .venv-peer "
                 f"from requirements/peer.txt")
+    if "fast-program" in args.variants and any("pipeline" in CONFIGS[c] for c in args.configs):
+        p.error("--variants fast-program: U-Net configs only (the whole model's exported pipeline: "
+                "benchmarks/deploy_speed.py)")
     if any("pipeline" in CONFIGS[c] for c in args.configs) and not peer_has(args.peer_python, "transformers"):
         p.error(f"--peer-python: {args.peer_python} has no transformers (the pipeline configs' BERT); "
                 f"install requirements/peer.txt into that venv")

@@ -164,3 +164,42 @@ def test_import_profile_charges_each_module_its_own_memory(tmp_path):
     assert importer["inner_probe"] == "outer_probe"
     assert import_memory.package_of("paddlenlp.taskflow.text") == "paddlenlp.taskflow"
     assert import_memory.package_of("pyarrow.lib") == "pyarrow"
+
+
+def test_program_variant_samples_as_the_dynamic_graph(tmp_path, monkeypatch):
+    """fast-program's sampling step runs the U-Net's exported program (the C++ operators in it)
+    through a Paddle Inference predictor: the same step as the dynamic graph's."""
+    import numpy as np
+    import paddle
+
+    from ernie_vilg2 import ops
+
+    if not ops.cpu_ops_available():
+        pytest.skip("the C++ CPU operators are not built")
+    for name in ("MKL_DEBUG_CPU_TYPE", "ERNIE_VILG2_MKL_AVX2", "ERNIE_VILG2_CPU_OPS", "ERNIE_VILG2_MALLOC_TUNING"):
+        monkeypatch.setenv(name, os.environ.get(name, "unset"))  # the variant sets them; restored after
+    unet = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=[32, 32], layers_per_block=1,
+                down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"], norm_num_groups=8,
+                up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"], attention_head_dim=8, cross_attention_dim=16)
+    spec = dict(seed=0, unet=unet, text_length=6, scheduler=vs_pytorch.SCHEDULER)
+    side = peer_worker.PaddleSide(spec, "fast")
+    side.unet.eval()
+    side.scheduler.set_timesteps(10)
+    t = side.scheduler.timesteps[2]
+    rng = np.random.default_rng(0)
+    x = paddle.to_tensor(rng.standard_normal((2, 4, 8, 8)).astype("float32"))
+    context = paddle.to_tensor(rng.standard_normal((4, 6, 16)).astype("float32"))
+    dynamic = side.sample_step(x, t, context, 3.0).numpy()
+    side.export_unet(str(tmp_path / "program"), 1000, 6)
+    assert os.path.isfile(tmp_path / "program" / "unet" / "inference.cpu_ops.json")  # the operators' program
+    program = side.sample_step(x, t, context, 3.0).numpy()
+    assert np.abs(program - dynamic).max() < 1e-5
+    assert np.abs(dynamic).max() > 0.1  # a real step, not zeros
+
+
+def test_program_variant_is_for_the_unet_configs(capsys):
+    with pytest.raises(SystemExit) as exc:
+        vs_pytorch.parse_args(["--configs", "tiny-pipeline", "--variants", "fast-program",
+                               "--peer-python", sys.executable])
+    assert exc.value.code == 2
+    assert "--variants fast-program" in capsys.readouterr().err.strip().splitlines()[-1]
