@@ -1,4 +1,4 @@
-"""Linear, convolution and layer-norm layers that cost less on CPU.
+"""Linear, convolution, layer-norm and group-norm layers that cost less on CPU.
 
 Convolutions: Paddle's CPU conv2d is im2col + GEMM; where the project's C++ operators are built
 (:mod:`ernie_vilg2.ops`), a float32 NCHW convolution with zero padding runs oneDNN's direct
@@ -9,6 +9,11 @@ Layer norms: where the operators are built, a training ``LayerNorm`` with weight
 the last dimension (the transformer blocks' norm1/norm2/norm3) of a float32 CPU input runs the
 C++ layer-norm operator, forward and backward: Paddle's CPU layer-norm backward is several
 times slower.
+
+Group norms: where the operators are built, a ``GroupNorm`` with weight and bias of a float32
+NCHW CPU input (ResnetBlock2D's norm1/norm2, Transformer2DModel's norm, conv_norm_out, the
+VAE's) runs the C++ group-norm operator, forward and backward, in training and inference:
+Paddle's CPU group norm is slower in both.
 
 Biases: two of Paddle's CPU kernels are slow around a bias:
 - the backward of a broadcast add sums the gradient over the broadcast axes with a column
@@ -34,7 +39,7 @@ from paddle.autograd import PyLayer
 from ppdiffusers.models.activations import GEGLU
 from ppdiffusers.models.lora import LoRACompatibleConv, LoRACompatibleLinear
 
-from ..ops import cpu_conv2d, cpu_layer_norm, operators_apply
+from ..ops import cpu_conv2d, cpu_group_norm, cpu_layer_norm, operators_apply
 
 # Outputs smaller than this (elements) keep the stock forward: the PyLayer's call costs more.
 MIN_ELEMENTS = 1 << 16
@@ -179,9 +184,30 @@ class FastLayerNorm(paddle.nn.LayerNorm):
         return super().forward(input) if out is None else out
 
 
+def _group_norm_by_operator(layer, x) -> bool:
+    """Whether the C++ operator computes this group norm: weight and bias, channels first
+    (NCHW), float32 on CPU, dynamic graph, a large input; training or inference (unlike the
+    layer norm, Paddle's forward is slower too)."""
+    weight, bias = layer.weight, layer.bias
+    if weight is None or bias is None or not paddle.in_dynamic_mode() or layer._data_format != "NCHW":
+        return False
+    return (x.place.is_cpu_place() and x.dtype == paddle.float32 and weight.dtype == paddle.float32
+            and x.ndim >= 3 and x.shape[1] == layer._num_channels and x.size >= MIN_ELEMENTS)
+
+
+class FastGroupNorm(paddle.nn.GroupNorm):
+    """A ``GroupNorm`` through the C++ operator where :func:`_group_norm_by_operator` says so."""
+
+    def forward(self, input):
+        out = None
+        if _group_norm_by_operator(self, input):
+            out = cpu_group_norm(input, self.weight, self.bias, self._num_groups, self._epsilon)
+        return super().forward(input) if out is None else out
+
+
 def use_fast_layers(model: paddle.nn.Layer) -> None:
-    """Switch ``model``'s LoRACompatibleLinear / LoRACompatibleConv / Conv2D / GEGLU / LayerNorm
-    layers to the subclasses above, in place (their class only: parameters, buffers and state dict stay)."""
+    """Switch ``model``'s LoRACompatibleLinear / LoRACompatibleConv / Conv2D / GEGLU / LayerNorm /
+    GroupNorm layers to the subclasses above, in place (their class only: parameters, buffers and state dict stay)."""
     for layer in model.sublayers(include_self=True):
         if type(layer) is LoRACompatibleLinear:
             layer.__class__ = FastLinear
@@ -193,3 +219,5 @@ def use_fast_layers(model: paddle.nn.Layer) -> None:
             layer.__class__ = FastConv2D
         elif type(layer) is paddle.nn.LayerNorm:
             layer.__class__ = FastLayerNorm
+        elif type(layer) is paddle.nn.GroupNorm:
+            layer.__class__ = FastGroupNorm
