@@ -40,8 +40,8 @@ KINDS = (
 
 # Paddle's profiler records a custom C++ operator's backward node but not its forward call, so
 # the calls are wrapped in events of these names (user-defined events, added to the table).
-FORWARD_EVENTS = {"cpu_attention": "ernie_vilg2_cpu_attention forward", "cpu_conv2d": "ernie_vilg2_cpu_conv2d forward",
-                  "cpu_layer_norm": "ernie_vilg2_cpu_layer_norm forward"}
+FORWARD_EVENTS = {name: f"ernie_vilg2_{name} forward"
+                  for name in ("cpu_attention", "cpu_conv2d", "cpu_layer_norm", "cpu_group_norm", "cpu_geglu")}
 
 
 def record_operator_forwards(profiler):
@@ -54,9 +54,9 @@ def record_operator_forwards(profiler):
                 return call(*args, **kwargs)
         return wrapper
 
-    for module, function in ((attention_processor, "cpu_attention"), (fast_layers, "cpu_conv2d"),
-                             (fast_layers, "cpu_layer_norm")):
-        setattr(module, function, recorded(getattr(module, function), FORWARD_EVENTS[function]))
+    for function, event in FORWARD_EVENTS.items():
+        module = attention_processor if function == "cpu_attention" else fast_layers
+        setattr(module, function, recorded(getattr(module, function), event))
 
 
 def parse_args(argv=None):
