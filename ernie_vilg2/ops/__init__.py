@@ -40,10 +40,13 @@ LIBRARY = "ernie_vilg2_cpu_ops"
 ATTENTION_OP = "ernie_vilg2_cpu_attention"
 CONV_OP = "ernie_vilg2_cpu_conv2d"
 LAYER_NORM_OP = "ernie_vilg2_cpu_layer_norm"
+GEGLU_OP = "ernie_vilg2_cpu_geglu"
 SOURCES = [os.path.join(OPS_DIR, name)
-           for name in ("cpu_attention.cc", "cpu_conv.cc", "cpu_layer_norm.cc", "cpu_dispatch.cc")]
+           for name in ("cpu_attention.cc", "cpu_conv.cc", "cpu_layer_norm.cc", "cpu_dispatch.cc",
+                        "cpu_geglu.cc")]
 HEADERS = [os.path.join(OPS_DIR, name)
-           for name in ("cpu_dispatch.h", "cpu_code_paths.inc", "cpu_row_loops.inc", "cpu_layer_norm_rows.inc")]
+           for name in ("cpu_dispatch.h", "cpu_code_paths.inc", "cpu_row_loops.inc", "cpu_layer_norm_rows.inc",
+                        "cpu_geglu_rows.inc")]
 STAMP_FILE = os.path.join(BUILD_DIR, "stamp.json")
 
 CACHE_SOURCES = ("default", "sysconf", "sysfs")  # cpu_dispatch.h's CacheSource
@@ -277,4 +280,16 @@ def cpu_layer_norm(x, weight, bias, epsilon: float):
     from paddle import _C_ops
 
     out, _, _ = _C_ops._run_custom_op(LAYER_NORM_OP, _dense(x), weight, bias, float(epsilon))
+    return out
+
+
+def cpu_geglu(hidden, gate, bias):
+    """``(hidden + bias[:D]) * F.gelu(gate + bias[D:])`` (the exact GELU) of float32 CPU tensors
+    hidden and gate [..., D] and bias [2D] (contiguous: a GEGLU projection's bias), with its
+    backward; None when the operators are not built."""
+    if not _register():
+        return None
+    from paddle import _C_ops
+
+    (out,) = _C_ops._run_custom_op(GEGLU_OP, _dense(hidden), _dense(gate), bias)
     return out

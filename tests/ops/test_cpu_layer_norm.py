@@ -1,14 +1,11 @@
 """The C++ CPU layer-norm operator (ernie_vilg2/ops/cpu_layer_norm.cc) against float64."""
-import ctypes
-import os
-
 import numpy as np
 import paddle
 import pytest
 
 from ernie_vilg2 import ops
 
-from helpers.cpu_ops import require_cpu_ops
+from helpers.cpu_ops import OmpThreads, require_cpu_ops
 
 
 def reference(x, weight, bias, grad_out, epsilon):
@@ -21,20 +18,6 @@ def reference(x, weight, bias, grad_out, epsilon):
     grad_x = rstd * (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True))
     rows = (-1, x.shape[-1])
     return (xhat * weight + bias, grad_x, (grad_out * xhat).reshape(rows).sum(0), grad_out.reshape(rows).sum(0))
-
-
-class OmpThreads:
-    """The OpenMP thread count of the operators' runtime (MKL's libiomp5) for this thread."""
-
-    def __init__(self, threads):
-        self.lib = ctypes.CDLL(os.path.join(os.path.dirname(paddle.__file__), "libs", "libiomp5.so"))
-        self.threads, self.previous = threads, self.lib.omp_get_max_threads()
-
-    def __enter__(self):
-        self.lib.omp_set_num_threads(self.threads)
-
-    def __exit__(self, *exc):
-        self.lib.omp_set_num_threads(self.previous)
 
 
 def run(arrays, epsilon, trainable=(True, True, True)):
