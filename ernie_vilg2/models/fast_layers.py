@@ -1,4 +1,4 @@
-"""Linear, convolution, layer-norm and group-norm layers that cost less on CPU.
+"""Linear, convolution, GEGLU, layer-norm and group-norm layers that cost less on CPU.
 
 Convolutions: Paddle's CPU conv2d is im2col + GEMM; where the project's C++ operators are built
 (:mod:`ernie_vilg2.ops`), a float32 NCHW convolution with zero padding runs oneDNN's direct
@@ -26,7 +26,8 @@ Biases: two of Paddle's CPU kernels are slow around a bias:
 convolutions take the operator, or else compute the layer without its bias and add it
 themselves, as linear layers do when training, through :class:`_BiasAdd` (its backward is the
 matrix product). GEGLU (the feed-forward's gate) computes its two halves with two products
-instead of splitting one (the split copies). Same parameters and state dict, the same
+instead of splitting one (the split copies), and the C++ GEGLU operator adds their biases and
+applies the gate, forward and backward. Same parameters and state dict, the same
 function; static graphs and small outputs take the stock forward, except that the convolutions
 of a program traced inside :func:`ernie_vilg2.ops.into_programs` call the operator. The measurements:
 docs/performance.md.
@@ -39,7 +40,7 @@ from paddle.autograd import PyLayer
 from ppdiffusers.models.activations import GEGLU
 from ppdiffusers.models.lora import LoRACompatibleConv, LoRACompatibleLinear
 
-from ..ops import cpu_conv2d, cpu_group_norm, cpu_layer_norm, operators_apply
+from ..ops import cpu_conv2d, cpu_geglu, cpu_group_norm, cpu_layer_norm, operators_apply
 
 # Outputs smaller than this (elements) keep the stock forward: the PyLayer's call costs more.
 MIN_ELEMENTS = 1 << 16
@@ -120,15 +121,24 @@ class FastLinear(LoRACompatibleLinear):
 
 class FastGEGLU(GEGLU):
     """GEGLU with its two halves from two products instead of one product split in two: the
-    split copies both halves."""
+    split copies both halves. Float32 outputs from MIN_ELEMENTS (training and inference) take
+    the products without the bias, and the C++ operator adds it and applies the gate in one
+    pass each way (Paddle's bias adds, GELU and product are a pass each)."""
 
     def forward(self, hidden_states, scale: float = 1.0):
         if not _on_cpu(self.proj, hidden_states):
             return super().forward(hidden_states, scale)
         half = self.proj.weight.shape[1] // 2
         weight, bias = self.proj.weight, self.proj.bias
-        hidden = _linear(hidden_states, weight[:, :half], bias[:half])
-        return hidden * self.gelu(_linear(hidden_states, weight[:, half:], bias[half:]))
+        rows = hidden_states.size // max(1, hidden_states.shape[-1])
+        if hidden_states.dtype != paddle.float32 or weight.dtype != paddle.float32 or rows * half < MIN_ELEMENTS:
+            hidden = _linear(hidden_states, weight[:, :half], bias[:half])
+            return hidden * self.gelu(_linear(hidden_states, weight[:, half:], bias[half:]))
+        hidden, gate = F.linear(hidden_states, weight[:, :half]), F.linear(hidden_states, weight[:, half:])
+        out = cpu_geglu(hidden, gate, bias)
+        if out is None:  # the operators are not built: _linear's bias adds
+            out = _bias_add(hidden, bias[:half], -1) * self.gelu(_bias_add(gate, bias[half:], -1))
+        return out
 
 
 def _operator_conv(layer, x):

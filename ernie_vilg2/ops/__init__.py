@@ -2,11 +2,11 @@
 
 ``make install`` (or ``python -m ernie_vilg2.ops.build``) compiles them into one library in
 ``ernie_vilg2/ops/_build``: softmax attention (``cpu_attention.cc``, MKL), 2-D convolution
-(``cpu_conv.cc``, oneDNN), layer normalisation (``cpu_layer_norm.cc``) and group normalisation
-(``cpu_group_norm.cc``), all with their backward. Where they are not built (no compiler, a Paddle
-wheel without MKL or oneDNN, another Paddle than the one they were built for),
-:func:`cpu_attention`, :func:`cpu_conv2d`, :func:`cpu_layer_norm` and :func:`cpu_group_norm`
-return None and the callers take their pure-Paddle path, which computes the same function;
+(``cpu_conv.cc``, oneDNN), layer normalisation (``cpu_layer_norm.cc``), group normalisation
+(``cpu_group_norm.cc``) and GEGLU's gate (``cpu_geglu.cc``), all with their backward. Where they
+are not built (no compiler, a Paddle wheel without MKL or oneDNN, another Paddle than the one
+they were built for), :func:`cpu_attention`, :func:`cpu_conv2d`, :func:`cpu_layer_norm`,
+:func:`cpu_group_norm` and :func:`cpu_geglu` return None and the callers take their pure-Paddle path, which computes the same function;
 ``ERNIE_VILG2_CPU_OPS=0`` in the environment makes them take it too (to compare).
 
 Their row loops are compiled for AVX-512, AVX2 + FMA and any CPU, and run the widest this
@@ -41,12 +41,13 @@ ATTENTION_OP = "ernie_vilg2_cpu_attention"
 CONV_OP = "ernie_vilg2_cpu_conv2d"
 LAYER_NORM_OP = "ernie_vilg2_cpu_layer_norm"
 GROUP_NORM_OP = "ernie_vilg2_cpu_group_norm"
+GEGLU_OP = "ernie_vilg2_cpu_geglu"
 SOURCES = [os.path.join(OPS_DIR, name)
            for name in ("cpu_attention.cc", "cpu_conv.cc", "cpu_layer_norm.cc", "cpu_dispatch.cc",
-                        "cpu_group_norm.cc")]
+                        "cpu_group_norm.cc", "cpu_geglu.cc")]
 HEADERS = [os.path.join(OPS_DIR, name)
            for name in ("cpu_dispatch.h", "cpu_code_paths.inc", "cpu_row_loops.inc", "cpu_layer_norm_rows.inc",
-                        "cpu_group_norm_rows.inc")]
+                        "cpu_group_norm_rows.inc", "cpu_geglu_rows.inc")]
 STAMP_FILE = os.path.join(BUILD_DIR, "stamp.json")
 
 CACHE_SOURCES = ("default", "sysconf", "sysfs")  # cpu_dispatch.h's CacheSource
@@ -291,4 +292,16 @@ def cpu_group_norm(x, weight, bias, groups: int, epsilon: float):
     from paddle import _C_ops
 
     out, _, _ = _C_ops._run_custom_op(GROUP_NORM_OP, _dense(x), weight, bias, int(groups), float(epsilon))
+    return out
+
+
+def cpu_geglu(hidden, gate, bias):
+    """``(hidden + bias[:D]) * F.gelu(gate + bias[D:])`` (the exact GELU) of float32 CPU tensors
+    hidden and gate [..., D] and bias [2D] (contiguous: a GEGLU projection's bias), with its
+    backward; None when the operators are not built."""
+    if not _register():
+        return None
+    from paddle import _C_ops
+
+    (out,) = _C_ops._run_custom_op(GEGLU_OP, _dense(hidden), _dense(gate), bias)
     return out

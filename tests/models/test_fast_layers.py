@@ -33,7 +33,8 @@ def count_calls(monkeypatch, owner, name, replacement=None):
 
 # conv: the C++ convolution operator, bias included; "conv, no operator" (where it is not built),
 # "same" padding and groups (the operator's cases exclude them): Paddle's conv2d without the
-# bias, then _BiasAdd; geglu: two products, each with _BiasAdd.
+# bias, then _BiasAdd; geglu: two products, each with _BiasAdd (where the GEGLU operator is not
+# built; tests/ops/test_cpu_geglu.py tests it).
 @pytest.mark.parametrize("kind", ["linear", "geglu", "conv", "conv stride 2", "plain conv", "conv, no operator", "conv 'same' padding",
                                   "conv groups 2"])
 def test_same_function_and_gradients(kind, monkeypatch):
@@ -58,6 +59,7 @@ def test_same_function_and_gradients(kind, monkeypatch):
     op_calls = count_calls(monkeypatch, fast_layers, "cpu_conv2d",
                            (lambda *a: None) if kind == "conv, no operator" else None)
     bias_calls = count_calls(monkeypatch, fast_layers._BiasAdd, "apply")
+    monkeypatch.setattr(fast_layers, "cpu_geglu", lambda *a: None)
     for got, want in zip(outputs_and_grads(fast, x), outputs_and_grads(stock, x)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     with paddle.no_grad():  # inference: the same function

@@ -2,8 +2,8 @@
 
 The path is chosen once per process, so each forced path runs the operators' reference tests
 (tests/ops/test_cpu_ops.py: attention and convolution, tests/ops/test_cpu_layer_norm.py: layer
-norm, tests/ops/test_cpu_group_norm.py: group norm; against float64, forward and backward) in a
-process of its own."""
+norm, tests/ops/test_cpu_group_norm.py: group norm, tests/ops/test_cpu_geglu.py: GEGLU; against
+float64, forward and backward) in a process of its own."""
 import os
 import subprocess
 import sys
@@ -17,7 +17,8 @@ from helpers.cpu_ops import require_cpu_ops
 from helpers.paths import REPO_ROOT
 
 CPU_OPS_TESTS = [os.path.join(REPO_ROOT, "tests", "ops", name)
-                 for name in ("test_cpu_ops.py", "test_cpu_layer_norm.py", "test_cpu_group_norm.py")]
+                 for name in ("test_cpu_ops.py", "test_cpu_layer_norm.py", "test_cpu_group_norm.py",
+                              "test_cpu_geglu.py")]
 GENERIC, AVX2, AVX512 = (1 << PATHS.index(name) for name in PATHS)
 
 
