@@ -37,7 +37,7 @@ def export_library(out_dir: str) -> dict:
     os.makedirs(os.path.join(out_dir, FOLDER), exist_ok=True)
     shutil.copyfile(ops.library_path(), os.path.join(out_dir, FOLDER, name))
     return {"library": f"{FOLDER}/{name}", **{field: stamp[key] for field, key in STAMP_FIELDS.items()},
-            "operators": [ops.ATTENTION_OP, ops.CONV_OP]}
+            "operators": list(ops.PROGRAM_OPERATORS)}
 
 
 def save_with_operators(static_layer, root: str, folder: str, program: str, save: Callable) -> dict:
@@ -52,7 +52,7 @@ def save_with_operators(static_layer, root: str, folder: str, program: str, save
         save(static_layer, prefix)
     with open(prefix + ".json", encoding="utf-8") as f:
         text = f.read()
-    if not any(name in text for name in (ops.ATTENTION_OP, ops.CONV_OP)):
+    if not any(name in text for name in ops.PROGRAM_OPERATORS):
         for ext in (".json", ".pdiparams"):
             os.remove(prefix + ext)
         return {}

@@ -28,8 +28,9 @@ themselves, as linear layers do when training, through :class:`_BiasAdd` (its ba
 matrix product). GEGLU (the feed-forward's gate) computes its two halves with two products
 instead of splitting one (the split copies), and the C++ GEGLU operator adds their biases and
 applies the gate, forward and backward. Same parameters and state dict, the same
-function; static graphs and small outputs take the stock forward, except that the convolutions
-of a program traced inside :func:`ernie_vilg2.ops.into_programs` call the operator. The measurements:
+function; static graphs and small outputs take the stock forward, except that the convolutions,
+group norms and GEGLUs of a program traced inside :func:`ernie_vilg2.ops.into_programs` call the
+operators. The measurements:
 docs/performance.md.
 """
 from __future__ import annotations
@@ -119,6 +120,13 @@ class FastLinear(LoRACompatibleLinear):
         return _linear(hidden_states, self.weight, self.bias)
 
 
+def _geglu_by_operator(x, weight, half) -> bool:
+    if x.dtype != paddle.float32 or weight.dtype != paddle.float32:
+        return False
+    # A program's batch is open: there the operator whatever the size.
+    return not paddle.in_dynamic_mode() or x.size // max(1, x.shape[-1]) * half >= MIN_ELEMENTS
+
+
 class FastGEGLU(GEGLU):
     """GEGLU with its two halves from two products instead of one product split in two: the
     split copies both halves. Float32 outputs from MIN_ELEMENTS (training and inference) take
@@ -126,12 +134,14 @@ class FastGEGLU(GEGLU):
     pass each way (Paddle's bias adds, GELU and product are a pass each)."""
 
     def forward(self, hidden_states, scale: float = 1.0):
-        if not _on_cpu(self.proj, hidden_states):
+        # operators_apply: also a program traced with the operators (the exporter's)
+        if not (_plain(self.proj) and operators_apply(hidden_states)):
             return super().forward(hidden_states, scale)
         half = self.proj.weight.shape[1] // 2
         weight, bias = self.proj.weight, self.proj.bias
-        rows = hidden_states.size // max(1, hidden_states.shape[-1])
-        if hidden_states.dtype != paddle.float32 or weight.dtype != paddle.float32 or rows * half < MIN_ELEMENTS:
+        if not _geglu_by_operator(hidden_states, weight, half):
+            if not paddle.in_dynamic_mode():
+                return super().forward(hidden_states, scale)
             hidden = _linear(hidden_states, weight[:, :half], bias[:half])
             return hidden * self.gelu(_linear(hidden_states, weight[:, half:], bias[half:]))
         hidden, gate = F.linear(hidden_states, weight[:, :half]), F.linear(hidden_states, weight[:, half:])
@@ -196,13 +206,14 @@ class FastLayerNorm(paddle.nn.LayerNorm):
 
 def _group_norm_by_operator(layer, x) -> bool:
     """Whether the C++ operator computes this group norm: weight and bias, channels first
-    (NCHW), float32 on CPU, dynamic graph, a large input; training or inference (unlike the
-    layer norm, Paddle's forward is slower too)."""
+    (NCHW), float32 on CPU, a large input in the dynamic graph or a program traced with the
+    operators; training or inference (unlike the layer norm, Paddle's forward is slower too)."""
     weight, bias = layer.weight, layer.bias
-    if weight is None or bias is None or not paddle.in_dynamic_mode() or layer._data_format != "NCHW":
+    # operators_apply: also a program traced with the operators (the exporter's), whose batch is open
+    if weight is None or bias is None or layer._data_format != "NCHW" or not operators_apply(x):
         return False
-    return (x.place.is_cpu_place() and x.dtype == paddle.float32 and weight.dtype == paddle.float32
-            and x.ndim >= 3 and x.shape[1] == layer._num_channels and x.size >= MIN_ELEMENTS)
+    return (x.dtype == paddle.float32 and weight.dtype == paddle.float32 and x.ndim >= 3
+            and x.shape[1] == layer._num_channels and (not paddle.in_dynamic_mode() or x.size >= MIN_ELEMENTS))
 
 
 class FastGroupNorm(paddle.nn.GroupNorm):

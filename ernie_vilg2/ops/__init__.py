@@ -42,6 +42,8 @@ CONV_OP = "ernie_vilg2_cpu_conv2d"
 LAYER_NORM_OP = "ernie_vilg2_cpu_layer_norm"
 GROUP_NORM_OP = "ernie_vilg2_cpu_group_norm"
 GEGLU_OP = "ernie_vilg2_cpu_geglu"
+# What the callers trace into a program inside into_programs() (the layer norm is for training).
+PROGRAM_OPERATORS = (ATTENTION_OP, CONV_OP, GROUP_NORM_OP, GEGLU_OP)
 SOURCES = [os.path.join(OPS_DIR, name)
            for name in ("cpu_attention.cc", "cpu_conv.cc", "cpu_layer_norm.cc", "cpu_dispatch.cc",
                         "cpu_group_norm.cc", "cpu_geglu.cc")]
@@ -284,6 +286,7 @@ def cpu_layer_norm(x, weight, bias, epsilon: float):
     return out
 
 
+@paddle.jit.not_to_static  # run as written while a static graph is traced
 def cpu_group_norm(x, weight, bias, groups: int, epsilon: float):
     """``F.group_norm(x, groups, epsilon, weight, bias)`` of a float32 CPU tensor [N, C, *]
     (NCHW; weight and bias: contiguous, [C]), with its backward; None when the operators are not built."""
@@ -295,6 +298,7 @@ def cpu_group_norm(x, weight, bias, groups: int, epsilon: float):
     return out
 
 
+@paddle.jit.not_to_static  # run as written while a static graph is traced
 def cpu_geglu(hidden, gate, bias):
     """``(hidden + bias[:D]) * F.gelu(gate + bias[D:])`` (the exact GELU) of float32 CPU tensors
     hidden and gate [..., D] and bias [2D] (contiguous: a GEGLU projection's bias), with its
