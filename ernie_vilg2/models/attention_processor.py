@@ -63,9 +63,10 @@ from ernie_vilg2.ops import cpu_attention, operators_apply
 
 # Scores per query block (benchmarks/attention_chunks.py measures the choice).
 DEFAULT_CHUNK_BYTES = 4 << 20
-# Scores per head from which the C++ operator beats Paddle's ops (below: the custom op's call
-# overhead is larger than the work; benchmarks/attention_chunks.py).
-CPU_OP_MIN_SCORES = 4096
+# Scores per head from which the C++ operator computes the attention: every size, since it beats
+# Paddle's ops also on the tiny U-Net's 64 x 24 cross-attention (docs/performance.md); tests and
+# benchmarks/attention_chunks.py raise it to compare the paths.
+CPU_OP_MIN_SCORES = 0
 
 
 def _row_blocks(rows: int, row_bytes: int, chunk_bytes: int):

@@ -45,6 +45,9 @@ from ..ops import cpu_conv2d, cpu_geglu, cpu_group_norm, cpu_layer_norm, operato
 
 # Outputs smaller than this (elements) keep the stock forward: the PyLayer's call costs more.
 MIN_ELEMENTS = 1 << 16
+# The norm operators: from this size they beat Paddle's kernels (training; the group norm's
+# forward too; docs/performance.md).
+NORM_MIN_ELEMENTS = 1 << 12
 
 
 def _add_bias(x, bias, axis):
@@ -191,7 +194,7 @@ def _layer_norm_by_operator(layer, x) -> bool:
     if x.stop_gradient and weight.stop_gradient and bias.stop_gradient:
         return False
     return (x.place.is_cpu_place() and x.dtype == paddle.float32 and weight.dtype == paddle.float32
-            and x.ndim >= 1 and layer._normalized_shape == [x.shape[-1]] and x.size >= MIN_ELEMENTS)
+            and x.ndim >= 1 and layer._normalized_shape == [x.shape[-1]] and x.size >= NORM_MIN_ELEMENTS)
 
 
 class FastLayerNorm(paddle.nn.LayerNorm):
@@ -213,7 +216,7 @@ def _group_norm_by_operator(layer, x) -> bool:
     if weight is None or bias is None or layer._data_format != "NCHW" or not operators_apply(x):
         return False
     return (x.dtype == paddle.float32 and weight.dtype == paddle.float32 and x.ndim >= 3
-            and x.shape[1] == layer._num_channels and (not paddle.in_dynamic_mode() or x.size >= MIN_ELEMENTS))
+            and x.shape[1] == layer._num_channels and (not paddle.in_dynamic_mode() or x.size >= NORM_MIN_ELEMENTS))
 
 
 class FastGroupNorm(paddle.nn.GroupNorm):
