@@ -132,9 +132,10 @@ def _geglu_by_operator(x, weight, half) -> bool:
 
 class FastGEGLU(GEGLU):
     """GEGLU with its two halves from two products instead of one product split in two: the
-    split copies both halves. Float32 outputs from MIN_ELEMENTS (training and inference) take
-    the products without the bias, and the C++ operator adds it and applies the gate in one
-    pass each way (Paddle's bias adds, GELU and product are a pass each)."""
+    split copies both halves. Float32 outputs from MIN_ELEMENTS (training and inference; any
+    size in a program traced with the operators) take the products without the bias, and the C++
+    operator adds it and applies the gate in one pass each way (Paddle's bias adds, GELU and
+    product are a pass each)."""
 
     def forward(self, hidden_states, scale: float = 1.0):
         # operators_apply: also a program traced with the operators (the exporter's)

@@ -6,8 +6,9 @@
 (``cpu_group_norm.cc``) and GEGLU's gate (``cpu_geglu.cc``), all with their backward. Where they
 are not built (no compiler, a Paddle wheel without MKL or oneDNN, another Paddle than the one
 they were built for), :func:`cpu_attention`, :func:`cpu_conv2d`, :func:`cpu_layer_norm`,
-:func:`cpu_group_norm` and :func:`cpu_geglu` return None and the callers take their pure-Paddle path, which computes the same function;
-``ERNIE_VILG2_CPU_OPS=0`` in the environment makes them take it too (to compare).
+:func:`cpu_group_norm` and :func:`cpu_geglu` return None and the callers take their pure-Paddle
+path, which computes the same function; ``ERNIE_VILG2_CPU_OPS=0`` in the environment makes them
+take it too (to compare).
 
 Their row loops are compiled for AVX-512, AVX2 + FMA and any CPU, and run the widest this
 CPU has, or the one ``ERNIE_VILG2_CPU_ISA`` (generic, avx2, avx512) names: a path this CPU or
