@@ -11,6 +11,7 @@ from ernie_vilg2.models import fast_layers
 from ernie_vilg2.models.fast_layers import FastConv, FastConv2D, FastGEGLU, FastLayerNorm, FastLinear, use_fast_layers
 
 from helpers.cpu_ops import require_cpu_ops
+from helpers.gradients import grads_of
 
 
 def outputs_and_grads(layer, x):
@@ -107,19 +108,6 @@ def test_frozen_weights_train_the_input_only(kind, monkeypatch):
         assert all(p.grad is None for p in layer.parameters())
         results.append(inp.grad.numpy())
     np.testing.assert_allclose(results[0], results[1], rtol=1e-5, atol=1e-5)
-
-
-def grads_of(layer, x, **kwargs):
-    """The output and the gradients of x and of every parameter (by name) for a fixed weighting."""
-    x = x.detach()
-    x.stop_gradient = False
-    out = layer(x, **kwargs)
-    weights = paddle.to_tensor(np.random.default_rng(1).standard_normal(out.shape).astype("float32"))
-    (out * weights).sum().backward()
-    grads = {"out": out.numpy(), "x": x.grad.numpy()}
-    grads.update({name: p.grad.numpy() for name, p in layer.named_parameters() if p.grad is not None})
-    layer.clear_gradients()
-    return grads
 
 
 # The operator: a LayerNorm over the last dimension with weight and bias, float32, training.

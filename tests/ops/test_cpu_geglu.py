@@ -12,6 +12,7 @@ from ernie_vilg2.models import fast_layers
 from ernie_vilg2.models.fast_layers import FastGEGLU, use_fast_layers
 
 from helpers.cpu_ops import OmpThreads, require_cpu_ops
+from helpers.gradients import grads_of
 
 _erfc = np.frompyfunc(math.erfc, 1, 1)
 
@@ -152,18 +153,6 @@ def count_calls(monkeypatch):
     return calls
 
 
-def grads_of(block, x, context):
-    x = x.detach()
-    x.stop_gradient = False
-    out = block(x, encoder_hidden_states=context)
-    weights = paddle.to_tensor(np.random.default_rng(1).standard_normal(out.shape).astype("float32"))
-    (out * weights).sum().backward()
-    grads = {"out": out.numpy(), "x": x.grad.numpy()}
-    grads.update({name: p.grad.numpy() for name, p in block.named_parameters() if p.grad is not None})
-    block.clear_gradients()
-    return grads
-
-
 @pytest.mark.parametrize("frozen", [False, True])
 def test_fast_geglu_in_a_transformer_block_equals_the_stock(frozen, monkeypatch):
     """A U-Net transformer block whose feed-forward's GEGLU is the fast one (at a size where it
@@ -183,7 +172,8 @@ def test_fast_geglu_in_a_transformer_block_equals_the_stock(frozen, monkeypatch)
             layer.__class__ = FastGEGLU
     x, context = paddle.randn([2, 512, 64]) * 2, paddle.randn([2, 7, 32])
     calls = count_calls(monkeypatch)
-    got, want = grads_of(fast, x, context), grads_of(stock, x, context)
+    got = grads_of(fast, x, encoder_hidden_states=context)
+    want = grads_of(stock, x, encoder_hidden_states=context)
     assert len(calls) == 1 and got.keys() == want.keys() and (len(want) == 2) == frozen
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5, err_msg=name)

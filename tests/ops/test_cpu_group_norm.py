@@ -11,6 +11,7 @@ from ernie_vilg2.models import fast_layers
 from ernie_vilg2.models.fast_layers import FastGroupNorm, use_fast_layers
 
 from helpers.cpu_ops import OmpThreads, require_cpu_ops
+from helpers.gradients import grads_of
 
 
 def reference(x, weight, bias, grad_out, groups, epsilon):
@@ -130,19 +131,6 @@ def count_calls(monkeypatch):
     original = fast_layers.cpu_group_norm
     monkeypatch.setattr(fast_layers, "cpu_group_norm", lambda *a: calls.append(1) or original(*a))
     return calls
-
-
-def grads_of(layer, x, *args):
-    """The output and the gradients of x and of every parameter (by name) for a fixed weighting."""
-    x = x.detach()
-    x.stop_gradient = False
-    out = layer(x, *args)
-    weights = paddle.to_tensor(np.random.default_rng(1).standard_normal(out.shape).astype("float32"))
-    (out * weights).sum().backward()
-    grads = {"out": out.numpy(), "x": x.grad.numpy()}
-    grads.update({name: p.grad.numpy() for name, p in layer.named_parameters() if p.grad is not None})
-    layer.clear_gradients()
-    return grads
 
 
 def test_a_resnet_block_has_the_same_outputs_and_gradients(monkeypatch):
