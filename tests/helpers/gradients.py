@@ -1,4 +1,4 @@
-"""Outputs and gradients of a layer, to compare a fast layer with the stock one."""
+"""Comparing a fast layer with the stock one: outputs and gradients, and calls of an operator."""
 import numpy as np
 import paddle
 
@@ -15,3 +15,19 @@ def grads_of(layer, x, *args, **kwargs):
     grads.update({name: p.grad.numpy() for name, p in layer.named_parameters() if p.grad is not None})
     layer.clear_gradients()
     return grads
+
+
+def assert_same_grads(got, want, rtol, atol):
+    """Two :func:`grads_of` results: the same entries, each within the tolerances."""
+    assert got.keys() == want.keys()
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=rtol, atol=atol, err_msg=name)
+
+
+def count_calls(monkeypatch, owner, name, replacement=None):
+    """Count the calls of ``owner.name`` (a list that grows by one per call); ``replacement``,
+    if given, is called instead of it."""
+    calls = []
+    original = getattr(owner, name)
+    monkeypatch.setattr(owner, name, lambda *a: calls.append(1) or (replacement or original)(*a))
+    return calls

@@ -11,25 +11,7 @@ from ernie_vilg2.models import fast_layers
 from ernie_vilg2.models.fast_layers import FastConv, FastConv2D, FastGEGLU, FastLayerNorm, FastLinear, use_fast_layers
 
 from helpers.cpu_ops import require_cpu_ops
-from helpers.gradients import grads_of
-
-
-def outputs_and_grads(layer, x):
-    x = x.detach()
-    x.stop_gradient = False
-    out = layer(x)
-    weights = paddle.to_tensor(np.random.default_rng(1).standard_normal(out.shape).astype("float32"))
-    (out * weights).sum().backward()
-    grads = [x.grad.numpy()] + [p.grad.numpy() for p in layer.parameters()]
-    layer.clear_gradients()
-    return [out.numpy()] + grads
-
-
-def count_calls(monkeypatch, owner, name, replacement=None):
-    calls = []
-    original = getattr(owner, name)
-    monkeypatch.setattr(owner, name, lambda *a: calls.append(1) or (replacement or original)(*a))
-    return calls
+from helpers.gradients import assert_same_grads, count_calls, grads_of
 
 
 # conv: the C++ convolution operator, bias included; "conv, no operator" (where it is not built),
@@ -61,8 +43,7 @@ def test_same_function_and_gradients(kind, monkeypatch):
                            (lambda *a: None) if kind == "conv, no operator" else None)
     bias_calls = count_calls(monkeypatch, fast_layers._BiasAdd, "apply")
     monkeypatch.setattr(fast_layers, "cpu_geglu", lambda *a: None)
-    for got, want in zip(outputs_and_grads(fast, x), outputs_and_grads(stock, x)):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert_same_grads(grads_of(fast, x), grads_of(stock, x), rtol=1e-5, atol=1e-5)
     with paddle.no_grad():  # inference: the same function
         np.testing.assert_allclose(fast(x).numpy(), stock(x).numpy(), rtol=1e-5, atol=1e-5)
     # _BiasAdd in training only: inference adds the bias without the PyLayer.
@@ -132,10 +113,7 @@ def test_layer_norm_same_function_and_gradients(kind, operator_calls, monkeypatc
     use_fast_layers(fast)
     assert type(fast) is FastLayerNorm and fast.state_dict().keys() == stock.state_dict().keys()
     calls = count_calls(monkeypatch, fast_layers, "cpu_layer_norm")
-    got, want = grads_of(fast, x), grads_of(stock, x)
-    assert got.keys() == want.keys()
-    for name in want:
-        np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5, err_msg=name)
+    assert_same_grads(grads_of(fast, x), grads_of(stock, x), rtol=1e-4, atol=1e-5)
     assert len(calls) == operator_calls
     with paddle.no_grad():  # inference: the stock forward
         np.testing.assert_array_equal(fast(x).numpy(), stock(x).numpy())
@@ -158,6 +136,5 @@ def test_a_transformer_block_has_the_same_outputs_and_gradients(monkeypatch):
     calls = count_calls(monkeypatch, fast_layers, "cpu_layer_norm")
     got = grads_of(fast, x, encoder_hidden_states=context)
     want = grads_of(stock, x, encoder_hidden_states=context)
-    assert len(calls) == 3 and got.keys() == want.keys()
-    for name in want:
-        np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=2e-4, err_msg=name)
+    assert len(calls) == 3
+    assert_same_grads(got, want, rtol=1e-4, atol=2e-4)

@@ -11,7 +11,7 @@ from ernie_vilg2.models import fast_layers
 from ernie_vilg2.models.fast_layers import FastGroupNorm, use_fast_layers
 
 from helpers.cpu_ops import OmpThreads, require_cpu_ops
-from helpers.gradients import grads_of
+from helpers.gradients import assert_same_grads, count_calls, grads_of
 
 
 def reference(x, weight, bias, grad_out, groups, epsilon):
@@ -126,13 +126,6 @@ def test_group_norm_bad_input_is_an_error_not_a_crash(bad, message):
         ops.cpu_group_norm(x, w, b, groups, 1e-5)
 
 
-def count_calls(monkeypatch):
-    calls = []
-    original = fast_layers.cpu_group_norm
-    monkeypatch.setattr(fast_layers, "cpu_group_norm", lambda *a: calls.append(1) or original(*a))
-    return calls
-
-
 def test_a_resnet_block_has_the_same_outputs_and_gradients(monkeypatch):
     """A U-Net ResnetBlock2D (norm1 and norm2 through the operator) against the stock block, in
     training and in inference, at the size where the operator applies."""
@@ -147,7 +140,7 @@ def test_a_resnet_block_has_the_same_outputs_and_gradients(monkeypatch):
     assert fast.state_dict().keys() == stock.state_dict().keys()
     x, temb = paddle.randn([2, 64, 32, 32]) * 2 + 1, paddle.randn([2, 32])
     assert x.size >= fast_layers.MIN_ELEMENTS
-    calls = count_calls(monkeypatch)
+    calls = count_calls(monkeypatch, fast_layers, "cpu_group_norm")
     got, want = grads_of(fast, x, temb), grads_of(stock, x, temb)
     assert len(calls) == 2 and got.keys() == want.keys()
     for name in want:  # the convolutions' weight gradients are sums of 2,048 products: float rounding of their size
@@ -179,11 +172,8 @@ def test_group_norm_layer_same_function_and_gradients(kind, operator_calls, monk
     fast = copy.deepcopy(stock)
     use_fast_layers(fast)
     assert type(fast) is FastGroupNorm and fast.state_dict().keys() == stock.state_dict().keys()
-    calls = count_calls(monkeypatch)
-    got, want = grads_of(fast, x), grads_of(stock, x)
-    assert got.keys() == want.keys()
-    for name in want:
-        np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-4, err_msg=name)
+    calls = count_calls(monkeypatch, fast_layers, "cpu_group_norm")
+    assert_same_grads(grads_of(fast, x), grads_of(stock, x), rtol=1e-4, atol=1e-4)
     assert len(calls) == operator_calls
     with paddle.no_grad():  # inference: the same choice
         np.testing.assert_allclose(fast(x).numpy(), stock(x).numpy(), rtol=1e-5, atol=1e-5)
