@@ -171,7 +171,7 @@ class PaddleSide:
         spec = [InputSpec([None, cfg.in_channels, cfg.sample_size, cfg.sample_size], "float32", "sample"),
                 InputSpec([1], "float32", "timestep"),
                 InputSpec([None, text_length, cfg.cross_attention_dim], "float32", "encoder_hidden_states")]
-        expert_program = program_layers()[1]
+        _, expert_program, _ = program_layers()
         entry = save_program(static_program(expert_program(unet), spec), folder, "unet",
                              static_program(expert_program(unet), spec))
         model, params = program_files(entry, with_operators=True)
