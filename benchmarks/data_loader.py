@@ -43,6 +43,7 @@ os.environ.setdefault("GLOG_minloglevel", "2")
 
 from ernie_vilg2.utils.cpu_report import cpu_line  # noqa: E402
 from ernie_vilg2.utils.cpu_tuning import tune_cpu_process  # noqa: E402
+from ernie_vilg2.utils.process_memory import peak_rss_mib  # noqa: E402
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -275,18 +276,6 @@ def measure_wait(args, config: str, root: str) -> dict:
             batches.close(log=False)
 
 
-def peak_rss_kib() -> int:
-    """This process's peak RSS (KiB): VmHWM. Not getrusage's ru_maxrss, which on Linux keeps the
-    peak of the process image before exec: a child of the benchmark would report the benchmark's."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
 def rss_child(root: str, records: int, resolution: int, batch_size: int) -> None:
     """In a fresh process: one pass over the ``records`` samples at ``root`` through the loader with
     0 workers; prints {"import_kib", "peak_kib"} (peak RSS after the imports, at the end)."""
@@ -295,7 +284,7 @@ def rss_child(root: str, records: int, resolution: int, batch_size: int) -> None
     from ernie_vilg2.data.loader import BatchLoader
     from ernie_vilg2.data.sources import open_source
 
-    imported = peak_rss_kib()
+    imported = peak_rss_mib() * 1024
     data = DataConfig(root=root, resolution=resolution)
     plan = make_plan(open_source(data), seed=0, rank=0, world=1, batch_size=batch_size, workers=0,
                      shuffle_buffer=data.shuffle_buffer)
@@ -303,7 +292,7 @@ def rss_child(root: str, records: int, resolution: int, batch_size: int) -> None
     for _ in range(-(-records // batch_size)):
         loader.get()
     loader.close()
-    print(json.dumps({"import_kib": imported, "peak_kib": peak_rss_kib()}))
+    print(json.dumps({"import_kib": imported, "peak_kib": peak_rss_mib() * 1024}))
 
 
 def measure_rss(root: str, records: int, resolution: int, batch_size: int) -> dict:

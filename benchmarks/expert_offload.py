@@ -34,6 +34,7 @@ from typing import Dict, List, Optional, Sequence
 
 from ernie_vilg2.utils.cpu_report import machine_report
 from ernie_vilg2.utils.cpu_tuning import tune_cpu_process
+from ernie_vilg2.utils.process_memory import peak_rss_mib
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 
@@ -78,13 +79,6 @@ def build_banks(workdir: str, experts: int, channels: Sequence[int], layers: int
     return folders[0], folders[1], per_expert
 
 
-def _peak_rss_mib() -> float:
-    """VmHWM: this process's own peak. (``ru_maxrss`` of a child keeps the RSS its parent had
-    when it forked, which here was the whole bank.)"""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
-
-
 def _child(args) -> None:
     """One measurement: load, sample ``--runs`` + 1 times (the first untimed), print JSON."""
     from ernie_vilg2.cli_utils import quiet_third_party_logs
@@ -112,7 +106,7 @@ def _child(args) -> None:
     np.save(args.images, images)
     stats = pipe.expert_offload.run if pipe.expert_offload is not None else None
     print(json.dumps({
-        "peak_mib": _peak_rss_mib(),
+        "peak_mib": peak_rss_mib(),
         "load_s": load_s, "run_s": statistics.median(times[1:]),
         "cpu_s": statistics.median(cpu_times[1:]),
         "loads": stats.loads if stats else 0, "switches": stats.switches if stats else 0,

@@ -7,7 +7,7 @@ one prepared run folder (VAE and base stages trained once, in-process). The glob
 stays the same, so each rank computes batch / W rows; with N experts and W ranks each rank
 holds N / min(N, W) of them. Step time: median wall time between consecutive steps of rank 0
 (all ranks wait for each other in the all-reduces). Memory: each rank's peak RSS at exit
-(``ru_maxrss``), which includes Paddle's import (about 0.5 GB) and the latent cache.
+(VmHWM), which includes Paddle's import (about 0.5 GB) and the latent cache.
 
     python benchmarks/expert_parallel.py --rounds 2            # N=4, [128, 256] experts, batch 16
     python benchmarks/expert_parallel.py --ranks 1 2 --channels 64 128 --steps 6
@@ -21,7 +21,6 @@ import argparse
 import glob
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -31,6 +30,7 @@ import time
 
 from ernie_vilg2.utils.cpu_report import machine_report
 from ernie_vilg2.utils.cpu_tuning import tune_cpu_process
+from ernie_vilg2.utils.process_memory import peak_rss_mib
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 
@@ -111,7 +111,7 @@ def worker(rest) -> int:
         steps = [b - a for a, b in zip(stamps, stamps[1:])]
         print(MARK + json.dumps({"rank": dist.get_rank(), "world": dist.get_world_size(),
                                  "step_s": statistics.median(steps[:-1] or steps) if steps else None,
-                                 "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, **held}),
+                                 "maxrss": peak_rss_mib() * 2**20, **held}),
               file=sys.stderr, flush=True)
 
     atexit.register(report)

@@ -29,6 +29,7 @@ import sys
 import time
 
 from ernie_vilg2.utils.cpu_report import machine_report
+from ernie_vilg2.utils.process_memory import peak_rss_mib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGETS = {"params": 1.15, "train, mixed timesteps": 1.1}
@@ -84,8 +85,6 @@ def _unet(name: str):
 
 def measure(name: str, variant: str, experts: int, rank: int, steps: int) -> dict:
     """Build one bank of ``experts`` from a fresh U-Net, train and sample it; times and memory."""
-    import resource
-
     import numpy as np
     import paddle
 
@@ -144,7 +143,7 @@ def measure(name: str, variant: str, experts: int, rank: int, steps: int) -> dic
             start = time.perf_counter()
             train_step(draws[row]())
             times[row].append(time.perf_counter() - start)
-    peak_train = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_train = peak_rss_mib()
     bank.eval()
     sample_step(500)
     times[ROWS[2]] = []

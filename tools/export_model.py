@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import sys
 import time
 
@@ -22,6 +21,7 @@ os.environ.setdefault("GLOG_minloglevel", "2")
 from ernie_vilg2.cli_utils import check_model_and_out, fail, quiet_third_party_logs  # noqa: E402
 from ernie_vilg2.errors import ErnieViLG2Error  # noqa: E402
 from ernie_vilg2.utils.cpu_tuning import tune_cpu_process  # noqa: E402
+from ernie_vilg2.utils.process_memory import peak_rss_mib  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     except FileExistsError as exc:
         fail(f"--out: {exc}")
     size = sum(record["size"] for record in manifest["files"].values())
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    peak = peak_rss_mib()
     image = manifest["image"]
     n = manifest["router"]["num_experts"]
     with_ops = "; the experts and the VAE decoder also with the C++ CPU operators" if "cpu_ops" in manifest else ""
