@@ -52,13 +52,21 @@ def main(argv=None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     quiet_third_party_logs()  # PaddleNLP/PPDiffusers INFO lines; ours stay at INFO
-    from ernie_vilg2.training.config import load_config
-    from ernie_vilg2.training.distributed import is_communication_error, launch_position
-    from ernie_vilg2.training.runner import run_training
+    from ernie_vilg2.training.distributed import end_launched_rank, launch_position
 
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     rank, world = launch_position()
-    who = f"rank {rank}: " if world > 1 else ""  # the launcher shows the log of the rank that failed first
+    code = _train(args, f"rank {rank}: " if world > 1 else "", world)  # the launcher shows the first failed rank's log
+    if world > 1:
+        end_launched_rank(code)
+    return code
+
+
+def _train(args, who: str, world: int) -> int:
+    from ernie_vilg2.training.config import load_config
+    from ernie_vilg2.training.distributed import is_communication_error
+    from ernie_vilg2.training.runner import run_training
+
     try:
         cfg = load_config(args.config, args.opt)
         model_dir = run_training(cfg, resume=args.resume, stages=args.stage,

@@ -74,6 +74,17 @@ def barrier(world_size: int) -> None:
     _wait_for_count(store, key, world_size, f"barrier {_barriers}")
 
 
+def leave_job(world_size: int) -> None:
+    """This rank is done with the job's store; rank 0, whose process serves it, returns only when
+    every rank is (a rank still polling its last barrier would lose the store otherwise)."""
+    if world_size <= 1 or not dist.is_initialized():  # a run that never joined: no store to leave
+        return
+    store = job_store()
+    store.add(f"{_PREFIX}/left", 1)
+    if dist.get_rank() == 0:
+        _wait_for_count(store, f"{_PREFIX}/left", world_size, "leaving the job")
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("", 0))
