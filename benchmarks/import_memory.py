@@ -2,7 +2,9 @@
 
 The peer benchmark (vs_pytorch.py) counts each process's import in its peak. This script
 imports what its U-Net worker imports (Paddle: ``paddle`` + ``ppdiffusers``; PyTorch: ``torch``
-+ ``diffusers``), each framework in a fresh process, and charges the growth of the process's
++ ``diffusers``), each framework in a fresh process (Paddle as the entry points import it, with
+the rest of PaddleNLP's package ``__init__`` deferred, and as ``paddle-full``, with
+``ERNIE_VILG2_LEAN_IMPORT=0``), and charges the growth of the process's
 resident memory (VmRSS) while a module is created and executed to that module, less what the
 modules it imports in turn grew it by. The modules' shares are summed by package (two name
 levels for the frameworks' own packages, so PaddleNLP's parts show apart) and printed largest
@@ -10,12 +12,13 @@ first, each with the framework package whose import brought it in, and each proc
 
     python benchmarks/import_memory.py                                   # both, top 12 rows
     python benchmarks/import_memory.py --peer-python .venv-peer/bin/python --top 20
-    python benchmarks/import_memory.py --frameworks paddle
+    python benchmarks/import_memory.py --frameworks paddle paddle-full
 """
 from __future__ import annotations
 
 import argparse
 import importlib.abc
+import importlib.util
 import json
 import os
 import subprocess
@@ -23,7 +26,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_PEER = os.path.join(ROOT, ".venv-peer", "bin", "python")
-IMPORTS = {"paddle": ["paddle", "ppdiffusers"], "torch": ["torch", "diffusers"]}
+IMPORTS = {"paddle": ["paddle", "ppdiffusers"], "paddle-full": ["paddle", "ppdiffusers"], "torch": ["torch", "diffusers"]}
 # The frameworks' packages: their second name level is shown (paddlenlp.taskflow, ...), and
 # every other package is traced back to the one of them that imported it.
 FRAMEWORKS = {"paddle", "paddlenlp", "ppdiffusers", "torch", "diffusers"}
@@ -111,7 +114,19 @@ def package_of(module: str) -> str:
     return ".".join(parts[:2]) if parts[0] in FRAMEWORKS else parts[0]
 
 
+def defer_paddlenlp_init(lean: bool) -> None:
+    """tune_cpu_process's PaddleNLP setting, from its file alone: importing ernie_vilg2.utils
+    would import Pillow before the measurement."""
+    path = os.path.join(ROOT, "ernie_vilg2", "utils", "paddlenlp_import.py")
+    spec = importlib.util.spec_from_file_location("paddlenlp_import", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.defer_paddlenlp_init({} if lean else {module.ENV: "0"})
+
+
 def worker(framework: str) -> None:
+    if framework.startswith("paddle"):
+        defer_paddlenlp_init(lean=framework == "paddle")
     start = rss_mib()
     profile = ImportProfile()
     sys.meta_path.insert(0, profile)
@@ -147,10 +162,10 @@ def main() -> None:
     if "torch" in args.frameworks and not os.path.exists(args.peer_python):
         raise SystemExit(f"error: --peer-python {args.peer_python} does not exist (make bench-peer creates it)")
     for framework in args.frameworks:
-        result = measure(sys.executable if framework == "paddle" else args.peer_python, framework)
+        result = measure(args.peer_python if framework == "torch" else sys.executable, framework)
         rows = sorted(result["packages"].items(), key=lambda kv: -kv[1][0])
         shown, rest = rows[:args.top], rows[args.top:]
-        print(f"\nimport {' + '.join(IMPORTS[framework])}: {result['total']:.0f} MiB resident "
+        print(f"\n{framework}: import {' + '.join(IMPORTS[framework])}: {result['total']:.0f} MiB resident "
               f"(interpreter {result['start']:.0f} MiB, imports {result['total'] - result['start']:.0f} MiB)")
         print("| package | MiB | imported by |\n|---|---:|---|")
         for package, (mib, by) in shown:

@@ -82,12 +82,13 @@ def test_one_call_applies_both_settings():
 
 
 @pytest.mark.parametrize("environ", [
-    {"ERNIE_VILG2_MKL_AVX2": "0", "ERNIE_VILG2_MALLOC_TUNING": "0"},  # opted out
-    {"MKL_DEBUG_CPU_TYPE": "2", "MALLOC_MMAP_THRESHOLD_": "131072"},  # the user's own settings
+    {"ERNIE_VILG2_MKL_AVX2": "0", "ERNIE_VILG2_MALLOC_TUNING": "0", "ERNIE_VILG2_LEAN_IMPORT": "0"},  # opted out
+    {"MKL_DEBUG_CPU_TYPE": "2", "MALLOC_MMAP_THRESHOLD_": "131072", "ERNIE_VILG2_LEAN_IMPORT": "0"},  # the user's own
 ])
 def test_opt_outs_and_the_users_settings_are_kept(environ):
     given = dict(environ)
-    assert tune_cpu_process(environ) == CpuTuning(mkl_avx2=False, malloc_thresholds=False, library_isa_caps=False)
+    assert tune_cpu_process(environ) == CpuTuning(mkl_avx2=False, malloc_thresholds=False, library_isa_caps=False,
+                                                  paddlenlp_deferred=False)
     assert environ == given
 
 
