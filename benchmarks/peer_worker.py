@@ -70,11 +70,10 @@ def torch_layout(layer) -> dict:
     return {k: (v.numpy().T if k in linear else v.numpy()) for k, v in layer.state_dict().items()}
 
 
-def paddle_variant(variant: str):
-    """Set this process up for ``variant`` (before Paddle's first MKL call: MKL reads its
-    dispatch variable then) and return ``set_variant(unet)``, which installs the variant's
-    attention processor and layers (stock: PPDiffusers' own, also on a loaded project
-    model; fast: what ``apply_speedups`` gives every expert)."""
+def paddle_process(variant: str) -> None:
+    """The process-wide settings of ``variant``, before Paddle's first MKL call (MKL reads its
+    dispatch variable then) and before PaddleNLP's import (the fast variants import it as the
+    project's entry points do, stock ones whole)."""
     if variant not in PADDLE_VARIANTS:
         raise SystemExit(f"error: --variant must be one of {sorted(PADDLE_VARIANTS)}, got {variant!r}")
     missing = {k: v for k, v in variant_environment(variant).items() if os.environ.get(k) != v}
@@ -85,10 +84,20 @@ def paddle_variant(variant: str):
     os.environ["ERNIE_VILG2_MKL_AVX2"] = "1" if avx2 else "0"
     os.environ["ERNIE_VILG2_CPU_OPS"] = "1" if cpu_ops else "0"
     os.environ["ERNIE_VILG2_MALLOC_TUNING"] = "1" if malloc == "keep" else "0"
-    if avx2 or malloc == "keep":
+    os.environ["ERNIE_VILG2_LEAN_IMPORT"] = "1" if processor == "fast" else "0"
+    if avx2 or malloc == "keep":  # every fast variant; stock without the project's settings
         from ernie_vilg2.utils.cpu_tuning import tune_cpu_process
 
         tune_cpu_process()  # each setting as the variables above allow it
+
+
+def paddle_variant(variant: str):
+    """Set this process up for ``variant`` (:func:`paddle_process`) and return
+    ``set_variant(unet)``, which installs the variant's attention processor and layers (stock:
+    PPDiffusers' own, also on a loaded project model; fast: what ``apply_speedups`` gives every
+    expert)."""
+    paddle_process(variant)
+    processor = PADDLE_VARIANTS[variant][0]
     if processor == "fast":
         from ernie_vilg2.models.speedups import apply_speedups
 
@@ -335,6 +344,7 @@ def code_path(framework: str) -> str:
 def run(spec_path: str, framework: str, mode: str, variant: str, out: str) -> None:
     spec = read_spec(spec_path)
     if framework == "paddle":
+        paddle_process(variant)
         import paddle, ppdiffusers  # noqa: F401,E401
     else:
         import diffusers, torch  # noqa: F401,E401
