@@ -73,14 +73,22 @@ Dims check(const paddle::Tensor& q, const paddle::Tensor& k, const paddle::Tenso
 // there the wider loop's reductions and remainders cost more than its width saves.
 namespace avx512_rows {
 constexpr int64_t kShortRow = 64;
-float max(const float* x, int64_t n) { return (n < kShortRow ? avx2_path::row_max : avx512_path::row_max)(x, n); }
-float sum(const float* x, int64_t n) { return (n < kShortRow ? avx2_path::row_sum : avx512_path::row_sum)(x, n); }
-float dot(const float* x, const float* y, int64_t n) {
+float row_max(const float* x, int64_t n) {
+  return (n < kShortRow ? avx2_path::row_max : avx512_path::row_max)(x, n);
+}
+float row_sum(const float* x, int64_t n) {
+  return (n < kShortRow ? avx2_path::row_sum : avx512_path::row_sum)(x, n);
+}
+float row_dot(const float* x, const float* y, int64_t n) {
   return (n < kShortRow ? avx2_path::row_dot : avx512_path::row_dot)(x, y, n);
 }
-void add(float* x, int64_t n, float c) { (n < kShortRow ? avx2_path::row_add : avx512_path::row_add)(x, n, c); }
-void scale(float* x, int64_t n, float c) { (n < kShortRow ? avx2_path::row_scale : avx512_path::row_scale)(x, n, c); }
-void softmax_grad(float* g, const float* p, int64_t n, float delta) {
+void row_add(float* x, int64_t n, float c) {
+  (n < kShortRow ? avx2_path::row_add : avx512_path::row_add)(x, n, c);
+}
+void row_scale(float* x, int64_t n, float c) {
+  (n < kShortRow ? avx2_path::row_scale : avx512_path::row_scale)(x, n, c);
+}
+void row_softmax_grad(float* g, const float* p, int64_t n, float delta) {
   (n < kShortRow ? avx2_path::row_softmax_grad : avx512_path::row_softmax_grad)(g, p, n, delta);
 }
 void accumulate_at_b(float* c, const float* a, int64_t lda, float alpha, const float* b, int64_t m, int64_t cols,
@@ -99,28 +107,14 @@ struct RowLoops {
   void (*softmax_grad)(float*, const float*, int64_t, float);
   void (*accumulate_at_b)(float*, const float*, int64_t, float, const float*, int64_t, int64_t, int64_t, bool);
 };
-#define ROW_LOOPS_OF(path)                                                                                 \
+#define LOOPS RowLoops
+#define LOOPS_OF(path)                                                                                     \
   RowLoops {                                                                                               \
     path::row_max, path::row_sum, path::row_dot, path::row_add, path::row_scale, path::row_softmax_grad, \
         path::accumulate_at_b                                                                              \
   }
-
-const RowLoops& row_loops() {
-  const auto& choice = ernie_vilg2::cpu_isa();
-  PD_CHECK(choice.isa >= 0, choice.error);
-  static const RowLoops loops = [](int isa) {
-#if defined(ERNIE_VILG2_AVX512_PATH)
-    if (isa == ernie_vilg2::kAvx512)
-      return RowLoops{avx512_rows::max, avx512_rows::sum, avx512_rows::dot, avx512_rows::add, avx512_rows::scale,
-                      avx512_rows::softmax_grad, avx512_rows::accumulate_at_b};
-#endif
-#if defined(ERNIE_VILG2_X86_PATHS)
-    if (isa == ernie_vilg2::kAvx2) return ROW_LOOPS_OF(avx2_path);
-#endif
-    return ROW_LOOPS_OF(generic_path);
-  }(choice.isa);
-  return loops;
-}
+#define AVX512_LOOPS_NAMESPACE avx512_rows
+#include "cpu_path_choice.inc"
 
 // A block of query rows' scores [rows, L] takes a quarter of the L2 cache (the backward holds
 // two such blocks, with K and V beside them), at most 128 KiB: on the 1,024-token
@@ -160,7 +154,7 @@ struct SerialBlas {
 std::vector<paddle::Tensor> AttentionForward(const paddle::Tensor& q, const paddle::Tensor& k,
                                              const paddle::Tensor& v, float scale) {
   const Dims s = check(q, k, v);
-  const RowLoops& loop = row_loops();  // before the parallel region: it throws where the path is refused
+  const RowLoops& loop = chosen_loops();  // before the parallel region: it throws where the path is refused
   auto out = paddle::empty({s.batch, s.n, s.heads, s.e}, paddle::DataType::FLOAT32, q.place());
   auto lse = paddle::empty({s.batch, s.heads, s.n}, paddle::DataType::FLOAT32, q.place());
   const float *qp = q.data<float>(), *kp = k.data<float>(), *vp = v.data<float>();
@@ -215,7 +209,7 @@ std::vector<paddle::Tensor> AttentionBackward(const paddle::Tensor& q, const pad
                                               const paddle::Tensor& lse, const paddle::Tensor& grad_out,
                                               float scale) {
   const Dims s = check(q, k, v);
-  const RowLoops& loop = row_loops();
+  const RowLoops& loop = chosen_loops();
   auto gq = paddle::empty(q.shape(), paddle::DataType::FLOAT32, q.place());
   auto gk = paddle::empty(k.shape(), paddle::DataType::FLOAT32, q.place());
   auto gv = paddle::empty(v.shape(), paddle::DataType::FLOAT32, q.place());

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "cpu_dispatch.h"
+#include "cpu_thread_totals.h"
 #include "paddle/extension.h"
 
 namespace {
@@ -30,20 +31,9 @@ struct RowLoops {
   decltype(&generic_path::geglu_grad_rows) backward;
 };
 
-const RowLoops& row_loops() {
-  const auto& choice = ernie_vilg2::cpu_isa();
-  PD_CHECK(choice.isa >= 0, choice.error);
-  static const RowLoops loops = [](int isa) {
-#if defined(ERNIE_VILG2_AVX512_PATH)
-    if (isa == ernie_vilg2::kAvx512) return RowLoops{avx512_path::geglu_rows, avx512_path::geglu_grad_rows};
-#endif
-#if defined(ERNIE_VILG2_X86_PATHS)
-    if (isa == ernie_vilg2::kAvx2) return RowLoops{avx2_path::geglu_rows, avx2_path::geglu_grad_rows};
-#endif
-    return RowLoops{generic_path::geglu_rows, generic_path::geglu_grad_rows};
-  }(choice.isa);
-  return loops;
-}
+#define LOOPS RowLoops
+#define LOOPS_OF(path) RowLoops{path::geglu_rows, path::geglu_grad_rows}
+#include "cpu_path_choice.inc"
 
 // Rows per block: the unit of the threads' work and of the float partial sums of the bias gradient.
 constexpr int64_t kBlockRows = 32;
@@ -72,7 +62,7 @@ int64_t blocks_of(const Rows& s) { return (s.rows + kBlockRows - 1) / kBlockRows
 
 std::vector<paddle::Tensor> GegluForward(const paddle::Tensor& h, const paddle::Tensor& g, const paddle::Tensor& bias) {
   const Rows s = check(h, g, bias);
-  const RowLoops& loop = row_loops();  // before the parallel region: it throws where the path is refused
+  const RowLoops& loop = chosen_loops();  // before the parallel region: it throws where the path is refused
   auto out = paddle::empty(h.shape(), paddle::DataType::FLOAT32, h.place());
   const float *hp = h.data<float>(), *gp = g.data<float>(), *bp = bias.data<float>();
   float* op = out.data<float>();
@@ -88,7 +78,7 @@ std::vector<paddle::Tensor> GegluForward(const paddle::Tensor& h, const paddle::
 std::vector<paddle::Tensor> GegluBackward(const paddle::Tensor& h, const paddle::Tensor& g, const paddle::Tensor& bias,
                                           const paddle::Tensor& grad_out) {
   const Rows s = check(h, g, bias);
-  const RowLoops& loop = row_loops();
+  const RowLoops& loop = chosen_loops();
   auto gy = grad_out.is_contiguous() ? grad_out : grad_out.contiguous();  // gradients may arrive as strided views
   auto gh = paddle::empty(h.shape(), paddle::DataType::FLOAT32, h.place());
   auto gg = paddle::empty(h.shape(), paddle::DataType::FLOAT32, h.place());
@@ -98,10 +88,10 @@ std::vector<paddle::Tensor> GegluBackward(const paddle::Tensor& h, const paddle:
   const int64_t blocks = blocks_of(s), width = 2 * s.d;
   const bool parallel = s.rows * s.d >= kParallelElements;
   const int threads = parallel ? omp_get_max_threads() : 1;
-  std::vector<double> totals(static_cast<size_t>(threads) * width, 0.0);  // per thread: the bias gradient
+  ernie_vilg2::ThreadTotals totals(threads, width);  // the bias gradient
 #pragma omp parallel num_threads(threads) if (parallel)
   {
-    double* total = totals.data() + static_cast<size_t>(omp_get_thread_num()) * width;
+    double* total = totals.mine();
     std::vector<float> part(width);  // one block's
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
@@ -110,12 +100,7 @@ std::vector<paddle::Tensor> GegluBackward(const paddle::Tensor& h, const paddle:
       for (int64_t j = 0; j < width; ++j) total[j] += part[j];
     }
   }
-  float* gbp = gb.data<float>();
-  for (int64_t j = 0; j < width; ++j) {
-    double sum = 0.0;
-    for (int t = 0; t < threads; ++t) sum += totals[static_cast<size_t>(t) * width + j];
-    gbp[j] = static_cast<float>(sum);
-  }
+  totals.add_up(0, width, gb.data<float>());
   return {gh, gg, gb};
 }
 

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "cpu_dispatch.h"
+#include "cpu_thread_totals.h"
 #include "paddle/extension.h"
 
 namespace {
@@ -28,21 +29,9 @@ struct GroupLoops {
   decltype(&generic_path::group_norm_grad_group) backward;
 };
 
-const GroupLoops& group_loops() {
-  const auto& choice = ernie_vilg2::cpu_isa();
-  PD_CHECK(choice.isa >= 0, choice.error);
-  static const GroupLoops loops = [](int isa) {
-#if defined(ERNIE_VILG2_AVX512_PATH)
-    if (isa == ernie_vilg2::kAvx512)
-      return GroupLoops{avx512_path::group_norm_group, avx512_path::group_norm_grad_group};
-#endif
-#if defined(ERNIE_VILG2_X86_PATHS)
-    if (isa == ernie_vilg2::kAvx2) return GroupLoops{avx2_path::group_norm_group, avx2_path::group_norm_grad_group};
-#endif
-    return GroupLoops{generic_path::group_norm_group, generic_path::group_norm_grad_group};
-  }(choice.isa);
-  return loops;
-}
+#define LOOPS GroupLoops
+#define LOOPS_OF(path) GroupLoops{path::group_norm_group, path::group_norm_grad_group}
+#include "cpu_path_choice.inc"
 
 // Below this many elements one thread does the work: waking the others costs more.
 constexpr int64_t kParallelElements = int64_t{1} << 16;
@@ -77,7 +66,7 @@ Groups check(const paddle::Tensor& x, const paddle::Tensor& weight, const paddle
 std::vector<paddle::Tensor> GroupNormForward(const paddle::Tensor& x, const paddle::Tensor& weight,
                                              const paddle::Tensor& bias, int groups, float epsilon) {
   const Groups s = check(x, weight, bias, groups);
-  const GroupLoops& loop = group_loops();  // before the parallel region: it throws where the path is refused
+  const GroupLoops& loop = chosen_loops();  // before the parallel region: it throws where the path is refused
   auto y = paddle::empty(x.shape(), paddle::DataType::FLOAT32, x.place());
   auto mean = paddle::empty({x.shape()[0], s.groups}, paddle::DataType::FLOAT32, x.place());
   auto rstd = paddle::empty({x.shape()[0], s.groups}, paddle::DataType::FLOAT32, x.place());
@@ -96,7 +85,7 @@ std::vector<paddle::Tensor> GroupNormBackward(const paddle::Tensor& x, const pad
                                               const paddle::Tensor& bias, const paddle::Tensor& mean,
                                               const paddle::Tensor& rstd, const paddle::Tensor& grad_y, int groups) {
   const Groups s = check(x, weight, bias, groups);
-  const GroupLoops& loop = group_loops();
+  const GroupLoops& loop = chosen_loops();
   auto gy = grad_y.is_contiguous() ? grad_y : grad_y.contiguous();  // gradients may arrive as strided views
   auto gx = paddle::empty(x.shape(), paddle::DataType::FLOAT32, x.place());
   const int64_t c = s.channels * s.groups, size = s.channels * s.spatial;
@@ -107,10 +96,10 @@ std::vector<paddle::Tensor> GroupNormBackward(const paddle::Tensor& x, const pad
   float* gxp = gx.data<float>();
   const bool parallel = x.numel() >= kParallelElements;
   const int threads = parallel ? omp_get_max_threads() : 1;
-  std::vector<double> totals(static_cast<size_t>(threads) * 2 * c, 0.0);  // per thread: dgamma, dbeta
+  ernie_vilg2::ThreadTotals totals(threads, 2 * c);  // dgamma, dbeta
 #pragma omp parallel num_threads(threads) if (parallel)
   {
-    double* total = totals.data() + static_cast<size_t>(omp_get_thread_num()) * 2 * c;
+    double* total = totals.mine();
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < s.blocks; ++b) {
       const int64_t c0 = b % s.groups * s.channels;
@@ -118,16 +107,8 @@ std::vector<paddle::Tensor> GroupNormBackward(const paddle::Tensor& x, const pad
                     total + c + c0, s.channels, s.spatial);
     }
   }
-  float *gwp = gw.data<float>(), *gbp = gb.data<float>();
-  for (int64_t j = 0; j < c; ++j) {
-    double w = 0.0, bsum = 0.0;
-    for (int t = 0; t < threads; ++t) {
-      w += totals[(static_cast<size_t>(t) * 2) * c + j];
-      bsum += totals[(static_cast<size_t>(t) * 2 + 1) * c + j];
-    }
-    gwp[j] = static_cast<float>(w);
-    gbp[j] = static_cast<float>(bsum);
-  }
+  totals.add_up(0, c, gw.data<float>());
+  totals.add_up(c, c, gb.data<float>());
   return {gx, gw, gb};
 }
 

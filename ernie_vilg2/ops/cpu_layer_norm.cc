@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cpu_dispatch.h"
+#include "cpu_thread_totals.h"
 #include "paddle/extension.h"
 
 namespace {
@@ -27,20 +28,9 @@ struct RowLoops {
   decltype(&generic_path::layer_norm_grad_rows) backward;
 };
 
-const RowLoops& row_loops() {
-  const auto& choice = ernie_vilg2::cpu_isa();
-  PD_CHECK(choice.isa >= 0, choice.error);
-  static const RowLoops loops = [](int isa) {
-#if defined(ERNIE_VILG2_AVX512_PATH)
-    if (isa == ernie_vilg2::kAvx512) return RowLoops{avx512_path::layer_norm_rows, avx512_path::layer_norm_grad_rows};
-#endif
-#if defined(ERNIE_VILG2_X86_PATHS)
-    if (isa == ernie_vilg2::kAvx2) return RowLoops{avx2_path::layer_norm_rows, avx2_path::layer_norm_grad_rows};
-#endif
-    return RowLoops{generic_path::layer_norm_rows, generic_path::layer_norm_grad_rows};
-  }(choice.isa);
-  return loops;
-}
+#define LOOPS RowLoops
+#define LOOPS_OF(path) RowLoops{path::layer_norm_rows, path::layer_norm_grad_rows}
+#include "cpu_path_choice.inc"
 
 // Rows per block: the unit of the threads' work and of the float partial sums of dgamma / dbeta.
 constexpr int64_t kBlockRows = 32;
@@ -72,7 +62,7 @@ std::vector<int64_t> row_shape(const std::vector<int64_t>& x) { return {x.begin(
 std::vector<paddle::Tensor> LayerNormForward(const paddle::Tensor& x, const paddle::Tensor& weight,
                                              const paddle::Tensor& bias, float epsilon) {
   const Rows s = check(x, weight, bias);
-  const RowLoops& loop = row_loops();  // before the parallel region: it throws where the path is refused
+  const RowLoops& loop = chosen_loops();  // before the parallel region: it throws where the path is refused
   auto y = paddle::empty(x.shape(), paddle::DataType::FLOAT32, x.place());
   auto mean = paddle::empty(row_shape(x.shape()), paddle::DataType::FLOAT32, x.place());
   auto rstd = paddle::empty(row_shape(x.shape()), paddle::DataType::FLOAT32, x.place());
@@ -91,7 +81,7 @@ std::vector<paddle::Tensor> LayerNormBackward(const paddle::Tensor& x, const pad
                                               const paddle::Tensor& bias, const paddle::Tensor& mean,
                                               const paddle::Tensor& rstd, const paddle::Tensor& grad_y) {
   const Rows s = check(x, weight, bias);
-  const RowLoops& loop = row_loops();
+  const RowLoops& loop = chosen_loops();
   auto gy = grad_y.is_contiguous() ? grad_y : grad_y.contiguous();  // gradients may arrive as strided views
   auto gx = paddle::empty(x.shape(), paddle::DataType::FLOAT32, x.place());
   auto gw = paddle::empty({s.c}, paddle::DataType::FLOAT32, x.place());
@@ -102,10 +92,10 @@ std::vector<paddle::Tensor> LayerNormBackward(const paddle::Tensor& x, const pad
   const int64_t blocks = (s.rows + kBlockRows - 1) / kBlockRows;
   const bool parallel = s.rows * s.c >= kParallelElements;
   const int threads = parallel ? omp_get_max_threads() : 1;
-  std::vector<double> totals(static_cast<size_t>(threads) * 2 * s.c, 0.0);  // per thread: dgamma, dbeta
+  ernie_vilg2::ThreadTotals totals(threads, 2 * s.c);  // dgamma, dbeta
 #pragma omp parallel num_threads(threads) if (parallel)
   {
-    double* total = totals.data() + static_cast<size_t>(omp_get_thread_num()) * 2 * s.c;
+    double* total = totals.mine();
     std::vector<float> part(2 * s.c);  // one block's dgamma, dbeta
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
@@ -115,16 +105,8 @@ std::vector<paddle::Tensor> LayerNormBackward(const paddle::Tensor& x, const pad
       for (int64_t j = 0; j < 2 * s.c; ++j) total[j] += part[j];
     }
   }
-  float *gwp = gw.data<float>(), *gbp = gb.data<float>();
-  for (int64_t j = 0; j < s.c; ++j) {
-    double w = 0.0, bsum = 0.0;
-    for (int t = 0; t < threads; ++t) {
-      w += totals[(static_cast<size_t>(t) * 2) * s.c + j];
-      bsum += totals[(static_cast<size_t>(t) * 2 + 1) * s.c + j];
-    }
-    gwp[j] = static_cast<float>(w);
-    gbp[j] = static_cast<float>(bsum);
-  }
+  totals.add_up(0, s.c, gw.data<float>());
+  totals.add_up(s.c, s.c, gb.data<float>());
   return {gx, gw, gb};
 }
 
