@@ -1,4 +1,18 @@
-"""The run folder (``train.output_dir``): one trainer at a time, and the record of its config.
+"""The run folder (``train.output_dir``): its stages, one trainer at a time, the record of its config.
+
+Layout of ``train.output_dir``::
+
+    .lock                   held by the running trainer (pid, host, start time)
+    config.yaml             the resolved config the run started with (never rewritten)
+    config_changes.jsonl    config changes accepted on --resume --allow-config-change
+    vae/                    trained AutoencoderKL (frozen afterwards)
+    base/                   stage-1 pipeline (one U-Net), from_pretrained-ready
+    experts/                stage-2 pipeline (N experts): the final model (expert-parallel runs
+                            assemble it from checkpoints/experts/.final/expert-XX.safetensors)
+    checkpoints/<stage>/    step-XXXXXX checkpoints (weights, optimizer, config.yaml, checksums)
+                            and the `latest` pointer; damaged ones set aside as *.damaged
+    samples/<stage>.png     sample grid at the end of each diffusion stage
+    vdl/                    VisualDL logs (visualdl --logdir OUTPUT/vdl)
 
 ``RunLock`` holds an exclusive ``flock`` on ``OUTPUT/.lock``, which names the holder
 (pid, host, start time). The kernel drops the lock when the process dies, however it
@@ -18,12 +32,13 @@ import logging
 import os
 import socket
 import time
-from typing import Optional
+from typing import Callable, List, Optional
 
 import yaml
 
 from ..errors import ErnieViLG2Error
-from ..utils.io import atomic_write_text
+from ..utils.io import atomic_directory, atomic_write_text
+from .config import STAGES, ExperimentConfig
 
 logger = logging.getLogger(__name__)
 
@@ -122,3 +137,63 @@ def record_config_changes(folder: str, record: dict) -> str:
         f.flush()
         os.fsync(f.fileno())
     return path
+
+
+STAGE_OUTPUT_MARKER = {"vae": "config.json", "base": "model_index.json", "experts": "model_index.json"}
+
+
+def stage_dir(cfg: ExperimentConfig, stage: str) -> str:
+    return os.path.join(cfg.train.output_dir, stage)
+
+
+def stage_done(cfg: ExperimentConfig, stage: str) -> bool:
+    return os.path.isfile(os.path.join(stage_dir(cfg, stage), STAGE_OUTPUT_MARKER[stage]))
+
+
+def final_model_dir(cfg: ExperimentConfig) -> Optional[str]:
+    """The newest finished pipeline (experts, else base); None before stage 1 is done."""
+    for stage in ("experts", "base"):
+        if stage_done(cfg, stage):
+            return stage_dir(cfg, stage)
+    return None
+
+
+def save_atomically(save_fn: Callable[[str], None], target: str) -> None:
+    """Call ``save_fn(tmp_dir)`` and move the finished folder to ``target`` in one rename."""
+    with atomic_directory(target, overwrite=True) as tmp:
+        save_fn(str(tmp))
+
+
+def saved_state(cfg: ExperimentConfig) -> List[str]:
+    """What the run folder already holds: finished stages, or 'checkpoints'."""
+    existing = [s for s in STAGES if stage_done(cfg, s)]
+    if not existing and os.path.isdir(os.path.join(cfg.train.output_dir, "checkpoints")):
+        existing = ["checkpoints"]
+    return existing
+
+
+def check_output_dir(cfg: ExperimentConfig, resume: bool) -> None:
+    existing = saved_state(cfg)
+    if existing and not resume:
+        raise FileExistsError(
+            f"train.output_dir {cfg.train.output_dir!r} already holds a run ({', '.join(existing)}); "
+            "pass --resume to continue it or choose another train.output_dir"
+        )
+
+
+def stages_to_run(cfg: ExperimentConfig, selected: List[str], reopen) -> List[str]:
+    """The stages of ``selected`` that still train, in order: not finished, or reopened by
+    ``--resume --allow-config-change`` with more steps (``reopen``)."""
+    todo = []
+    for stage in STAGES:
+        if stage not in selected:
+            continue
+        if stage == "experts" and cfg.model.num_experts == 1:
+            logger.info("model.num_experts is 1: no expert stage (the base U-Net is the model)")
+        elif stage == "vae" and cfg.model.vae.pretrained:
+            logger.info("model.vae.pretrained is set: no vae stage (the pretrained VAE is used, frozen)")
+        elif stage_done(cfg, stage) and stage not in reopen:
+            logger.info("stage %s already finished: %s", stage, stage_dir(cfg, stage))
+        else:
+            todo.append(stage)
+    return todo

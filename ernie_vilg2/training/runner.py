@@ -1,19 +1,6 @@
 """Runs the training stages of one experiment: VAE, base U-Net (stage 1), experts (stage 2).
 
-Layout of ``train.output_dir``::
-
-    .lock                   held by the running trainer (pid, host, start time)
-    config.yaml             the resolved config the run started with (never rewritten)
-    config_changes.jsonl    config changes accepted on --resume --allow-config-change
-    vae/                    trained AutoencoderKL (frozen afterwards)
-    base/                   stage-1 pipeline (one U-Net), from_pretrained-ready
-    experts/                stage-2 pipeline (N experts): the final model (expert-parallel runs
-                            assemble it from checkpoints/experts/.final/expert-XX.safetensors)
-    checkpoints/<stage>/    step-XXXXXX checkpoints (weights, optimizer, config.yaml, checksums)
-                            and the `latest` pointer; damaged ones set aside as *.damaged
-    samples/<stage>.png     sample grid at the end of each diffusion stage
-    vdl/                    VisualDL logs (visualdl --logdir OUTPUT/vdl)
-
+The run folder's layout and which stages it holds finished: :mod:`.run_folder`.
 A finished stage is skipped on ``--resume``; an interrupted one continues from its
 newest intact checkpoint. The requested config is checked against the checkpoints'
 (:mod:`.resume`): model changes are refused, other changes need ``allow_config_change``.
@@ -22,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Callable, List, Optional
+from typing import List, Optional
 
 import numpy as np
 import paddle
@@ -33,7 +20,7 @@ from ..models.factory import branch_denoiser, build_noise_scheduler, build_sampl
 from ..pipelines.loading import load_pipeline
 from ..pipelines.pipeline_ernie_vilg2 import ErnieViLG2Pipeline
 from ..utils.images import make_grid
-from ..utils.io import atomic_directory, atomic_save_image
+from ..utils.io import atomic_save_image
 from .batches import LatentSource, StoredLatents, StreamedLatents, estimate_scaling_factor, shard
 from .checkpoint import set_aside_damaged
 from .config import STAGES, ExperimentConfig
@@ -45,70 +32,11 @@ from .knowledge import CaptionProcessor
 from .loop import LoopSettings, Trainer
 from .modules import DiffusionTrainingModule, VAETrainingModule
 from .resume import ResumePlan, checkpoint_dir, plan_resume
-from .run_folder import RunLock, record_config_changes, write_run_config
+from .run_folder import (RunLock, check_output_dir, final_model_dir, record_config_changes, save_atomically,
+                         saved_state, stage_dir, stage_done, stages_to_run, write_run_config)
 from .starting_point import models_from_config
 
 logger = logging.getLogger(__name__)
-
-STAGE_OUTPUT_MARKER = {"vae": "config.json", "base": "model_index.json", "experts": "model_index.json"}
-
-
-def stage_dir(cfg: ExperimentConfig, stage: str) -> str:
-    return os.path.join(cfg.train.output_dir, stage)
-
-
-def stage_done(cfg: ExperimentConfig, stage: str) -> bool:
-    return os.path.isfile(os.path.join(stage_dir(cfg, stage), STAGE_OUTPUT_MARKER[stage]))
-
-
-def final_model_dir(cfg: ExperimentConfig) -> Optional[str]:
-    """The newest finished pipeline (experts, else base); None before stage 1 is done."""
-    for stage in ("experts", "base"):
-        if stage_done(cfg, stage):
-            return stage_dir(cfg, stage)
-    return None
-
-
-def save_atomically(save_fn: Callable[[str], None], target: str) -> None:
-    """Call ``save_fn(tmp_dir)`` and move the finished folder to ``target`` in one rename."""
-    with atomic_directory(target, overwrite=True) as tmp:
-        save_fn(str(tmp))
-
-
-def saved_state(cfg: ExperimentConfig) -> List[str]:
-    """What the run folder already holds: finished stages, or 'checkpoints'."""
-    existing = [s for s in STAGES if stage_done(cfg, s)]
-    if not existing and os.path.isdir(os.path.join(cfg.train.output_dir, "checkpoints")):
-        existing = ["checkpoints"]
-    return existing
-
-
-def check_output_dir(cfg: ExperimentConfig, resume: bool) -> None:
-    existing = saved_state(cfg)
-    if existing and not resume:
-        raise FileExistsError(
-            f"train.output_dir {cfg.train.output_dir!r} already holds a run ({', '.join(existing)}); "
-            "pass --resume to continue it or choose another train.output_dir"
-        )
-
-
-def stages_to_run(cfg: ExperimentConfig, selected: List[str], reopen) -> List[str]:
-    """The stages of ``selected`` that still train, in order: not finished, or reopened by
-    ``--resume --allow-config-change`` with more steps (``reopen``)."""
-    todo = []
-    for stage in STAGES:
-        if stage not in selected:
-            continue
-        if stage == "experts" and cfg.model.num_experts == 1:
-            logger.info("model.num_experts is 1: no expert stage (the base U-Net is the model)")
-        elif stage == "vae" and cfg.model.vae.pretrained:
-            logger.info("model.vae.pretrained is set: no vae stage (the pretrained VAE is used, frozen)")
-        elif stage_done(cfg, stage) and stage not in reopen:
-            logger.info("stage %s already finished: %s", stage, stage_dir(cfg, stage))
-        else:
-            todo.append(stage)
-    return todo
-
 
 class ExperimentRunner:
     def __init__(self, cfg: ExperimentConfig, resume: bool = False, ctx: Optional[DistContext] = None,

@@ -42,7 +42,7 @@ def test_current_umask_reads_without_changing_it(umask):
 
 
 def test_saved_pipeline_folder(tiny_pipeline, tmp_path, umask):
-    from ernie_vilg2.training.runner import save_atomically
+    from ernie_vilg2.training.run_folder import save_atomically
 
     save_atomically(tiny_pipeline.save_pretrained, str(tmp_path / "pipeline"))
     found = assert_modes(tmp_path / "pipeline", umask)
