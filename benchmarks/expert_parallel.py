@@ -7,7 +7,7 @@ one prepared run folder (VAE and base stages trained once, in-process). The glob
 stays the same, so each rank computes batch / W rows; with N experts and W ranks each rank
 holds N / min(N, W) of them. Step time: median wall time between consecutive steps of rank 0
 (all ranks wait for each other in the all-reduces). Memory: each rank's peak RSS at exit
-(VmHWM), which includes Paddle's import (about 0.5 GB) and the latent cache.
+(VmHWM), which includes the imports (about 0.4 GB) and the latent cache.
 
     python benchmarks/expert_parallel.py --rounds 2            # N=4, [128, 256] experts, batch 16
     python benchmarks/expert_parallel.py --ranks 1 2 --channels 64 128 --steps 6

@@ -26,7 +26,8 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_PEER = os.path.join(ROOT, ".venv-peer", "bin", "python")
-IMPORTS = {"paddle": ["paddle", "ppdiffusers"], "paddle-full": ["paddle", "ppdiffusers"], "torch": ["torch", "diffusers"]}
+IMPORTS = {"paddle": ["paddle", "ppdiffusers"], "paddle-full": ["paddle", "ppdiffusers"],
+           "torch": ["torch", "diffusers"]}
 # The frameworks' packages: their second name level is shown (paddlenlp.taskflow, ...), and
 # every other package is traced back to the one of them that imported it.
 FRAMEWORKS = {"paddle", "paddlenlp", "ppdiffusers", "torch", "diffusers"}

@@ -50,7 +50,8 @@ SOURCES = [os.path.join(OPS_DIR, name)
                         "cpu_group_norm.cc", "cpu_geglu.cc")]
 HEADERS = [os.path.join(OPS_DIR, name)
            for name in ("cpu_dispatch.h", "cpu_thread_totals.h", "cpu_code_paths.inc", "cpu_path_choice.inc",
-                        "cpu_row_loops.inc", "cpu_layer_norm_rows.inc", "cpu_group_norm_rows.inc", "cpu_geglu_rows.inc")]
+                        "cpu_row_loops.inc", "cpu_layer_norm_rows.inc", "cpu_group_norm_rows.inc",
+                        "cpu_geglu_rows.inc")]
 STAMP_FILE = os.path.join(BUILD_DIR, "stamp.json")
 
 CACHE_SOURCES = ("default", "sysconf", "sysfs")  # cpu_dispatch.h's CacheSource

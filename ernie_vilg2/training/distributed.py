@@ -99,9 +99,9 @@ def end_launched_rank(code: int) -> NoReturn:
     Paddle's TCP stores (the job's on rank 0, each expert group's on its first rank) keep their
     server thread until C++ static destruction, and no public call stops it. A peer that exits
     while this process is in that destruction wakes the thread, which logs through already
-    destroyed objects, and the rank aborts (SIGABRT) after its work was done (seen in about 1 of 4
-    runs of tests/training/test_expert_parallel.py on a loaded 2-core machine). ``os._exit``
-    skips the static destructors; everything Python would do at exit has been done.
+    destroyed objects, and the rank aborts (SIGABRT) after its work was done (docs/scale.md, "How
+    a rank ends"). ``os._exit`` skips the static destructors; everything Python would do at exit
+    has been done by then.
     """
     if code == 0:
         try:
