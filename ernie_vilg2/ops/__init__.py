@@ -1,7 +1,8 @@
 """Custom C++ CPU operators, built with ``paddle.utils.cpp_extension`` at install time.
 
 ``make install`` (or ``python -m ernie_vilg2.ops.build``) compiles them into one library in
-``ernie_vilg2/ops/_build``: softmax attention (``cpu_attention.cc``, MKL), 2-D convolution
+``ernie_vilg2/ops/_build``: softmax attention (``cpu_attention.cc``, MKL; heads of 8 floats over
+128 keys or more in ``cpu_attention_narrow.cc``), 2-D convolution
 (``cpu_conv.cc``, oneDNN), layer normalisation (``cpu_layer_norm.cc``), group normalisation
 (``cpu_group_norm.cc``) and GEGLU's gate (``cpu_geglu.cc``), all with their backward. Where they
 are not built (no compiler, a Paddle wheel without MKL or oneDNN, another Paddle than the one
@@ -46,12 +47,12 @@ GEGLU_OP = "ernie_vilg2_cpu_geglu"
 # What the callers trace into a program inside into_programs() (the layer norm is for training).
 PROGRAM_OPERATORS = (ATTENTION_OP, CONV_OP, GROUP_NORM_OP, GEGLU_OP)
 SOURCES = [os.path.join(OPS_DIR, name)
-           for name in ("cpu_attention.cc", "cpu_conv.cc", "cpu_layer_norm.cc", "cpu_dispatch.cc",
-                        "cpu_group_norm.cc", "cpu_geglu.cc")]
+           for name in ("cpu_attention.cc", "cpu_attention_narrow.cc", "cpu_conv.cc", "cpu_layer_norm.cc",
+                        "cpu_dispatch.cc", "cpu_group_norm.cc", "cpu_geglu.cc")]
 HEADERS = [os.path.join(OPS_DIR, name)
-           for name in ("cpu_dispatch.h", "cpu_thread_totals.h", "cpu_code_paths.inc", "cpu_path_choice.inc",
-                        "cpu_row_loops.inc", "cpu_layer_norm_rows.inc", "cpu_group_norm_rows.inc",
-                        "cpu_geglu_rows.inc")]
+           for name in ("cpu_dispatch.h", "cpu_attention.h", "cpu_thread_totals.h", "cpu_code_paths.inc",
+                        "cpu_path_choice.inc", "cpu_row_loops.inc", "cpu_attention_narrow.inc",
+                        "cpu_layer_norm_rows.inc", "cpu_group_norm_rows.inc", "cpu_geglu_rows.inc")]
 STAMP_FILE = os.path.join(BUILD_DIR, "stamp.json")
 
 CACHE_SOURCES = ("default", "sysconf", "sysfs")  # cpu_dispatch.h's CacheSource

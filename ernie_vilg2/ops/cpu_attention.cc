@@ -15,6 +15,7 @@
 #include <cmath>
 #include <vector>
 
+#include "cpu_attention.h"
 #include "cpu_dispatch.h"
 #include "paddle/extension.h"
 
@@ -36,17 +37,7 @@ void gemm(bool ta, bool tb, int m, int n, int k, float alpha, const float* a, in
               beta, c, ldc);
 }
 
-struct Dims {
-  int64_t batch, heads, n, l, d, e;
-  int64_t heads_total() const { return batch * heads; }
-  // Row strides: one token's row holds every head.
-  int64_t ld_qk() const { return heads * d; }
-  int64_t ld_v() const { return heads * e; }
-  // The first row of (batch, head) bh, token t, in a tensor whose rows are `dim` wide per head.
-  int64_t at(int64_t bh, int64_t tokens, int64_t t, int64_t dim) const {
-    return ((bh / heads * tokens + t) * heads + bh % heads) * dim;
-  }
-};
+using Dims = ernie_vilg2::AttentionDims;
 
 Dims check(const paddle::Tensor& q, const paddle::Tensor& k, const paddle::Tensor& v) {
   for (const auto* t : {&q, &k, &v}) {
@@ -138,9 +129,7 @@ void transpose_into(float* out, int64_t ld, const float* in, int64_t cols, int64
 // short row's work.
 constexpr int64_t kBlockExpKeys = 256;
 
-// Below this many scores in a call, threads cost more than they save (the tiny U-Net's
-// 64-token attention at 2 threads: 1.3x slower than one).
-constexpr int64_t kParallelScores = int64_t{1} << 20;
+constexpr int64_t kParallelScores = ernie_vilg2::kAttentionParallelScores;
 
 // MKL runs single-threaded inside our OpenMP threads, and as configured outside them.
 struct SerialBlas {
@@ -159,6 +148,7 @@ std::vector<paddle::Tensor> AttentionForward(const paddle::Tensor& q, const padd
   auto lse = paddle::empty({s.batch, s.heads, s.n}, paddle::DataType::FLOAT32, q.place());
   const float *qp = q.data<float>(), *kp = k.data<float>(), *vp = v.data<float>();
   float *op = out.data<float>(), *lp = lse.data<float>();
+  if (ernie_vilg2::narrow_attention_forward(s, qp, kp, vp, scale, op, lp)) return {out, lse};
   const int64_t rows = block_rows(s.l);
   const int64_t ldqk = s.ld_qk(), ldv = s.ld_v();
 #pragma omp parallel if (s.heads_total() * s.n * s.l >= kParallelScores)
@@ -216,6 +206,7 @@ std::vector<paddle::Tensor> AttentionBackward(const paddle::Tensor& q, const pad
   const float *qp = q.data<float>(), *kp = k.data<float>(), *vp = v.data<float>();
   const float *op = out.data<float>(), *lp = lse.data<float>(), *gop = grad_out.data<float>();
   float *gqp = gq.data<float>(), *gkp = gk.data<float>(), *gvp = gv.data<float>();
+  if (ernie_vilg2::narrow_attention_backward(s, qp, kp, vp, op, lp, gop, scale, gqp, gkp, gvp)) return {gq, gk, gv};
   const int64_t rows = block_rows(s.l);
   const int64_t ldqk = s.ld_qk(), ldv = s.ld_v();
 #pragma omp parallel if (s.heads_total() * s.n * s.l >= kParallelScores)

@@ -29,10 +29,13 @@ def reference(q, k, v, grad_out, scale):
 # (batch, heads, queries, keys, dim): one token; odd sizes; several query blocks with an odd
 # last one (300 keys: blocks of 109 rows); large scores (softmax stability); heads wider than
 # 32 dims (the gradient products take MKL's gemm instead of the narrow-head loop); over 1 M
-# scores in one call (batch x heads spread over the OpenMP threads).
+# scores in one call (batch x heads spread over the OpenMP threads); 8-dim heads over 128 keys or
+# more (the narrow forward: a last group of rows and a last vector of keys part-filled, scores
+# spread far enough to clamp its exponential).
 @pytest.mark.parametrize("shape,spread", [((1, 1, 1, 1, 4), 1.0), ((2, 3, 37, 5, 8), 1.0),
                                           ((1, 2, 130, 300, 16), 1.0), ((2, 2, 64, 77, 8), 8.0),
-                                          ((1, 2, 130, 300, 40), 1.0), ((2, 4, 384, 384, 8), 1.0)])
+                                          ((1, 2, 130, 300, 40), 1.0), ((2, 4, 384, 384, 8), 1.0),
+                                          ((1, 3, 9, 128, 8), 1.0), ((2, 2, 37, 301, 8), 8.0)])
 @pytest.mark.parametrize("scale", [1.0, 0.35])
 def test_equals_the_reference(shape, spread, scale):
     require_cpu_ops()
