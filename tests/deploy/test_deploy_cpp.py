@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ernie_vilg2.utils import malloc_tuning
 from ernie_vilg2.utils.mkl_dispatch import amd_with_avx2
 
 from helpers import deploy_exports
@@ -241,8 +242,9 @@ def test_cpp_own_noise_is_reproducible(cpp_runner, tiny_export, tmp_path):
 
 
 def _version_line(cpp_runner, **environ):
-    """--version of a runner started with `environ` (this test process's MKL settings left out)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("MKL_DEBUG_CPU_TYPE", "ERNIE_VILG2_MKL_AVX2")}
+    """--version of a runner started with `environ` (this test process's MKL and malloc settings left out)."""
+    mine = ("MKL_DEBUG_CPU_TYPE", "ERNIE_VILG2_MKL_AVX2", "ERNIE_VILG2_MALLOC_TUNING", *malloc_tuning.USER_SETTINGS)
+    env = {k: v for k, v in os.environ.items() if k not in mine}
     proc = subprocess.run([cpp_runner, "--version"], capture_output=True, timeout=60, env={**env, **environ})
     assert proc.returncode == 0, _text(proc.stderr)
     return _text(proc.stdout).strip()
@@ -257,6 +259,17 @@ def test_cpp_runner_takes_mkls_avx2_path_on_amd_cpus(cpp_runner):
                             else "MKL picks its code path"), default
     assert _version_line(cpp_runner, ERNIE_VILG2_MKL_AVX2="0").endswith("MKL picks its code path")
     assert _version_line(cpp_runner, MKL_DEBUG_CPU_TYPE="2").endswith("MKL_DEBUG_CPU_TYPE=2 (from the environment)")
+
+
+def test_cpp_runner_keeps_freed_memory_as_the_python_tools(cpp_runner):
+    """As tune_cpu_process() does (ernie_vilg2/utils/malloc_tuning.py): glibc's mmap and trim thresholds
+    raised, not over the user's own allocator settings, not when opted out."""
+    kept = "glibc keeps freed memory (mmap threshold 32 MiB, trim threshold 512 MiB), "
+    assert kept in _version_line(cpp_runner)
+    for environ in ({"ERNIE_VILG2_MALLOC_TUNING": "0"}, {"MALLOC_MMAP_THRESHOLD_": "131072"},
+                    {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"}):
+        line = _version_line(cpp_runner, **environ)
+        assert kept not in line and "malloc as configured, " in line, (environ, line)
 
 
 # -- the C++ CPU operators in the export (deploy/cpp/src/cpu_ops.cc) ------------------------------

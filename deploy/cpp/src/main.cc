@@ -18,6 +18,7 @@
 #include "image.h"
 #include "inference_engine.h"
 #include "manifest.h"
+#include "malloc_tuning.h"
 #include "mkl_dispatch.h"
 #include "noise.h"
 #include "options.h"
@@ -242,6 +243,7 @@ int generate(const Options& options, const Manifest& manifest) {
 
 int run(int argc, char** argv) {
   const Options options = parse_args(argc, argv);
+  const bool malloc_set_here = keep_freed_memory();
   const bool avx2_set_here = prefer_mkl_avx2();  // before the programs make MKL's first call
   if (options.tokenize_only && !options.version) return tokenize_only(options, load_manifest(options.model));
   std::optional<Manifest> manifest;  // --version describes the operators of --model if given
@@ -251,7 +253,8 @@ int run(int argc, char** argv) {
                                                   options.verify_checksums);
   if (options.version) {
     std::cout << "ernie_vilg2_infer: " << paddle_description() << ", tokenizer tables Unicode " << unicode_version()
-              << ", " << operators << ", " << mkl_dispatch_description(avx2_set_here) << '\n';
+              << ", " << operators << ", " << malloc_tuning_description(malloc_set_here) << ", "
+              << mkl_dispatch_description(avx2_set_here) << '\n';
     return 0;
   }
   return generate(options, *manifest);
