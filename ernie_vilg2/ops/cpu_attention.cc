@@ -129,8 +129,6 @@ void transpose_into(float* out, int64_t ld, const float* in, int64_t cols, int64
 // short row's work.
 constexpr int64_t kBlockExpKeys = 256;
 
-constexpr int64_t kParallelScores = ernie_vilg2::kAttentionParallelScores;
-
 // MKL runs single-threaded inside our OpenMP threads, and as configured outside them.
 struct SerialBlas {
   int previous;
@@ -151,7 +149,7 @@ std::vector<paddle::Tensor> AttentionForward(const paddle::Tensor& q, const padd
   if (ernie_vilg2::narrow_attention_forward(s, qp, kp, vp, scale, op, lp)) return {out, lse};
   const int64_t rows = block_rows(s.l);
   const int64_t ldqk = s.ld_qk(), ldv = s.ld_v();
-#pragma omp parallel if (s.heads_total() * s.n * s.l >= kParallelScores)
+#pragma omp parallel if (s.heads_total() * s.n * s.l >= ernie_vilg2::kAttentionParallelScores)
   {
     SerialBlas serial;
     std::vector<float> scores(rows * s.l), inv_sum(rows);
@@ -209,7 +207,7 @@ std::vector<paddle::Tensor> AttentionBackward(const paddle::Tensor& q, const pad
   if (ernie_vilg2::narrow_attention_backward(s, qp, kp, vp, op, lp, gop, scale, gqp, gkp, gvp)) return {gq, gk, gv};
   const int64_t rows = block_rows(s.l);
   const int64_t ldqk = s.ld_qk(), ldv = s.ld_v();
-#pragma omp parallel if (s.heads_total() * s.n * s.l >= kParallelScores)
+#pragma omp parallel if (s.heads_total() * s.n * s.l >= ernie_vilg2::kAttentionParallelScores)
   {
     SerialBlas serial;
     std::vector<float> probs(rows * s.l), grads(rows * s.l), delta(rows);

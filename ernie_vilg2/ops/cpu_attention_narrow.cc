@@ -24,6 +24,13 @@ using NarrowAttentionGrad = void (*)(const float*, int64_t, int64_t, const float
 constexpr int kNarrowRows = 8;     // query rows per group in the kernels
 constexpr int64_t kPackKeys = 16;  // keys per packed tile: a multiple of every path's vector width
 
+// K and V (and their gradients) packed in tiles of kPackKeys keys, [tiles, dim, kPackKeys]: the
+// offset of key `key`, dimension c. The kernels' one base pointer and small constant offsets,
+// where dim rows of a [dim, keys] matrix would be dim pointers.
+inline int64_t packed_offset(int64_t key, int64_t c, int64_t dim) {
+  return ((key / kPackKeys) * dim + c) * kPackKeys + key % kPackKeys;
+}
+
 #define ROW_LOOPS_FILE "cpu_attention_narrow.inc"
 #include "cpu_code_paths.inc"
 #undef ROW_LOOPS_FILE
@@ -50,7 +57,7 @@ float* line_start(std::vector<float>& buffer) {
 }
 
 // The narrow kernels (cpu_attention_narrow.inc) per (batch, head): its keys and values first
-// packed in tiles of kPackKeys keys, [tiles, dim, kPackKeys] (zeros past the last key), and for
+// packed (packed_offset; zeros past the last key), and for
 // the backward the two gradients beside them in the same layout. The arrays start on 64-byte
 // lines, 17 lines more than their size apart: arrays a multiple of 4 KiB apart put their tiles in
 // the same L1 set, and their loads behind each other's stores (the backward took 1.3x longer).
@@ -67,16 +74,13 @@ struct NarrowHead {
     gkt = grads ? vt + stride : nullptr;
     gvt = grads ? gkt + stride : nullptr;
   }
-  int64_t packed_at(int64_t key, int64_t c, int64_t dim) const {
-    return ((key / kPackKeys) * dim + c) * kPackKeys + key % kPackKeys;
-  }
   void pack(float* dst, const float* src, int64_t ld, int64_t dim) const {  // src [l, dim], row stride ld
     for (int64_t j = 0; j < s.l; ++j)
-      for (int64_t c = 0; c < dim; ++c) dst[packed_at(j, c, dim)] = src[j * ld + c];
+      for (int64_t c = 0; c < dim; ++c) dst[packed_offset(j, c, dim)] = src[j * ld + c];
   }
   void unpack(float* dst, int64_t ld, const float* src, int64_t dim) const {
     for (int64_t j = 0; j < s.l; ++j)
-      for (int64_t c = 0; c < dim; ++c) dst[j * ld + c] = src[packed_at(j, c, dim)];
+      for (int64_t c = 0; c < dim; ++c) dst[j * ld + c] = src[packed_offset(j, c, dim)];
   }
   void load(int64_t bh, const float* kp, const float* vp) {
     pack(kt, kp + s.at(bh, s.l, 0, s.d), s.ld_qk(), s.d);
