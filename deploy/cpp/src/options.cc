@@ -90,6 +90,12 @@ double parse_number(const std::string& flag, const std::string& text) {
   return value;
 }
 
+// value, when it is one of the flag's two choices.
+std::string one_of(const std::string& flag, const std::string& value, const std::string& a, const std::string& b) {
+  if (value != a && value != b) throw UserError(flag + ": expected " + a + " or " + b + ", got '" + value + "'");
+  return value;
+}
+
 }  // namespace
 
 Options parse_args(int argc, char** argv) {
@@ -150,18 +156,15 @@ Options parse_args(int argc, char** argv) {
     } else if (flag == "--threads") {
       options.threads = static_cast<int>(parse_integer(flag, value, 1));
     } else if (flag == "--sampler") {
-      if (value != "ddim" && value != "dpm") throw UserError("--sampler: expected dpm or ddim, got '" + value + "'");
-      options.sampler = value;
+      options.sampler = one_of(flag, value, "dpm", "ddim");
     } else if (flag == "--repeat") {
       options.repeat = static_cast<int>(parse_integer(flag, value, 1));
     } else if (flag == "--batch-size") {
       options.batch_size = static_cast<int>(parse_integer(flag, value, 1));
     } else if (flag == "--device") {
-      if (value != "cpu" && value != "gpu") throw UserError("--device: expected cpu or gpu, got '" + value + "'");
-      options.device = value;
+      options.device = one_of(flag, value, "cpu", "gpu");
     } else if (flag == "--engine") {
-      if (value != "paddle" && value != "onednn") throw UserError("--engine: expected paddle or onednn, got '" + value + "'");
-      options.engine = value;
+      options.engine = one_of(flag, value, "paddle", "onednn");
     } else if (flag == "--max-length") {
       options.max_length = static_cast<int>(parse_integer(flag, value, 3, kMaxTokenizeLength));
     } else if (flag == "--gpu-id") {
