@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from ernie_vilg2.utils import isa_caps
+from ernie_vilg2.utils import executor_gc, isa_caps
 from ernie_vilg2.utils.cpu_tuning import CpuTuning, tune_cpu_process
 
 from helpers.paths import REPO_ROOT as REPO
@@ -61,7 +61,7 @@ print(json.dumps({"changed": changed, "mkl": os.environ.get("MKL_DEBUG_CPU_TYPE"
 def _probe(code: str) -> dict:
     base = {k: v for k, v in os.environ.items()
             if k not in ("MKL_DEBUG_CPU_TYPE", "ERNIE_VILG2_MKL_AVX2", "ERNIE_VILG2_MALLOC_TUNING",
-                         "ERNIE_VILG2_CPU_ISA")
+                         "ERNIE_VILG2_CPU_ISA", executor_gc.VARIABLE)
             and not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
     done = subprocess.run([sys.executable, "-c", PROBE, code], capture_output=True, text=True, timeout=300,
                           cwd=REPO, env={**base, "GLOG_minloglevel": "2"})
@@ -75,20 +75,34 @@ def test_importing_the_package_changes_nothing_in_the_process():
     assert result == {"changed": [], "mkl": None, "libc": []}
 
 
-def test_one_call_applies_both_settings():
+def test_one_call_applies_the_settings():
     result = _probe("from ernie_vilg2.utils.cpu_tuning import tune_cpu_process; print(tune_cpu_process())")
-    assert result["mkl"] == "5" and result["changed"] == ["MKL_DEBUG_CPU_TYPE"]
+    assert result["mkl"] == "5" and result["changed"] == ["FLAGS_eager_delete_tensor_gb", "MKL_DEBUG_CPU_TYPE"]
     assert "mallopt" in result["libc"]
 
 
+@pytest.mark.parametrize("paddle_first", [False, True])
+def test_the_executor_frees_tensors_in_batches(paddle_first):
+    """Paddle reads FLAGS_* from the environment at its import; imported before, it is told directly."""
+    code = ("import paddle; " if paddle_first else "") + (
+        "from ernie_vilg2.utils.cpu_tuning import tune_cpu_process; tune_cpu_process(); import paddle; "
+        "print(paddle.get_flags(['FLAGS_eager_delete_tensor_gb']))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO,
+                          env={k: v for k, v in os.environ.items() if k != executor_gc.VARIABLE})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "{'FLAGS_eager_delete_tensor_gb': 0.005}"
+
+
 @pytest.mark.parametrize("environ", [
-    {"ERNIE_VILG2_MKL_AVX2": "0", "ERNIE_VILG2_MALLOC_TUNING": "0", "ERNIE_VILG2_LEAN_IMPORT": "0"},  # opted out
-    {"MKL_DEBUG_CPU_TYPE": "2", "MALLOC_MMAP_THRESHOLD_": "131072", "ERNIE_VILG2_LEAN_IMPORT": "0"},  # the user's own
+    {"ERNIE_VILG2_MKL_AVX2": "0", "ERNIE_VILG2_MALLOC_TUNING": "0", "ERNIE_VILG2_LEAN_IMPORT": "0",  # opted out
+     "FLAGS_eager_delete_tensor_gb": "0"},
+    {"MKL_DEBUG_CPU_TYPE": "2", "MALLOC_MMAP_THRESHOLD_": "131072", "ERNIE_VILG2_LEAN_IMPORT": "0",  # the user's own
+     "FLAGS_eager_delete_tensor_gb": "0.1"},
 ])
 def test_opt_outs_and_the_users_settings_are_kept(environ):
     given = dict(environ)
     assert tune_cpu_process(environ) == CpuTuning(mkl_avx2=False, malloc_thresholds=False, library_isa_caps=False,
-                                                  paddlenlp_deferred=False)
+                                                  paddlenlp_deferred=False, executor_gc_batched=False)
     assert environ == given
 
 
@@ -112,4 +126,4 @@ def test_a_forced_code_path_caps_mkl_and_onednn(environ, expected):
 def test_entry_points_apply_them_first(script):
     path = os.path.join(REPO, script)
     result = _probe(f"import runpy; sys.argv = [{path!r}, '--help']; runpy.run_path({path!r}, run_name='__main__')")
-    assert result["mkl"] == "5" and "mallopt" in result["libc"]
+    assert result["mkl"] == "5" and "mallopt" in result["libc"] and "FLAGS_eager_delete_tensor_gb" in result["changed"]

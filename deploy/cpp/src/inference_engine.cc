@@ -1,6 +1,7 @@
 #include "inference_engine.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -8,6 +9,9 @@
 #include <numeric>
 #include <sstream>
 #include <stdexcept>
+
+#include <fcntl.h>
+#include <unistd.h>
 
 #ifdef ERNIE_VILG2_OFFICIAL_PADDLE
 #include "paddle_inference_api.h"  // the official Paddle Inference C++ library
@@ -19,6 +23,32 @@
 
 namespace ernie_vilg2 {
 namespace {
+
+// The executor's garbage threshold: ernie_vilg2/utils/executor_gc.py says why, and sets the
+// same for the Python tools.
+constexpr const char* kGcVariable = "FLAGS_eager_delete_tensor_gb";
+constexpr const char* kGcBatchGb = "0.005";
+
+// Paddle logs at each UpdateDllFlag call that it is meant for Windows DLLs (it sets the flag
+// on every platform): stderr is pointed at /dev/null around the call.
+class QuietStderr {
+ public:
+  QuietStderr() : saved_(dup(STDERR_FILENO)) {
+    const int null = open("/dev/null", O_WRONLY);
+    if (saved_ >= 0 && null >= 0) dup2(null, STDERR_FILENO);
+    if (null >= 0) close(null);
+  }
+  ~QuietStderr() {
+    if (saved_ < 0) return;
+    dup2(saved_, STDERR_FILENO);
+    close(saved_);
+  }
+  QuietStderr(const QuietStderr&) = delete;
+  QuietStderr& operator=(const QuietStderr&) = delete;
+
+ private:
+  int saved_;
+};
 
 #ifdef ERNIE_VILG2_OFFICIAL_PADDLE
 constexpr const char* kPaddleSource = "official Paddle Inference library";
@@ -188,6 +218,17 @@ std::vector<float> Program::run(std::vector<int>* shape) {
   } catch (const std::exception& error) {
     throw std::runtime_error(impl_->label + ": " + paddle_message(error));
   }
+}
+
+std::string batch_freed_tensors() {
+  // Paddle Inference does not read FLAGS_* from the environment: a value set there is passed on.
+  const char* user = std::getenv(kGcVariable);
+  const std::string value = user != nullptr ? user : kGcBatchGb;
+  {
+    QuietStderr quiet;
+    paddle_infer::UpdateDllFlag(kGcVariable + 6, value.c_str());  // the flag's name without "FLAGS_"
+  }
+  return std::string("executor garbage ") + kGcVariable + "=" + value + (user != nullptr ? " (environment)" : "");
 }
 
 std::string paddle_description() {

@@ -36,6 +36,10 @@ class Program {
   std::unique_ptr<Impl> impl_;
 };
 
+// Paddle's executor frees dead tensors in batches (FLAGS_eager_delete_tensor_gb); call before
+// the first predictor runs. Returns what was set, for --version.
+std::string batch_freed_tensors();
+
 // "Paddle Inference <version> (<wheel|official library>)".
 std::string paddle_description();
 

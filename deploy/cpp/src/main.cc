@@ -245,6 +245,7 @@ int run(int argc, char** argv) {
   const Options options = parse_args(argc, argv);
   const bool malloc_set_here = keep_freed_memory();
   const bool avx2_set_here = prefer_mkl_avx2();  // before the programs make MKL's first call
+  const std::string executor_gc = batch_freed_tensors();
   if (options.tokenize_only && !options.version) return tokenize_only(options, load_manifest(options.model));
   std::optional<Manifest> manifest;  // --version describes the operators of --model if given
   if (!options.model.empty()) manifest = load_manifest(options.model);
@@ -253,7 +254,7 @@ int run(int argc, char** argv) {
                                                   options.verify_checksums);
   if (options.version) {
     std::cout << "ernie_vilg2_infer: " << paddle_description() << ", tokenizer tables Unicode " << unicode_version()
-              << ", " << operators << ", " << malloc_tuning_description(malloc_set_here) << ", "
+              << ", " << operators << ", " << executor_gc << ", " << malloc_tuning_description(malloc_set_here) << ", "
               << mkl_dispatch_description(avx2_set_here) << '\n';
     return 0;
   }

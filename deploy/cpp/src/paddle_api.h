@@ -75,5 +75,7 @@ class Predictor {
 
 std::shared_ptr<Predictor> CreatePredictor(const Config& config);
 std::string GetVersion();
+// Sets one of Paddle's flags by name (PADDLE_ENFORCE fails on an unknown flag or value).
+void UpdateDllFlag(const char* name, const char* value);
 
 }  // namespace paddle_infer
