@@ -27,6 +27,7 @@ namespace {
 // The executor's garbage threshold: ernie_vilg2/utils/executor_gc.py says why, and sets the
 // same for the Python tools.
 constexpr const char* kGcVariable = "FLAGS_eager_delete_tensor_gb";
+constexpr const char* kGcFlag = "eager_delete_tensor_gb";  // UpdateDllFlag takes the name without FLAGS_
 constexpr const char* kGcBatchGb = "0.005";
 
 // Paddle logs at each UpdateDllFlag call that it is meant for Windows DLLs (it sets the flag
@@ -226,7 +227,7 @@ std::string batch_freed_tensors() {
   const std::string value = user != nullptr ? user : kGcBatchGb;
   {
     QuietStderr quiet;
-    paddle_infer::UpdateDllFlag(kGcVariable + 6, value.c_str());  // the flag's name without "FLAGS_"
+    paddle_infer::UpdateDllFlag(kGcFlag, value.c_str());
   }
   return std::string("executor garbage ") + kGcVariable + "=" + value + (user != nullptr ? " (environment)" : "");
 }
