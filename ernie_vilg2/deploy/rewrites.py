@@ -4,7 +4,8 @@ Measured on Paddle 3.3.1 (CPU wheel), with the programs' outputs compared to the
 
 * ``F.interpolate(x, scale_factor=2, mode="nearest")`` (PPDiffusers' ``Upsample2D``) cannot run
   under oneDNN on PIR programs (``ConvertPirAttribute2RuntimeAttribute`` fails on its ``scale``
-  attribute). It becomes ``repeat_interleave`` twice: the same copy of every pixel.
+  attribute). It becomes one ``expand`` of a [N, C, H, 1, W, 1] view to [N, C, H, 2, W, 2]: the
+  same copy of every pixel, in one pass.
 * The sinusoidal timestep embedding (``Timesteps``) comes out wrong under oneDNN (``cos``/``sin``
   of an elementwise product differ by up to 1.3; ``cos`` of a program input is right), which
   made whole U-Nets 7% wrong. It becomes a lookup in a table of the embeddings of the integer
@@ -24,12 +25,14 @@ from ppdiffusers.models.resnet import Upsample2D
 
 
 class _NearestUpsample2D(Upsample2D):
-    """``Upsample2D`` with the 2x nearest upsample written as ``repeat_interleave``."""
+    """``Upsample2D`` with the 2x nearest upsample written as a broadcast copy."""
 
     def forward(self, hidden_states, output_size=None, scale: float = 1.0):
         if output_size is not None or self.use_conv_transpose or self.data_format != "NCHW":
             return super().forward(hidden_states, output_size, scale)
-        hidden_states = paddle.repeat_interleave(paddle.repeat_interleave(hidden_states, 2, axis=2), 2, axis=3)
+        height, width = hidden_states.shape[2:]  # fixed by the export; the batch stays dynamic (0, -1)
+        hidden_states = hidden_states.reshape([0, 0, height, 1, width, 1]).expand([-1, -1, height, 2, width, 2])
+        hidden_states = hidden_states.reshape([0, 0, 2 * height, 2 * width])
         if self.use_conv:
             hidden_states = (self.conv if self.name == "conv" else self.Conv2d_0)(hidden_states)
         return hidden_states
