@@ -245,8 +245,8 @@ int run(int argc, char** argv) {
   const Options options = parse_args(argc, argv);
   const bool malloc_set_here = keep_freed_memory();
   const bool avx2_set_here = prefer_mkl_avx2();  // before the programs make MKL's first call
-  const std::string executor_gc = batch_freed_tensors();
   if (options.tokenize_only && !options.version) return tokenize_only(options, load_manifest(options.model));
+  const std::string executor_gc = batch_freed_tensors();  // before the first predictor runs
   std::optional<Manifest> manifest;  // --version describes the operators of --model if given
   if (!options.model.empty()) manifest = load_manifest(options.model);
   // Before the first predictor: registers the operators and picks their programs where they run.
